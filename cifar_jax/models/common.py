@@ -1,0 +1,86 @@
+"""Config access and validation helpers shared by the model files.
+
+Every check raises `ConfigError` with one line that names the offending field, at config time
+(before any array is allocated), so a bad sweep fails before it trains anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from cifar_jax.errors import ConfigError
+from cifar_jax.models import layers
+
+DROPOUT_PLACEMENTS = ("none", "conv", "dense", "all", "head")
+
+
+def field(cfg: Any, name: str, default: Any = None) -> Any:
+    """cfg.name, or `default` where the config lacks the field (model-specific fields)."""
+    try:
+        return cfg.get(name, default)
+    except AttributeError:
+        return getattr(cfg, name, default)
+
+
+def as_tuple(value: Any) -> tuple:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        return (value,)
+    return tuple(value)
+
+
+def choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ConfigError(f"model.{name}={value!r} is unknown; use one of {', '.join(choices)}")
+    return value
+
+
+def positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"model.{name}={value!r} must be a positive integer")
+    return value
+
+
+def positive_ints(name: str, values: Any, *, allow_empty: bool = True) -> tuple[int, ...]:
+    values = as_tuple(values)
+    if not values and not allow_empty:
+        raise ConfigError(f"model.{name} is empty; give at least one width")
+    for i, v in enumerate(values):
+        positive_int(f"{name}[{i}]", v)
+    return values
+
+
+def per_stage(name: str, values: Any, num_stages: int, stages_field: str) -> tuple[int, ...]:
+    """One positive int per conv stage (a single int is broadcast to every stage)."""
+    values = as_tuple(values)
+    if len(values) == 1 and num_stages != 1:
+        values = values * num_stages
+    if len(values) != num_stages:
+        raise ConfigError(
+            f"model.{name} has {len(values)} entries but model.{stages_field} has {num_stages} "
+            f"conv stages; give one value per stage")
+    return positive_ints(name, values)
+
+
+def common_checks(cfg: Any, input_shape: Sequence[int], num_classes: int) -> None:
+    """Fields every model uses: activation, init, dropout, batch norm, conv_impl, shapes."""
+    if len(tuple(input_shape)) != 3 or any(int(d) <= 0 for d in input_shape):
+        raise ConfigError(f"input_shape={tuple(input_shape)} must be (height, width, channels) > 0")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ConfigError(f"num_classes={num_classes!r} must be a positive integer")
+    choice("activation", field(cfg, "activation", "relu"), tuple(layers.ACTIVATIONS))
+    choice("init", field(cfg, "init", "torch_default"), layers.INIT_SCHEMES)
+    choice("dropout_placement", field(cfg, "dropout_placement", "none"), DROPOUT_PLACEMENTS)
+    choice("conv_impl", field(cfg, "conv_impl", "auto"), layers.CONV_IMPLS)
+    rate = field(cfg, "dropout_rate", 0.0)
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+        raise ConfigError(f"model.dropout_rate={rate!r} must be in [0, 1)")
+    momentum = field(cfg, "bn_momentum", 0.9)
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum <= 1.0:
+        raise ConfigError(
+            f"model.bn_momentum={momentum!r} must be in [0, 1] (Flax convention: PyTorch's 0.1 is 0.9)")
+
+
+def dense_init(cfg: Any) -> str:
+    """The init scheme of dense layers: `init`, or torch_default when init_conv_only is set."""
+    return "torch_default" if field(cfg, "init_conv_only", False) else field(cfg, "init", "torch_default")

@@ -1,0 +1,403 @@
+"""The training program: pure functions over a batch of runs, and the loop that drives them.
+
+A *run* is one model: a seed index plus one value of every traced hyperparameter. All runs of a
+config share one compiled program: `make_train(config, ...)` resolves everything static (shapes,
+model, optimizer structure, augmentation) and returns jitted functions whose leading axis is the
+run axis (`jax.vmap`). Hyperparameters that do not change shapes (`TRACED_HPARAMS`) are inputs,
+so `num_seeds x hparam_grid` trains at once.
+"""
+
+import dataclasses
+import functools
+import itertools
+import json
+import logging
+import os
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from clu import metric_writers
+from flax import nnx
+
+from cifar_jax import augment, data, execution, losses, metrics, models, optim
+from cifar_jax.errors import ConfigError
+from cifar_jax.models.layers import DropoutRate
+
+# Hyperparameters that are inputs of the compiled program (one value per run), not constants.
+TRACED_HPARAMS = ("learning_rate", "weight_decay", "momentum", "dropout_rate", "label_smoothing", "mixup_alpha")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunGrid:
+    """Which runs one program trains: every setting of the traced grid times every seed."""
+
+    settings: tuple[dict[str, float], ...]  # the grid values of each setting (empty dict: no grid)
+    num_seeds: int
+    hparams: dict[str, np.ndarray]  # per run, leading axis = run
+
+    @property
+    def num_runs(self) -> int:
+        return len(self.settings) * self.num_seeds
+
+    @property
+    def seed_index(self) -> np.ndarray:
+        return np.tile(np.arange(self.num_seeds), len(self.settings))
+
+    @property
+    def setting_index(self) -> np.ndarray:
+        return np.repeat(np.arange(len(self.settings)), self.num_seeds)
+
+
+def base_hparams(config: ml_collections.ConfigDict, num_channels: int) -> dict[str, Any]:
+    """The traced values a config sets when no grid overrides them."""
+    mean, std = data.normalization_constants(config.data.mean, config.data.std, num_channels)
+    return {**optim.default_hparams(config), "dropout_rate": float(config.model.dropout_rate), "mean": mean, "std": std}
+
+
+def make_run_grid(config: ml_collections.ConfigDict, num_channels: int) -> RunGrid:
+    """Expands `config.hparam_grid` (name -> values, a product) and the seeds into per-run arrays."""
+    if config.num_seeds < 1:
+        raise ConfigError(f"num_seeds={config.num_seeds} must be at least 1")
+    grid = dict(config.get("hparam_grid", {}) or {})
+    for name, values in grid.items():
+        if name not in TRACED_HPARAMS:
+            raise ConfigError(
+                f"hparam_grid.{name} is not a traced hyperparameter; choose from {', '.join(TRACED_HPARAMS)} "
+                "(shape-changing settings belong in a sweep)"
+            )
+        if not isinstance(values, (tuple, list)) or not values:
+            raise ConfigError(f"hparam_grid.{name} must be a non-empty tuple of values, got {values!r}")
+    names = sorted(grid)
+    settings = tuple(dict(zip(names, combo)) for combo in itertools.product(*(grid[n] for n in names)))
+    base = base_hparams(config, num_channels)
+    per_setting = [{**base, **{k: float(v) for k, v in s.items()}} for s in settings]
+    hparams = {
+        key: np.repeat(np.stack([np.asarray(h[key], np.float32) for h in per_setting]), config.num_seeds, axis=0)
+        for key in base
+    }
+    return RunGrid(settings=settings, num_seeds=config.num_seeds, hparams=hparams)
+
+
+class TrainState(NamedTuple):
+    """Everything one run carries from step to step (and into a checkpoint)."""
+
+    params: nnx.State
+    model_state: nnx.State  # batch statistics, dropout RNG stream, dropout rate
+    opt_state: optax.OptState
+    data_key: jax.Array  # raw key data: shuffling and augmentation derive from it by fold_in
+    step: jax.Array
+    diverged: jax.Array  # sticky: the loss was NaN/inf at some step
+
+
+class EpochSums(NamedTuple):
+    """Training metrics accumulated on the device over the steps of one epoch."""
+
+    loss: jax.Array
+    correct: jax.Array
+    count: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """The compiled pieces of one config; every function maps over the leading run axis."""
+
+    init: Callable[[jax.Array, dict], TrainState]
+    epoch_batches: Callable[[TrainState, jax.Array], jax.Array]
+    train_steps: Callable[..., tuple[TrainState, EpochSums]]
+    eval_batch: Callable[..., tuple[jax.Array, jax.Array, jax.Array]]
+    steps_per_epoch: int
+    steps_per_call: int
+    num_classes: int
+
+
+def _model_factory(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], num_classes: int):
+    def build(params_key: jax.Array, dropout_key: jax.Array) -> nnx.Module:
+        return models.create_model(
+            config.model, input_shape=image_shape, num_classes=num_classes,
+            rngs=nnx.Rngs(params=params_key, dropout=dropout_key),
+        )
+    return build
+
+
+def _data_streams(data_key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(shuffle root, augmentation root): independent streams, so turning augmentation on or off
+    never changes a run's data order."""
+    shuffle_root, augment_root = jax.random.split(jax.random.wrap_key_data(data_key))
+    return shuffle_root, augment_root
+
+
+def _standardize(images01: jax.Array, hparams: dict) -> jax.Array:
+    return (images01 - hparams["mean"]) / hparams["std"]
+
+
+def make_train(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], num_classes: int,
+               num_train: int) -> Program:
+    """Resolves the static parts of `config` and returns the jitted, run-vmapped functions."""
+    models.validate_model_config(config.model, image_shape, num_classes)
+    if config.batch_size < 1 or config.batch_size > num_train:
+        raise ConfigError(f"batch_size={config.batch_size} must be between 1 and the {num_train} training images")
+    steps_per_epoch = num_train // config.batch_size
+    steps_per_call = execution.steps_per_call(config, steps_per_epoch)
+    build = _model_factory(config, image_shape, num_classes)
+    use_mixup = config.augment.mixup_alpha > 0 or "mixup_alpha" in config.hparam_grid
+
+    abstract = nnx.eval_shape(lambda: build(jax.random.key(0), jax.random.key(0)))
+    abstract.train()
+    train_graph = nnx.split(abstract)[0]
+    abstract.eval()
+    eval_graph = nnx.split(abstract)[0]
+
+    def make_tx(hparams: dict) -> optax.GradientTransformation:
+        return optim.make_optimizer(config.optim, hparams, steps_per_epoch=steps_per_epoch,
+                                    num_epochs=config.num_epochs)
+
+    def init_run(run_key: jax.Array, hparams: dict) -> TrainState:
+        params_key, dropout_key, data_key = jax.random.split(jax.random.wrap_key_data(run_key), 3)
+        model = build(params_key, dropout_key)
+        rates = nnx.state(model, DropoutRate)
+        nnx.update(model, jax.tree.map(lambda _: hparams["dropout_rate"], rates))
+        _, params, model_state = nnx.split(model, nnx.Param, ...)
+        return TrainState(params=params, model_state=model_state, opt_state=make_tx(hparams).init(params),
+                          data_key=jax.random.key_data(data_key), step=jnp.zeros((), jnp.int32),
+                          diverged=jnp.zeros((), bool))
+
+    def epoch_batches_run(state: TrainState, epoch: jax.Array) -> jax.Array:
+        key = jax.random.fold_in(_data_streams(state.data_key)[0], epoch)
+        order = jax.random.permutation(key, num_train)
+        return order[: steps_per_epoch * config.batch_size].reshape(steps_per_epoch, config.batch_size)
+
+    def train_step(state: TrainState, hparams: dict, images: jax.Array, labels: jax.Array,
+                   batch_index: jax.Array) -> tuple[TrainState, tuple[jax.Array, jax.Array]]:
+        step_key = jax.random.fold_in(_data_streams(state.data_key)[1], state.step)
+        augment_key, mixup_key = jax.random.split(step_key)
+        x = augment.augment_batch(config.augment, augment_key,
+                                  images[batch_index].astype(jnp.float32) / 255.0, hparams)
+        y = labels[batch_index]
+        targets = losses.smooth_labels(jax.nn.one_hot(y, num_classes), hparams["label_smoothing"])
+        if use_mixup:  # static: Beta sampling is costly to compile, so it is left out when off
+            x, targets = augment.mixup(mixup_key, x, targets, hparams["mixup_alpha"])
+        x = _standardize(x, hparams)
+
+        def loss_fn(params):
+            model = nnx.merge(train_graph, params, state.model_state, copy=True)
+            logits = model(x)
+            new_model_state = nnx.state(model, nnx.Not(nnx.Param))
+            return losses.softmax_cross_entropy(logits, targets).mean(), (logits, new_model_state)
+
+        (loss, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        tx = make_tx(hparams)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        new_state = TrainState(params=optax.apply_updates(state.params, updates), model_state=model_state,
+                               opt_state=opt_state, data_key=state.data_key, step=state.step + 1,
+                               diverged=state.diverged | ~jnp.isfinite(loss))
+        correct = jnp.sum(jnp.argmax(logits, -1) == y)
+        return new_state, (loss, correct)
+
+    def train_steps_run(state: TrainState, hparams: dict, images: jax.Array, labels: jax.Array,
+                        batches: jax.Array, start: jax.Array, sums: EpochSums, *, length: int):
+        chunk = jax.lax.dynamic_slice_in_dim(batches, start, length, axis=0)
+        step = functools.partial(train_step, hparams=hparams, images=images, labels=labels)
+        if length == 1:  # a bare step: XLA:CPU runs convolutions inside loop bodies slowly
+            state, (loss, correct) = step(state, batch_index=chunk[0])
+            loss_sum, correct_sum = loss, correct
+        else:
+            state, (loss, correct) = jax.lax.scan(lambda s, b: step(s, batch_index=b), state, chunk)
+            loss_sum, correct_sum = loss.sum(), correct.sum()
+        count = length * config.batch_size
+        return state, EpochSums(sums.loss + loss_sum * config.batch_size, sums.correct + correct_sum,
+                                sums.count + count)
+
+    def eval_batch_run(state: TrainState, hparams: dict, images: jax.Array, labels: jax.Array):
+        model = nnx.merge(eval_graph, state.params, state.model_state, copy=True)
+        logits = model(_standardize(images.astype(jnp.float32) / 255.0, hparams))
+        loss_sum = losses.softmax_cross_entropy(logits, jax.nn.one_hot(labels, num_classes)).sum()
+        return metrics.confusion_matrix(labels, jnp.argmax(logits, -1), num_classes), loss_sum, jax.nn.softmax(logits)
+
+    def train_steps(state, hparams, images, labels, batches, start, sums, *, length: int):
+        run = functools.partial(train_steps_run, length=length)
+        return jax.vmap(run, in_axes=(0, 0, None, None, 0, None, 0))(
+            state, hparams, images, labels, batches, start, sums)
+
+    # Run once per job or epoch: XLA's optimizer would cost seconds of compile time for nothing.
+    run_once = {"xla_backend_optimization_level": 0}
+    return Program(
+        init=jax.jit(jax.vmap(init_run), compiler_options=run_once),
+        epoch_batches=jax.jit(jax.vmap(epoch_batches_run, in_axes=(0, None)), compiler_options=run_once),
+        train_steps=jax.jit(train_steps, static_argnames="length", donate_argnums=(0, 6)),
+        eval_batch=jax.jit(jax.vmap(eval_batch_run, in_axes=(0, 0, None, None))),
+        steps_per_epoch=steps_per_epoch,
+        steps_per_call=steps_per_call,
+        num_classes=num_classes,
+    )
+
+
+def run_keys(seed: int, seed_index: np.ndarray) -> jax.Array:
+    """Per-run key data: run i of every setting shares seed i, so settings are paired comparisons."""
+    base = jax.random.key(seed)
+    return jax.vmap(lambda i: jax.random.key_data(jax.random.fold_in(base, i)))(jnp.asarray(seed_index))
+
+
+def train_epoch(program: Program, state: TrainState, hparams: dict, images: jax.Array, labels: jax.Array,
+                epoch: int) -> tuple[TrainState, EpochSums]:
+    """Runs one epoch as `steps_per_epoch / steps_per_call` calls of the compiled step chunk."""
+    num_runs = state.step.shape[0]
+    batches = program.epoch_batches(state, jnp.int32(epoch))
+    sums = EpochSums(*(jnp.zeros((num_runs,), jnp.float32) for _ in EpochSums._fields))  # distinct: donated
+    start = 0
+    while start < program.steps_per_epoch:
+        length = min(program.steps_per_call, program.steps_per_epoch - start)
+        state, sums = program.train_steps(state, hparams, images, labels, batches, jnp.int32(start), sums,
+                                          length=length)
+        start += length
+    return state, sums
+
+
+def evaluate(program: Program, state: TrainState, hparams: dict, images: jax.Array, labels: jax.Array,
+             batch_size: int, *, return_probs: bool = False) -> dict[str, np.ndarray]:
+    """Per-run loss, accuracy, macro-F1, per-class accuracy and confusion matrix on one split."""
+    confusion, loss_sum, probs = 0.0, 0.0, []
+    for start in range(0, images.shape[0], batch_size):
+        batch_confusion, batch_loss, batch_probs = program.eval_batch(
+            state, hparams, images[start:start + batch_size], labels[start:start + batch_size])
+        confusion, loss_sum = confusion + batch_confusion, loss_sum + batch_loss
+        if return_probs:
+            probs.append(batch_probs)
+    confusion = np.asarray(confusion)
+    result = metrics.classification_metrics(confusion, np.asarray(loss_sum))
+    result["confusion"] = confusion
+    if return_probs:
+        result["probs"] = np.concatenate([np.asarray(p) for p in probs], axis=1)
+    return result
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+    """The device-resident arrays of one training job."""
+
+    train: tuple[jax.Array, jax.Array]
+    eval: dict[str, tuple[jax.Array, jax.Array]]  # 'val' and/or 'test'
+    image_shape: tuple[int, int, int]
+    class_names: tuple[str, ...]
+
+
+def prepare_splits(config: ml_collections.ConfigDict) -> Splits:
+    """Loads the data set and carves the validation split; the arrays go to the device once."""
+    dataset = data.load_dataset(config.data)
+    train_idx, val_idx = data.validation_split(dataset.train_labels, config.data.val_size, config.data.seed)
+    eval_splits = {}
+    if len(val_idx):
+        eval_splits["val"] = (dataset.train_images[val_idx], dataset.train_labels[val_idx])
+    if dataset.test_images is not None:
+        eval_splits["test"] = (dataset.test_images, dataset.test_labels)
+    else:
+        logging.warning("%s has no test split (%s): test metrics are skipped.", dataset.name, dataset.source)
+    to_device = lambda pair: (jnp.asarray(pair[0]), jnp.asarray(pair[1], jnp.int32))
+    return Splits(
+        train=to_device((dataset.train_images[train_idx], dataset.train_labels[train_idx])),
+        eval={name: to_device(pair) for name, pair in eval_splits.items()},
+        image_shape=dataset.image_shape, class_names=dataset.class_names,
+    )
+
+
+def _epoch_record(epoch: int, sums: EpochSums, evals: dict[str, dict], diverged: np.ndarray) -> dict[str, np.ndarray]:
+    record = {
+        "train_loss": np.asarray(sums.loss) / np.asarray(sums.count),
+        "train_accuracy": np.asarray(sums.correct) / np.asarray(sums.count),
+    }
+    for split, result in evals.items():
+        for name in ("loss", "accuracy", "macro_f1", "per_class_accuracy"):
+            record[f"{split}_{name}"] = result[name]
+    for name, values in record.items():  # a diverged run reports NaN, never a stale number
+        mask = diverged.reshape((-1,) + (1,) * (np.ndim(values) - 1))
+        record[name] = np.where(mask, np.nan, values)
+    return record
+
+
+def _progress_line(epoch: int, num_epochs: int, record: dict, diverged: np.ndarray, images_per_s: float,
+                   eta_s: float) -> str:
+    val_split = "val" if "val_accuracy" in record else ("test" if "test_accuracy" in record else None)
+    parts = [f"epoch {epoch}/{num_epochs}", f"loss {np.nanmean(record['train_loss']):.3f}"]
+    if val_split:
+        parts.append(f"{val_split} acc {metrics.format_mean_std(record[f'{val_split}_accuracy'])}%"
+                     f" ({record[f'{val_split}_accuracy'].size} runs)")
+    if diverged.any():
+        parts.append(f"{int(diverged.sum())} diverged")
+    parts.append(f"{images_per_s:,.0f} img/s")
+    parts.append(f"ETA {time.strftime('%H:%M:%S', time.gmtime(max(eta_s, 0)))}")
+    return "  ".join(parts)
+
+
+def _write_json_atomic(path: str, payload: Any) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=1)
+    os.replace(tmp, path)
+
+
+def run_labels(grid: RunGrid) -> list[dict[str, Any]]:
+    """Per-run identification written next to every metric: seed, setting and its grid values."""
+    return [{"run": r, "seed_index": int(grid.seed_index[r]), "setting": int(grid.setting_index[r]),
+             **grid.settings[grid.setting_index[r]]} for r in range(grid.num_runs)]
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains every run of `config`, evaluating each epoch; writes metrics, TensorBoard and results."""
+    splits = prepare_splits(config)  # before touching the workdir: a missing data set changes nothing
+    num_classes = len(splits.class_names)
+    grid = make_run_grid(config, splits.image_shape[-1])
+    program = make_train(config, splits.image_shape, num_classes, num_train=splits.train[0].shape[0])
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=1))
+
+    hparams = jax.tree.map(jnp.asarray, grid.hparams)
+    state = program.init(run_keys(config.seed, grid.seed_index), hparams)
+    writer = metric_writers.AsyncWriter(metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard")))
+    labels = run_labels(grid)
+    history: list[dict[str, np.ndarray]] = []
+    images_per_epoch = program.steps_per_epoch * config.batch_size
+    start_time = time.time()
+    with open(os.path.join(workdir, "metrics.jsonl"), "w") as jsonl:
+        for epoch in range(1, config.num_epochs + 1):
+            epoch_start = time.time()
+            state, sums = train_epoch(program, state, hparams, *splits.train, epoch)
+            jax.block_until_ready(state.step)
+            train_seconds = time.time() - epoch_start
+            evals = {name: evaluate(program, state, hparams, *pair, config.eval_batch_size)
+                     for name, pair in splits.eval.items()}
+            diverged = np.asarray(state.diverged)
+            record = _epoch_record(epoch, sums, evals, diverged)
+            history.append(record)
+            for r, label in enumerate(labels):
+                row = {"epoch": epoch, **label, "diverged": bool(diverged[r]), **metrics.per_run_rows(record, r)}
+                jsonl.write(json.dumps(row) + "\n")
+            jsonl.flush()
+            writer.write_scalars(epoch, {
+                f"{name}/mean": float(np.nanmean(values)) for name, values in record.items()
+                if np.ndim(values) == 1 and not np.all(np.isnan(values))})
+            speed = images_per_epoch * grid.num_runs / train_seconds
+            eta = (time.time() - start_time) / epoch * (config.num_epochs - epoch)
+            print(_progress_line(epoch, config.num_epochs, record, diverged, speed, eta), flush=True)
+    writer.close()
+
+    final = history[-1]
+    results = {
+        "config_name": config.get("name", ""),
+        "num_runs": grid.num_runs,
+        "num_seeds": grid.num_seeds,
+        "settings": list(grid.settings),
+        "wall_time_s": time.time() - start_time,
+        "runs": [{**label, "diverged": bool(np.asarray(state.diverged)[r]), **metrics.per_run_rows(final, r)}
+                 for r, label in enumerate(labels)],
+        "summary": {
+            name: [metrics.summarize(values[grid.setting_index == s]) for s in range(len(grid.settings))]
+            for name, values in final.items() if np.ndim(values) == 1
+        },
+    }
+    _write_json_atomic(os.path.join(workdir, "results.json"), results)
+    return results

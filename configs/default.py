@@ -1,0 +1,94 @@
+"""Defaults every study config starts from: the PyTorch tutorial LeNet on CIFAR-10.
+
+Study configs import this, call `get_config()` and override fields. Every field a user may
+override on the command line (`--config.a.b=v`) must exist here.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+
+    config.name = "default"
+    config.seed = 0  # first model seed; seed i of the batch uses jax.random.fold_in(key(seed), i)
+    config.num_seeds = 4  # models trained at once (vmapped) per hyperparameter setting
+    config.num_epochs = 2
+    config.batch_size = 128
+    config.eval_batch_size = 1000
+    config.log_every_epochs = 1
+    config.checkpoint_every_epochs = 1
+
+    config.data = ml_collections.ConfigDict()
+    config.data.name = "cifar10"  # cifar10 | fashion_mnist | mnist
+    config.data.source = "auto"  # auto (local dir, then tfds) | local | tfds
+    config.data.dir = ""  # local files: npz, CIFAR-10 binary/python archives or IDX .gz
+    config.data.tfds_data_dir = ""  # empty: TFDS's own default (TFDS_DATA_DIR or ~/tensorflow_datasets)
+    config.data.val_size = 10000.0  # >= 1: number of images; in (0, 1): fraction of train; 0: none
+    config.data.train_limit = 0  # use only the first N training images (0 = all)
+    config.data.test_limit = 0  # use only the first N test images (0 = all)
+    config.data.seed = 0  # seeds the validation split and folds, independent of model seeds
+    config.data.mean = (0.5, 0.5, 0.5)  # per-channel; broadcast from one value for 1 channel
+    config.data.std = (0.5, 0.5, 0.5)
+
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "cnn"  # cnn | mlp | block_cnn | resnet18
+    config.model.conv_features = (6, 16)
+    config.model.kernel_size = (5, 5)  # one per conv stage
+    config.model.strides = (1, 1)
+    config.model.padding = "VALID"  # VALID (PyTorch's default) | SAME
+    config.model.pool = "max"  # max | avg | lp | none
+    config.model.pool_size = 2
+    config.model.activation = "relu"
+    config.model.conv_batch_norm = False
+    config.model.dense_batch_norm = False
+    config.model.dense_features = (120, 84)  # hidden widths; the output layer is added
+    config.model.dropout_rate = 0.0
+    config.model.dropout_placement = "dense"  # none | conv | dense | all | head
+    config.model.init = "torch_default"
+    config.model.init_conv_only = False  # apply `init` to conv layers only (torch_default elsewhere)
+    config.model.bn_momentum = 0.9  # Flax convention: PyTorch momentum 0.1 == 0.9 here
+    config.model.conv_impl = "auto"  # auto | xla | patches (same numbers, different speed)
+
+    config.optim = ml_collections.ConfigDict()
+    config.optim.name = "sgd"  # sgd | adam | adamw | rmsprop
+    config.optim.learning_rate = 1e-3
+    config.optim.momentum = 0.9
+    config.optim.nesterov = False
+    config.optim.weight_decay = 0.0
+    config.optim.weight_decay_mode = "coupled"  # coupled (torch SGD/Adam) | decoupled (AdamW)
+    config.optim.decay_kernels_only = False
+    config.optim.grad_clip_norm = 0.0  # 0 = off
+    config.optim.schedule = "constant"  # constant | warmup_cosine | step | linear | one_cycle
+    config.optim.warmup_epochs = 0.0
+    config.optim.step_epochs = (30,)  # step decay boundaries
+    config.optim.step_factor = 0.1
+    config.optim.label_smoothing = 0.0
+
+    config.augment = ml_collections.ConfigDict()
+    config.augment.crop_padding = 0  # 0 = off; PyTorch RandomCrop(32, padding=4) is 4
+    config.augment.crop_mode = "zero"  # zero | reflect
+    config.augment.flip = False
+    config.augment.brightness = 0.0
+    config.augment.contrast = 0.0
+    config.augment.saturation = 0.0
+    config.augment.hue = 0.0
+    config.augment.rotation_degrees = 0.0
+    config.augment.cutout_size = 0
+    config.augment.mixup_alpha = 0.0  # 0 = off
+
+    # Traced hyperparameters to train as a product grid in the same program as the seeds, e.g.
+    # config.hparam_grid.learning_rate = (1e-3, 1e-2, 1e-1); runs = grid settings x num_seeds.
+    config.hparam_grid = ml_collections.ConfigDict()
+
+    config.execution = ml_collections.ConfigDict()
+    config.execution.steps_per_call = 0  # 0 = auto (backend dependent)
+
+    config.eval = ml_collections.ConfigDict()
+    config.eval.checkpoint = "latest"  # latest | best | step number
+    config.eval.split = "test"  # test | val | train
+    config.checkpoint = ml_collections.ConfigDict()
+    config.checkpoint.keep = 2
+    config.checkpoint.best_metric = "val_accuracy"
+
+    return config
