@@ -25,6 +25,8 @@ from clu import metric_writers
 from flax import nnx
 
 from cifar_jax import augment, data, execution, losses, metrics, models, optim
+from cifar_jax import workdir as workdir_lib
+from cifar_jax.checkpoint import Checkpoints
 from cifar_jax.errors import ConfigError
 from cifar_jax.models.layers import DropoutRate
 
@@ -110,6 +112,7 @@ class Program:
     epoch_batches: Callable[[TrainState, jax.Array], jax.Array]
     train_steps: Callable[..., tuple[TrainState, EpochSums]]
     eval_batch: Callable[..., tuple[jax.Array, jax.Array, jax.Array]]
+    eval_graph: nnx.GraphDef  # the model in eval mode, for merging a run's state into a module
     steps_per_epoch: int
     steps_per_call: int
     num_classes: int
@@ -139,6 +142,9 @@ def make_train(config: ml_collections.ConfigDict, image_shape: tuple[int, int, i
                num_train: int) -> Program:
     """Resolves the static parts of `config` and returns the jitted, run-vmapped functions."""
     models.validate_model_config(config.model, image_shape, num_classes)
+    for field in ("num_epochs", "checkpoint_every_epochs", "eval_batch_size"):
+        if config[field] < 1:
+            raise ConfigError(f"{field}={config[field]} must be at least 1")
     if config.batch_size < 1 or config.batch_size > num_train:
         raise ConfigError(f"batch_size={config.batch_size} must be between 1 and the {num_train} training images")
     steps_per_epoch = num_train // config.batch_size
@@ -230,6 +236,7 @@ def make_train(config: ml_collections.ConfigDict, image_shape: tuple[int, int, i
         epoch_batches=jax.jit(jax.vmap(epoch_batches_run, in_axes=(0, None)), compiler_options=run_once),
         train_steps=jax.jit(train_steps, static_argnames="length", donate_argnums=(0, 6)),
         eval_batch=jax.jit(jax.vmap(eval_batch_run, in_axes=(0, 0, None, None))),
+        eval_graph=eval_graph,
         steps_per_epoch=steps_per_epoch,
         steps_per_call=steps_per_call,
         num_classes=num_classes,
@@ -304,7 +311,7 @@ def prepare_splits(config: ml_collections.ConfigDict) -> Splits:
     )
 
 
-def _epoch_record(epoch: int, sums: EpochSums, evals: dict[str, dict], diverged: np.ndarray) -> dict[str, np.ndarray]:
+def _epoch_record(sums: EpochSums, evals: dict[str, dict], diverged: np.ndarray) -> dict[str, np.ndarray]:
     record = {
         "train_loss": np.asarray(sums.loss) / np.asarray(sums.count),
         "train_accuracy": np.asarray(sums.correct) / np.asarray(sums.count),
@@ -332,72 +339,105 @@ def _progress_line(epoch: int, num_epochs: int, record: dict, diverged: np.ndarr
     return "  ".join(parts)
 
 
-def _write_json_atomic(path: str, payload: Any) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=1)
-    os.replace(tmp, path)
-
-
 def run_labels(grid: RunGrid) -> list[dict[str, Any]]:
     """Per-run identification written next to every metric: seed, setting and its grid values."""
     return [{"run": r, "seed_index": int(grid.seed_index[r]), "setting": int(grid.setting_index[r]),
              **grid.settings[grid.setting_index[r]]} for r in range(grid.num_runs)]
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains every run of `config`, evaluating each epoch; writes metrics, TensorBoard and results."""
-    splits = prepare_splits(config)  # before touching the workdir: a missing data set changes nothing
-    num_classes = len(splits.class_names)
-    grid = make_run_grid(config, splits.image_shape[-1])
-    program = make_train(config, splits.image_shape, num_classes, num_train=splits.train[0].shape[0])
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=1))
+def _jsonable(record: dict[str, np.ndarray]) -> dict[str, list]:
+    return {name: np.asarray(values).tolist() for name, values in record.items()}
 
-    hparams = jax.tree.map(jnp.asarray, grid.hparams)
-    state = program.init(run_keys(config.seed, grid.seed_index), hparams)
-    writer = metric_writers.AsyncWriter(metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard")))
+
+def _metrics_lines(history: list[dict], labels: list[dict], diverged_by_epoch: list[list[bool]]) -> list[str]:
+    lines = []
+    for epoch, (record, diverged) in enumerate(zip(history, diverged_by_epoch), start=1):
+        for r, label in enumerate(labels):
+            row = {"epoch": epoch, **label, "diverged": diverged[r], **metrics.per_run_rows(record, r)}
+            lines.append(json.dumps(row))
+    return lines
+
+
+def summarize_results(config: ml_collections.ConfigDict, grid: RunGrid, history: list[dict],
+                      diverged: np.ndarray, wall_time_s: float) -> dict[str, Any]:
+    """results.json: per-run final and best-epoch metrics, and per-setting statistics over seeds."""
+    final = {name: np.asarray(values, dtype=np.float64) for name, values in history[-1].items()}
+    selection = "val_accuracy" if "val_accuracy" in final else None
+    if selection:
+        by_epoch = np.stack([np.asarray(h[selection], dtype=np.float64) for h in history])  # (epochs, runs)
+        filled = np.where(np.isnan(by_epoch), -np.inf, by_epoch)
+        final["best_epoch"] = filled.argmax(axis=0) + 1.0
+        final["best_val_accuracy"] = np.where(diverged, np.nan, filled.max(axis=0))
     labels = run_labels(grid)
-    history: list[dict[str, np.ndarray]] = []
-    images_per_epoch = program.steps_per_epoch * config.batch_size
-    start_time = time.time()
-    with open(os.path.join(workdir, "metrics.jsonl"), "w") as jsonl:
-        for epoch in range(1, config.num_epochs + 1):
-            epoch_start = time.time()
-            state, sums = train_epoch(program, state, hparams, *splits.train, epoch)
-            jax.block_until_ready(state.step)
-            train_seconds = time.time() - epoch_start
-            evals = {name: evaluate(program, state, hparams, *pair, config.eval_batch_size)
-                     for name, pair in splits.eval.items()}
-            diverged = np.asarray(state.diverged)
-            record = _epoch_record(epoch, sums, evals, diverged)
-            history.append(record)
-            for r, label in enumerate(labels):
-                row = {"epoch": epoch, **label, "diverged": bool(diverged[r]), **metrics.per_run_rows(record, r)}
-                jsonl.write(json.dumps(row) + "\n")
-            jsonl.flush()
-            writer.write_scalars(epoch, {
-                f"{name}/mean": float(np.nanmean(values)) for name, values in record.items()
-                if np.ndim(values) == 1 and not np.all(np.isnan(values))})
-            speed = images_per_epoch * grid.num_runs / train_seconds
-            eta = (time.time() - start_time) / epoch * (config.num_epochs - epoch)
-            print(_progress_line(epoch, config.num_epochs, record, diverged, speed, eta), flush=True)
-    writer.close()
-
-    final = history[-1]
-    results = {
+    return {
         "config_name": config.get("name", ""),
         "num_runs": grid.num_runs,
         "num_seeds": grid.num_seeds,
+        "num_epochs": len(history),
         "settings": list(grid.settings),
-        "wall_time_s": time.time() - start_time,
-        "runs": [{**label, "diverged": bool(np.asarray(state.diverged)[r]), **metrics.per_run_rows(final, r)}
+        "wall_time_s": wall_time_s,
+        "runs": [{**label, "diverged": bool(diverged[r]), **metrics.per_run_rows(final, r)}
                  for r, label in enumerate(labels)],
         "summary": {
             name: [metrics.summarize(values[grid.setting_index == s]) for s in range(len(grid.settings))]
-            for name, values in final.items() if np.ndim(values) == 1
+            for name, values in final.items() if np.ndim(values) == 1 and name != "best_epoch"
         },
     }
-    _write_json_atomic(os.path.join(workdir, "results.json"), results)
+
+
+def _best_value(record: dict, metric: str) -> float | None:
+    values = np.asarray(record.get(metric, []), dtype=np.float64)
+    return float(np.nanmean(values)) if values.size and not np.all(np.isnan(values)) else None
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains (or resumes) every run of `config`, evaluating each epoch, checkpointing, and writing
+    metrics.jsonl, TensorBoard events and results.json into `workdir`."""
+    splits = prepare_splits(config)  # before touching the workdir: a missing data set changes nothing
+    grid = make_run_grid(config, splits.image_shape[-1])
+    program = make_train(config, splits.image_shape, len(splits.class_names), num_train=splits.train[0].shape[0])
+    data_meta = {"image_shape": list(splits.image_shape), "class_names": list(splits.class_names),
+                 "num_train": int(splits.train[0].shape[0])}
+    workdir_lib.claim(workdir, config, data_meta)  # refuses a workdir of another config before writing anything
+    hparams = jax.tree.map(jnp.asarray, grid.hparams)
+    state = program.init(run_keys(config.seed, grid.seed_index), hparams)
+    checkpoints = Checkpoints(workdir, keep=config.checkpoint.keep, best_metric=config.checkpoint.best_metric)
+    restored = checkpoints.restore(state)
+    history, diverged_by_epoch, elapsed = [], [], 0.0
+    if restored is not None:
+        _, state, meta = restored
+        history, diverged_by_epoch, elapsed = meta["history"], meta["diverged"], meta["wall_time_s"]
+        print(f"resuming {workdir} after epoch {len(history)}", flush=True)
+    labels = run_labels(grid)
+    writer = metric_writers.AsyncWriter(metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard")))
+    images_per_epoch = program.steps_per_epoch * config.batch_size
+    session_start, first_epoch = time.time(), len(history) + 1
+    for epoch in range(first_epoch, config.num_epochs + 1):
+        epoch_start = time.time()
+        state, sums = train_epoch(program, state, hparams, *splits.train, epoch)
+        jax.block_until_ready(state.step)
+        train_seconds = time.time() - epoch_start
+        evals = {name: evaluate(program, state, hparams, *pair, config.eval_batch_size)
+                 for name, pair in splits.eval.items()}
+        diverged = np.asarray(state.diverged)
+        record = _epoch_record(sums, evals, diverged)
+        history.append(_jsonable(record))
+        diverged_by_epoch.append(diverged.tolist())
+        workdir_lib.write_lines_atomic(os.path.join(workdir, "metrics.jsonl"),
+                                       _metrics_lines(history, labels, diverged_by_epoch))
+        writer.write_scalars(epoch, {f"{name}/mean": float(np.nanmean(values)) for name, values in record.items()
+                                     if np.ndim(values) == 1 and not np.all(np.isnan(values))})
+        if epoch % config.checkpoint_every_epochs == 0 or epoch == config.num_epochs:
+            meta = {"history": history, "diverged": diverged_by_epoch,
+                    "wall_time_s": elapsed + time.time() - session_start}
+            checkpoints.save(epoch, state, meta, _best_value(record, config.checkpoint.best_metric))
+        speed = images_per_epoch * grid.num_runs / train_seconds
+        eta = (time.time() - session_start) / (epoch - first_epoch + 1) * (config.num_epochs - epoch)
+        print(_progress_line(epoch, config.num_epochs, record, diverged, speed, eta), flush=True)
+    checkpoints.wait()
+    checkpoints.close()
+    writer.close()
+    results = summarize_results(config, grid, history, np.asarray(diverged_by_epoch[-1]),
+                                elapsed + time.time() - session_start)
+    workdir_lib.write_json_atomic(os.path.join(workdir, "results.json"), results)
     return results

@@ -89,6 +89,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.split = "test"  # test | val | train
     config.checkpoint = ml_collections.ConfigDict()
     config.checkpoint.keep = 2
-    config.checkpoint.best_metric = "val_accuracy"
+    config.checkpoint.best_metric = "val_accuracy"  # mean over runs; *_loss metrics are minimized
+    config.checkpoint.overwrite = False  # True: move a different config's run aside and start anew
 
     return config

@@ -2,26 +2,13 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from cifar_jax import train
-from configs import test as test_config
-
-FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-needs_fashion_mnist = pytest.mark.skipif(
-    not os.path.isdir(FASHION_MNIST), reason="apt-get install dataset-fashion-mnist for the real-data test")
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cifar_jax.main", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=600)
+from helpers import needs_fashion_mnist, run_cli, synthetic_splits, tiny_config, train_runs
 
 
 @needs_fashion_mnist
@@ -55,47 +42,6 @@ def test_missing_data_fails_in_one_line_and_keeps_existing_results(tmp_path):
     assert "Traceback" not in result.stderr
     assert (workdir / "results.json").read_text() == '{"keep": true}'
     assert sorted(os.listdir(workdir)) == ["results.json"]
-
-
-def synthetic_splits(num_train: int = 256, num_eval: int = 128) -> train.Splits:
-    """Class-dependent blobs, so a few steps of training visibly learn."""
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 10, num_train + num_eval)
-    images = rng.integers(0, 20, (num_train + num_eval, 12, 12, 1)) + (labels * 24)[:, None, None, None]
-    images = jnp.asarray(images.astype(np.uint8))
-    labels = jnp.asarray(labels.astype(np.int32))
-    return train.Splits(train=(images[:num_train], labels[:num_train]),
-                        eval={"val": (images[num_train:], labels[num_train:])},
-                        image_shape=(12, 12, 1), class_names=tuple(str(i) for i in range(10)))
-
-
-def tiny_config(**overrides):
-    config = test_config.get_config()
-    config.batch_size = 8
-    config.model.conv_features = (4,)
-    config.model.kernel_size = (3,)
-    config.model.strides = (1,)
-    config.model.dense_features = (16,)
-    config.model.dropout_rate = 0.2
-    for key, value in overrides.items():
-        target = config
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            target = target[parent]
-        target[leaf] = value
-    return config
-
-
-def train_runs(config, splits: train.Splits, seed_index=None, epochs: int = 2):
-    """Trains the runs of `config` (optionally only some seeds) and returns (state, val metrics)."""
-    grid = train.make_run_grid(config, splits.image_shape[-1])
-    program = train.make_train(config, splits.image_shape, len(splits.class_names), splits.train[0].shape[0])
-    seeds = grid.seed_index if seed_index is None else np.asarray(seed_index)
-    hparams = jax.tree.map(lambda v: jnp.asarray(v[: len(seeds)]), grid.hparams)
-    state = program.init(train.run_keys(config.seed, seeds), hparams)
-    for epoch in range(1, epochs + 1):
-        state, _ = train.train_epoch(program, state, hparams, *splits.train, epoch)
-    return state, train.evaluate(program, state, hparams, *splits.eval["val"], 64)
 
 
 def test_vmapped_seeds_equal_separate_runs():

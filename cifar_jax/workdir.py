@@ -1,0 +1,105 @@
+"""The files of a workdir: its config, and refusing to mix runs of different configs.
+
+A workdir belongs to one config. Re-running the same config resumes it; a different config is
+refused (naming the differing fields) before anything is written, unless the user sets
+`checkpoint.overwrite=True`, which moves the old run aside instead of deleting it.
+"""
+
+import json
+import os
+import shutil
+import time
+from typing import Any
+
+import ml_collections
+
+from cifar_jax.errors import CheckpointError
+
+CONFIG_FILE = "config.json"
+DATA_FILE = "data.json"  # image shape, class names, train size: what rebuilding the program needs
+# Fields that may change between a run and its resumption: how long, how often, where the data
+# lives, and how to execute or evaluate. Everything else defines the runs themselves.
+RESUMABLE_FIELDS = ("num_epochs", "log_every_epochs", "checkpoint_every_epochs", "eval_batch_size",
+                    "data.dir", "data.source", "data.tfds_data_dir", "eval.", "execution.",
+                    "checkpoint.keep", "checkpoint.overwrite")
+# Files a run writes at the top of its workdir (moved aside together on overwrite).
+RUN_FILES = (CONFIG_FILE, DATA_FILE, "checkpoints", "metrics.jsonl", "results.json", "tensorboard", "eval")
+
+
+def config_to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The JSON form of a config (tuples become lists), as stored in the workdir."""
+    return json.loads(config.to_json_best_effort())
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def differing_fields(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Dotted names of the fields that differ and matter for resuming."""
+    old, new = _flat(stored), _flat(current)
+    return sorted(name for name in set(old) | set(new)
+                  if old.get(name) != new.get(name) and not name.startswith(RESUMABLE_FIELDS))
+
+
+def load_json(workdir: str, name: str) -> Any:
+    """A JSON file of the workdir, or None when it does not exist."""
+    path = os.path.join(workdir, name)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def claim(workdir: str, config: ml_collections.ConfigDict, data_meta: dict[str, Any]) -> None:
+    """Makes `workdir` this config's: new, same config (resume), or an explicit overwrite.
+
+    Raises before writing anything when the workdir holds a run of another config.
+    """
+    stored = load_json(workdir, CONFIG_FILE)
+    current = config_to_dict(config)
+    if stored is not None:
+        differing = differing_fields(stored, current)
+        if differing and not config.checkpoint.overwrite:
+            shown = ", ".join(f"{name} ({_flat(stored).get(name)!r} -> {_flat(current).get(name)!r})"
+                              for name in differing[:4])
+            more = f" and {len(differing) - 4} more" if len(differing) > 4 else ""
+            raise CheckpointError(
+                f"{workdir} holds a run of another config: {shown}{more}; use another --workdir, the "
+                "original config, or --config.checkpoint.overwrite=True to move the old run aside")
+        if differing:
+            _move_aside(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    write_json_atomic(os.path.join(workdir, CONFIG_FILE), current)
+    write_json_atomic(os.path.join(workdir, DATA_FILE), data_meta)
+
+
+def _move_aside(workdir: str) -> str:
+    """Moves the previous run's files into `replaced-<time>/`: an overwrite never deletes results."""
+    target = os.path.join(workdir, time.strftime("replaced-%Y%m%d-%H%M%S"))
+    os.makedirs(target)
+    for name in RUN_FILES:
+        if os.path.exists(os.path.join(workdir, name)):
+            shutil.move(os.path.join(workdir, name), os.path.join(target, name))
+    return target
+
+
+def write_json_atomic(path: str, payload: Any) -> None:
+    """Writes through a temporary file and a rename, so a killed process never leaves half a file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=1)
+    os.replace(tmp, path)
+
+
+def write_lines_atomic(path: str, lines: list[str]) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.writelines(line + "\n" for line in lines)
+    os.replace(tmp, path)

@@ -1,0 +1,150 @@
+"""Checkpoints: exact round trip, resume after SIGKILL, corrupt checkpoints, refusals, evaluation."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from cifar_jax import evaluation, workdir as workdir_lib
+from cifar_jax.checkpoint import Checkpoints
+from cifar_jax.errors import CheckpointError
+from configs import test as test_config
+from helpers import FASHION_MNIST, REPO, needs_fashion_mnist, run_cli, synthetic_splits, tiny_config, train_runs
+
+# A small, quick CLI job: 3 epochs of 1,600 Fashion-MNIST images, 2 seeds.
+SMALL = ["--config", "configs/test.py", "--config.data.train_limit=2000", "--config.data.val_size=400",
+         "--config.data.test_limit=400", "--config.model.dropout_rate=0.3"]
+
+
+def assert_trees_equal(a, b):
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(_raw, a), jax.tree.map(_raw, b))
+
+
+def _raw(leaf):
+    return jax.random.key_data(leaf) if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key) else leaf
+
+
+def test_save_restore_round_trip_is_exact(tmp_path):
+    state, _ = train_runs(tiny_config(num_seeds=2), synthetic_splits(), epochs=1)
+    checkpoints = Checkpoints(str(tmp_path), keep=2, best_metric="val_accuracy")
+    checkpoints.save(1, state, {"history": [1.5]}, best_value=0.5)
+    checkpoints.wait()
+    fresh, _ = train_runs(tiny_config(num_seeds=2, seed=7), synthetic_splits(), epochs=1)
+    epoch, restored, meta = checkpoints.restore(fresh)
+    assert epoch == 1 and meta == {"history": [1.5]}
+    assert_trees_equal(restored, state)
+    assert jax.tree.structure(restored) == jax.tree.structure(state)
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(tmp_path_factory):
+    if not os.path.isdir(FASHION_MNIST):
+        pytest.skip("apt-get install dataset-fashion-mnist for the checkpoint end-to-end tests")
+    workdir = tmp_path_factory.mktemp("ckpt") / "run"
+    result = run_cli(*SMALL, "--workdir", str(workdir), "--config.num_epochs=3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
+
+
+def final_metrics(workdir) -> list[dict]:
+    return json.loads((workdir / "results.json").read_text())["runs"]
+
+
+@needs_fashion_mnist
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(trained_workdir, tmp_path):
+    workdir = tmp_path / "killed"
+    args = [sys.executable, "-m", "cifar_jax.main", *SMALL, "--workdir", str(workdir), "--config.num_epochs=3"]
+    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    first_line = process.stdout.readline()  # printed after epoch 1 is trained, evaluated and its save started
+    assert first_line.startswith("epoch 1/3"), first_line
+    while not (workdir / "checkpoints" / "latest" / "1").exists():  # Orbax renames it when complete
+        time.sleep(0.05)
+    time.sleep(0.2)  # inside epoch 2
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (workdir / "results.json").exists()
+    resumed = run_cli(*SMALL, "--workdir", str(workdir), "--config.num_epochs=3")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stdout
+    assert final_metrics(workdir) == final_metrics(trained_workdir)
+    history = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in history] == [1, 1, 2, 2, 3, 3]
+
+
+@needs_fashion_mnist
+def test_corrupt_newest_checkpoint_is_skipped(trained_workdir, tmp_path, caplog):
+    workdir = tmp_path / "copy"
+    shutil.copytree(trained_workdir, workdir)
+    newest = workdir / "checkpoints" / "latest" / "3" / "state"
+    for path in newest.rglob("*"):
+        if path.is_file():
+            path.write_bytes(path.read_bytes()[:7])
+    loaded = evaluation.load(str(workdir), "latest")
+    assert loaded.epoch == 2
+    assert "cannot be read" in caplog.text
+
+
+@needs_fashion_mnist
+def test_best_checkpoint_is_the_best_validation_epoch(trained_workdir):
+    rows = [json.loads(line) for line in (trained_workdir / "metrics.jsonl").read_text().splitlines()]
+    mean_by_epoch = {e: np.mean([r["val_accuracy"] for r in rows if r["epoch"] == e]) for e in (1, 2, 3)}
+    best_epoch = max(mean_by_epoch, key=lambda e: (mean_by_epoch[e], e))
+    assert evaluation.load(str(trained_workdir), "best").epoch == best_epoch
+    assert evaluation.load(str(trained_workdir), "2").epoch == 2
+
+
+@needs_fashion_mnist
+def test_eval_cli_on_a_test_npz_elsewhere(trained_workdir, tmp_path):
+    from cifar_jax import data
+    dataset = data.load_local("fashion_mnist", FASHION_MNIST)
+    test_dir = tmp_path / "other"
+    test_dir.mkdir()
+    np.savez(test_dir / "test.npz", image=dataset.test_images[:300], label=dataset.test_labels[:300])
+    result = run_cli("--mode=eval", "--workdir", str(trained_workdir), f"--config.data.dir={test_dir}",
+                     "--config.data.test_limit=0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "test: 300 images" in result.stdout and "seed ensemble" in result.stdout
+    report = json.loads((trained_workdir / "eval" / "latest-epoch3-test.json").read_text())
+    assert len(report["runs"]) == 2 and report["num_images"] == 300
+    assert all(0.5 < run["accuracy"] <= 1 for run in report["runs"])
+    assert np.sum(report["runs"][0]["confusion"]) == 300
+
+
+@needs_fashion_mnist
+def test_resume_with_another_model_is_refused_and_changes_nothing(trained_workdir):
+    before = {p: p.stat().st_mtime_ns for p in trained_workdir.rglob("*")}
+    result = run_cli(*SMALL, "--workdir", str(trained_workdir), "--config.num_epochs=3",
+                     "--config.model.dense_features=(64,)", "--config.num_seeds=3")
+    assert result.returncode == 1
+    error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "model.dense_features" in error[0] and "num_seeds" in error[0]
+    assert {p: p.stat().st_mtime_ns for p in trained_workdir.rglob("*")} == before
+
+
+def test_overwrite_moves_the_old_run_aside(tmp_path):
+    config = test_config.get_config()
+    workdir_lib.claim(str(tmp_path), config, {"image_shape": [28, 28, 1]})
+    (tmp_path / "results.json").write_text("{}")
+    other = test_config.get_config()
+    other.batch_size = 64
+    with pytest.raises(CheckpointError, match="batch_size"):
+        workdir_lib.claim(str(tmp_path), other, {})
+    other.checkpoint.overwrite = True
+    workdir_lib.claim(str(tmp_path), other, {})
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("replaced-")]
+    assert len(aside) == 1 and (aside[0] / "results.json").read_text() == "{}"
+    assert json.loads((tmp_path / "config.json").read_text())["batch_size"] == 64
+
+
+def test_longer_training_may_resume():
+    config, longer = test_config.get_config(), test_config.get_config()
+    longer.num_epochs = 10
+    longer.data.dir = "/elsewhere"
+    assert workdir_lib.differing_fields(workdir_lib.config_to_dict(config), workdir_lib.config_to_dict(longer)) == []
