@@ -59,7 +59,7 @@ def load(workdir: str, checkpoint: str = "latest", config: ml_collections.Config
     grid = train.make_run_grid(config, image_shape[-1])
     program = train.make_train(config, image_shape, len(data_meta["class_names"]), data_meta["num_train"])
     hparams = jax.tree.map(jnp.asarray, grid.hparams)
-    fresh = program.init(train.run_keys(config.seed, grid.seed_index), hparams)
+    fresh = program.init(train.run_keys(config.seed, grid.seed_index, grid.fold_index), hparams)
     checkpoints = Checkpoints(workdir, keep=config.checkpoint.keep, best_metric=config.checkpoint.best_metric,
                               read_only=True)
     restored = checkpoints.restore(fresh, which=str(checkpoint))

@@ -9,7 +9,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cifar_jax import evaluation, execution, train, workdir_config
+from cifar_jax import evaluation, sweep, train, workdir_config
 from cifar_jax.errors import CifarJaxError
 
 FLAGS = flags.FLAGS
@@ -17,7 +17,8 @@ config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/*.py[:arg]); override fields with --config.a.b=v. With --mode=eval "
     "it defaults to the workdir's own config.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
-flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (or resume), or eval a checkpoint of --workdir.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "sweep"],
+                  "train (or resume); eval a checkpoint of --workdir; sweep the config's `sweep` spec.")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -47,6 +48,8 @@ def main(argv: list[str]) -> None:
             raise CifarJaxError(f"--config is required for --mode={FLAGS.mode}; e.g. --config configs/test.py")
         if FLAGS.mode == "train":
             train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        elif FLAGS.mode == "sweep":
+            sweep.run_sweep(FLAGS.config, FLAGS.workdir)
         else:
             evaluation.run_eval(FLAGS.config, FLAGS.workdir)
     except CifarJaxError as error:

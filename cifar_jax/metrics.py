@@ -11,13 +11,43 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.stats
+from flax import nnx
 
 
-def confusion_matrix(labels: jax.Array, predictions: jax.Array, num_classes: int) -> jax.Array:
-    """Counts [true class, predicted class] with a one-hot product (a matmul, fast under vmap)."""
+def confusion_matrix(labels: jax.Array, predictions: jax.Array, num_classes: int,
+                     weights: jax.Array | None = None) -> jax.Array:
+    """Counts [true class, predicted class] with a one-hot product (a matmul, fast under vmap);
+    `weights` (0/1 per example) leave examples out without changing shapes."""
     true_one_hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+    if weights is not None:
+        true_one_hot = true_one_hot * weights[:, None]
     predicted_one_hot = jax.nn.one_hot(predictions, num_classes, dtype=jnp.float32)
     return true_one_hot.T @ predicted_one_hot
+
+
+def layer_gradient_norms(grads: nnx.State) -> dict[str, jax.Array]:
+    """L2 norm of the gradient of each layer (all parameters of one module together), keyed by
+    the module's path, e.g. 'stages/0/conv': the per-layer view the studies plotted."""
+    squares: dict[str, jax.Array] = {}
+    for path, variable in nnx.to_flat_state(grads):
+        layer = _layer_name(path)
+        squares[layer] = squares.get(layer, 0.0) + jnp.sum(jnp.square(variable.value))
+    return {layer: jnp.sqrt(total) for layer, total in squares.items()}
+
+
+def layer_names(params: nnx.State) -> list[str]:
+    """The keys `layer_gradient_norms` returns for these parameters (works on abstract states)."""
+    return list(dict.fromkeys(_layer_name(path) for path, _ in nnx.to_flat_state(params)))
+
+
+def _layer_name(path: tuple) -> str:
+    return "/".join(str(part) for part in path[:-1]) or "model"
+
+
+def dead_unit_fraction(intermediates: nnx.State) -> jax.Array:
+    """Mean over ReLU layers of the fraction of units dead on the whole batch (0 without ReLUs)."""
+    values = [jnp.asarray(v) for v in jax.tree.leaves(intermediates)]
+    return jnp.mean(jnp.stack(values)) if values else jnp.zeros(())
 
 
 def classification_metrics(confusion: np.ndarray, loss_sum: np.ndarray) -> dict[str, np.ndarray]:

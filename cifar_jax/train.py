@@ -30,35 +30,63 @@ from cifar_jax.checkpoint import Checkpoints
 from cifar_jax.errors import ConfigError
 from cifar_jax.models.layers import DropoutRate
 
-# Hyperparameters that are inputs of the compiled program (one value per run), not constants.
-TRACED_HPARAMS = ("learning_rate", "weight_decay", "momentum", "dropout_rate", "label_smoothing", "mixup_alpha")
+# Hyperparameters that are inputs of the compiled program (one value per run), not constants,
+# and the config field each one overrides.
+TRACED_HPARAMS = {
+    "learning_rate": "optim.learning_rate",
+    "weight_decay": "optim.weight_decay",
+    "momentum": "optim.momentum",
+    "dropout_rate": "model.dropout_rate",
+    "label_smoothing": "optim.label_smoothing",
+    "mixup_alpha": "augment.mixup_alpha",
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class RunGrid:
-    """Which runs one program trains: every setting of the traced grid times every seed."""
+    """Which runs one program trains: every fold x every setting of the traced grid x every seed.
+
+    Run r is (fold, setting, seed) in that nesting order, seeds fastest. Seed i of every setting and
+    fold starts from the same key, so settings are paired comparisons.
+    """
 
     settings: tuple[dict[str, float], ...]  # the grid values of each setting (empty dict: no grid)
     num_seeds: int
+    num_folds: int  # 1 without cross-validation
     hparams: dict[str, np.ndarray]  # per run, leading axis = run
 
     @property
     def num_runs(self) -> int:
-        return len(self.settings) * self.num_seeds
+        return self.num_folds * len(self.settings) * self.num_seeds
 
     @property
     def seed_index(self) -> np.ndarray:
-        return np.tile(np.arange(self.num_seeds), len(self.settings))
+        return np.arange(self.num_runs) % self.num_seeds
 
     @property
     def setting_index(self) -> np.ndarray:
-        return np.repeat(np.arange(len(self.settings)), self.num_seeds)
+        return np.arange(self.num_runs) // self.num_seeds % len(self.settings)
+
+    @property
+    def fold_index(self) -> np.ndarray:
+        return np.arange(self.num_runs) // (self.num_seeds * len(self.settings))
 
 
 def base_hparams(config: ml_collections.ConfigDict, num_channels: int) -> dict[str, Any]:
     """The traced values a config sets when no grid overrides them."""
     mean, std = data.normalization_constants(config.data.mean, config.data.std, num_channels)
+    if not 0 <= config.model.dropout_rate < 1:
+        raise ConfigError(f"model.dropout_rate={config.model.dropout_rate} must be in [0, 1)")
     return {**optim.default_hparams(config), "dropout_rate": float(config.model.dropout_rate), "mean": mean, "std": std}
+
+
+def _with_setting(config: ml_collections.ConfigDict, setting: dict[str, float]) -> ml_collections.ConfigDict:
+    """The config with one grid setting written into the fields it overrides."""
+    config = config.copy_and_resolve_references()
+    for name, value in setting.items():
+        section, field = TRACED_HPARAMS[name].split(".")
+        config[section][field] = float(value)
+    return config
 
 
 def make_run_grid(config: ml_collections.ConfigDict, num_channels: int) -> RunGrid:
@@ -76,13 +104,16 @@ def make_run_grid(config: ml_collections.ConfigDict, num_channels: int) -> RunGr
             raise ConfigError(f"hparam_grid.{name} must be a non-empty tuple of values, got {values!r}")
     names = sorted(grid)
     settings = tuple(dict(zip(names, combo)) for combo in itertools.product(*(grid[n] for n in names)))
-    base = base_hparams(config, num_channels)
-    per_setting = [{**base, **{k: float(v) for k, v in s.items()}} for s in settings]
+    # Validating every setting as if it were the config's own value gives grids the same checks.
+    per_setting = [base_hparams(_with_setting(config, s), num_channels) for s in settings]
+    base = per_setting[0]
+    num_folds = max(int(config.data.num_folds), 1)
     hparams = {
-        key: np.repeat(np.stack([np.asarray(h[key], np.float32) for h in per_setting]), config.num_seeds, axis=0)
+        key: np.tile(np.repeat(np.stack([np.asarray(h[key], np.float32) for h in per_setting]), config.num_seeds,
+                               axis=0), (num_folds,) + (1,) * np.ndim(base[key]))
         for key in base
     }
-    return RunGrid(settings=settings, num_seeds=config.num_seeds, hparams=hparams)
+    return RunGrid(settings=settings, num_seeds=config.num_seeds, num_folds=num_folds, hparams=hparams)
 
 
 class TrainState(NamedTuple):
@@ -102,6 +133,9 @@ class EpochSums(NamedTuple):
     loss: jax.Array
     correct: jax.Array
     count: jax.Array
+    steps: jax.Array
+    dead_fraction: jax.Array  # summed over steps
+    grad_norm: dict[str, jax.Array]  # per layer, summed over steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,15 +147,20 @@ class Program:
     train_steps: Callable[..., tuple[TrainState, EpochSums]]
     eval_batch: Callable[..., tuple[jax.Array, jax.Array, jax.Array]]
     eval_graph: nnx.GraphDef  # the model in eval mode, for merging a run's state into a module
+    layer_names: tuple[str, ...]  # the layers whose gradient norms are reported
     steps_per_epoch: int
     steps_per_call: int
     num_classes: int
 
 
 def _model_factory(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], num_classes: int):
+    # Dropout layers exist only where the built rate is > 0; a traced rate grid needs them built.
+    model_config = config.model.copy_and_resolve_references()
+    model_config.dropout_rate = max([config.model.dropout_rate, *config.hparam_grid.get("dropout_rate", ())])
+
     def build(params_key: jax.Array, dropout_key: jax.Array) -> nnx.Module:
         return models.create_model(
-            config.model, input_shape=image_shape, num_classes=num_classes,
+            model_config, input_shape=image_shape, num_classes=num_classes,
             rngs=nnx.Rngs(params=params_key, dropout=dropout_key),
         )
     return build
@@ -153,6 +192,9 @@ def make_train(config: ml_collections.ConfigDict, image_shape: tuple[int, int, i
     use_mixup = config.augment.mixup_alpha > 0 or "mixup_alpha" in config.hparam_grid
 
     abstract = nnx.eval_shape(lambda: build(jax.random.key(0), jax.random.key(0)))
+    if "dropout_rate" in config.hparam_grid and not jax.tree.leaves(nnx.state(abstract, DropoutRate)):
+        raise ConfigError(f"hparam_grid.dropout_rate needs dropout layers, but model.dropout_placement="
+                          f"{config.model.dropout_placement!r} places none; choose conv, dense, all or head")
     abstract.train()
     train_graph = nnx.split(abstract)[0]
     abstract.eval()
@@ -172,9 +214,9 @@ def make_train(config: ml_collections.ConfigDict, image_shape: tuple[int, int, i
                           data_key=jax.random.key_data(data_key), step=jnp.zeros((), jnp.int32),
                           diverged=jnp.zeros((), bool))
 
-    def epoch_batches_run(state: TrainState, epoch: jax.Array) -> jax.Array:
+    def epoch_batches_run(state: TrainState, epoch: jax.Array, train_index: jax.Array) -> jax.Array:
         key = jax.random.fold_in(_data_streams(state.data_key)[0], epoch)
-        order = jax.random.permutation(key, num_train)
+        order = train_index[jax.random.permutation(key, num_train)]
         return order[: steps_per_epoch * config.batch_size].reshape(steps_per_epoch, config.batch_size)
 
     def train_step(state: TrainState, hparams: dict, images: jax.Array, labels: jax.Array,
@@ -192,37 +234,39 @@ def make_train(config: ml_collections.ConfigDict, image_shape: tuple[int, int, i
         def loss_fn(params):
             model = nnx.merge(train_graph, params, state.model_state, copy=True)
             logits = model(x)
+            dead = metrics.dead_unit_fraction(nnx.pop(model, nnx.Intermediate))
             new_model_state = nnx.state(model, nnx.Not(nnx.Param))
-            return losses.softmax_cross_entropy(logits, targets).mean(), (logits, new_model_state)
+            return losses.softmax_cross_entropy(logits, targets).mean(), (logits, new_model_state, dead)
 
-        (loss, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, (logits, model_state, dead)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         tx = make_tx(hparams)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         new_state = TrainState(params=optax.apply_updates(state.params, updates), model_state=model_state,
                                opt_state=opt_state, data_key=state.data_key, step=state.step + 1,
                                diverged=state.diverged | ~jnp.isfinite(loss))
-        correct = jnp.sum(jnp.argmax(logits, -1) == y)
-        return new_state, (loss, correct)
+        step_sums = EpochSums(loss=loss * config.batch_size, correct=jnp.sum(jnp.argmax(logits, -1) == y),
+                              count=jnp.float32(config.batch_size), steps=jnp.float32(1), dead_fraction=dead,
+                              grad_norm=metrics.layer_gradient_norms(grads))
+        return new_state, step_sums
 
     def train_steps_run(state: TrainState, hparams: dict, images: jax.Array, labels: jax.Array,
                         batches: jax.Array, start: jax.Array, sums: EpochSums, *, length: int):
         chunk = jax.lax.dynamic_slice_in_dim(batches, start, length, axis=0)
         step = functools.partial(train_step, hparams=hparams, images=images, labels=labels)
         if length == 1:  # a bare step: XLA:CPU runs convolutions inside loop bodies slowly
-            state, (loss, correct) = step(state, batch_index=chunk[0])
-            loss_sum, correct_sum = loss, correct
+            state, chunk_sums = step(state, batch_index=chunk[0])
         else:
-            state, (loss, correct) = jax.lax.scan(lambda s, b: step(s, batch_index=b), state, chunk)
-            loss_sum, correct_sum = loss.sum(), correct.sum()
-        count = length * config.batch_size
-        return state, EpochSums(sums.loss + loss_sum * config.batch_size, sums.correct + correct_sum,
-                                sums.count + count)
+            state, per_step = jax.lax.scan(lambda s, b: step(s, batch_index=b), state, chunk)
+            chunk_sums = jax.tree.map(lambda v: v.sum(axis=0), per_step)
+        return state, jax.tree.map(jnp.add, sums, chunk_sums)
 
-    def eval_batch_run(state: TrainState, hparams: dict, images: jax.Array, labels: jax.Array):
+    def eval_batch_run(state: TrainState, hparams: dict, images: jax.Array, labels: jax.Array, weights: jax.Array):
+        """`weights` (0/1 per example) select each run's own examples, e.g. its held-out fold."""
         model = nnx.merge(eval_graph, state.params, state.model_state, copy=True)
         logits = model(_standardize(images.astype(jnp.float32) / 255.0, hparams))
-        loss_sum = losses.softmax_cross_entropy(logits, jax.nn.one_hot(labels, num_classes)).sum()
-        return metrics.confusion_matrix(labels, jnp.argmax(logits, -1), num_classes), loss_sum, jax.nn.softmax(logits)
+        loss_sum = (weights * losses.softmax_cross_entropy(logits, jax.nn.one_hot(labels, num_classes))).sum()
+        confusion = metrics.confusion_matrix(labels, jnp.argmax(logits, -1), num_classes, weights)
+        return confusion, loss_sum, jax.nn.softmax(logits)
 
     def train_steps(state, hparams, images, labels, batches, start, sums, *, length: int):
         run = functools.partial(train_steps_run, length=length)
@@ -233,28 +277,42 @@ def make_train(config: ml_collections.ConfigDict, image_shape: tuple[int, int, i
     run_once = {"xla_backend_optimization_level": 0}
     return Program(
         init=jax.jit(jax.vmap(init_run), compiler_options=run_once),
-        epoch_batches=jax.jit(jax.vmap(epoch_batches_run, in_axes=(0, None)), compiler_options=run_once),
+        epoch_batches=jax.jit(jax.vmap(epoch_batches_run, in_axes=(0, None, 0)), compiler_options=run_once),
         train_steps=jax.jit(train_steps, static_argnames="length", donate_argnums=(0, 6)),
-        eval_batch=jax.jit(jax.vmap(eval_batch_run, in_axes=(0, 0, None, None))),
+        eval_batch=jax.jit(jax.vmap(eval_batch_run, in_axes=(0, 0, None, None, 0))),
         eval_graph=eval_graph,
+        layer_names=tuple(metrics.layer_names(nnx.state(abstract, nnx.Param))),
         steps_per_epoch=steps_per_epoch,
         steps_per_call=steps_per_call,
         num_classes=num_classes,
     )
 
 
-def run_keys(seed: int, seed_index: np.ndarray) -> jax.Array:
-    """Per-run key data: run i of every setting shares seed i, so settings are paired comparisons."""
+def run_keys(seed: int, seed_index: np.ndarray, fold_index: np.ndarray | None = None) -> jax.Array:
+    """Per-run key data: run i of every setting shares seed i, so settings are paired comparisons;
+    each cross-validation fold starts from a fresh initialization of its own."""
     base = jax.random.key(seed)
-    return jax.vmap(lambda i: jax.random.key_data(jax.random.fold_in(base, i)))(jnp.asarray(seed_index))
+    folds = jnp.zeros_like(seed_index) if fold_index is None else jnp.asarray(fold_index)
+
+    def key(i, fold):
+        run_key = jax.random.fold_in(base, i)
+        return jax.random.key_data(jax.lax.cond(fold > 0, lambda: jax.random.fold_in(run_key, fold), lambda: run_key))
+    return jax.vmap(key)(jnp.asarray(seed_index), folds)
 
 
 def train_epoch(program: Program, state: TrainState, hparams: dict, images: jax.Array, labels: jax.Array,
-                epoch: int) -> tuple[TrainState, EpochSums]:
-    """Runs one epoch as `steps_per_epoch / steps_per_call` calls of the compiled step chunk."""
+                epoch: int, train_index: jax.Array | None = None) -> tuple[TrainState, EpochSums]:
+    """Runs one epoch as `steps_per_epoch / steps_per_call` calls of the compiled step chunk.
+
+    `train_index` (runs, n) gives each run its own training examples (cross-validation folds);
+    by default every run trains on all of `images`."""
     num_runs = state.step.shape[0]
-    batches = program.epoch_batches(state, jnp.int32(epoch))
-    sums = EpochSums(*(jnp.zeros((num_runs,), jnp.float32) for _ in EpochSums._fields))  # distinct: donated
+    if train_index is None:
+        train_index = jnp.broadcast_to(jnp.arange(images.shape[0]), (num_runs, images.shape[0]))
+    batches = program.epoch_batches(state, jnp.int32(epoch), train_index)
+    zeros = lambda _: jnp.zeros((num_runs,), jnp.float32)  # a new buffer per leaf: sums are donated
+    sums = EpochSums(**{name: zeros(None) for name in EpochSums._fields if name != "grad_norm"},
+                     grad_norm={layer: zeros(None) for layer in program.layer_names})
     start = 0
     while start < program.steps_per_epoch:
         length = min(program.steps_per_call, program.steps_per_epoch - start)
@@ -265,12 +323,18 @@ def train_epoch(program: Program, state: TrainState, hparams: dict, images: jax.
 
 
 def evaluate(program: Program, state: TrainState, hparams: dict, images: jax.Array, labels: jax.Array,
-             batch_size: int, *, return_probs: bool = False) -> dict[str, np.ndarray]:
-    """Per-run loss, accuracy, macro-F1, per-class accuracy and confusion matrix on one split."""
+             batch_size: int, *, weights: jax.Array | None = None, return_probs: bool = False) -> dict[str, np.ndarray]:
+    """Per-run loss, accuracy, macro-F1, per-class accuracy and confusion matrix on one split.
+
+    `weights` (runs, n) of 0/1 restricts each run to its own examples (its held-out fold)."""
+    num_runs = state.step.shape[0]
+    if weights is None:
+        weights = jnp.ones((num_runs, images.shape[0]), jnp.float32)
     confusion, loss_sum, probs = 0.0, 0.0, []
     for start in range(0, images.shape[0], batch_size):
+        batch = slice(start, start + batch_size)
         batch_confusion, batch_loss, batch_probs = program.eval_batch(
-            state, hparams, images[start:start + batch_size], labels[start:start + batch_size])
+            state, hparams, images[batch], labels[batch], weights[:, batch])
         confusion, loss_sum = confusion + batch_confusion, loss_sum + batch_loss
         if return_probs:
             probs.append(batch_probs)
@@ -284,40 +348,79 @@ def evaluate(program: Program, state: TrainState, hparams: dict, images: jax.Arr
 
 @dataclasses.dataclass(frozen=True)
 class Splits:
-    """The device-resident arrays of one training job."""
+    """The device-resident arrays of one training job.
+
+    With k-fold cross-validation, `train` is the whole pool, fold f trains on
+    `fold_train_index[f]` and is validated on the pool examples where `fold_val_mask[f]` is 1.
+    """
 
     train: tuple[jax.Array, jax.Array]
     eval: dict[str, tuple[jax.Array, jax.Array]]  # 'val' and/or 'test'
     image_shape: tuple[int, int, int]
     class_names: tuple[str, ...]
+    fold_train_index: jax.Array | None = None  # (folds, n): equal-length index sets
+    fold_val_mask: jax.Array | None = None  # (folds, pool size)
+
+    @property
+    def num_train(self) -> int:
+        """Examples one run trains on per epoch."""
+        return self.train[0].shape[0] if self.fold_train_index is None else self.fold_train_index.shape[1]
+
+
+def _fold_arrays(labels: np.ndarray, num_folds: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified folds as equal-length train index sets (trimmed by at most one example, since
+    fold sizes differ by at most one) and 0/1 validation masks."""
+    folds = data.kfold_indices(labels, num_folds, seed)
+    length = min(len(train_idx) for train_idx, _ in folds)
+    train_index = np.stack([train_idx[:length] for train_idx, _ in folds]).astype(np.int32)
+    val_mask = np.zeros((num_folds, len(labels)), np.float32)
+    for f, (_, val_idx) in enumerate(folds):
+        val_mask[f, val_idx] = 1.0
+    return train_index, val_mask
 
 
 def prepare_splits(config: ml_collections.ConfigDict) -> Splits:
-    """Loads the data set and carves the validation split; the arrays go to the device once."""
+    """Loads the data set and carves validation (a split, or k folds); arrays go to the device once."""
     dataset = data.load_dataset(config.data)
-    train_idx, val_idx = data.validation_split(dataset.train_labels, config.data.val_size, config.data.seed)
-    eval_splits = {}
-    if len(val_idx):
-        eval_splits["val"] = (dataset.train_images[val_idx], dataset.train_labels[val_idx])
+    to_device = lambda pair: (jnp.asarray(pair[0]), jnp.asarray(pair[1], jnp.int32))
+    eval_splits, folds = {}, {}
+    if config.data.num_folds:
+        train_pair = (dataset.train_images, dataset.train_labels)
+        eval_splits["val"] = train_pair
+        train_index, val_mask = _fold_arrays(dataset.train_labels, config.data.num_folds, config.data.seed)
+        folds = {"fold_train_index": jnp.asarray(train_index), "fold_val_mask": jnp.asarray(val_mask)}
+    else:
+        train_idx, val_idx = data.validation_split(dataset.train_labels, config.data.val_size, config.data.seed)
+        train_pair = (dataset.train_images[train_idx], dataset.train_labels[train_idx])
+        if len(val_idx):
+            eval_splits["val"] = (dataset.train_images[val_idx], dataset.train_labels[val_idx])
     if dataset.test_images is not None:
         eval_splits["test"] = (dataset.test_images, dataset.test_labels)
     else:
         logging.warning("%s has no test split (%s): test metrics are skipped.", dataset.name, dataset.source)
-    to_device = lambda pair: (jnp.asarray(pair[0]), jnp.asarray(pair[1], jnp.int32))
-    return Splits(
-        train=to_device((dataset.train_images[train_idx], dataset.train_labels[train_idx])),
-        eval={name: to_device(pair) for name, pair in eval_splits.items()},
-        image_shape=dataset.image_shape, class_names=dataset.class_names,
-    )
+    return Splits(train=to_device(train_pair), eval={name: to_device(pair) for name, pair in eval_splits.items()},
+                  image_shape=dataset.image_shape, class_names=dataset.class_names, **folds)
+
+
+def run_inputs(splits: Splits, grid: RunGrid) -> tuple[jax.Array | None, dict[str, jax.Array | None]]:
+    """Each run's training indices and per-split evaluation weights (None: all examples)."""
+    if splits.fold_train_index is None:
+        return None, {name: None for name in splits.eval}
+    folds = jnp.asarray(grid.fold_index)
+    return splits.fold_train_index[folds], {name: splits.fold_val_mask[folds] if name == "val" else None
+                                            for name in splits.eval}
 
 
 def _epoch_record(sums: EpochSums, evals: dict[str, dict], diverged: np.ndarray) -> dict[str, np.ndarray]:
+    steps = np.asarray(sums.steps)
     record = {
         "train_loss": np.asarray(sums.loss) / np.asarray(sums.count),
         "train_accuracy": np.asarray(sums.correct) / np.asarray(sums.count),
+        "dead_relu_fraction": np.asarray(sums.dead_fraction) / steps,
+        **{f"grad_norm/{layer}": np.asarray(total) / steps for layer, total in sums.grad_norm.items()},
     }
     for split, result in evals.items():
-        for name in ("loss", "accuracy", "macro_f1", "per_class_accuracy"):
+        for name in ("loss", "accuracy", "macro_f1", "per_class_accuracy", "confusion"):
             record[f"{split}_{name}"] = result[name]
     for name, values in record.items():  # a diverged run reports NaN, never a stale number
         mask = diverged.reshape((-1,) + (1,) * (np.ndim(values) - 1))
@@ -341,7 +444,8 @@ def _progress_line(epoch: int, num_epochs: int, record: dict, diverged: np.ndarr
 
 def run_labels(grid: RunGrid) -> list[dict[str, Any]]:
     """Per-run identification written next to every metric: seed, setting and its grid values."""
-    return [{"run": r, "seed_index": int(grid.seed_index[r]), "setting": int(grid.setting_index[r]),
+    folds = (lambda r: {"fold": int(grid.fold_index[r])}) if grid.num_folds > 1 else (lambda r: {})
+    return [{"run": r, "seed_index": int(grid.seed_index[r]), "setting": int(grid.setting_index[r]), **folds(r),
              **grid.settings[grid.setting_index[r]]} for r in range(grid.num_runs)]
 
 
@@ -395,12 +499,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     metrics.jsonl, TensorBoard events and results.json into `workdir`."""
     splits = prepare_splits(config)  # before touching the workdir: a missing data set changes nothing
     grid = make_run_grid(config, splits.image_shape[-1])
-    program = make_train(config, splits.image_shape, len(splits.class_names), num_train=splits.train[0].shape[0])
+    program = make_train(config, splits.image_shape, len(splits.class_names), num_train=splits.num_train)
     data_meta = {"image_shape": list(splits.image_shape), "class_names": list(splits.class_names),
-                 "num_train": int(splits.train[0].shape[0])}
+                 "num_train": splits.num_train}
     workdir_lib.claim(workdir, config, data_meta)  # refuses a workdir of another config before writing anything
     hparams = jax.tree.map(jnp.asarray, grid.hparams)
-    state = program.init(run_keys(config.seed, grid.seed_index), hparams)
+    state = program.init(run_keys(config.seed, grid.seed_index, grid.fold_index), hparams)
+    train_index, eval_weights = run_inputs(splits, grid)
     checkpoints = Checkpoints(workdir, keep=config.checkpoint.keep, best_metric=config.checkpoint.best_metric)
     restored = checkpoints.restore(state)
     history, diverged_by_epoch, elapsed = [], [], 0.0
@@ -414,10 +519,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     session_start, first_epoch = time.time(), len(history) + 1
     for epoch in range(first_epoch, config.num_epochs + 1):
         epoch_start = time.time()
-        state, sums = train_epoch(program, state, hparams, *splits.train, epoch)
+        state, sums = train_epoch(program, state, hparams, *splits.train, epoch, train_index)
         jax.block_until_ready(state.step)
         train_seconds = time.time() - epoch_start
-        evals = {name: evaluate(program, state, hparams, *pair, config.eval_batch_size)
+        evals = {name: evaluate(program, state, hparams, *pair, config.eval_batch_size, weights=eval_weights[name])
                  for name, pair in splits.eval.items()}
         diverged = np.asarray(state.diverged)
         record = _epoch_record(sums, evals, diverged)

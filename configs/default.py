@@ -27,6 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.val_size = 10000.0  # >= 1: number of images; in (0, 1): fraction of train; 0: none
     config.data.train_limit = 0  # use only the first N training images (0 = all)
     config.data.test_limit = 0  # use only the first N test images (0 = all)
+    config.data.num_folds = 0  # k > 1: k-fold cross-validation as one more vmapped run axis (val_size unused)
     config.data.seed = 0  # seeds the validation split and folds, independent of model seeds
     config.data.mean = (0.5, 0.5, 0.5)  # per-channel; broadcast from one value for 1 channel
     config.data.std = (0.5, 0.5, 0.5)

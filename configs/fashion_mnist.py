@@ -33,6 +33,8 @@ def get_config(arch: str = "conv_conv_fc"):
     config.num_epochs = 10
     config.batch_size = 64
     config.data.name = "fashion_mnist"
+    # Debian's dataset-fashion-mnist files when present; otherwise 'auto' falls back to TFDS.
+    config.data.dir = "/usr/share/datasets/fashion-mnist"
     config.data.mean = (0.2860,)  # Fashion-MNIST training-set statistics, one channel
     config.data.std = (0.3530,)
 

@@ -24,6 +24,10 @@ def test_cli_trains_two_seeds_on_real_fashion_mnist(tmp_path):
     assert results["runs"][0]["val_accuracy"] != results["runs"][1]["val_accuracy"]  # distinct seeds
     lines = (workdir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["seed_index"] for line in lines] == [0, 1]
+    row = json.loads(lines[0])
+    assert 0 <= row["dead_relu_fraction"] < 1
+    assert {"grad_norm/stages/0/conv", "grad_norm/out"} <= set(row) and row["grad_norm/out"] > 0
+    assert np.sum(row["test_confusion"]) == 1000 and np.trace(row["test_confusion"]) == round(row["test_accuracy"] * 1000)
     assert json.loads((workdir / "config.json").read_text())["num_seeds"] == 2
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir / "tensorboard"))
 
@@ -84,3 +88,64 @@ def test_unknown_grid_axis_is_a_config_error():
     config.hparam_grid.batch_size = (4, 8)
     with pytest.raises(train.ConfigError, match="hparam_grid.batch_size"):
         train.make_run_grid(config, 1)
+
+
+@needs_fashion_mnist
+def test_kfold_runs_are_one_program_with_fresh_init_per_fold(tmp_path):
+    workdir = tmp_path / "kfold"
+    result = run_cli("--config", "configs/test.py", "--workdir", str(workdir), "--config.num_seeds=1",
+                     "--config.data.num_folds=3", "--config.data.train_limit=1500")
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = json.loads((workdir / "results.json").read_text())["runs"]
+    assert [run["fold"] for run in runs] == [0, 1, 2]
+    assert len({run["val_accuracy"] for run in runs}) == 3
+    assert all(run["val_accuracy"] > 0.3 for run in runs)  # chance is 0.1; 31 steps of training
+    # each fold validated on its own third of the 1,500-image pool (the confusion counts its examples)
+    keys = train.run_keys(0, np.zeros(3, int), np.arange(3))
+    assert len({tuple(np.asarray(k)) for k in keys}) == 3
+
+
+def test_fold_arrays_partition_the_pool():
+    labels = np.repeat(np.arange(10), 7)
+    train_index, val_mask = train._fold_arrays(labels, 3, seed=0)
+    np.testing.assert_array_equal(val_mask.sum(axis=0), np.ones(70))  # every example validated exactly once
+    for fold in range(3):
+        assert not set(train_index[fold]) & set(np.flatnonzero(val_mask[fold]))  # never trained on its own fold
+    assert train_index.shape[1] == 70 - int(val_mask.sum(axis=1).max())
+
+
+def test_dropout_rate_grid_builds_dropout_layers_and_rejects_models_without_them():
+    splits = synthetic_splits()
+    config = tiny_config(num_seeds=1)
+    config.model.dropout_rate = 0.0
+    config.hparam_grid.dropout_rate = (0.0, 0.5)
+    state, result = train_runs(config, splits, epochs=1)
+    rates = jax.tree.leaves(train.nnx.state(state.model_state, train.DropoutRate))
+    assert rates and all(np.allclose(np.asarray(rate), [0.0, 0.5]) for rate in rates)
+    assert result["loss"][0] != result["loss"][1]
+    config.model.dropout_placement = "none"
+    with pytest.raises(train.ConfigError, match="dropout_placement"):
+        train.make_train(config, splits.image_shape, 10, 256)
+
+
+def test_grid_values_get_the_config_checks():
+    config = tiny_config()
+    config.hparam_grid.learning_rate = (0.1, -1.0)
+    with pytest.raises(train.ConfigError, match="learning_rate"):
+        train.make_run_grid(config, 1)
+    config = tiny_config()
+    config.hparam_grid.dropout_rate = (0.5, 1.0)
+    with pytest.raises(train.ConfigError, match="dropout_rate"):
+        train.make_run_grid(config, 1)
+
+
+def test_a_diverging_run_is_marked_and_the_others_carry_on():
+    splits = synthetic_splits()
+    config = tiny_config(num_seeds=1)
+    config.hparam_grid.learning_rate = (0.05, 1e9)
+    state, result = train_runs(config, splits, epochs=1)
+    assert np.asarray(state.diverged).tolist() == [False, True]
+    assert np.isfinite(result["loss"][0]) and result["accuracy"][0] > 0.2
+    record = train._epoch_record(train.EpochSums(*(np.ones(2),) * 5, grad_norm={}), {"val": result},
+                                 np.asarray(state.diverged))
+    assert np.isnan(record["val_accuracy"][1]) and not np.isnan(record["val_accuracy"][0])

@@ -80,7 +80,7 @@ class Block(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         g = _GATE_FNS[self.gate_fn](self.gate(layers.global_avg_pool(x)))  # (N, k)
-        y = layers.ACTIVATIONS[self.activation](self.conv(x))
+        y = layers.activate(self, self.activation, self.conv(x))
         if self.dropout is not None:
             y = self.dropout(y)
         y = layers.pool2d(y, "max", 2)

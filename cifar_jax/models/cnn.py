@@ -94,7 +94,7 @@ class ConvStage(nnx.Module):
         x = self.conv(x)
         if self.bn is not None:
             x = self.bn(x)
-        x = layers.ACTIVATIONS[self.activation](x)
+        x = layers.activate(self, self.activation, x)
         if self.dropout is not None:
             x = self.dropout(x)
         return layers.pool2d(x, self.pool, self.pool_size)
