@@ -1,8 +1,6 @@
 """Augmentations: shapes, identity at zero strength, per-example randomness, vmap, semantics."""
 
 import functools
-import importlib.util
-from pathlib import Path
 
 import dm_pix as pix
 import jax
@@ -12,19 +10,11 @@ import pytest
 
 from cifar_jax import augment
 from cifar_jax.errors import ConfigError
-
-
-@functools.cache
-def _default_config_module():
-    path = Path(__file__).resolve().parents[1] / "configs" / "default.py"
-    spec = importlib.util.spec_from_file_location("_default_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from configs import default
 
 
 def augment_config(**overrides):
-    cfg = _default_config_module().get_config().augment
+    cfg = default.get_config().augment
     for key, value in overrides.items():
         setattr(cfg, key, value)
     return cfg

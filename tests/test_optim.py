@@ -1,8 +1,5 @@
 """Optimizer chains against PyTorch's update rules (hand-written in numpy), schedules, losses."""
 
-import functools
-import importlib.util
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -11,20 +8,11 @@ import pytest
 
 from cifar_jax import losses, optim
 from cifar_jax.errors import ConfigError
-
-
-@functools.cache
-def _default_config_module():
-    """configs/default.py by path, so the tests run with `pytest` as well as `python -m pytest`."""
-    path = Path(__file__).resolve().parents[1] / "configs" / "default.py"
-    spec = importlib.util.spec_from_file_location("_default_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from configs import default
 
 
 def get_config():
-    return _default_config_module().get_config()
+    return default.get_config()
 
 
 SPE, EPOCHS = 4, 2  # schedule length for the parity runs (constant schedule: irrelevant)
