@@ -1,28 +1,102 @@
 """How a program runs on the current backend: the one place where speed choices are made.
 
 None of these choices changes results beyond float tolerance (tests/test_execution.py); they only
-trade dispatch overhead against XLA's handling of loops and convolutions on each backend.
+trade dispatch overhead, cache footprint and XLA's handling of loops and convolutions on each
+backend. Every automatic choice can be overridden in the config:
+
+=====================================  =========================  ================================
+choice                                 CPU (2-core AVX2 machine)  GPU / TPU
+=====================================  =========================  ================================
+`model.conv_impl` (auto)               patches (im2col x matmul,  xla (cuDNN / TPU convolutions)
+                                       space-to-depth blocks)
+`execution.steps_per_call` (0 = auto)  a `lax.scan` chunk of ~10  the whole epoch in one scan
+                                       steps (1 with XLA convs)
+`execution.runs_per_group` (0 = auto)  ~64 images per step:       all runs in one vmap
+                                       batch 128 -> 1 run at a
+                                       time, batch 4 -> 16 runs
+buffer donation                        on (state and sums)        on
+compilation cache                      `enable_compilation_cache`, the same on every backend
+=====================================  =========================  ================================
+
+Why, measured with scripts/benchmark.py and profiles of the compiled step (LeNet, CIFAR-sized
+arrays, jax 0.10.2; see the README's Performance section for the table):
+
+- XLA:CPU's convolutions are slow for these small layers (LeNet's first layer alone: 36 ms per
+  128 images) and slower still under `vmap` (grouped convolutions) or inside loop bodies. The
+  patches form turns every convolution into one matmul; with space-to-depth blocks
+  (`layers.conv_patches`) LeNet's first layer costs 4x less again, because on a CPU building the
+  patches (a concatenate), not multiplying, is the cost.
+- This machine's memory is slow once a step's working set leaves the 32 MB L3 cache (~2.5 GB/s
+  vs ~14 GB/s in cache). Eight seeds of LeNet at batch 128 vmapped into one step need ~90 MB of
+  patches and activations and run at half the per-seed speed of one seed; mapping over the runs
+  one (small) group at a time (`map_over_runs`) keeps each step in cache. At batch 4 the steps
+  are tiny and vmapping many runs amortises per-op overhead instead.
+- With no XLA convolutions left, a `lax.scan` over a chunk of steps beats one dispatch per step
+  (10-25% on CPU); on accelerators the whole epoch is one scan. Chunks divide the epoch where
+  possible, so a run compiles one step program, not a second one for a remainder.
+- XLA:CPU flags tried without a gain beyond noise: YNNPACK convolutions
+  (`--xla_cpu_experimental_ynn_fusion_type=individual_dot,individual_convolution`), Eigen instead
+  of YNNPACK dots (`--xla_cpu_experimental_ynn_fusion_type=`), oneDNN (`--xla_cpu_use_onednn`, no
+  rewrite happens in this jaxlib), several CPU devices (`--xla_force_host_platform_device_count=2`,
+  each with its own thread pool: oversubscribes 2 cores, 2.5x slower). So no flags are set.
 """
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import ml_collections
 
 from cifar_jax.errors import ConfigError
+from cifar_jax.models.layers import resolve_conv_impl
+
+# Target length of a scanned chunk of training steps on CPU: long enough to amortise dispatch
+# (~0.1-0.3 ms per call), short enough that progress and interruption stay responsive.
+CPU_STEPS_PER_CALL = 10
+# Images one vmapped step may hold on CPU before runs are mapped one group at a time instead.
+CPU_IMAGES_PER_GROUP = 64
+
+_CACHE_ENV = "CIFAR_JAX_CACHE_DIR"
 
 
 def backend() -> str:
     return jax.default_backend()
 
 
+def _field(config: ml_collections.ConfigDict, name: str, default: Any) -> Any:
+    execution = config.get("execution", None)
+    return execution.get(name, default) if execution is not None else default
+
+
+def _chunk_length(steps_per_epoch: int, target: int) -> int:
+    """The largest divisor of `steps_per_epoch` in [target/2, target], else `target`: an epoch is
+    then whole chunks of one length (one compiled program) whenever such a divisor exists."""
+    target = max(1, min(target, steps_per_epoch))
+    for length in range(target, max(1, target // 2) - 1, -1):
+        if steps_per_epoch % length == 0:
+            return length
+    return target
+
+
 def steps_per_call(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
-    """Training steps per compiled call: a whole epoch in one `lax.scan` on accelerators, one bare
-    step per call on CPU, where XLA runs convolutions inside loop bodies several times slower."""
-    requested = int(config.execution.steps_per_call)
+    """Training steps per compiled call. Auto (0): the whole epoch in one `lax.scan` on
+    accelerators; on CPU a chunk of ~`CPU_STEPS_PER_CALL` steps, or 1 bare step per call when the
+    model uses XLA's convolutions, which XLA:CPU runs several times slower inside loop bodies."""
+    requested = int(_field(config, "steps_per_call", 0))
     if requested < 0:
         raise ConfigError(f"execution.steps_per_call={requested} must be >= 0 (0 picks per backend)")
-    if requested == 0:
-        requested = 1 if backend() == "cpu" else steps_per_epoch
-    return min(requested, steps_per_epoch)
+    if requested:
+        return min(requested, steps_per_epoch)
+    if backend() != "cpu":
+        return steps_per_epoch
+    model = config.get("model", None)
+    if model is not None and conv_impl(model.get("conv_impl", "auto")) == "xla":
+        return 1
+    return _chunk_length(steps_per_epoch, CPU_STEPS_PER_CALL)
 
 
 def conv_impl(requested: str) -> str:
@@ -30,6 +104,84 @@ def conv_impl(requested: str) -> str:
     batched matmul instead of a slow grouped convolution), XLA's convolution elsewhere."""
     if requested not in ("auto", "xla", "patches"):
         raise ConfigError(f"model.conv_impl={requested!r} is unknown; use auto, xla or patches")
-    if requested == "auto":
-        return "patches" if backend() == "cpu" else "xla"
-    return requested
+    return resolve_conv_impl(requested)
+
+
+def runs_per_group(config: ml_collections.ConfigDict, num_runs: int) -> int:
+    """How many runs one step computes together (vmapped); groups run one after another
+    (`map_over_runs`). Auto (0): all runs on accelerators; on CPU enough runs for about
+    `CPU_IMAGES_PER_GROUP` images per step, so a step's working set stays in cache."""
+    requested = int(_field(config, "runs_per_group", 0))
+    if requested < 0:
+        raise ConfigError(f"execution.runs_per_group={requested} must be >= 0 (0 picks per backend)")
+    if requested:
+        return min(requested, num_runs)
+    if backend() != "cpu":
+        return num_runs
+    return max(1, min(num_runs, CPU_IMAGES_PER_GROUP // max(1, int(config.batch_size))))
+
+
+def map_over_runs(fn: Callable[..., Any], in_axes: Sequence[int | None],
+                  group_size: int | None) -> Callable[..., Any]:
+    """`jax.vmap(fn, in_axes)` computed `group_size` runs at a time: a `lax.map` over groups of
+    the leading (run) axis, each group vmapped. Same results as the plain vmap (each run is
+    independent); `group_size` None or >= the number of runs is the plain vmap.
+
+    `in_axes` has one entry per positional argument: 0 (the whole pytree is mapped over its
+    leading axis) or None (shared by all runs).
+    """
+    in_axes = tuple(in_axes)
+    if any(axis not in (0, None) for axis in in_axes):
+        raise ValueError(f"map_over_runs takes in_axes of 0 or None, got {in_axes}")
+
+    def mapped(*args):
+        if len(args) != len(in_axes):
+            raise TypeError(f"expected {len(in_axes)} arguments, got {len(args)}")
+        batched = tuple(a for a, axis in zip(args, in_axes) if axis == 0)
+        num_runs = jax.tree.leaves(batched)[0].shape[0]
+        if group_size is None or group_size >= num_runs:
+            return jax.vmap(fn, in_axes=in_axes)(*args)
+
+        def one_run(run_args):
+            it = iter(run_args)
+            return fn(*(next(it) if axis == 0 else a for a, axis in zip(args, in_axes)))
+
+        return jax.lax.map(one_run, batched, batch_size=group_size)
+
+    return mapped
+
+
+def default_cache_dir() -> str:
+    """$CIFAR_JAX_CACHE_DIR, else $XDG_CACHE_HOME/cifar_jax/jax (~/.cache/cifar_jax/jax)."""
+    if os.environ.get(_CACHE_ENV):
+        return os.path.expanduser(os.environ[_CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "cifar_jax", "jax")
+
+
+def enable_compilation_cache(workdir: str | None = None) -> str | None:
+    """Turns on JAX's persistent compilation cache, so a resumed run or a repeated sweep loads its
+    compiled programs instead of recompiling them (a LeNet step: ~10 s of XLA:CPU compile).
+
+    The cache lives in `default_cache_dir()` (shared by all runs of this user), or in
+    `<workdir>/jax_cache` when that directory cannot be created. CIFAR_JAX_CACHE_DIR=off turns
+    it off. Call it before the first compilation. Thresholds are low enough that CPU programs
+    are cached. The cache holds executable code: keep it private to the user (created 0700).
+    Returns the directory used, or None when off or unavailable.
+    """
+    if os.environ.get(_CACHE_ENV, "").lower() in ("off", "0", "none", "false"):
+        return None
+    candidates = [default_cache_dir()] + ([os.path.join(workdir, "jax_cache")] if workdir else [])
+    for path in candidates:
+        try:
+            os.makedirs(path, mode=0o700, exist_ok=True)
+            if not os.access(path, os.W_OK):
+                raise PermissionError(f"{path} is not writable")
+        except OSError as error:
+            logging.warning("compilation cache: cannot use %s (%s)", path, error)
+            continue
+        jax.config.update("jax_compilation_cache_dir", path)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+        return path
+    return None

@@ -9,7 +9,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cifar_jax import evaluation, sweep, train, workdir_config
+from cifar_jax import evaluation, execution, sweep, train, workdir_config
 from cifar_jax.errors import CifarJaxError
 
 FLAGS = flags.FLAGS
@@ -46,6 +46,7 @@ def main(argv: list[str]) -> None:
     try:
         if FLAGS.config is None:
             raise CifarJaxError(f"--config is required for --mode={FLAGS.mode}; e.g. --config configs/test.py")
+        execution.enable_compilation_cache(FLAGS.workdir)
         if FLAGS.mode == "train":
             train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
         elif FLAGS.mode == "sweep":

@@ -136,20 +136,23 @@ def _pair(v) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
-# Cost of one patch element relative to one multiply-add, for choosing the space-to-depth factor:
-# on a 2-core AVX2 CPU a matmul runs at ~40 GFLOP/s (0.05 ns per MAC) while writing the patches
-# (a concatenate) and reading them back for the forward and the weight gradient costs ~1.5-2 ns
-# per element. Measured with scripts/benchmark.py on LeNet (f=2 or 4 for conv1, 2 for conv2).
+# Costs relative to one multiply-add, for choosing the space-to-depth factor on a CPU: a matmul
+# runs at ~40 GFLOP/s on a 2-core AVX2 machine (0.05 ns per MAC) while writing the patches (a
+# concatenate) and reading them back for the forward and the weight gradient costs ~1.5-2 ns
+# per element; building the block kernel and folding its gradient back are transposes of small
+# arrays at ~4 ns per element each way, paid once per step whatever the batch size.
 PATCH_ELEMENT_COST_MACS = 35
+BLOCK_KERNEL_ELEMENT_COST_MACS = 300
 
 
 def space_to_depth_factor(kernel_hw: Sequence[int], in_channels: int, out_channels: int,
-                          out_hw: Sequence[int], strides: Sequence[int]) -> int:
+                          out_hw: Sequence[int], strides: Sequence[int], batch: int = 128) -> int:
     """The block size f (1 = plain im2col) for `conv_patches`: a stride-1 convolution on an image
     rearranged into f x f blocks (space to depth) becomes a ceil((f+k-1)/f)-tap convolution over
     f*f*C channels with f*f*O outputs. Patches shrink ~f*f/ceil((f+k-1)/f)^2-fold and get longer
-    contiguous rows; the price is multiply-adds with structural zeros in the block kernel. The
-    factor minimises MACs + PATCH_ELEMENT_COST_MACS * patch elements per image."""
+    contiguous rows; the price is multiply-adds with structural zeros in the block kernel and
+    building that kernel each step. The factor minimises the estimated cost of one step on a
+    batch of `batch` images (the constants above)."""
     if tuple(strides) != (1, 1):
         return 1
     (kh, kw), (oh, ow) = kernel_hw, out_hw
@@ -158,7 +161,8 @@ def space_to_depth_factor(kernel_hw: Sequence[int], in_channels: int, out_channe
         kbh, kbw = (f + kh - 2) // f + 1, (f + kw - 2) // f + 1
         blocks = -(-oh // f) * -(-ow // f)
         k_dim = kbh * kbw * f * f * in_channels
-        return blocks * k_dim * (f * f * out_channels) + PATCH_ELEMENT_COST_MACS * blocks * k_dim
+        per_image = blocks * k_dim * (f * f * out_channels) + PATCH_ELEMENT_COST_MACS * blocks * k_dim
+        return batch * per_image + BLOCK_KERNEL_ELEMENT_COST_MACS * k_dim * f * f * out_channels
 
     candidates = [f for f in (1, 2, 3, 4) if f <= min(oh, ow)]
     return min(candidates, key=cost)
@@ -184,7 +188,9 @@ def _block_kernel_rows(kernel: jax.Array, f: int, axis: int) -> jax.Array:
 
 
 def _im2col(x: jax.Array, kh: int, kw: int, sh: int, sw: int) -> jax.Array:
-    """(N, H, W, C) -> (N, OH, OW, kh*kw*C), patch order (i, j, c) like a reshaped HWIO kernel."""
+    """(N, H, W, C) -> (N, OH, OW, kh*kw*C), patch order (i, j, c) like a reshaped HWIO kernel.
+    (A gather with static indices builds the same array; on XLA:CPU it cost more CPU time per
+    training step than this concatenate, with its backward as pads + adds via a custom VJP.)"""
     n, h, w, c = x.shape
     oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
     cols = [lax.slice(x, (0, i, j, 0), (n, i + (oh - 1) * sh + 1, j + (ow - 1) * sw + 1, c),
@@ -209,7 +215,7 @@ def conv_patches(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
         x = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
     n, h, w, _ = x.shape
     oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
-    f = s2d_factor or space_to_depth_factor((kh, kw), c, o, (oh, ow), (sh, sw))
+    f = s2d_factor or space_to_depth_factor((kh, kw), c, o, (oh, ow), (sh, sw), batch=n)
     if f == 1:
         return jnp.dot(_im2col(x, kh, kw, sh, sw), kernel.reshape(kh * kw * c, o))
     if (sh, sw) != (1, 1):

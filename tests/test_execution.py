@@ -1,0 +1,203 @@
+"""The fast paths of cifar_jax.execution give the plain path's results: scanned step chunks vs one
+step per call, image patches (with space-to-depth blocks) vs XLA convolutions, runs mapped in
+groups vs one vmap; plus the per-backend rules and the persistent compilation cache.
+
+Fast on a 2-core CPU: tiny models and synthetic data (tests/helpers.py), few compiled programs.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cifar_jax import execution
+from cifar_jax.errors import ConfigError
+from cifar_jax.models import layers
+from helpers import synthetic_splits, tiny_config, train_runs
+
+# ----------------------------------------------------------------------------- rules
+
+
+def test_chunk_length_divides_the_epoch_when_it_can():
+    assert execution._chunk_length(312, 10) == 8  # 312 = 39 x 8: one compiled chunk length
+    assert execution._chunk_length(10000, 10) == 10
+    assert execution._chunk_length(311, 10) == 10  # prime: a remainder chunk compiles once more
+    assert execution._chunk_length(3, 10) == 3
+    assert execution._chunk_length(1, 10) == 1
+
+
+def test_steps_per_call_rules(monkeypatch):
+    config = tiny_config()
+    config.execution.steps_per_call = 7
+    assert execution.steps_per_call(config, 100) == 7
+    assert execution.steps_per_call(config, 5) == 5
+    config.execution.steps_per_call = -1
+    with pytest.raises(ConfigError, match="steps_per_call"):
+        execution.steps_per_call(config, 100)
+    config.execution.steps_per_call = 0
+    monkeypatch.setattr(execution, "backend", lambda: "cpu")
+    config.model.conv_impl = "patches"
+    assert execution.steps_per_call(config, 312) == 8
+    config.model.conv_impl = "xla"  # XLA:CPU convolutions are slow inside loop bodies
+    assert execution.steps_per_call(config, 312) == 1
+    monkeypatch.setattr(execution, "backend", lambda: "gpu")
+    assert execution.steps_per_call(config, 312) == 312
+
+
+def test_runs_per_group_rules(monkeypatch):
+    config = tiny_config()
+    monkeypatch.setattr(execution, "backend", lambda: "cpu")
+    config.batch_size = 128
+    assert execution.runs_per_group(config, 8) == 1
+    config.batch_size = 4
+    assert execution.runs_per_group(config, 8) == 8
+    assert execution.runs_per_group(config, 32) == 16
+    config.execution.runs_per_group = 3
+    assert execution.runs_per_group(config, 8) == 3
+    config.execution.runs_per_group = 0
+    monkeypatch.setattr(execution, "backend", lambda: "tpu")
+    assert execution.runs_per_group(config, 32) == 32
+    config.execution.runs_per_group = -2
+    with pytest.raises(ConfigError, match="runs_per_group"):
+        execution.runs_per_group(config, 8)
+
+
+def test_conv_impl_rules():
+    assert execution.conv_impl("xla") == "xla"
+    assert execution.conv_impl("patches") == "patches"
+    assert execution.conv_impl("auto") == ("patches" if jax.default_backend() == "cpu" else "xla")
+    with pytest.raises(ConfigError, match="conv_impl"):
+        execution.conv_impl("cudnn")
+
+
+# ----------------------------------------------------------------------------- equivalences
+
+
+def test_map_over_runs_equals_vmap():
+    """Groups of 1, 2 and 3 (a remainder group) of 5 runs, with shared and per-run arguments and
+    pytree outputs, give exactly what one vmap gives."""
+    rng = np.random.default_rng(0)
+    w = {"a": jnp.asarray(rng.normal(size=(5, 3, 4)), jnp.float32), "b": jnp.arange(5.0)}
+    x = jnp.asarray(rng.normal(size=(6, 3)), jnp.float32)  # shared by all runs
+
+    def fn(w, x, scale):
+        y = jnp.tanh(x @ w["a"]) * scale + w["b"]
+        return {"y": y, "s": y.sum()}
+
+    scale = jnp.linspace(0.5, 1.5, 5)
+
+    @jax.jit
+    def all_groups(w, x, scale):
+        return [execution.map_over_runs(fn, (0, None, 0), g)(w, x, scale) for g in (None, 1, 2, 3, 5)]
+
+    ref, *others = all_groups(w, x, scale)
+    for other in others:
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), ref, other)
+    with pytest.raises(ValueError, match="in_axes"):
+        execution.map_over_runs(fn, (1, None, 0), 2)
+
+
+CONV_CASES = [  # (h, w, k, c_in, c_out, padding, space-to-depth factors to compare)
+    (32, 32, 5, 3, 6, "VALID", (4,)),  # LeNet conv1 (auto picks 2; 4 has 2x2 taps)
+    (14, 14, 5, 6, 16, "VALID", (2,)),  # LeNet conv2
+    (9, 8, 4, 2, 5, "SAME", (3,)),  # even kernel, asymmetric padding, non-square
+    (11, 7, 3, 2, 4, 1, (2,)),  # PyTorch padding=1, output not a multiple of the block
+]
+
+
+def test_space_to_depth_patches_equal_xla_convolution():
+    """Outputs and gradients (kernel and input) of `conv_patches` at several block factors equal
+    XLA's convolution; all cases in one compiled program."""
+    rng = np.random.default_rng(1)
+    cases = []
+    for h, w, k, c, o, padding, factors in CONV_CASES:
+        x = jnp.asarray(rng.normal(size=(2, h, w, c)), jnp.float32)
+        kernel = jnp.asarray(rng.normal(size=(k, k, c, o)) / np.sqrt(k * k * c), jnp.float32)
+        pads = layers.explicit_padding(padding, (h, w), (k, k), (1, 1))
+        cases.append((x, kernel, pads, factors))
+
+    def xla_conv(x, kernel, pads):
+        return jax.lax.conv_general_dilated(x, kernel, (1, 1), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                            precision="highest")
+
+    def outputs_and_grads(conv, x, kernel):
+        """(y, (d sum(sin y) / d kernel, d sum(sin y) / d x))"""
+        def loss(kernel, x):
+            y = conv(x, kernel)
+            return jnp.sum(jnp.sin(y)), y
+        (_, y), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(kernel, x)
+        return y, grads
+
+    @jax.jit
+    def run(arrays):
+        out = []
+        for (x, kernel), (_, _, pads, factors) in zip(arrays, cases):
+            ref = outputs_and_grads(lambda x, k: xla_conv(x, k, pads), x, kernel)
+            got = [outputs_and_grads(lambda x, k, f=f: layers.conv_patches(x, k, (1, 1), pads, f), x, kernel)
+                   for f in factors]
+            out.append((ref, got))
+        return out
+
+    for (ref, got), case in zip(run([(x, k) for x, k, _, _ in cases]), CONV_CASES):
+        for result, f in zip(got, case[-1]):
+            assert result[0].shape == ref[0].shape, (case, f)
+            jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4, err_msg=f"{case} f={f}"),
+                         result, ref)
+
+
+def test_space_to_depth_factor_choices():
+    # LeNet on CIFAR: both convolutions use 2x2 blocks; 3x3 SAME convolutions (the fifth study's
+    # CNN) and strided ones use plain patches.
+    assert layers.space_to_depth_factor((5, 5), 3, 6, (28, 28), (1, 1), batch=128) == 2
+    assert layers.space_to_depth_factor((5, 5), 6, 16, (10, 10), (1, 1), batch=128) == 2
+    assert layers.space_to_depth_factor((3, 3), 64, 128, (16, 16), (1, 1), batch=100) == 1
+    assert layers.space_to_depth_factor((3, 3), 3, 64, (16, 16), (2, 2), batch=100) == 1
+
+
+def test_fast_training_paths_equal_the_plain_path():
+    """One epoch of 16 steps (2 seeds, dropout, SGD with momentum): scanned chunks (auto on CPU:
+    2 calls of 8 steps) with patch convolutions equal one XLA-convolution step per call."""
+    splits = synthetic_splits(num_train=128, num_eval=64)
+    results = {}
+    for name, steps_per_call, impl in [("plain", 1, "xla"), ("fast", 0, "patches")]:
+        config = tiny_config(num_seeds=2)
+        config.execution.steps_per_call = steps_per_call
+        config.model.conv_impl = impl
+        results[name] = train_runs(config, splits, epochs=1)
+    plain_state, plain_eval = results["plain"]
+    state, evaluation = results["fast"]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5), state.params,
+                 plain_state.params)
+    np.testing.assert_allclose(evaluation["loss"], plain_eval["loss"], rtol=1e-4)
+    np.testing.assert_array_equal(state.step, plain_state.step)
+
+
+# ----------------------------------------------------------------------------- compilation cache
+
+
+@pytest.fixture
+def restore_cache_config():
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_persistent_cache_min_entry_size_bytes")
+    before = {name: getattr(jax.config, name) for name in names}
+    yield
+    for name, value in before.items():
+        jax.config.update(name, value)
+
+
+def test_enable_compilation_cache(tmp_path, monkeypatch, restore_cache_config):
+    target = tmp_path / "cache"
+    monkeypatch.setenv("CIFAR_JAX_CACHE_DIR", str(target))
+    assert execution.enable_compilation_cache() == str(target)
+    assert jax.config.jax_compilation_cache_dir == str(target)
+    assert jax.config.jax_persistent_cache_min_compile_time_secs <= 0.5
+    assert (target.stat().st_mode & 0o777) == 0o700
+
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    monkeypatch.setenv("CIFAR_JAX_CACHE_DIR", str(blocked / "cache"))
+    workdir = tmp_path / "run"
+    assert execution.enable_compilation_cache(str(workdir)) == str(workdir / "jax_cache")
+
+    monkeypatch.setenv("CIFAR_JAX_CACHE_DIR", "off")
+    assert execution.enable_compilation_cache(str(workdir)) is None
