@@ -11,9 +11,9 @@ choice                                 CPU (2-core AVX2 machine)  GPU / TPU
                                        space-to-depth blocks)
 `execution.steps_per_call` (0 = auto)  a `lax.scan` chunk of ~10  the whole epoch in one scan
                                        steps (1 with XLA convs)
-`execution.runs_per_group` (0 = auto)  ~64 images per step:       all runs in one vmap
-                                       batch 128 -> 1 run at a
-                                       time, batch 4 -> 16 runs
+`execution.runs_per_group` (0 = auto)  runs whose activations     all runs in one vmap
+                                       fit 256 MiB per step (LeNet
+                                       b128: 12, CNN b128: 1)
 buffer donation                        on (state and sums)        on
 compilation cache                      `enable_compilation_cache`, the same on every backend
 =====================================  =========================  ================================
@@ -26,19 +26,24 @@ arrays, jax 0.10.2; see the README's Performance section for the table):
   patches form turns every convolution into one matmul; with space-to-depth blocks
   (`layers.conv_patches`) LeNet's first layer costs 4x less again, because on a CPU building the
   patches (a concatenate), not multiplying, is the cost.
-- This machine's memory is slow once a step's working set leaves the 32 MB L3 cache (~2.5 GB/s
-  vs ~14 GB/s in cache). Eight seeds of LeNet at batch 128 vmapped into one step need ~90 MB of
-  patches and activations and run at half the per-seed speed of one seed; mapping over the runs
-  one (small) group at a time (`map_over_runs`) keeps each step in cache. At batch 4 the steps
-  are tiny and vmapping many runs amortises per-op overhead instead.
+- Seeds vmapped into one step make bigger ops, which XLA:CPU spreads over both cores better:
+  LeNet at batch 128 trained 7,500 model-images/s with 8 seeds vmapped against 5,200-5,800
+  for one seed or for 8 seeds mapped one at a time (equal images per CPU-second: the gain is
+  parallelism). But the machine's memory is slow once a step leaves the 32 MB L3 cache
+  (~2.5 GB/s vs ~14 GB/s), and a vmapped step keeps every run's activations: the fifth study's
+  CNN (414 MiB per run at batch 128) ran 177 model-images/s with 8 seeds vmapped and 251 mapped
+  one at a time, and 32 seeds vmapped needed 14 GB. So runs are vmapped up to a memory budget
+  and the groups mapped (`map_over_runs`).
 - With no XLA convolutions left, a `lax.scan` over a chunk of steps beats one dispatch per step
-  (10-25% on CPU); on accelerators the whole epoch is one scan. Chunks divide the epoch where
-  possible, so a run compiles one step program, not a second one for a remainder.
+  (10-30% more images per CPU-second on CPU); on accelerators the whole epoch is one scan.
+  Chunks divide the epoch where possible, so a run compiles one step program, not a second one
+  for a remainder.
 - XLA:CPU flags tried without a gain beyond noise: YNNPACK convolutions
   (`--xla_cpu_experimental_ynn_fusion_type=individual_dot,individual_convolution`), Eigen instead
   of YNNPACK dots (`--xla_cpu_experimental_ynn_fusion_type=`), oneDNN (`--xla_cpu_use_onednn`, no
-  rewrite happens in this jaxlib), several CPU devices (`--xla_force_host_platform_device_count=2`,
-  each with its own thread pool: oversubscribes 2 cores, 2.5x slower). So no flags are set.
+  rewrite happens in this jaxlib), two CPU devices with the runs sharded over them
+  (`--xla_force_host_platform_device_count=2`, also with `--xla_cpu_multi_thread_eigen=false`:
+  4 busy threads on 2 cores, 1.5-2.3x slower). So no flags are set.
 """
 
 from __future__ import annotations
@@ -57,8 +62,12 @@ from cifar_jax.models.layers import resolve_conv_impl
 # Target length of a scanned chunk of training steps on CPU: long enough to amortise dispatch
 # (~0.1-0.3 ms per call), short enough that progress and interruption stay responsive.
 CPU_STEPS_PER_CALL = 10
-# Images one vmapped step may hold on CPU before runs are mapped one group at a time instead.
-CPU_IMAGES_PER_GROUP = 64
+# Activations (VJP residuals) one vmapped training step may keep on CPU before the runs are
+# mapped one group at a time instead. Per run at batch 128: LeNet 21 MiB (8 seeds vmapped ran
+# 1.4x faster than 1 seed at a time on a quiet machine: bigger ops keep both cores busy), the
+# fifth study's CNN 414 MiB and the reduced block CNN 164 MiB (vmapping 8 or 32 seeds ran
+# 1.4-1.5x slower than one at a time and needed up to 14 GB).
+CPU_STEP_BYTES_PER_GROUP = 256 * 2**20
 
 _CACHE_ENV = "CIFAR_JAX_CACHE_DIR"
 
@@ -107,18 +116,36 @@ def conv_impl(requested: str) -> str:
     return resolve_conv_impl(requested)
 
 
-def runs_per_group(config: ml_collections.ConfigDict, num_runs: int) -> int:
+def runs_per_group(config: ml_collections.ConfigDict, num_runs: int, bytes_per_run: int | None = None) -> int:
     """How many runs one step computes together (vmapped); groups run one after another
-    (`map_over_runs`). Auto (0): all runs on accelerators; on CPU enough runs for about
-    `CPU_IMAGES_PER_GROUP` images per step, so a step's working set stays in cache."""
+    (`map_over_runs`). Auto (0): all runs on accelerators; on CPU as many runs as fit
+    `CPU_STEP_BYTES_PER_GROUP` of activations kept for the backward pass (`bytes_per_run`, from
+    `residual_bytes` of one run's step; None: all runs)."""
     requested = int(_field(config, "runs_per_group", 0))
     if requested < 0:
         raise ConfigError(f"execution.runs_per_group={requested} must be >= 0 (0 picks per backend)")
     if requested:
         return min(requested, num_runs)
-    if backend() != "cpu":
+    if backend() != "cpu" or not bytes_per_run:
         return num_runs
-    return max(1, min(num_runs, CPU_IMAGES_PER_GROUP // max(1, int(config.batch_size))))
+    return max(1, min(num_runs, CPU_STEP_BYTES_PER_GROUP // int(bytes_per_run)))
+
+
+def residual_bytes(fn: Callable[..., Any], *args: Any, argnums: Sequence[int] = (0,)) -> int:
+    """Bytes that reverse-mode differentiation of `fn(*args)` with respect to `args[argnums]`
+    keeps from the forward pass (the VJP's residuals: activations, patches, dropout masks), from
+    shapes alone: nothing is compiled or run. `args` may be arrays or `jax.ShapeDtypeStruct`s."""
+
+    def residuals(*all_args):
+        def of_differentiated(*differentiated):
+            full = list(all_args)
+            for index, value in zip(argnums, differentiated):
+                full[index] = value
+            return fn(*full)
+        return jax.vjp(of_differentiated, *(all_args[i] for i in argnums))[1]
+
+    shapes = jax.eval_shape(residuals, *args)
+    return int(sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(shapes)))
 
 
 def map_over_runs(fn: Callable[..., Any], in_axes: Sequence[int | None],

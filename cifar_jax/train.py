@@ -150,7 +150,12 @@ class Program:
     layer_names: tuple[str, ...]  # the layers whose gradient norms are reported
     steps_per_epoch: int
     steps_per_call: int
+    step_residual_bytes: int  # activations one run's step keeps for backward: sets CPU run groups
     num_classes: int
+
+    def runs_per_group(self, config: ml_collections.ConfigDict, num_runs: int) -> int:
+        """Runs that one training step computes together (vmapped); see `execution`."""
+        return execution.runs_per_group(config, num_runs, bytes_per_run=self.step_residual_bytes)
 
 
 def _model_factory(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], num_classes: int):
@@ -177,6 +182,18 @@ def _standardize(images01: jax.Array, hparams: dict) -> jax.Array:
     return (images01 - hparams["mean"]) / hparams["std"]
 
 
+def _step_residual_bytes(abstract_model: nnx.Module, train_graph: nnx.GraphDef, batch_shape: tuple[int, ...]) -> int:
+    """Activations one run's training step keeps for its backward pass, from shapes alone: what
+    decides how many runs a CPU step can vmap before it spills out of cache
+    (`execution.runs_per_group`)."""
+    _, params, model_state = nnx.split(abstract_model, nnx.Param, ...)
+
+    def forward(params, model_state, images):
+        return nnx.merge(train_graph, params, model_state, copy=True)(images).sum()
+
+    return execution.residual_bytes(forward, params, model_state, jax.ShapeDtypeStruct(batch_shape, jnp.float32))
+
+
 def make_train(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], num_classes: int,
                num_train: int) -> Program:
     """Resolves the static parts of `config` and returns the jitted, run-vmapped functions."""
@@ -199,6 +216,8 @@ def make_train(config: ml_collections.ConfigDict, image_shape: tuple[int, int, i
     train_graph = nnx.split(abstract)[0]
     abstract.eval()
     eval_graph = nnx.split(abstract)[0]
+
+    step_bytes = _step_residual_bytes(abstract, train_graph, (config.batch_size, *image_shape))
 
     def make_tx(hparams: dict) -> optax.GradientTransformation:
         return optim.make_optimizer(config.optim, hparams, steps_per_epoch=steps_per_epoch,
@@ -270,7 +289,8 @@ def make_train(config: ml_collections.ConfigDict, image_shape: tuple[int, int, i
 
     def train_steps(state, hparams, images, labels, batches, start, sums, *, length: int):
         run = functools.partial(train_steps_run, length=length)
-        return jax.vmap(run, in_axes=(0, 0, None, None, 0, None, 0))(
+        group_size = execution.runs_per_group(config, num_runs=state.step.shape[0], bytes_per_run=step_bytes)
+        return execution.map_over_runs(run, (0, 0, None, None, 0, None, 0), group_size)(
             state, hparams, images, labels, batches, start, sums)
 
     # Run once per job or epoch: XLA's optimizer would cost seconds of compile time for nothing.
@@ -284,6 +304,7 @@ def make_train(config: ml_collections.ConfigDict, image_shape: tuple[int, int, i
         layer_names=tuple(metrics.layer_names(nnx.state(abstract, nnx.Param))),
         steps_per_epoch=steps_per_epoch,
         steps_per_call=steps_per_call,
+        step_residual_bytes=step_bytes,
         num_classes=num_classes,
     )
 

@@ -16,7 +16,8 @@ For each model (the tutorial LeNet, the fifth study's CNN, a reduced block CNN),
   and batch size with `scripts/torch_reference.train_steps_per_second` (the reference loop).
 - the ratio cifar_jax / PyTorch per cell, on wall time and on CPU time (images per CPU-second of
   the whole process, all threads): on a machine shared with other work the wall-clock ratio
-  swings with the load, the CPU-time ratio much less.
+  swings with the load, the CPU-time ratio much less. PyTorch's timed repeats run between
+  cifar_jax's timed epochs of the same cell, so both see the same load; best of the repeats.
 - compile time of cifar_jax's training step (XLA, cold: no persistent cache), peak host memory
   (RSS of this process sampled during the cell; the process holds both frameworks), and model
   FLOP utilisation: the training FLOPs per image from XLA's cost analysis of the train step
@@ -113,10 +114,12 @@ def jax_config(model: str, batch_size: int, num_seeds: int):
 
 
 def timed_steps(model: str, batch_size: int, num_seeds: int, quick: bool, scale: float) -> int:
-    """Steps per timed epoch: a multiple of 10 (auto chunks on CPU divide it), at least 10."""
-    images = IMAGES_PER_EPOCH[model] * (0.3 if quick else 1.0) * scale
-    steps = max(10, int(round(images / (batch_size * num_seeds) / 10.0)) * 10)
-    return min(steps, 2000)
+    """Steps per timed epoch for about IMAGES_PER_EPOCH model-images: at least 2, a multiple of 10
+    from 10 on (CPU's automatic step chunks then divide the epoch: one compiled program)."""
+    steps = IMAGES_PER_EPOCH[model] * (0.3 if quick else 1.0) * scale / (batch_size * num_seeds)
+    if steps < 10:
+        return max(2, int(round(steps)))
+    return min(2000, int(round(steps / 10.0)) * 10)
 
 
 # ----------------------------------------------------------------------------- measurement helpers
@@ -216,10 +219,45 @@ def train_flops_per_image(model: str, batch_size: int) -> float:
     return _FLOPS_CACHE[key]
 
 
-def jax_cell(model: str, batch_size: int, num_seeds: int, steps: int, repeats: int, max_bytes: float) -> dict:
+class TorchCell:
+    """PyTorch's side of one (model, batch size): a `torch_reference.ThroughputRunner` with a step
+    count of ~`seconds` per timed repeat, run between cifar_jax's timed epochs so both
+    frameworks are measured under the same machine load."""
+
+    def __init__(self, model: str, batch_size: int, threads: int, seconds: float):
+        import torch
+        import torch_reference
+
+        _, name, kwargs, _ = MODELS[model]
+        self.model, self.batch_size, self.version = model, batch_size, torch.__version__
+        self.runner = torch_reference.ThroughputRunner(name, batch_size, threads=threads, **kwargs)
+        self.runner.steps(2)  # warm-up: allocator, oneDNN primitives
+        wall, _ = self.runner.steps(2)
+        self.steps_per_repeat = int(min(2000, max(3, seconds * 2 / wall)))
+        self.walls, self.cpus = [], []
+
+    def repeat(self):
+        wall, cpu = self.runner.steps(self.steps_per_repeat)
+        self.walls.append(wall)
+        self.cpus.append(cpu)
+
+    def result(self, since: int = 0) -> dict:
+        images = self.steps_per_repeat * self.batch_size
+        walls, cpus = self.walls[since:], self.cpus[since:]
+        return {"framework": "pytorch", "model": self.model, "batch_size": self.batch_size,
+                "steps": self.steps_per_repeat, "repeats": len(walls), "images_per_s": images / min(walls),
+                "images_per_s_median": images / statistics.median(walls),
+                "images_per_cpu_s": images / statistics.median(cpus), "torch": self.version}
+
+
+def jax_cell(model: str, batch_size: int, num_seeds: int, steps: int, repeats: int, max_bytes: float,
+             torch_cell: TorchCell | None = None) -> tuple[dict, dict | None]:
+    """cifar_jax's measurement of one cell, with PyTorch's repeats interleaved (if given):
+    returns (cifar_jax result, PyTorch result over the same stretch of time)."""
     config = jax_config(model, batch_size, num_seeds)
     num_train = steps * batch_size
     images, labels = _synthetic(num_train)
+    torch_since = len(torch_cell.walls) if torch_cell else 0
     with PeakRSS() as rss:
         program, hparams, state = _setup(config, num_train)
         args, kwargs = _train_steps_call(program, state, hparams, images, labels)
@@ -234,38 +272,25 @@ def jax_cell(model: str, batch_size: int, num_seeds: int, steps: int, repeats: i
                   "step_memory_gb": need / 2**30}
         if max_bytes and need > max_bytes:
             result["skipped"] = f"the compiled step needs {need / 2**30:.1f} GB > {max_bytes / 2**30:.1f} GB"
-            return result
+            return result, None
         state, _ = train.train_epoch(program, state, hparams, images, labels, 1)  # warm-up epoch
         jax.block_until_ready(state.step)
         walls, cpus = [], []
         for epoch in range(2, repeats + 2):
+            if torch_cell:
+                torch_cell.repeat()
             wall, cpu = time.perf_counter(), time.process_time()
             state, sums = train.train_epoch(program, state, hparams, images, labels, epoch)
             jax.block_until_ready((state.step, sums))
             walls.append(time.perf_counter() - wall)
             cpus.append(time.process_time() - cpu)
+        if torch_cell:
+            torch_cell.repeat()
     model_images = steps * batch_size * num_seeds
     result.update(images_per_s=model_images / min(walls), images_per_s_median=model_images / statistics.median(walls),
                   images_per_cpu_s=model_images / statistics.median(cpus), peak_rss_mb=rss.mb,
                   flops_per_image=train_flops_per_image(model, batch_size))
-    return result
-
-
-def torch_cell(model: str, batch_size: int, threads: int, quick: bool, repeats: int) -> dict:
-    import torch
-    import torch_reference
-
-    _, name, kwargs, _ = MODELS[model]
-    with PeakRSS() as rss:
-        probe = torch_reference.train_steps_per_second(name, batch_size, steps=2, warmup=2, threads=threads,
-                                                       repeats=1, **kwargs)
-        seconds = (0.6 if quick else 2.0)
-        steps = int(min(2000, max(3, seconds * probe["images_per_s"] / batch_size)))
-        result = torch_reference.train_steps_per_second(name, batch_size, steps=steps, warmup=2, threads=threads,
-                                                        repeats=repeats, **kwargs)
-    result.update(framework="pytorch", model=model, batch_size=batch_size, steps=steps, peak_rss_mb=rss.mb,
-                  torch=torch.__version__)
-    return result
+    return result, (torch_cell.result(torch_since) if torch_cell else None)
 
 
 # ----------------------------------------------------------------------------- report
@@ -343,24 +368,26 @@ def main(args, threads: int) -> dict:
     peak = peak_matmul_flops()
     print(f"peak: {peak / 1e9:.1f} GFLOP/s (f32 2048^3 matmul, XLA, {threads} threads)", flush=True)
 
-    torch_results: dict[tuple[str, int], dict] = {}
+    torch_cells: dict[tuple[str, int], TorchCell] = {}
     rows = []
     for model, batch_size, seeds in cells:
-        if not args.no_torch and (model, batch_size) not in torch_results:
-            torch_results[(model, batch_size)] = torch_cell(model, batch_size, threads, args.quick, repeats)
-            t = torch_results[(model, batch_size)]
-            print(f"  pytorch   {model:15s} batch {batch_size:3d}          {t['images_per_s']:9,.0f} img/s "
-                  f"({t['images_per_cpu_s']:,.0f} per CPU-s, {t['steps']} steps)", flush=True)
+        torch_cell = None
+        if not args.no_torch:
+            if (model, batch_size) not in torch_cells:
+                torch_cells[(model, batch_size)] = TorchCell(model, batch_size, threads, 0.5 if args.quick else 1.5)
+            torch_cell = torch_cells[(model, batch_size)]
         steps = timed_steps(model, batch_size, seeds, args.quick, args.scale)
-        j = jax_cell(model, batch_size, seeds, steps, repeats, max_bytes)
+        j, t = jax_cell(model, batch_size, seeds, steps, repeats, max_bytes, torch_cell)
         if "skipped" in j:
-            print(f"  cifar_jax {model:15s} batch {batch_size:3d} seeds {seeds:2d} skipped: {j['skipped']}", flush=True)
+            print(f"  {model:15s} batch {batch_size:3d} seeds {seeds:2d}  skipped: {j['skipped']}", flush=True)
         else:
-            print(f"  cifar_jax {model:15s} batch {batch_size:3d} seeds {seeds:2d} {j['images_per_s']:9,.0f} model-img/s "
-                  f"({j['images_per_cpu_s']:,.0f} per CPU-s, {steps} steps, {j['steps_per_call']}/call, "
-                  f"compile {j['compile_s']:.1f} s)", flush=True)
-        rows.append({"model": model, "batch_size": batch_size, "seeds": seeds, "jax": j,
-                     "torch": torch_results.get((model, batch_size))})
+            line = (f"  {model:15s} batch {batch_size:3d} seeds {seeds:2d}  cifar_jax {j['images_per_s']:7,.0f} "
+                    f"model-img/s ({j['images_per_cpu_s']:,.0f}/CPU-s, {steps} steps, {j['steps_per_call']}/call, "
+                    f"compile {j['compile_s']:.1f} s)")
+            if t:
+                line += f"  pytorch {t['images_per_s']:7,.0f} img/s ({t['images_per_cpu_s']:,.0f}/CPU-s)"
+            print(line, flush=True)
+        rows.append({"model": model, "batch_size": batch_size, "seeds": seeds, "jax": j, "torch": t})
 
     print()
     print("PyTorch runs the S seeds one after another: its model-images/s is one seed's images/s "

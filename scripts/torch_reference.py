@@ -218,40 +218,45 @@ def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray, batch_siz
     return correct / len(labels)
 
 
-def train_steps_per_second(name: str, batch_size: int, steps: int, *, warmup: int = 3, threads: int = 2,
-                           seed: int = 0, repeats: int = 3, num_images: int = 4096,
-                           **model_kwargs) -> dict:
-    """Training throughput of one seed on synthetic CIFAR-sized uint8 data, the same loop as
-    `train_one_seed` (shuffled batches, per-batch normalisation, zero_grad/backward/step).
-    `steps` timed steps after `warmup`, best and median of `repeats`. Returns images/s (wall)
-    and images per CPU-second (process time, all threads), a measure that is robust to other
-    processes sharing the cores."""
-    torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    model = make_model(name, **model_kwargs)
-    model.train()
-    optimizer = make_optimizer(name, model)
-    criterion = nn.CrossEntropyLoss()
-    rng = np.random.default_rng(seed)
-    images = torch.from_numpy(rng.integers(0, 256, (num_images, 32, 32, 3), dtype=np.uint8))
-    labels = torch.from_numpy(rng.integers(0, 10, num_images).astype(np.int64))
-    generator = torch.Generator().manual_seed(seed)
+class ThroughputRunner:
+    """One seed's training loop on synthetic CIFAR-sized uint8 data, the same loop as
+    `train_one_seed` (random batches, per-batch normalisation, zero_grad/backward/step), timed
+    a few steps at a time so a benchmark can interleave it with other measurements."""
 
-    def run(count: int):
-        for _ in range(count):
-            idx = torch.randint(0, num_images, (batch_size,), generator=generator)
-            optimizer.zero_grad()
-            loss = criterion(model(to_input(images[idx])), labels[idx])
-            loss.backward()
-            optimizer.step()
+    def __init__(self, name: str, batch_size: int, *, threads: int = 2, seed: int = 0, num_images: int = 4096,
+                 **model_kwargs):
+        torch.set_num_threads(threads)
+        torch.manual_seed(seed)
+        self.batch_size, self.threads = batch_size, threads
+        self.model = make_model(name, **model_kwargs)
+        self.model.train()
+        self.optimizer = make_optimizer(name, self.model)
+        self.criterion = nn.CrossEntropyLoss()
+        rng = np.random.default_rng(seed)
+        self.images = torch.from_numpy(rng.integers(0, 256, (num_images, 32, 32, 3), dtype=np.uint8))
+        self.labels = torch.from_numpy(rng.integers(0, 10, num_images).astype(np.int64))
+        self.generator = torch.Generator().manual_seed(seed)
 
-    run(warmup)
-    walls, cpus = [], []
-    for _ in range(repeats):
+    def steps(self, count: int) -> tuple[float, float]:
+        """Runs `count` training steps; returns (wall seconds, process CPU seconds)."""
         wall, cpu = time.perf_counter(), time.process_time()
-        run(steps)
-        walls.append(time.perf_counter() - wall)
-        cpus.append(time.process_time() - cpu)
+        for _ in range(count):
+            idx = torch.randint(0, len(self.labels), (self.batch_size,), generator=self.generator)
+            self.optimizer.zero_grad()
+            loss = self.criterion(self.model(to_input(self.images[idx])), self.labels[idx])
+            loss.backward()
+            self.optimizer.step()
+        return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def train_steps_per_second(name: str, batch_size: int, steps: int, *, warmup: int = 3, threads: int = 2,
+                           seed: int = 0, repeats: int = 3, **model_kwargs) -> dict:
+    """Training throughput of one seed (`ThroughputRunner`): `steps` timed steps after `warmup`,
+    best and median of `repeats`. Returns images/s (wall) and images per CPU-second (process
+    time, all threads), a measure that is robust to other processes sharing the cores."""
+    runner = ThroughputRunner(name, batch_size, threads=threads, seed=seed, **model_kwargs)
+    runner.steps(warmup)
+    walls, cpus = zip(*(runner.steps(steps) for _ in range(repeats)))
     images_done = steps * batch_size
     return {"images_per_s": images_done / min(walls), "images_per_s_median": images_done / float(np.median(walls)),
             "images_per_cpu_s": images_done / float(np.median(cpus)), "threads": threads}

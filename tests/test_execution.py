@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cifar_jax import execution
+from cifar_jax import execution, train
 from cifar_jax.errors import ConfigError
 from cifar_jax.models import layers
 from helpers import synthetic_splits, tiny_config, train_runs
@@ -47,19 +47,43 @@ def test_steps_per_call_rules(monkeypatch):
 def test_runs_per_group_rules(monkeypatch):
     config = tiny_config()
     monkeypatch.setattr(execution, "backend", lambda: "cpu")
-    config.batch_size = 128
-    assert execution.runs_per_group(config, 8) == 1
-    config.batch_size = 4
-    assert execution.runs_per_group(config, 8) == 8
-    assert execution.runs_per_group(config, 32) == 16
+    mib = 2**20
+    assert execution.runs_per_group(config, 32, bytes_per_run=21 * mib) == 12  # LeNet, batch 128
+    assert execution.runs_per_group(config, 8, bytes_per_run=21 * mib) == 8
+    assert execution.runs_per_group(config, 8, bytes_per_run=414 * mib) == 1  # fifth study's CNN
+    assert execution.runs_per_group(config, 8) == 8  # unknown size: one vmap
     config.execution.runs_per_group = 3
-    assert execution.runs_per_group(config, 8) == 3
+    assert execution.runs_per_group(config, 8, bytes_per_run=414 * mib) == 3
     config.execution.runs_per_group = 0
     monkeypatch.setattr(execution, "backend", lambda: "tpu")
-    assert execution.runs_per_group(config, 32) == 32
+    assert execution.runs_per_group(config, 32, bytes_per_run=414 * mib) == 32
     config.execution.runs_per_group = -2
     with pytest.raises(ConfigError, match="runs_per_group"):
         execution.runs_per_group(config, 8)
+
+
+def test_residual_bytes_counts_what_the_backward_pass_keeps():
+    w = jax.ShapeDtypeStruct((64, 32), jnp.float32)
+    x = jax.ShapeDtypeStruct((128, 64), jnp.float32)
+    linear = execution.residual_bytes(lambda w, x: jnp.sum(x @ w), w, x)
+    assert linear >= 128 * 64 * 4  # x is kept for the weight gradient
+    deeper = execution.residual_bytes(lambda w, x: jnp.sum(jnp.tanh(x @ w) @ w.T), w, x)
+    assert deeper > linear  # and the hidden activations
+
+
+def test_program_sizes_run_groups_from_its_step_activations(monkeypatch):
+    """The auto rule on CPU: the fifth study's CNN at batch 128 keeps ~414 MiB per run (one run
+    per step), LeNet at batch 128 ~21 MiB (several runs vmapped together)."""
+    from configs import cnn_bn_dropout, lenet_tutorial
+    monkeypatch.setattr(execution, "backend", lambda: "cpu")
+    sizes = {}
+    for name, module in [("lenet", lenet_tutorial), ("cnn", cnn_bn_dropout)]:
+        config = module.get_config()
+        config.batch_size = 128
+        program = train.make_train(config, (32, 32, 3), 10, num_train=1024)
+        sizes[name] = (program.step_residual_bytes / 2**20, program.runs_per_group(config, 32))
+    assert 15 < sizes["lenet"][0] < 30 and 8 <= sizes["lenet"][1] <= 16
+    assert 300 < sizes["cnn"][0] < 500 and sizes["cnn"][1] == 1
 
 
 def test_conv_impl_rules():
@@ -155,13 +179,15 @@ def test_space_to_depth_factor_choices():
 
 
 def test_fast_training_paths_equal_the_plain_path():
-    """One epoch of 16 steps (2 seeds, dropout, SGD with momentum): scanned chunks (auto on CPU:
-    2 calls of 8 steps) with patch convolutions equal one XLA-convolution step per call."""
+    """One epoch of 16 steps (3 seeds, dropout, SGD with momentum): scanned chunks (auto on CPU:
+    2 calls of 8 steps) with patch convolutions and the runs mapped in groups of 2 (a group and a
+    remainder) equal one XLA-convolution step per call with all runs in one vmap."""
     splits = synthetic_splits(num_train=128, num_eval=64)
     results = {}
-    for name, steps_per_call, impl in [("plain", 1, "xla"), ("fast", 0, "patches")]:
-        config = tiny_config(num_seeds=2)
+    for name, steps_per_call, impl, group in [("plain", 1, "xla", 3), ("fast", 0, "patches", 2)]:
+        config = tiny_config(num_seeds=3)
         config.execution.steps_per_call = steps_per_call
+        config.execution.runs_per_group = group
         config.model.conv_impl = impl
         results[name] = train_runs(config, splits, epochs=1)
     plain_state, plain_eval = results["plain"]
