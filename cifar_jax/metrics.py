@@ -31,7 +31,7 @@ def layer_gradient_norms(grads: nnx.State) -> dict[str, jax.Array]:
     squares: dict[str, jax.Array] = {}
     for path, variable in nnx.to_flat_state(grads):
         layer = _layer_name(path)
-        squares[layer] = squares.get(layer, 0.0) + jnp.sum(jnp.square(variable.value))
+        squares[layer] = squares.get(layer, 0.0) + jnp.sum(jnp.square(variable[...]))
     return {layer: jnp.sqrt(total) for layer, total in squares.items()}
 
 

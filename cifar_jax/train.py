@@ -252,8 +252,8 @@ def make_train(config: ml_collections.ConfigDict, image_shape: tuple[int, int, i
 
         def loss_fn(params):
             model = nnx.merge(train_graph, params, state.model_state, copy=True)
-            logits = model(x)
-            dead = metrics.dead_unit_fraction(nnx.pop(model, nnx.Intermediate))
+            logits, intermediates = nnx.capture(model, nnx.Intermediate)(x)
+            dead = metrics.dead_unit_fraction(intermediates)
             new_model_state = nnx.state(model, nnx.Not(nnx.Param))
             return losses.softmax_cross_entropy(logits, targets).mean(), (logits, new_model_state, dead)
 

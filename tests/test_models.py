@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import warnings
 from pathlib import Path
 
 import jax
@@ -20,6 +21,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from cifar_jax import metrics
 from cifar_jax.errors import ConfigError
 from cifar_jax.models import MODEL_NAMES, create_model, validate_model_config
 from cifar_jax.models import block as block_lib
@@ -624,3 +626,21 @@ def test_study_configs_load_and_validate():
         cfg = load_config("fashion_mnist", arch)
         assert cfg.data.name == "fashion_mnist"
         validate_model_config(cfg.model, FASHION, 10)
+
+
+def test_relu_sows_dead_fraction_only_inside_capture():
+    """A channel that is zero for the whole batch counts as dead; the training step collects the
+    fraction with `nnx.capture`, and a plain call (evaluation) leaves the module unchanged."""
+
+    class Probe(nnx.Module):
+        def __call__(self, x):
+            return layers.activate(self, "relu", x)
+
+    x = jnp.stack([jnp.array([1.0, -1.0, -2.0, 3.0]), jnp.array([2.0, -3.0, 1.0, -1.0])])  # channel 1 dead
+    probe = Probe()
+    _, intermediates = nnx.capture(probe, nnx.Intermediate)(x)
+    np.testing.assert_allclose(metrics.dead_unit_fraction(intermediates), 0.25)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        probe(x)
+    assert not jax.tree.leaves(nnx.state(probe, nnx.Intermediate))

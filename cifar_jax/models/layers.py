@@ -357,9 +357,15 @@ def activate(module: nnx.Module, name: str, x: jax.Array) -> jax.Array:
     """Applies activation `name`; for ReLU also sows the fraction of dead units (channels that are
     zero for every example and position of the batch), the dying-ReLU diagnostic of the studies."""
     y = ACTIVATIONS[name](x)
-    if name == "relu":
+    if name == "relu" and _capturing(module):
         module.sow(nnx.Intermediate, "dead_fraction", jnp.mean(jnp.all(y <= 0, axis=tuple(range(y.ndim - 1)))))
     return y
+
+
+def _capturing(module: nnx.Module) -> bool:
+    """Whether `module` runs inside `nnx.capture` (the training step collects its intermediates):
+    outside it a sow is deprecated and would leave an Intermediate variable in the module."""
+    return hasattr(module, "__captures__")
 
 
 def pool2d(x: jax.Array, kind: str, size: int) -> jax.Array:
