@@ -28,7 +28,7 @@ from cifar_jax import augment, data, execution, losses, metrics, models, optim
 from cifar_jax import workdir as workdir_lib
 from cifar_jax.checkpoint import Checkpoints
 from cifar_jax.errors import ConfigError
-from cifar_jax.models.layers import DropoutRate
+from cifar_jax.models.layers import DropoutRate, set_compute_dtype
 
 # Hyperparameters that are inputs of the compiled program (one value per run), not constants,
 # and the config field each one overrides.
@@ -163,11 +163,15 @@ def _model_factory(config: ml_collections.ConfigDict, image_shape: tuple[int, in
     model_config = config.model.copy_and_resolve_references()
     model_config.dropout_rate = max([config.model.dropout_rate, *config.hparam_grid.get("dropout_rate", ())])
 
+    dtype = execution.compute_dtype(config)
+
     def build(params_key: jax.Array, dropout_key: jax.Array) -> nnx.Module:
-        return models.create_model(
+        model = models.create_model(
             model_config, input_shape=image_shape, num_classes=num_classes,
             rngs=nnx.Rngs(params=params_key, dropout=dropout_key),
         )
+        set_compute_dtype(model, dtype)
+        return model
     return build
 
 
@@ -253,6 +257,7 @@ def make_train(config: ml_collections.ConfigDict, image_shape: tuple[int, int, i
         def loss_fn(params):
             model = nnx.merge(train_graph, params, state.model_state, copy=True)
             logits, intermediates = nnx.capture(model, nnx.Intermediate)(x)
+            logits = logits.astype(jnp.float32)
             dead = metrics.dead_unit_fraction(intermediates)
             new_model_state = nnx.state(model, nnx.Not(nnx.Param))
             return losses.softmax_cross_entropy(logits, targets).mean(), (logits, new_model_state, dead)
@@ -282,7 +287,7 @@ def make_train(config: ml_collections.ConfigDict, image_shape: tuple[int, int, i
     def eval_batch_run(state: TrainState, hparams: dict, images: jax.Array, labels: jax.Array, weights: jax.Array):
         """`weights` (0/1 per example) select each run's own examples, e.g. its held-out fold."""
         model = nnx.merge(eval_graph, state.params, state.model_state, copy=True)
-        logits = model(_standardize(images.astype(jnp.float32) / 255.0, hparams))
+        logits = model(_standardize(images.astype(jnp.float32) / 255.0, hparams)).astype(jnp.float32)
         loss_sum = (weights * losses.softmax_cross_entropy(logits, jax.nn.one_hot(labels, num_classes))).sum()
         confusion = metrics.confusion_matrix(labels, jnp.argmax(logits, -1), num_classes, weights)
         return confusion, loss_sum, jax.nn.softmax(logits)

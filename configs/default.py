@@ -85,6 +85,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.execution = ml_collections.ConfigDict()
     config.execution.steps_per_call = 0  # 0 = auto (backend dependent)
     config.execution.runs_per_group = 0  # runs vmapped together per step; 0 = auto (backend dependent)
+    config.execution.compute_dtype = "auto"  # auto | float32 | bfloat16 (auto: bfloat16 on GPU/TPU)
 
     config.eval = ml_collections.ConfigDict()
     config.eval.checkpoint = "latest"  # latest | best | step number

@@ -268,7 +268,8 @@ def jax_cell(model: str, batch_size: int, num_seeds: int, steps: int, repeats: i
         need = (memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes
                 if memory is not None else 0)
         result = {"framework": "cifar_jax", "model": model, "batch_size": batch_size, "seeds": num_seeds,
-                  "steps": steps, "steps_per_call": program.steps_per_call, "compile_s": compile_s,
+                  "steps": steps, "steps_per_call": program.steps_per_call,
+                  "runs_per_group": program.runs_per_group(config, num_seeds), "compile_s": compile_s,
                   "step_memory_gb": need / 2**30}
         if max_bytes and need > max_bytes:
             result["skipped"] = f"the compiled step needs {need / 2**30:.1f} GB > {max_bytes / 2**30:.1f} GB"
@@ -364,7 +365,8 @@ def main(args, threads: int) -> dict:
     print(f"cifar_jax benchmark: jax {jax.__version__} ({jax.default_backend()}, {jax.devices()[0].device_kind}), "
           f"{threads} threads, {platform.processor() or platform.machine()}, python {platform.python_version()}")
     print(f"execution defaults: conv_impl={execution.conv_impl('auto')}, steps_per_call=auto "
-          f"(CPU chunk {execution.CPU_STEPS_PER_CALL}), buffer donation on")
+          f"(CPU chunk {execution.CPU_STEPS_PER_CALL}), runs_per_group=auto (CPU: up to "
+          f"{execution.CPU_STEP_BYTES_PER_GROUP / 2**20:.0f} MiB of step activations), buffer donation on")
     peak = peak_matmul_flops()
     print(f"peak: {peak / 1e9:.1f} GFLOP/s (f32 2048^3 matmul, XLA, {threads} threads)", flush=True)
 
@@ -383,6 +385,7 @@ def main(args, threads: int) -> dict:
         else:
             line = (f"  {model:15s} batch {batch_size:3d} seeds {seeds:2d}  cifar_jax {j['images_per_s']:7,.0f} "
                     f"model-img/s ({j['images_per_cpu_s']:,.0f}/CPU-s, {steps} steps, {j['steps_per_call']}/call, "
+                    f"{j['runs_per_group']} runs/group, "
                     f"compile {j['compile_s']:.1f} s)")
             if t:
                 line += f"  pytorch {t['images_per_s']:7,.0f} img/s ({t['images_per_cpu_s']:,.0f}/CPU-s)"

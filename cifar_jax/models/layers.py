@@ -258,17 +258,17 @@ class Conv2d(nnx.Module):
         self.bias = (nnx.Param(init_bias(rngs.params(), (out_features,), init, fan_in))
                      if use_bias else None)
 
+    compute_dtype: str | None = None  # set by `set_compute_dtype`; None computes in the input's dtype
+
     def __call__(self, x: jax.Array) -> jax.Array:
         pads = explicit_padding(self.padding, x.shape[-3:-1], self.kernel_size, self.strides)
-        kernel = self.kernel[...]
+        x, kernel = _cast(self.compute_dtype, x, self.kernel[...])
         if self.impl == "xla":
             y = lax.conv_general_dilated(x, kernel, self.strides, pads,
                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
         else:
             y = conv_patches(x, kernel, self.strides, pads)
-        if self.bias is not None:
-            y = y + self.bias[...]
-        return y
+        return _add_bias(y, self.bias)
 
 
 class Linear(nnx.Module):
@@ -283,11 +283,28 @@ class Linear(nnx.Module):
         self.bias = (nnx.Param(init_bias(rngs.params(), (out_features,), init, in_features))
                      if use_bias else None)
 
+    compute_dtype: str | None = None  # set by `set_compute_dtype`
+
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = jnp.dot(x, self.kernel[...])
-        if self.bias is not None:
-            y = y + self.bias[...]
-        return y
+        x, kernel = _cast(self.compute_dtype, x, self.kernel[...])
+        return _add_bias(jnp.dot(x, kernel), self.bias)
+
+
+def _cast(dtype: str | None, *arrays: jax.Array) -> tuple[jax.Array, ...]:
+    return arrays if dtype is None else tuple(a.astype(dtype) for a in arrays)
+
+
+def _add_bias(y: jax.Array, bias: nnx.Param | None) -> jax.Array:
+    return y if bias is None else y + bias[...].astype(y.dtype)
+
+
+def set_compute_dtype(model: nnx.Module, dtype: str) -> None:
+    """Mixed precision: every convolution and dense layer of `model` computes in `dtype` (its
+    float32 kernel is cast per call, so parameters and their updates stay float32); batch norm
+    normalises in float32. Callers cast the logits back to float32 before the loss."""
+    for _, module in nnx.iter_modules(model):
+        if isinstance(module, (Conv2d, Linear)):
+            module.compute_dtype = None if dtype == "float32" else dtype
 
 
 class BatchNorm(nnx.Module):
@@ -310,6 +327,7 @@ class BatchNorm(nnx.Module):
         self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.astype(jnp.float32)  # statistics of bfloat16 activations would lose precision
         if self.use_running_average:
             mean, var = self.mean[...], self.var[...]
         else:
