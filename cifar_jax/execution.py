@@ -1,8 +1,9 @@
 """How a program runs on the current backend: the one place where speed choices are made.
 
-None of these choices changes results beyond float tolerance (tests/test_execution.py); they only
-trade dispatch overhead, cache footprint and XLA's handling of loops and convolutions on each
-backend. Every automatic choice can be overridden in the config:
+Apart from `compute_dtype` (bfloat16 arithmetic on accelerators, within bfloat16's precision),
+none of these choices changes results beyond float tolerance (tests/test_execution.py); they
+only trade dispatch overhead, cache footprint and XLA's handling of loops and convolutions on
+each backend. Every automatic choice can be overridden in the config:
 
 =====================================  =========================  ================================
 choice                                 CPU (2-core AVX2 machine)  GPU / TPU
@@ -13,7 +14,7 @@ choice                                 CPU (2-core AVX2 machine)  GPU / TPU
                                        steps (1 with XLA convs)
 `execution.runs_per_group` (0 = auto)  runs whose activations     all runs in one vmap
                                        fit 256 MiB per step (LeNet
-                                       b128: 12, CNN b128: 1)
+                                       b128: 11, CNN b128: 1)
 `execution.compute_dtype` (auto)       float32                    bfloat16 matmuls/convs,
                                                                   float32 parameters, BN, loss
 buffer donation                        on (state and sums)        on
