@@ -29,10 +29,9 @@ arrays, jax 0.10.2; see the README's Performance section for the table):
   patches form turns every convolution into one matmul; with space-to-depth blocks
   (`layers.conv_patches`) LeNet's first layer costs 4x less again, because on a CPU building the
   patches (a concatenate), not multiplying, is the cost.
-- Seeds vmapped into one step make bigger ops, which XLA:CPU spreads over both cores better:
-  LeNet at batch 128 trained 7,500 model-images/s with 8 seeds vmapped against 5,200-5,800
-  for one seed or for 8 seeds mapped one at a time (equal images per CPU-second: the gain is
-  parallelism). But the machine's memory is slow once a step leaves the 32 MB L3 cache
+- Seeds vmapped into one step make bigger ops, which XLA:CPU spreads over both cores better,
+  but only a little for LeNet at batch 128: 6,045 model-images/s for one seed, 6,173 for 8
+  seeds in one vmap, 7,125 for 32 seeds in groups of 11 (the README's table). But the machine's memory is slow once a step leaves the 32 MB L3 cache
   (~2.5 GB/s vs ~14 GB/s), and a vmapped step keeps every run's activations: the fifth study's
   CNN (414 MiB per run at batch 128) ran 177 model-images/s with 8 seeds vmapped and 251 mapped
   one at a time, and 32 seeds vmapped needed 14 GB. So runs are vmapped up to a memory budget
@@ -66,10 +65,9 @@ from cifar_jax.models.layers import resolve_conv_impl
 # (~0.1-0.3 ms per call), short enough that progress and interruption stay responsive.
 CPU_STEPS_PER_CALL = 10
 # Activations (VJP residuals) one vmapped training step may keep on CPU before the runs are
-# mapped one group at a time instead. Per run at batch 128: LeNet 21 MiB (8 seeds vmapped ran
-# 1.4x faster than 1 seed at a time on a quiet machine: bigger ops keep both cores busy), the
-# fifth study's CNN 414 MiB and the reduced block CNN 164 MiB (vmapping 8 or 32 seeds ran
-# 1.4-1.5x slower than one at a time and needed up to 14 GB).
+# mapped one group at a time instead. Per run at batch 128: LeNet 21 MiB (vmapping seeds helps a
+# little), the fifth study's CNN 414 MiB and the reduced block CNN 164 MiB (vmapping 8 or 32
+# seeds ran 1.4-1.5x slower than one at a time and needed up to 14 GB).
 CPU_STEP_BYTES_PER_GROUP = 256 * 2**20
 
 _CACHE_ENV = "CIFAR_JAX_CACHE_DIR"

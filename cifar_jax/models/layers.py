@@ -242,6 +242,8 @@ class Conv2d(nnx.Module):
     backend via `resolve_conv_impl`.
     """
 
+    compute_dtype: str | None = None  # set by `set_compute_dtype`; None computes in the input's dtype
+
     def __init__(self, in_features: int, out_features: int, kernel_size, *, strides=1,
                  padding="VALID", use_bias: bool = True, init: str = "torch_default",
                  impl: str = "auto", rngs: nnx.Rngs):
@@ -258,8 +260,6 @@ class Conv2d(nnx.Module):
         self.bias = (nnx.Param(init_bias(rngs.params(), (out_features,), init, fan_in))
                      if use_bias else None)
 
-    compute_dtype: str | None = None  # set by `set_compute_dtype`; None computes in the input's dtype
-
     def __call__(self, x: jax.Array) -> jax.Array:
         pads = explicit_padding(self.padding, x.shape[-3:-1], self.kernel_size, self.strides)
         x, kernel = _cast(self.compute_dtype, x, self.kernel[...])
@@ -274,6 +274,8 @@ class Conv2d(nnx.Module):
 class Linear(nnx.Module):
     """Dense layer, kernel (in, out), initialised like `Conv2d` (fan_in = in_features)."""
 
+    compute_dtype: str | None = None  # set by `set_compute_dtype`
+
     def __init__(self, in_features: int, out_features: int, *, use_bias: bool = True,
                  init: str = "torch_default", rngs: nnx.Rngs):
         self.in_features = in_features
@@ -282,8 +284,6 @@ class Linear(nnx.Module):
                                             in_features, out_features))
         self.bias = (nnx.Param(init_bias(rngs.params(), (out_features,), init, in_features))
                      if use_bias else None)
-
-    compute_dtype: str | None = None  # set by `set_compute_dtype`
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x, kernel = _cast(self.compute_dtype, x, self.kernel[...])
