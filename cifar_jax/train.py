@@ -222,6 +222,7 @@ def make_train(config: ml_collections.ConfigDict, image_shape: tuple[int, int, i
     eval_graph = nnx.split(abstract)[0]
 
     step_bytes = _step_residual_bytes(abstract, train_graph, (config.batch_size, *image_shape))
+    execution.runs_per_group(config, num_runs=1, bytes_per_run=step_bytes)  # a bad value fails here, not mid-run
 
     def make_tx(hparams: dict) -> optax.GradientTransformation:
         return optim.make_optimizer(config.optim, hparams, steps_per_epoch=steps_per_epoch,

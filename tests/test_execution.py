@@ -85,6 +85,9 @@ def test_program_sizes_run_groups_from_its_step_activations(monkeypatch):
         sizes[name] = (program.step_residual_bytes / 2**20, program.runs_per_group(config, 32))
     assert 15 < sizes["lenet"][0] < 30 and 8 <= sizes["lenet"][1] <= 16
     assert 300 < sizes["cnn"][0] < 500 and sizes["cnn"][1] == 1
+    config.execution.runs_per_group = -1  # refused when the program is built, before any training
+    with pytest.raises(ConfigError, match="runs_per_group"):
+        train.make_train(config, (32, 32, 3), 10, num_train=1024)
 
 
 def test_conv_impl_rules():
