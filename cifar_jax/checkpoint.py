@@ -11,6 +11,7 @@ epochs, `best/` keeps the one epoch with the best mean validation metric over ru
 """
 
 import logging
+import os
 from typing import Any
 
 import jax
@@ -63,7 +64,7 @@ class Checkpoints:
     def __init__(self, workdir: str, *, keep: int, best_metric: str, read_only: bool = False):
         if keep < 1:
             raise CheckpointError(f"checkpoint.keep={keep} must be at least 1")
-        root = epath.Path(workdir) / "checkpoints"
+        root = epath.Path(os.path.abspath(workdir)) / "checkpoints"  # Orbax refuses relative paths
         self.best_metric = best_metric
         # Readers neither create directories nor save; Orbax's own read_only mode only adds warnings.
         common = dict(create=not read_only, enable_async_checkpointing=not read_only)
