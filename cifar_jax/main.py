@@ -9,7 +9,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cifar_jax import evaluation, execution, sweep, train, workdir_config
+from cifar_jax import evaluation, execution, study, sweep, train, workdir_config
 from cifar_jax.errors import CifarJaxError
 
 FLAGS = flags.FLAGS
@@ -17,8 +17,9 @@ config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/*.py[:arg]); override fields with --config.a.b=v. With --mode=eval "
     "it defaults to the workdir's own config.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "sweep"],
-                  "train (or resume); eval a checkpoint of --workdir; sweep the config's `sweep` spec.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "sweep", "study", "report"],
+                  "train (or resume); eval a checkpoint of --workdir; sweep the config's `sweep` spec; study: "
+                  "every experiment of a study config (configs/studies/) and its report.md; report: rebuild it.")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -51,6 +52,10 @@ def main(argv: list[str]) -> None:
             train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
         elif FLAGS.mode == "sweep":
             sweep.run_sweep(FLAGS.config, FLAGS.workdir)
+        elif FLAGS.mode == "study":
+            study.run_study(FLAGS.config, FLAGS.workdir)
+        elif FLAGS.mode == "report":
+            print(f"study: {study.write_study_report(FLAGS.config, FLAGS.workdir)}")
         else:
             evaluation.run_eval(FLAGS.config, FLAGS.workdir)
     except CifarJaxError as error:

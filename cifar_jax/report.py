@@ -178,8 +178,9 @@ class Setting:
 
     @property
     def kept(self) -> np.ndarray:
-        """Mask of runs that enter the statistics (not diverged)."""
-        return np.array([not run.get("diverged") for run in self.runs], dtype=bool)
+        """Mask of runs that enter the statistics: not diverged, and not marked collapsed (a study
+        report marks runs stuck at chance, `cifar_jax.study.annotate`)."""
+        return np.array([not run.get("diverged") and not run.get("collapsed") for run in self.runs], dtype=bool)
 
     def sample(self, metric: str) -> np.ndarray:
         """The metric over the kept runs (NaN where a run lacks it)."""
