@@ -1,0 +1,150 @@
+"""Studies: a miniature study trained for real through `study.run_study` (report numbers against
+results.json, resume), verdict rules, and every configs/studies/*.py at every scale validated
+without training."""
+
+import glob
+import importlib.util
+import json
+import math
+import os
+import re
+
+import ml_collections
+import numpy as np
+import pytest
+
+from cifar_jax import study, train
+from cifar_jax.errors import ConfigError
+from tests.helpers import REPO, needs_fashion_mnist, tiny_config
+
+STUDY_CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "studies", "s*.py")))
+
+
+def load_study(path: str, scale: str) -> ml_collections.ConfigDict:
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(scale)
+
+
+def mini_study() -> ml_collections.ConfigDict:
+    """Two experiments (a traced lr pair in one program; one setting of another width), 1 epoch,
+    2 seeds, 600 Fashion-MNIST images, a 4-channel conv net."""
+    config = study.study_config(name="mini", title="miniature", scale="smoke", config_path="tests/test_study.py",
+                                source="this test", num_seeds=2, data_dir="/usr/share/datasets/fashion-mnist",
+                                train_limit=600, val_size=200, test_limit=200)
+    base = tiny_config(**{"model.dropout_rate": 0.0})
+    config.experiments.A_lr = study.experiment(
+        base, ids=("A",), title="learning rate", axes=(("optim.learning_rate", (0.01, 0.05)),),
+        reported=(("learning_rate=0.05", 80.0, "test, epoch 1", "test_accuracy"),
+                  ("learning_rate=0.01", 9.0, "test, epoch 1", "test_accuracy")),
+        torch_images_per_s=1000.0)
+    config.experiments.B_width = study.experiment(
+        base, ids=("B",), title="width", kind="zip", axes=(("model.dense_features", ((8,),)),), labels=("narrow",),
+        reported=(("narrow", 0.5, "train loss, epoch 1", "train_loss"),))
+    config.experiments.C_full = study.experiment(base, ids=("C",), title="big", needs_full_scale=True)
+    config.claims.C1_01 = study.claim("lr 0.05 beats 0.01", "A_lr:learning_rate=0.05", "A_lr:learning_rate=0.01",
+                                      expect="greater")
+    config.claims.C1_02 = study.claim("the narrow net is as good", "B_width:narrow", "A_lr:learning_rate=0.05",
+                                      expect="equal")
+    config.claims.C1_03 = study.claim("big is better", "C_full:baseline", "A_lr:learning_rate=0.05",
+                                      expect="greater")
+    return config
+
+
+def table_cells(markdown: str, setting: str) -> list[list[str]]:
+    """The cells of an experiment table's rows for `setting`."""
+    return [[c.strip() for c in line.strip("|").split("|")] for line in markdown.splitlines()
+            if line.startswith(f"| {setting} |")]
+
+
+def ours(cell: str) -> tuple[float, float, int]:
+    mean, half, n = re.match(r"([-\d.]+) ± ([-\d.–]+) \((\d+)\)", cell).groups()
+    return float(mean), (math.nan if half == "–" else float(half)), int(n)
+
+
+@needs_fashion_mnist
+def test_mini_study_report_matches_results_and_resumes(tmp_path):
+    config = mini_study()
+    calls = []
+
+    def counting_train(cfg, workdir):
+        calls.append(os.path.relpath(workdir, tmp_path))
+        return train.train_and_evaluate(cfg, workdir)
+
+    first = study.run_study(config, str(tmp_path), train_fn=counting_train)
+    assert first["trained"] == ["A_lr", "B_width"] and first["skipped"] == []
+    assert calls == ["A_lr/all", "B_width/narrow"]  # the traced lr pair is one program
+    markdown = (tmp_path / "report.md").read_text()
+
+    with open(tmp_path / "A_lr" / "all" / "results.json") as f:
+        results = json.load(f)
+    for s, label in enumerate(("learning_rate=0.01", "learning_rate=0.05")):
+        runs = [r for r in results["runs"] if r["setting"] == s and not study.is_collapsed(r)]
+        (cells,) = table_cells(markdown, label)
+        mean, half, n = ours(cells[2])
+        # Fashion-MNIST has a test split: it is read at each run's val-selected epoch (here the only one)
+        assert "test acc at val-selected epoch" in cells[2]
+        assert n == len(runs)
+        if runs:
+            assert mean == pytest.approx(100 * np.mean([r["test_accuracy"] for r in runs]), abs=0.006)
+    (narrow,) = table_cells(markdown, "narrow")
+    with open(tmp_path / "B_width" / "narrow" / "results.json") as f:
+        b_runs = json.load(f)["runs"]
+    assert ours(narrow[2])[0] == pytest.approx(np.mean([r["train_loss"] for r in b_runs]), abs=0.006)
+    assert "the study's number was a collapse" in table_cells(markdown, "learning_rate=0.01")[0][4]
+    assert "needs :full scale" in markdown and "C1.3" in markdown
+    assert "## Protocol" in markdown and "PyTorch" in markdown and "cpu" in markdown.lower()
+    assert (tmp_path / "plots" / "A_lr_curves.png").exists()
+
+    # A killed study: B's results are gone (as if killed before it finished); only B trains again.
+    os.remove(tmp_path / "B_width" / "narrow" / "results.json")
+    calls.clear()
+    second = study.run_study(config, str(tmp_path), train_fn=counting_train)
+    assert second["skipped"] == ["A_lr"] and second["trained"] == ["B_width"]
+    assert calls == ["B_width/narrow"]
+    assert len(json.loads((tmp_path / "study.json").read_text())["sessions"]) == 2
+
+
+def test_collapse_and_verdict_rules():
+    assert study.is_collapsed({"train_loss": math.log(10) + 0.01})
+    assert study.is_collapsed({"train_loss": float("nan")})
+    assert study.is_collapsed({"train_loss": 0.5, "diverged": True})
+    assert not study.is_collapsed({"train_loss": 1.2})
+    stats = {"mean": 60.0, "ci_low": 59.0, "ci_high": 61.0, "n": 5, "collapsed": 0, "runs": 5}
+    assert study.row_verdict(60.5, "val_accuracy", stats) == "within our CI"
+    assert study.row_verdict(64.0, "val_accuracy", stats) == "outside our CI (study higher)"
+    assert study.row_verdict(9.0, "val_accuracy", stats).startswith("the study's number was a collapse")
+    assert study.compare_verdict("greater", 2.0, 0.01) == "supported"
+    assert study.compare_verdict("greater", -2.0, 0.01).startswith("refuted")
+    assert study.compare_verdict("less", -2.0, 0.2) == "not distinguishable from seed noise"
+    assert study.compare_verdict("equal", 2.0, 0.01).startswith("refuted")
+
+
+def test_a_typo_in_a_claim_fails_before_training():
+    config = mini_study()
+    config.claims.C1_01.b = "A_lr:learning_rate=0.5"
+    with pytest.raises(ConfigError, match="names no setting"):
+        study.validate(config)
+
+
+def test_top_level_overrides_reach_every_experiment():
+    config = mini_study()
+    config.num_seeds = 7
+    config.data.train_limit = 123
+    config.data.dir = "/elsewhere"
+    for exp in study.experiments(config):
+        assert (exp.config.num_seeds, exp.config.data.train_limit, exp.config.data.dir) == (7, 123, "/elsewhere")
+
+
+@pytest.mark.parametrize("scale", study.SCALES)
+@pytest.mark.parametrize("path", STUDY_CONFIGS, ids=os.path.basename)
+def test_study_configs_build_and_validate(path, scale):
+    config = load_study(path, scale)
+    exps = study.validate(config)  # sweep.expand + preflight + reported/claim labels
+    assert config.study.scale == scale and exps
+    if scale == "smoke":
+        assert config.num_seeds == 2 and all(e.config.num_epochs == 1 for e in exps)
+        assert 0 < config.data.train_limit <= 2000
+    for exp in exps:
+        assert exp.config.num_seeds == config.num_seeds
