@@ -583,6 +583,8 @@ def write_study_report(config: ml_collections.ConfigDict, workdir: str) -> str:
         if exp.figure:
             sections += [f"The study showed: {exp.figure}.", ""]
         sections += experiment_table(exp, settings) if settings else ["No finished runs yet."]
+        if any("fold" in run for s in settings for run in s.runs):  # each fold's mean: fresh folds do not climb
+            sections += ["", "Validation accuracy (%) per fold:", ""] + report.fold_table(settings, "val_accuracy")
         if pending:
             sections += ["", "Not finished yet: " + ", ".join(f"`{p}`" for p in pending)]
         sections += [""] + [f"![{exp.key}]({p})" for p in plots] + [""]

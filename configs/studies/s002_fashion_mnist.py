@@ -1,0 +1,147 @@
+"""Study 002 (STUDIES.md §4): four small architectures on Fashion-MNIST, learning rate, batch size,
+init, augmentation and 5-fold cross-validation (student 234591).
+
+    python -m cifar_jax.main --mode=study --config configs/studies/s002_fashion_mnist.py:cpu --workdir runs/s002
+
+Scales: `:full` the study's (60k train of which 10k become validation, the 10k test split read
+once at the validation-selected epoch, 10 epochs, 5 seeds); `:cpu` 8,000 training and 2,000
+validation images (test 2,000), 3 epochs, 3 seeds, E2.7 not run; `:smoke` 1,000 / 200 images,
+1 epoch, 2 seeds. Data: Debian's dataset-fashion-mnist IDX files.
+
+The recipe and the study's unstated values (n/s), as assumptions:
+- SGD with momentum 0.9 (inferred from "a momentum of 0.9"), batch 128, 10 epochs,
+  Normalize(0.5, 0.5), PyTorch default init, cross-entropy.
+- lr of E2.1, E2.3, E2.4, E2.5: n/s; 0.01 (E2.2's best) assumed for all of them.
+- ColorJitter parameters: n/s; brightness 0.2 and contrast 0.2 (saturation and hue are no-ops on
+  one channel, F2.8). RandomRotation(10°) and RandomHorizontalFlip(p=0.5) as stated.
+- Architectures: our CNN pools after every conv stage, so A1 (conv32-conv64-pool-fc128 in the
+  study, 1.63M parameters, one pool) is conv32-pool-conv64-pool-fc128 here (0.42M), and A4's
+  "one pool after conv3" reading is impossible too (ours pools three times). models/ cannot place
+  a single pool after the last conv; the comparison of architectures is therefore approximate.
+- Train loss is the epoch mean (the study's "loss at epoch 1 / 10" is n/s: mean or last batch).
+"""
+
+import pathlib
+
+try:
+    from configs import fashion_mnist
+except ImportError:  # loaded by path from outside the repository root
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+    from configs import fashion_mnist
+
+from cifar_jax.study import by_scale, claim, experiment, study_config
+
+FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+TORCH_A1 = 0.0  # no PyTorch rate measured for these models: the report says n/a
+TEST = "test after epoch 10"
+# Study architecture -> (model.name, conv_features, dense_features): A2's FC widths are 64 then 128.
+ARCHS = {"A3_mlp": ("mlp", (), (64, 128, 256)), "A2_conv_fc_fc": ("cnn", (32,), (64, 128)),
+         "A4_conv_conv_conv": ("cnn", (32, 64, 128), ()), "A1_conv_conv_fc": ("cnn", (32, 64), (128,))}
+
+
+def base(scale: str):
+    """A1 with the study's recipe (SGD 0.01, momentum 0.9, batch 128, Normalize(0.5, 0.5))."""
+    config = fashion_mnist.get_config("conv_conv_fc")
+    config.num_epochs = by_scale(scale, 10, 3, 1)
+    config.batch_size = 128
+    config.data.mean = (0.5,)
+    config.data.std = (0.5,)
+    config.optim.name = "sgd"
+    config.optim.learning_rate = 0.01
+    config.optim.momentum = 0.9
+    return config
+
+
+def get_config(scale: str = "cpu"):
+    config = study_config(
+        name="002", title="Fashion-MNIST architectures and hyper-parameters", scale=scale,
+        config_path="configs/studies/s002_fashion_mnist.py", source="STUDIES.md §4 (report 002, student 234591)",
+        num_seeds=by_scale(scale, 5, 3, 2), data_dir=FASHION_MNIST,
+        train_limit=by_scale(scale, 0, 10000, 1200), val_size=by_scale(scale, 10000, 2000, 200),
+        test_limit=by_scale(scale, 0, 2000, 200))
+    E = config.experiments
+    names = tuple(ARCHS)
+    E.E2_1_arch = experiment(
+        base(scale), ids=("E2.1",), title="architecture", kind="zip",
+        axes=(("model.name", tuple(a[0] for a in ARCHS.values())),
+              ("model.conv_features", tuple(a[1] for a in ARCHS.values())),
+              ("model.dense_features", tuple(a[2] for a in ARCHS.values())),
+              ("model.kernel_size", tuple((3,) * len(a[1]) for a in ARCHS.values())),
+              ("model.strides", tuple((1,) * len(a[1]) for a in ARCHS.values()))),
+        labels=names, torch_images_per_s=TORCH_A1, figure="loss curves per architecture; a table",
+        reported=tuple((n, v, TEST, "test_accuracy") for n, v in zip(names, (83.73, 86.90, 86.09, 88.87)))
+        + (("A1_conv_conv_fc", 0.2942, "train loss, epoch 10", "train_loss"),))
+    rates = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+    E.E2_2_lr = experiment(
+        base(scale), ids=("E2.2", "F2.5"), title="learning rate (lr 1 was planned but never reported)",
+        axes=(("optim.learning_rate", rates),), torch_images_per_s=TORCH_A1, figure="loss curves per lr",
+        reported=tuple((f"learning_rate={lr:g}", v, TEST, "test_accuracy")
+                       for lr, v in zip(rates, (87.98, 90.67, 91.61, 87.43)))
+        + (("learning_rate=0.01", 0.0484, "train loss, epoch 10", "train_loss"),))
+    batch_sizes = (64, 128, 256, 512)
+    E.E2_3_batch = experiment(
+        base(scale), ids=("E2.3",), title="batch size at a fixed lr 0.01 and 10 epochs",
+        axes=(("batch_size", batch_sizes),), torch_images_per_s=TORCH_A1, figure="loss curves per batch size",
+        reported=tuple((f"batch_size={b}", v, TEST, "test_accuracy")
+                       for b, v in zip(batch_sizes, (89.20, 88.00, 85.70, 83.06))))
+    scaled = (64, 256, 512)
+    E.E2_3b_batch_lr_scaled = experiment(
+        base(scale), ids=("E2.3", "F2.9"), title="batch size with the lr scaled linearly (0.01 x batch / 128): "
+                                                 "the update count, not the batch, behind E2.3's trend?",
+        kind="zip", axes=(("batch_size", scaled), ("optim.learning_rate", tuple(0.01 * b / 128 for b in scaled))),
+        labels=tuple(f"batch_size={b},lr_scaled" for b in scaled), torch_images_per_s=TORCH_A1)
+    inits = ("torch_default", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal")
+    E.E2_4_init = experiment(
+        base(scale), ids=("E2.4",), title="weight initialisation", axes=(("model.init", inits),),
+        torch_images_per_s=TORCH_A1, figure="loss curves per init",
+        reported=tuple((f"init={i}", v, TEST, "test_accuracy") for i, v in zip(inits[1:], (87.91, 88.65, 89.89, 90.07))))
+    augments = ("none", "flip", "color_jitter", "rotation_10")
+    E.E2_5_augment = experiment(
+        base(scale), ids=("E2.5", "F2.8"), title="augmentation (ColorJitter as brightness/contrast 0.2: n/s)",
+        kind="zip", axes=(("augment.flip", (False, True, False, False)), ("augment.brightness", (0.0, 0.0, 0.2, 0.0)),
+                          ("augment.contrast", (0.0, 0.0, 0.2, 0.0)), ("augment.rotation_degrees", (0.0, 0.0, 0.0, 10.0))),
+        labels=augments, torch_images_per_s=TORCH_A1, figure="loss curves per augmentation",
+        reported=tuple((a, v, TEST, "test_accuracy") for a, v in zip(augments, (87.99, 87.50, 87.92, 87.16))))
+    kfold = base(scale)
+    kfold.data.num_folds = 5
+    E.E2_6_kfold = experiment(
+        kfold, ids=("E2.6", "F2.1"), title="5-fold cross-validation of A1 at lr 0.01, every fold freshly initialised",
+        torch_images_per_s=TORCH_A1, figure="fold accuracies 91.33, 93.88, 96.12, 97.45, 99.07",
+        reported=(("baseline", 95.57, "mean 'fold accuracy' of 5 folds (they climb: leakage)", "val_accuracy"),))
+    E.F2_1_leaky_kfold = experiment(
+        kfold, ids=("E2.6", "F2.1"), title="leaky 5-fold CV: the study's model kept training across folds",
+        missing="the training core trains the folds as one vmapped axis, each from a fresh initialisation; "
+                "'no re-initialisation between folds' (fold k starting from fold k-1's weights) would need a "
+                "warm-start option in train.py, which does not exist",
+        reported=(("baseline", 99.07, "fold 5 'accuracy' (trained on it in folds 1-4)", "val_accuracy"),))
+    E.E2_7_correlation = experiment(
+        base(scale), ids=("E2.7", "F2.4"), title="neuron-correlation comparison with a ResNet-18",
+        missing="no correlation/CKA analysis exists in cifar_jax yet; a ResNet-18 on Fashion-MNIST can be trained "
+                "(configs/fashion_mnist.py:resnet18, GPU) but no pretrained weights are reachable",
+        needs_full_scale=scale != "full")
+
+    C = config.claims
+    C.C2_01 = claim("the conv+FC hybrid A1 beats the others (here: A2, the runner-up)", "E2_1_arch:A1_conv_conv_fc",
+                    "E2_1_arch:A2_conv_fc_fc", expect="greater", metric="test_accuracy")
+    C.C2_02 = claim("lr 0.01 is best (beats 1e-3)", "E2_2_lr:learning_rate=0.01", "E2_2_lr:learning_rate=0.001",
+                    expect="greater", metric="test_accuracy")
+    C.C2_03 = claim("Kaiming beats Xavier (normal: +1.4 pts)", "E2_4_init:init=kaiming_normal",
+                    "E2_4_init:init=xavier_normal", expect="greater", metric="test_accuracy")
+    C.C2_03b = claim("Kaiming normal beats Kaiming uniform (+0.18)", "E2_4_init:init=kaiming_normal",
+                     "E2_4_init:init=kaiming_uniform", expect="greater", metric="test_accuracy")
+    C.C2_04 = claim("smaller batch is better (64 beats 512 at a fixed lr)", "E2_3_batch:batch_size=64",
+                    "E2_3_batch:batch_size=512", expect="greater", metric="test_accuracy")
+    C.C2_04b = claim("… also when the lr is scaled with the batch (the study's reading: the batch itself)",
+                     "E2_3_batch:batch_size=64", "E2_3b_batch_lr_scaled:batch_size=512,lr_scaled", expect="greater",
+                     metric="test_accuracy")
+    C.C2_05 = claim("augmentation has minor impact; none is best (none vs rotation)", "E2_5_augment:none",
+                    "E2_5_augment:rotation_10", expect="greater", metric="test_accuracy")
+    C.C2_06 = claim("5-fold CV shows good generalisation (fold accuracy 95.6% > single split)",
+                    "E2_6_kfold:baseline", "E2_2_lr:learning_rate=0.01", expect="greater", metric="val_accuracy")
+    C.C2_07 = claim("higher output-neuron correlation than ResNet-18 means less diverse neurons, over-fitting",
+                    expect="untested", note="E2.7 is missing (no correlation analysis)")
+    C.C2_08 = claim("the optimal lr / init / transform / batch size is task-specific", expect="untested",
+                    note="one data set cannot test it (F2.6)")
+    return config
