@@ -62,6 +62,7 @@ METRIC_TITLES = {
     "test_loss": "test loss at val-selected epoch",
     "val_macro_f1": "val macro-F1, final epoch",
     "best_val_macro_f1": "val macro-F1 at best-acc epoch",
+    "dead_relu_fraction": "dead ReLU units, final epoch (% of units, mean over steps)",
 }
 _TEST_FALLBACK = {"test_accuracy": "val_accuracy", "test_loss": "val_loss"}
 

@@ -1,0 +1,146 @@
+"""Study 001 (STUDIES.md §3): a three-layer CNN on CIFAR-10 tuned on a validation set: channel x
+kernel grid, lr (with a dying-ReLU diagnosis), batch size, L2, batch norm, mixup, final test.
+
+    python -m cifar_jax.main --mode=study --config configs/studies/s001_three_layer_cnn.py:cpu --workdir runs/s001
+
+Scales: `:full` the study's (40k train / 10k val, the test split read once at the
+validation-selected epoch, 11 epochs (10 for mixup), 5 seeds); `:cpu` 4,000 training and 3,000
+validation images of the shared JPEG copy, 2 epochs, 3 seeds, the 16-run grid (E1.1) marked
+needs-full-scale; `:smoke` 1,000 / 200 images, 1 epoch, 2 seeds.
+
+The recipe and the study's unstated values (n/s), as assumptions:
+- conv 32@3x3 -> pool -> conv 128@5x5 -> pool (SAME, ReLU, max-pool 2) -> FC H -> FC 10;
+  H n/s: 128 (STUDIES.md's size estimate).
+- optimiser n/s: Adam (it cites Loshchilov & Hutter); lr 1e-4 from E1.2 on, 1e-3 before (n/s).
+- batch 20 from E1.3 on; n/s for the grid and E1.2: 20 assumed.
+- epochs: 11 (stated for the grid; n/s elsewhere), mixup 10.
+- L2 1e-5 from E1.4 on, as Adam's coupled weight_decay (torch.optim.Adam(weight_decay=...)); an
+  explicit penalty is the same gradient.
+- BN (E1.5 on): after each conv, before the ReLU (placement n/s).
+- normalisation: per-channel CIFAR-10 mean/std ("zero mean, unit std").
+- mixup α: n/s; the study's 9.7% is attached to α = 1.0 here, with 0.2 and 0.4 beside it.
+- its numbers are mostly the best over epochs on validation (best_val_*).
+"""
+
+import pathlib
+
+try:
+    from configs import three_layer_cnn
+except ImportError:  # loaded by path from outside the repository root
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+    from configs import three_layer_cnn
+
+from cifar_jax.study import by_scale, claim, experiment, study_config
+
+SHARED_CIFAR10 = str(pathlib.Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10-jpeg")
+TORCH_RATE = 0.0  # no PyTorch rate measured for this CNN: the report says n/a
+BEST = "val, best over {e} epochs"
+
+
+def base(scale: str, *, lr: float = 1e-4, l2: float = 1e-5, bn: bool = True, epochs: int = 11):
+    """The study's final recipe; earlier steps switch parts of it off."""
+    config = three_layer_cnn.get_config()
+    config.num_epochs = by_scale(scale, epochs, 2, 1)
+    config.batch_size = 20
+    config.data.mean = (0.4914, 0.4822, 0.4465)
+    config.data.std = (0.2470, 0.2435, 0.2616)
+    config.model.dense_features = (128,)  # H, n/s
+    config.model.conv_batch_norm = bn
+    config.optim.name = "adam"
+    config.optim.learning_rate = lr
+    config.optim.weight_decay = l2
+    return config
+
+
+def get_config(scale: str = "cpu"):
+    config = study_config(
+        name="001", title="Three-layer CNN on CIFAR-10 with validation-set tuning", scale=scale,
+        config_path="configs/studies/s001_three_layer_cnn.py", source="STUDIES.md §3 (report 001)",
+        num_seeds=by_scale(scale, 5, 3, 2), data_dir=by_scale(scale, "", SHARED_CIFAR10, SHARED_CIFAR10),
+        train_limit=by_scale(scale, 0, 7000, 1200), val_size=by_scale(scale, 10000, 3000, 200))
+    E = config.experiments
+    b11 = BEST.format(e=11)
+    E.E1_1_grid = experiment(
+        base(scale, lr=1e-3, l2=0.0, bn=False), ids=("E1.1",), title="conv1 channels x kernel x conv2 channels x "
+                                                                    "kernel (16 runs; lr 1e-3 assumed)",
+        axes=(("model.conv_features[0]", (32, 64)), ("model.kernel_size[0]", (3, 5)),
+              ("model.conv_features[1]", (64, 128)), ("model.kernel_size[1]", (5, 7))),
+        metric="best_val_accuracy", needs_full_scale=scale != "full", torch_images_per_s=TORCH_RATE,
+        figure="val loss and val accuracy curves of the 16 runs",
+        reported=(("conv_features=32-128,kernel_size=3-5", 70.0,
+                   b11 + " ('≥ 70 %')", "best_val_accuracy"),))
+    E.E1_2_lr = experiment(
+        base(scale, lr=1e-3, l2=0.0, bn=False), ids=("E1.2", "F1.3"), title="learning rate (and macro-F1 vs accuracy)",
+        axes=(("optim.learning_rate", (1e-2, 1e-3, 1e-4)),), metric="best_val_accuracy",
+        torch_images_per_s=TORCH_RATE, figure="conv gradients at lr 1e-2 (dying ReLU)",
+        reported=(("learning_rate=0.001", 71.0, b11, "best_val_accuracy"),
+                  ("learning_rate=0.001", 0.905, "val loss at epoch 5 (its best)", "best_val_loss"),
+                  ("learning_rate=0.001", 71.0, "val macro-F1, best (0.71)", "best_val_macro_f1"),
+                  ("learning_rate=0.0001", 70.5, b11, "best_val_accuracy"),
+                  ("learning_rate=0.0001", 0.877, "val loss, best", "best_val_loss"),
+                  ("learning_rate=0.0001", 81.0, "val macro-F1, best (0.81 at 70.5% acc: F1.3)", "best_val_macro_f1")))
+    E.E1_2b_dying_relu = experiment(
+        base(scale, lr=1e-3, l2=0.0, bn=False, epochs=2), ids=("E1.2", "F1.5"),
+        title="dying ReLU: dead-unit fraction over lr x optimiser (per epoch; gradient norms per layer are in "
+              "metrics.jsonl as grad_norm/*)",
+        axes=(("optim.name", ("adam", "sgd")), ("optim.learning_rate", (1e-2, 1e-3, 1e-4))),
+        metric="val_accuracy", torch_images_per_s=TORCH_RATE)
+    batch_sizes = (20, 40, 80)
+    E.E1_3_batch_bn = experiment(
+        base(scale, l2=1e-5, bn=False), ids=("E1.3", "E1.5", "F1.6"), title="batch size x BN (lr 1e-4, L2 1e-5)",
+        axes=(("batch_size", batch_sizes), ("model.conv_batch_norm", (False, True))), metric="best_val_accuracy",
+        torch_images_per_s=TORCH_RATE, figure="val accuracy and val loss curves per batch size",
+        reported=(("batch_size=20,conv_batch_norm=False", 71.0, b11, "best_val_accuracy"),
+                  ("batch_size=20,conv_batch_norm=False", 0.83, "val loss, best", "best_val_loss"),
+                  ("batch_size=80,conv_batch_norm=False", 67.0, b11, "best_val_accuracy"),
+                  ("batch_size=80,conv_batch_norm=False", 0.92, "val loss, best", "best_val_loss"),
+                  ("batch_size=20,conv_batch_norm=True", 72.4, b11, "best_val_accuracy"),
+                  ("batch_size=20,conv_batch_norm=True", 0.80, "val loss, best", "best_val_loss"),
+                  ("batch_size=80,conv_batch_norm=True", 1.0, "val loss, final epoch", "val_loss")))
+    E.E1_4_l2 = experiment(
+        base(scale, bn=False, l2=0.0), ids=("E1.4",), title="L2 λ (Adam's coupled weight decay)",
+        axes=(("optim.weight_decay", (1e-2, 1e-3, 1e-4, 1e-5)),), metric="best_val_accuracy",
+        torch_images_per_s=TORCH_RATE,
+        reported=(("weight_decay=0.01", 65.7, b11, "best_val_accuracy"),
+                  ("weight_decay=1e-05", 71.4, b11, "best_val_accuracy"),
+                  ("weight_decay=1e-05", 0.82, "val loss, final epoch", "val_loss")))
+    E.E1_6_mixup = experiment(
+        base(scale, epochs=10), ids=("E1.6", "F1.4"), title="mixup from scratch (α n/s: 0.2, 0.4, 1.0)",
+        axes=(("augment.mixup_alpha", (0.0, 0.2, 0.4, 1.0)),), metric="best_val_accuracy",
+        torch_images_per_s=TORCH_RATE,
+        reported=(("mixup_alpha=1", 9.7, BEST.format(e=10) + ", α n/s", "best_val_accuracy"),
+                  ("mixup_alpha=1", 2.333, "val loss, best", "best_val_loss")))
+    E.E1_7_final = experiment(
+        base(scale), ids=("E1.7", "F1.1"), title="final model, test split read once at the validation-selected epoch",
+        metric="best_val_accuracy", torch_images_per_s=TORCH_RATE, figure="test loss and test accuracy per epoch",
+        reported=(("baseline", 72.5, "test, best epoch (4): chosen on test", "test_accuracy"),
+                  ("baseline", 71.75, "test, final epoch", "test_accuracy")))
+
+    grid = "E1_1_grid:conv_features={}-{},kernel_size={}-{}"
+    bb = "E1_3_batch_bn:batch_size={},conv_batch_norm={}"
+    C = config.claims
+    C.C1_01 = claim("channels should grow with depth (32 -> 128 beats 64 -> 64)", grid.format(32, 128, 3, 5),
+                    grid.format(64, 64, 3, 5), expect="greater", metric="best_val_accuracy")
+    C.C1_02 = claim("kernels should grow with depth (3 -> 5 beats 5 -> 5)", grid.format(32, 128, 3, 5),
+                    grid.format(32, 128, 5, 5), expect="greater", metric="best_val_accuracy")
+    C.C1_03 = claim("lr 1e-2 kills the ReLUs (Adam)", "E1_2b_dying_relu:name=adam,learning_rate=0.01",
+                    "E1_2b_dying_relu:name=adam,learning_rate=0.0001", expect="greater", metric="dead_relu_fraction")
+    C.C1_04 = claim("lr 1e-3 overfits after epoch 5; 1e-4 ends with a lower val loss", "E1_2_lr:learning_rate=0.0001",
+                    "E1_2_lr:learning_rate=0.001", expect="less", metric="val_loss")
+    C.C1_05 = claim("smaller batches are better at a small lr (20 beats 80)", bb.format(20, False), bb.format(80, False),
+                    expect="greater", metric="best_val_accuracy")
+    C.C1_06 = claim("accuracy falls with L2 λ (1e-5 beats 1e-2)", "E1_4_l2:weight_decay=1e-05",
+                    "E1_4_l2:weight_decay=0.01", expect="greater", metric="best_val_accuracy")
+    C.C1_07 = claim("BN gives a small gain (72.4 vs 71.4 at batch 20)", bb.format(20, True), bb.format(20, False),
+                    expect="greater", metric="best_val_accuracy")
+    C.C1_07b = claim("… and matters more at a larger batch (batch 80)", bb.format(80, True), bb.format(80, False),
+                     expect="greater", metric="best_val_accuracy")
+    C.C1_08 = claim("mixup from scratch fails (9.7%) and needs pre-training", "E1_6_mixup:mixup_alpha=1",
+                    expect="collapsed")
+    C.C1_09 = claim("validation scores are close to test scores, so CV is not needed", expect="untested",
+                    note="one run's val and test are not two settings; E1.7's table shows both where a test split exists")
+    C.C1_10 = claim("the final model overfits after epochs 2-4", expect="untested",
+                    note="a within-run comparison (best vs final epoch); E1.7's curves show it")
+    return config
