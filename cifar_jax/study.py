@@ -103,7 +103,7 @@ def experiment(config: ml_collections.ConfigDict, *, ids: Sequence[str], title: 
                axes: Sequence[tuple[str, Sequence[Any]]] = (), labels: Sequence[str] = (),
                reported: Sequence[tuple[str, float, str, str]] = (), metric: str = "val_accuracy",
                needs_full_scale: bool = False, missing: str = "", torch_images_per_s: float = 0.0,
-               figure: str = "") -> ml_collections.ConfigDict:
+               figure: str = "", columns: Sequence[str] = ()) -> ml_collections.ConfigDict:
     """One experiment of a study: `config` (a training config) swept over `axes`.
 
     `ids`: the STUDIES.md experiments (E4.1, ...) or flaws (F4.5) it reproduces.
@@ -113,6 +113,7 @@ def experiment(config: ml_collections.ConfigDict, *, ids: Sequence[str], title: 
     `missing`: why this code cannot run the experiment (listed in the report, never faked).
     `torch_images_per_s`: PyTorch's measured training rate for this model and batch size, for the
     estimate of what the runs would cost one after another in PyTorch (0 = not measured).
+    `columns`: more of our metrics (METRIC_TITLES keys) shown for every setting.
     """
     swept = config.copy_and_resolve_references()
     swept.sweep = ml_collections.ConfigDict({"kind": kind, "axes": tuple(axes), "constraints": (),
@@ -120,7 +121,7 @@ def experiment(config: ml_collections.ConfigDict, *, ids: Sequence[str], title: 
     return ml_collections.ConfigDict({
         "ids": tuple(ids), "title": title, "config": swept, "reported": tuple(tuple(r) for r in reported),
         "needs_full_scale": needs_full_scale, "missing": missing,
-        "torch_images_per_s": float(torch_images_per_s), "figure": figure})
+        "torch_images_per_s": float(torch_images_per_s), "figure": figure, "columns": tuple(columns)})
 
 
 def claim(text: str, a: str = "", b: str = "", *, expect: str, metric: str = "val_accuracy",
@@ -156,6 +157,7 @@ class Experiment:
     missing: str
     torch_images_per_s: float
     figure: str
+    columns: tuple[str, ...]
 
     @property
     def name(self) -> str:
@@ -184,13 +186,9 @@ def experiments(config: ml_collections.ConfigDict) -> list[Experiment]:
         out.append(Experiment(key=key, ids=tuple(entry.ids), title=entry.title, config=swept,
                               reported=tuple(tuple(r) for r in entry.reported),
                               needs_full_scale=bool(entry.needs_full_scale), missing=entry.missing,
-                              torch_images_per_s=float(entry.torch_images_per_s), figure=entry.figure))
+                              torch_images_per_s=float(entry.torch_images_per_s), figure=entry.figure,
+                              columns=tuple(entry.columns)))
     return out
-
-
-def setting_labels(exp: Experiment) -> list[str]:
-    """Labels of the experiment's settings (as sweep.expand names them), in sweep order."""
-    return [s.label for g in sweep.expand(exp.config) for s in g.settings]
 
 
 def validate(config: ml_collections.ConfigDict) -> list[Experiment]:
@@ -209,6 +207,8 @@ def validate(config: ml_collections.ConfigDict) -> list[Experiment]:
             if label not in labels[exp.key]:
                 raise ConfigError(f"experiment {exp.key}: reported setting {label!r} is not one of "
                                   f"{labels[exp.key]}")
+            _check_metric(metric, f"experiment {exp.key}")
+        for metric in exp.columns:
             _check_metric(metric, f"experiment {exp.key}")
     for key, entry in config.get("claims", {}).items():
         if entry.expect not in EXPECTATIONS:
@@ -284,11 +284,14 @@ def run_study(config: ml_collections.ConfigDict, workdir: str,
 # ----------------------------------------------------------------------------- results
 
 def is_collapsed(run: dict[str, Any]) -> bool:
-    """A diverged run, or one whose final train loss sits at ln 10 (uniform predictions)."""
-    if run.get("diverged"):
-        return True
+    """A diverged run (NaN/inf loss), or one whose final train loss sits at ln 10 (uniform
+    predictions) while its validation accuracy, where known, is still at chance: a run that is
+    merely slow (loss 2.27 after one short epoch, 25% accuracy) is not a collapse."""
     loss = run.get("train_loss")
-    return loss is not None and (not math.isfinite(loss) or abs(loss - LN10) < COLLAPSE_TOLERANCE)
+    if run.get("diverged") or (loss is not None and not math.isfinite(loss)):
+        return True
+    at_chance = run.get("val_accuracy") is None or run["val_accuracy"] <= CHANCE_ACCURACY
+    return loss is not None and abs(loss - LN10) < COLLAPSE_TOLERANCE and at_chance
 
 
 def annotate(setting: report.Setting) -> None:
@@ -445,23 +448,29 @@ def _p(value: float) -> str:
 
 
 def experiment_table(exp: Experiment, settings: Sequence[report.Setting]) -> list[str]:
-    """setting | the study's number | ours | collapsed | verdict; one row per reported number
-    (settings the study did not report get one row on the experiment's own metric)."""
-    lines = ["| setting | the study's number (split, epoch) | ours: mean ± 95% CI (n) | collapsed | verdict |",
-             "|---|---|---|---:|---|"]
+    """setting | the study's number | ours | collapsed | verdict | exp.columns; one row per
+    reported number (settings the study did not report get one row on the experiment's metric)."""
+    extra = [resolve_metric(m, settings) for m in exp.columns]
+    lines = ["| setting | the study's number (split, epoch) | ours: mean ± 95% CI (n) | collapsed | verdict |"
+             + "".join(f" ours: {title} |" for _, title in extra),
+             "|---|---|---|---:|---|" + "---:|" * len(extra)]
     primary = exp.config.sweep.metric
     for setting in settings:
         entries = [r for r in exp.reported if r[0] == setting.label] or [(setting.label, math.nan, "–", primary)]
         for _, value, where, metric in entries:
             field, title = resolve_metric(metric, settings)
             stats = summary(setting, field)
-            half = stats["ci_high"] - stats["mean"]
-            ours = f"{_fmt(stats['mean'])} ± {_fmt(half)} ({stats['n']}) — {title}"
             study_text = "–" if math.isnan(value) else f"{value:g} ({where})"
             verdict = "–" if math.isnan(value) else row_verdict(value, field, stats)
-            lines.append(f"| {setting.label} | {study_text} | {ours} | {stats['collapsed']}/{stats['runs']} | "
-                         f"{verdict} |")
+            lines.append(f"| {setting.label} | {study_text} | {_mean_ci(stats)} — {title} | "
+                         f"{stats['collapsed']}/{stats['runs']} | {verdict} |"
+                         + "".join(f" {_mean_ci(summary(setting, f))} |" for f, _ in extra))
     return lines
+
+
+def _mean_ci(stats: dict[str, Any]) -> str:
+    """'61.20 ± 0.85 (5)': mean ± the 95% CI's half-width (n)."""
+    return f"{_fmt(stats['mean'])} ± {_fmt(stats['ci_high'] - stats['mean'])} ({stats['n']})"
 
 
 def experiment_plots(workdir: str, exp: Experiment, settings: Sequence[report.Setting],

@@ -86,7 +86,7 @@ def get_config(scale: str = "cpu"):
         title="dying ReLU: dead-unit fraction over lr x optimiser (per epoch; gradient norms per layer are in "
               "metrics.jsonl as grad_norm/*)",
         axes=(("optim.name", ("adam", "sgd")), ("optim.learning_rate", (1e-2, 1e-3, 1e-4))),
-        metric="val_accuracy", torch_images_per_s=TORCH_RATE)
+        metric="val_accuracy", columns=("dead_relu_fraction", "train_loss"), torch_images_per_s=TORCH_RATE)
     batch_sizes = (20, 40, 80)
     E.E1_3_batch_bn = experiment(
         base(scale, l2=1e-5, bn=False), ids=("E1.3", "E1.5", "F1.6"), title="batch size x BN (lr 1e-4, L2 1e-5)",
