@@ -6,9 +6,10 @@ a batch-size sweep and a dropout-rate sweep (Tsinghua ANN HW2).
 Scales: `:full` the study's own (40k train / 10k val, 50 epochs for the ablations, 20 for the
 sweeps, 5 seeds; real CIFAR-10 from TFDS unless --config.data.dir is set); `:cpu` 8,000 training
 and 5,000 validation images of the shared JPEG copy, 3 epochs (ablations) / 2 (sweeps), 3 seeds:
-about 50 minutes on 2 cores (cifar_jax trains this CNN at ~270-360 images/s there, README
-benchmark table; 790k CNN training images + evaluation); `:smoke` 1,000 / 200 images, 1 epoch,
-2 seeds.
+about 50 minutes on a quiet 2-core CPU (650k CNN training images at the ~270-360 images/s of the
+README benchmark, 405k evaluated, 216k MLP images at ~8,500/s, ~10 compiles; under the load of
+other jobs the CNN measured 170-190 images/s here, ~1.7x longer); `:smoke` 1,000 / 200 images,
+1 epoch, 2 seeds.
 
 The recipe, with the study's unstated values (n/s) as assumptions:
 - Adam lr 1e-3, batch 100, last partial batch dropped (the course template).
