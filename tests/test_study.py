@@ -15,7 +15,7 @@ import pytest
 
 from cifar_jax import study, train
 from cifar_jax.errors import ConfigError
-from tests.helpers import REPO, needs_fashion_mnist, tiny_config
+from tests.helpers import REPO, needs_fashion_mnist, run_cli, tiny_config
 
 STUDY_CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "studies", "s*.py")))
 
@@ -106,11 +106,22 @@ def test_mini_study_report_matches_results_and_resumes(tmp_path):
     assert len(json.loads((tmp_path / "study.json").read_text())["sessions"]) == 2
 
 
+def test_report_mode_on_an_unstarted_study_lists_every_experiment(tmp_path):
+    """--mode=report is wired in main.py and renders a study that has not trained anything yet."""
+    result = run_cli("--mode=report", "--config", "configs/studies/s004_cnn_mlp.py:smoke", "--workdir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    markdown = (tmp_path / "report.md").read_text()
+    for key in ("E4_1_cnn", "E4_2_mlp", "E4_7_batch", "E4_8_dropout", "F4_5_dropout_type"):
+        assert f"`{key}/`" in markdown
+    assert "No finished runs yet." in markdown and "missing: models/ has no channel" in markdown
+
+
 def test_collapse_and_verdict_rules():
     assert study.is_collapsed({"train_loss": math.log(10) + 0.01})
     assert study.is_collapsed({"train_loss": float("nan")})
     assert study.is_collapsed({"train_loss": 0.5, "diverged": True})
     assert not study.is_collapsed({"train_loss": 1.2})
+    assert not study.is_collapsed({"train_loss": 2.28, "val_accuracy": 0.25})  # slow, not collapsed
     stats = {"mean": 60.0, "ci_low": 59.0, "ci_high": 61.0, "n": 5, "collapsed": 0, "runs": 5}
     assert study.row_verdict(60.5, "val_accuracy", stats) == "within our CI"
     assert study.row_verdict(64.0, "val_accuracy", stats) == "outside our CI (study higher)"
