@@ -90,6 +90,13 @@ def get_config(scale: str = "cpu"):
                 for b, v in zip(batch_sizes, study_bn))
         + ((f"batch_size=1,dense_batch_norm=False", 1.526, "final loss, 2,000-batch window", "train_loss"),
            (f"batch_size=6,dense_batch_norm=False", 1.030, "final loss, 2,000-batch window", "train_loss")))
+    # F2.9-style confound: at a fixed lr and epoch count a batch of 10 takes 10x fewer SGD steps than
+    # a batch of 1. Scaling the lr linearly with the batch (from lr 1e-3 at batch 6) separates the two.
+    scaled = (1, 10)
+    E.E0_01b_batch_lr_scaled = experiment(
+        base(scale, width=120), ids=("E0.1", "F0.2"), title="batch size with the lr scaled linearly (1e-3 x batch / 6)",
+        kind="zip", axes=(("batch_size", scaled), ("optim.learning_rate", tuple(round(1e-3 * b / 6, 7) for b in scaled))),
+        labels=tuple(f"batch_size={b},lr_scaled" for b in scaled), torch_images_per_s=rate)
     E.E0_02_depth = experiment(
         base(scale, width=120), ids=("E0.2",), title="depth: FC layers after the convs", kind="zip",
         axes=(("model.dense_features", ((120, 84), (120,), ())),), labels=("4_hidden", "3_hidden", "2_hidden"),

@@ -104,6 +104,13 @@ def get_config(scale: str = "cpu"):
                   ("batch_size=20,conv_batch_norm=True", 72.4, b11, "best_val_accuracy"),
                   ("batch_size=20,conv_batch_norm=True", 0.80, "val loss, best", "best_val_loss"),
                   ("batch_size=80,conv_batch_norm=True", 1.0, "val loss, final epoch", "val_loss")))
+    scaled = (40, 80)  # F1.6: bs 80 takes 4x fewer steps at a fixed lr; Adam's sqrt rule from lr 1e-4 at bs 20
+    E.E1_3b_batch_lr_scaled = experiment(
+        base(scale, l2=1e-5, bn=False), ids=("E1.3", "F1.6"), title="batch size with the lr scaled by sqrt(batch / 20)",
+        kind="zip", axes=(("batch_size", scaled), ("optim.learning_rate", tuple(round(1e-4 * (b / 20) ** 0.5, 7)
+                                                                              for b in scaled))),
+        labels=tuple(f"batch_size={b},lr_scaled" for b in scaled), metric="best_val_accuracy",
+        torch_images_per_s=TORCH_RATE)
     E.E1_4_l2 = experiment(
         base(scale, bn=False, l2=0.0), ids=("E1.4",), title="L2 λ (Adam's coupled weight decay)",
         axes=(("optim.weight_decay", (1e-2, 1e-3, 1e-4, 1e-5)),), metric="best_val_accuracy",
@@ -136,6 +143,9 @@ def get_config(scale: str = "cpu"):
                     "E1_2_lr:learning_rate=0.001", expect="less", metric="val_loss")
     C.C1_05 = claim("smaller batches are better at a small lr (20 beats 80)", bb.format(20, False), bb.format(80, False),
                     expect="greater", metric="best_val_accuracy")
+    C.C1_05b = claim("… because of gradient noise, not fewer updates (so a scaled lr would not close the gap)",
+                     bb.format(20, False), "E1_3b_batch_lr_scaled:batch_size=80,lr_scaled", expect="greater",
+                     metric="best_val_accuracy")
     C.C1_06 = claim("accuracy falls with L2 λ (1e-5 beats 1e-2)", "E1_4_l2:weight_decay=1e-05",
                     "E1_4_l2:weight_decay=0.01", expect="greater", metric="best_val_accuracy")
     C.C1_07 = claim("BN gives a small gain (72.4 vs 71.4 at batch 20)", bb.format(20, True), bb.format(20, False),
