@@ -122,6 +122,7 @@ def test_collapse_and_verdict_rules():
     assert study.is_collapsed({"train_loss": 0.5, "diverged": True})
     assert not study.is_collapsed({"train_loss": 1.2})
     assert not study.is_collapsed({"train_loss": 2.28, "val_accuracy": 0.25})  # slow, not collapsed
+    assert study.is_collapsed({"train_loss": 14.0, "val_accuracy": 0.05})  # blown up but finite
     stats = {"mean": 60.0, "ci_low": 59.0, "ci_high": 61.0, "n": 5, "collapsed": 0, "runs": 5}
     assert study.row_verdict(60.5, "val_accuracy", stats) == "within our CI"
     assert study.row_verdict(64.0, "val_accuracy", stats) == "outside our CI (study higher)"
