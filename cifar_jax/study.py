@@ -372,8 +372,9 @@ def row_verdict(value: float, metric: str, stats: dict[str, Any]) -> str:
 class ClaimResult:
     key: str
     text: str
-    test: str
-    verdict: str
+    expect: str
+    test: str = "–"
+    verdict: str = ""  # empty for a comparison until the study's Holm adjustment is known
     p: float = math.nan
     p_holm: float = math.nan
     diff: float = math.nan  # mean of a minus mean of b, display units
@@ -385,45 +386,49 @@ def _find(loaded: dict[str, list[report.Setting]], ref: str) -> report.Setting |
     return next((s for s in loaded.get(exp_key, []) if s.label == label), None)
 
 
+def judge_claim(key: str, entry: ml_collections.ConfigDict, loaded: dict[str, list[report.Setting]],
+                skipped: dict[str, str]) -> ClaimResult:
+    """One claim's test: a collapse count, or a Welch p-value whose verdict waits for Holm."""
+    result = ClaimResult(key=key, text=entry.text, expect=entry.expect)
+    exp_keys = list(dict.fromkeys(split_ref(r)[0] for r in (entry.a, entry.b) if r))
+    blocked = [f"{k} {skipped[k]}" for k in exp_keys if k in skipped]
+    a, b = (_find(loaded, entry.a) if entry.a else None), (_find(loaded, entry.b) if entry.b else None)
+    if entry.expect == "untested":
+        result.verdict = f"not tested: {entry.note}"
+    elif blocked:
+        result.verdict = f"not tested here: {'; '.join(blocked)}"
+    elif a is None or (entry.expect != "collapsed" and b is None):
+        result.verdict = "not tested yet: its runs have not finished"
+    elif entry.expect == "collapsed":
+        collapsed = sum(bool(r.get("collapsed")) for r in a.runs)
+        result.test = f"collapse check of `{entry.a}` (train loss at or above ln 10 at chance accuracy, or NaN)"
+        result.verdict = ("supported" if collapsed == len(a.runs) else "refuted" if collapsed == 0 else
+                          "partly") + f": {collapsed}/{len(a.runs)} runs collapsed"
+    else:
+        field, title = resolve_metric(entry.metric, [a, b])
+        sa, sb = summary(a, field), summary(b, field)
+        unit = "" if report.minimize(field) else "%"
+        result.test = (f"Welch, {title}: `{entry.a}` {_fmt(sa['mean'])}{unit} (n={sa['n']}) vs `{entry.b}` "
+                       f"{_fmt(sb['mean'])}{unit} (n={sb['n']})")
+        result.p, result.diff = report.welch_p(a.sample(field), b.sample(field)), sa["mean"] - sb["mean"]
+        if math.isnan(result.p):
+            result.verdict = "not testable: fewer than 2 non-collapsed runs on a side"
+    return result
+
+
 def judge_claims(config: ml_collections.ConfigDict, loaded: dict[str, list[report.Setting]],
                  skipped: dict[str, str], figures: dict[str, str]) -> list[ClaimResult]:
     """One verdict per claim; the Welch p-values of all tested claims are Holm-adjusted together."""
     results = []
     for key, entry in config.get("claims", {}).items():
-        result = ClaimResult(key=key, text=entry.text, test="", verdict="")
-        refs = [r for r in (entry.a, entry.b) if r]
-        exp_keys = list(dict.fromkeys(split_ref(r)[0] for r in refs))
+        result = judge_claim(key, entry, loaded, skipped)
+        exp_keys = dict.fromkeys(split_ref(r)[0] for r in (entry.a, entry.b) if r)
         result.figure = ", ".join(figures[k] for k in exp_keys if k in figures)
-        blocked = [f"{k} {skipped[k]}" for k in exp_keys if k in skipped]
-        a, b = (_find(loaded, entry.a) if entry.a else None), (_find(loaded, entry.b) if entry.b else None)
-        if entry.expect == "untested":
-            result.test, result.verdict = "–", f"not tested: {entry.note}"
-        elif blocked:
-            result.test, result.verdict = "–", f"not tested here: {'; '.join(blocked)}"
-        elif a is None or (entry.expect != "collapsed" and b is None):
-            result.test, result.verdict = "–", "not tested yet: its runs have not finished"
-        elif entry.expect == "collapsed":
-            collapsed = sum(bool(r.get("collapsed")) for r in a.runs)
-            result.test = f"collapse check of `{entry.a}` (train loss at or above ln 10 at chance accuracy, or NaN)"
-            result.verdict = ("supported" if collapsed == len(a.runs) else "refuted" if collapsed == 0 else
-                              "partly") + f": {collapsed}/{len(a.runs)} runs collapsed"
-        else:
-            field, title = resolve_metric(entry.metric, [a, b])
-            sa, sb = summary(a, field), summary(b, field)
-            result.p = report.welch_p(a.sample(field), b.sample(field))
-            unit = "" if report.minimize(field) else "%"
-            result.test = (f"Welch, {title}: `{entry.a}` {_fmt(sa['mean'])}{unit} (n={sa['n']}) vs `{entry.b}` "
-                           f"{_fmt(sb['mean'])}{unit} (n={sb['n']})")
-            result.verdict = entry.expect  # replaced once the family's Holm adjustment is known
-            result.diff = sa["mean"] - sb["mean"]
         results.append(result)
     tested = [r for r in results if not math.isnan(r.p)]
     for r, adjusted in zip(tested, report.holm([r.p for r in tested])):
         r.p_holm = adjusted
-        r.verdict = compare_verdict(r.verdict, r.diff, adjusted)
-    for r in results:
-        if r.verdict in ("greater", "less", "equal"):  # fewer than 2 runs on a side: no p-value
-            r.verdict = "not testable: fewer than 2 non-collapsed runs on a side"
+        r.verdict = compare_verdict(r.expect, r.diff, adjusted)
     return results
 
 
