@@ -65,6 +65,7 @@ METRIC_TITLES = {
     "dead_relu_fraction": "dead ReLU units, final epoch (% of units, mean over steps)",
 }
 _TEST_FALLBACK = {"test_accuracy": "val_accuracy", "test_loss": "val_loss"}
+GRAD_NORMS = "grad_norm/*"  # as an experiment column: one column per layer's gradient norm (mean over steps)
 
 
 # ----------------------------------------------------------------------------- building configs
@@ -209,7 +210,7 @@ def validate(config: ml_collections.ConfigDict) -> list[Experiment]:
                                   f"{labels[exp.key]}")
             _check_metric(metric, f"experiment {exp.key}")
         for metric in exp.columns:
-            _check_metric(metric, f"experiment {exp.key}")
+            _check_metric(metric, f"experiment {exp.key}", columns=True)
     for key, entry in config.get("claims", {}).items():
         if entry.expect not in EXPECTATIONS:
             raise ConfigError(f"claim {display_id(key)}: expect={entry.expect!r}; use one of {', '.join(EXPECTATIONS)}")
@@ -223,8 +224,8 @@ def validate(config: ml_collections.ConfigDict) -> list[Experiment]:
     return exps
 
 
-def _check_metric(metric: str, where: str) -> None:
-    if metric not in METRIC_TITLES:
+def _check_metric(metric: str, where: str, columns: bool = False) -> None:
+    if metric not in METRIC_TITLES and not (columns and metric == GRAD_NORMS):
         raise ConfigError(f"{where}: metric {metric!r} is unknown; use one of {', '.join(METRIC_TITLES)}")
 
 
@@ -323,6 +324,8 @@ def load_experiment(workdir: str, exp: Experiment) -> tuple[list[report.Setting]
 def resolve_metric(metric: str, settings: Sequence[report.Setting]) -> tuple[str, str]:
     """(the run field to read, its title): test metrics at the val-selected epoch when the data
     have a test split, else the final-epoch validation metric."""
+    if metric.startswith("grad_norm/"):
+        return metric, f"‖grad‖ {metric.split('/', 1)[1]}, final epoch (mean over steps)"
     if metric in _TEST_FALLBACK:
         if any(f"{metric}_at_best" in run for s in settings for run in s.runs):
             return f"{metric}_at_best", METRIC_TITLES[metric]
@@ -332,8 +335,8 @@ def resolve_metric(metric: str, settings: Sequence[report.Setting]) -> tuple[str
 
 
 def scale_of(metric: str) -> float:
-    """Accuracies and F1 are shown in %, losses as they are."""
-    return 1.0 if report.minimize(metric) else 100.0
+    """Accuracies, F1 and dead-unit fractions are shown in %, losses and gradient norms as they are."""
+    return 1.0 if report.minimize(metric) or metric.startswith(GRAD_NORMS[:-1]) else 100.0
 
 
 def summary(setting: report.Setting, field: str) -> dict[str, Any]:
@@ -455,7 +458,7 @@ def _p(value: float) -> str:
 def experiment_table(exp: Experiment, settings: Sequence[report.Setting]) -> list[str]:
     """setting | the study's number | ours | collapsed | verdict | exp.columns; one row per
     reported number (settings the study did not report get one row on the experiment's metric)."""
-    extra = [resolve_metric(m, settings) for m in exp.columns]
+    extra = [resolve_metric(m, settings) for m in expand_columns(exp.columns, settings)]
     lines = ["| setting | the study's number (split, epoch) | ours: mean ± 95% CI (n) | collapsed | verdict |"
              + "".join(f" ours: {title} |" for _, title in extra),
              "|---|---|---|---:|---|" + "---:|" * len(extra)]
@@ -471,6 +474,12 @@ def experiment_table(exp: Experiment, settings: Sequence[report.Setting]) -> lis
                          f"{stats['collapsed']}/{stats['runs']} | {verdict} |"
                          + "".join(f" {_mean_ci(summary(setting, f))} |" for f, _ in extra))
     return lines
+
+
+def expand_columns(columns: Sequence[str], settings: Sequence[report.Setting]) -> list[str]:
+    """GRAD_NORMS becomes the per-layer gradient-norm fields the runs report, in layer order."""
+    layers = list(dict.fromkeys(k for s in settings for run in s.runs for k in run if k.startswith("grad_norm/")))
+    return [name for column in columns for name in (layers if column == GRAD_NORMS else [column])]
 
 
 def _mean_ci(stats: dict[str, Any]) -> str:

@@ -88,10 +88,10 @@ def get_config(scale: str = "cpu"):
     relu.num_epochs = by_scale(scale, 2, 1, 1)  # units die (or not) early: the diagnosis needs 1-2 epochs
     E.E1_2b_dying_relu = experiment(
         relu, ids=("E1.2", "F1.5"),
-        title="dying ReLU: dead-unit fraction over lr x optimiser (per epoch; gradient norms per layer are in "
-              "metrics.jsonl as grad_norm/*)",
+        title="dying ReLU: dead-unit fraction and per-layer gradient norms over lr x optimiser (per epoch; "
+              "per-step logging is not in the training core)",
         axes=(("optim.name", ("adam", "sgd")), ("optim.learning_rate", (1e-2, 1e-3, 1e-4))),
-        metric="val_accuracy", columns=("dead_relu_fraction", "train_loss"), torch_images_per_s=TORCH_RATE)
+        metric="val_accuracy", columns=("dead_relu_fraction", "train_loss", "grad_norm/*"), torch_images_per_s=TORCH_RATE)
     batch_sizes = (20, 40, 80)
     E.E1_3_batch_bn = experiment(
         base(scale, l2=1e-5, bn=False), ids=("E1.3", "E1.5", "F1.6"), title="batch size x BN (lr 1e-4, L2 1e-5)",
