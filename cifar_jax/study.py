@@ -317,7 +317,8 @@ def load_experiment(workdir: str, exp: Experiment) -> tuple[list[report.Setting]
     settings = report.load_settings(exp_dir, plan["groups"])
     for setting in settings:
         annotate(setting)
-    pending = [g["name"] for g in plan["groups"] if not os.path.exists(os.path.join(exp_dir, g["name"], "results.json"))]
+    pending = [g["name"] for g in plan["groups"]
+               if not os.path.exists(os.path.join(exp_dir, g["name"], "results.json"))]
     return settings, pending, plan
 
 
@@ -622,7 +623,8 @@ def write_study_report(config: ml_collections.ConfigDict, workdir: str) -> str:
              "single number with that CI" + (" (at a reduced scale: fewer epochs and images than the study, so "
              "our numbers are lower by design and the verdicts say how far, not whether the study was wrong)"
              if config.study.scale != "full" else "") + ".", "", "## Claims", "",
-             "| claim | what the study said | test | p | p (Holm) | verdict | figure |", "|---|---|---|---:|---:|---|---|"]
+             "| claim | what the study said | test | p | p (Holm) | verdict | figure |",
+             "|---|---|---|---:|---:|---|---|"]
     for c in claims:
         lines.append(f"| {display_id(c.key)} | {c.text} | {c.test} | {_p(c.p)} | {_p(c.p_holm)} | {c.verdict} | "
                      f"{c.figure or '–'} |")

@@ -88,14 +88,15 @@ def get_config(scale: str = "cpu"):
                        for b, v in zip(batch_sizes, no_bn))
         + tuple((f"batch_size={b},dense_batch_norm=False", float(v), t5 + " ['BN', a no-op]", "test_accuracy")
                 for b, v in zip(batch_sizes, study_bn))
-        + ((f"batch_size=1,dense_batch_norm=False", 1.526, "final loss, 2,000-batch window", "train_loss"),
-           (f"batch_size=6,dense_batch_norm=False", 1.030, "final loss, 2,000-batch window", "train_loss")))
+        + (("batch_size=1,dense_batch_norm=False", 1.526, "final loss, 2,000-batch window", "train_loss"),
+           ("batch_size=6,dense_batch_norm=False", 1.030, "final loss, 2,000-batch window", "train_loss")))
     # F2.9-style confound: at a fixed lr and epoch count a batch of 10 takes 10x fewer SGD steps than
     # a batch of 1. Scaling the lr linearly with the batch (from lr 1e-3 at batch 6) separates the two.
     scaled = (1, 10)
     E.E0_01b_batch_lr_scaled = experiment(
         base(scale, width=120), ids=("E0.1", "F0.2"), title="batch size with the lr scaled linearly (1e-3 x batch / 6)",
-        kind="zip", axes=(("batch_size", scaled), ("optim.learning_rate", tuple(round(1e-3 * b / 6, 7) for b in scaled))),
+        kind="zip",
+        axes=(("batch_size", scaled), ("optim.learning_rate", tuple(round(1e-3 * b / 6, 7) for b in scaled))),
         labels=tuple(f"batch_size={b},lr_scaled" for b in scaled), torch_images_per_s=rate)
     E.E0_02_depth = experiment(
         base(scale, width=120), ids=("E0.2",), title="depth: FC layers after the convs", kind="zip",
@@ -174,7 +175,8 @@ def get_config(scale: str = "cpu"):
         base(scale, batch_size=4, lr=5e-4, norm=0.45), ids=("E0.15",), title="epochs at lr 5e-4, normalisation 0.45",
         kind="zip", axes=(("num_epochs", epochs_axis(scale, epochs)),),
         labels=tuple(f"epochs={e}" for e in epochs), torch_images_per_s=rate,
-        reported=tuple((f"epochs={e}", v, TEST.format(e=e), "test_accuracy") for e, v in zip(epochs, (64.0, 65.0, 62.0))))
+        reported=tuple((f"epochs={e}", v, TEST.format(e=e), "test_accuracy")
+                       for e, v in zip(epochs, (64.0, 65.0, 62.0))))
     E.E0_16_momentum = experiment(
         base(scale, batch_size=4, lr=5e-4, norm=0.45, epochs=15), ids=("E0.16",), title="momentum (lr 5e-4, 15 epochs)",
         axes=(("optim.momentum", (0.75, 0.9, 0.95)),), torch_images_per_s=rate,

@@ -91,7 +91,8 @@ def get_config(scale: str = "cpu"):
         title="dying ReLU: dead-unit fraction and per-layer gradient norms over lr x optimiser (per epoch; "
               "per-step logging is not in the training core)",
         axes=(("optim.name", ("adam", "sgd")), ("optim.learning_rate", (1e-2, 1e-3, 1e-4))),
-        metric="val_accuracy", columns=("dead_relu_fraction", "train_loss", "grad_norm/*"), torch_images_per_s=TORCH_RATE)
+        metric="val_accuracy", columns=("dead_relu_fraction", "train_loss", "grad_norm/*"),
+        torch_images_per_s=TORCH_RATE)
     batch_sizes = (20, 40, 80)
     E.E1_3_batch_bn = experiment(
         base(scale, l2=1e-5, bn=False), ids=("E1.3", "E1.5", "F1.6"), title="batch size x BN (lr 1e-4, L2 1e-5)",
@@ -141,8 +142,8 @@ def get_config(scale: str = "cpu"):
                     "E1_2b_dying_relu:name=adam,learning_rate=0.0001", expect="greater", metric="dead_relu_fraction")
     C.C1_04 = claim("lr 1e-3 overfits after epoch 5; 1e-4 ends with a lower val loss", "E1_2_lr:learning_rate=0.0001",
                     "E1_2_lr:learning_rate=0.001", expect="less", metric="val_loss")
-    C.C1_05 = claim("smaller batches are better at a small lr (20 beats 80)", bb.format(20, False), bb.format(80, False),
-                    expect="greater", metric="best_val_accuracy")
+    C.C1_05 = claim("smaller batches are better at a small lr (20 beats 80)", bb.format(20, False),
+                    bb.format(80, False), expect="greater", metric="best_val_accuracy")
     C.C1_05b = claim("… because of gradient noise, not fewer updates (so a scaled lr would not close the gap)",
                      bb.format(20, False), "E1_3b_batch_lr_scaled:batch_size=80,lr_scaled", expect="greater",
                      metric="best_val_accuracy")
@@ -155,7 +156,8 @@ def get_config(scale: str = "cpu"):
     C.C1_08 = claim("mixup from scratch fails (9.7%) and needs pre-training", "E1_6_mixup:mixup_alpha=1",
                     expect="collapsed")
     C.C1_09 = claim("validation scores are close to test scores, so CV is not needed", expect="untested",
-                    note="one run's val and test are not two settings; E1.7's table shows both where a test split exists")
+                    note="one run's val and test are not two settings; E1.7's table shows both where a test "
+                         "split exists")
     C.C1_10 = claim("the final model overfits after epochs 2-4", expect="untested",
                     note="a within-run comparison (best vs final epoch); E1.7's curves show it")
     return config

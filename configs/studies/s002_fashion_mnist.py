@@ -7,7 +7,8 @@ Scales: `:full` the study's (60k train of which 10k become validation, the 10k t
 once at the validation-selected epoch, 10 epochs, 5 seeds); `:cpu` 8,000 training and 2,000
 validation images (test 2,000), 3 epochs, 3 seeds, E2.7 not run: about 30 minutes on 2 cores
 (2.1M training images at the ~1,700 model-images/s A1 measured here at batch 128 with 3 seeds
-under load, 1.1M evaluated, ~25 compiles); `:smoke` 1,000 / 200 images, 1 epoch, 2 seeds. Data: Debian's dataset-fashion-mnist IDX files.
+under load, 1.1M evaluated, ~25 compiles); `:smoke` 1,000 / 200 images, 1 epoch, 2 seeds.
+Data: Debian's dataset-fashion-mnist IDX files.
 
 The recipe and the study's unstated values (n/s), as assumptions:
 - SGD with momentum 0.9 (inferred from "a momentum of 0.9"), batch 128, 10 epochs,
@@ -97,12 +98,14 @@ def get_config(scale: str = "cpu"):
     E.E2_4_init = experiment(
         base(scale), ids=("E2.4",), title="weight initialisation", axes=(("model.init", inits),),
         torch_images_per_s=TORCH_A1, figure="loss curves per init",
-        reported=tuple((f"init={i}", v, TEST, "test_accuracy") for i, v in zip(inits[1:], (87.91, 88.65, 89.89, 90.07))))
+        reported=tuple((f"init={i}", v, TEST, "test_accuracy")
+                       for i, v in zip(inits[1:], (87.91, 88.65, 89.89, 90.07))))
     augments = ("none", "flip", "color_jitter", "rotation_10")
     E.E2_5_augment = experiment(
         base(scale), ids=("E2.5", "F2.8"), title="augmentation (ColorJitter as brightness/contrast 0.2: n/s)",
         kind="zip", axes=(("augment.flip", (False, True, False, False)), ("augment.brightness", (0.0, 0.0, 0.2, 0.0)),
-                          ("augment.contrast", (0.0, 0.0, 0.2, 0.0)), ("augment.rotation_degrees", (0.0, 0.0, 0.0, 10.0))),
+                          ("augment.contrast", (0.0, 0.0, 0.2, 0.0)),
+                          ("augment.rotation_degrees", (0.0, 0.0, 0.0, 10.0))),
         labels=augments, torch_images_per_s=TORCH_A1, figure="loss curves per augmentation",
         reported=tuple((a, v, TEST, "test_accuracy") for a, v in zip(augments, (87.99, 87.50, 87.92, 87.16))))
     kfold = base(scale)

@@ -110,7 +110,8 @@ def get_config(scale: str = "cpu"):
         recipe(cnn_bn_dropout, scale, main_run=False), ids=("E4.7", "F4.3"),
         title="CNN batch size with the lr scaled by sqrt(batch / 100) (update count vs the study's memory "
               "explanation)", kind="zip",
-        axes=(("batch_size", scaled), ("optim.learning_rate", tuple(round(1e-3 * (b / 100) ** 0.5, 6) for b in scaled))),
+        axes=(("batch_size", scaled),
+              ("optim.learning_rate", tuple(round(1e-3 * (b / 100) ** 0.5, 6) for b in scaled))),
         labels=tuple(f"batch_size={b},lr_scaled" for b in scaled), metric="best_val_accuracy",
         torch_images_per_s=TORCH_CNN_MIXED_BS)
     # Rate 1.0 is left out: inverted dropout at 1 zeroes every unit (the study's 10.09% is chance).
@@ -122,7 +123,8 @@ def get_config(scale: str = "cpu"):
         figure="val accuracy against dropout rate",
         reported=tuple((f"dropout_rate={r:g}", v, "val, best or final n/s (best assumed), 20 ep",
                         "best_val_accuracy")
-                       for r, v in ((0.0, 73.45), (0.2, 76.39), (0.4, 72.93), (0.6, 70.10), (0.8, 51.74)) if r in rates))
+                       for r, v in ((0.0, 73.45), (0.2, 76.39), (0.4, 72.93), (0.6, 70.10), (0.8, 51.74))
+                       if r in rates))
     config.experiments.F4_5_dropout_type = experiment(
         recipe(cnn_bn_dropout, scale, main_run=False), ids=("F4.5",),
         title="CNN element vs channel (Dropout2d) dropout", axes=(("model.dropout_rate", (0.5,)),),
