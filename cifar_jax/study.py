@@ -7,7 +7,7 @@ A study config (`configs/studies/*.py:get_config(scale)`, scale full | cpu | smo
                                                    copied into each one when the study runs, so
                                                    --config.num_seeds=8 or --config.data.dir=D
                                                    apply to the whole study)
-    config.study.{name, title, scale, source}
+    config.study.{name, title, scale, config_path, source}
     config.experiments.<E4_1>                      `experiment(...)`: a sweep config in `.config`,
                                                    the study's numbers, `needs_full_scale`, `missing`
     config.claims.<C4_1>                           `claim(...)`: which settings one Welch test compares
@@ -33,6 +33,7 @@ import time
 from typing import Any, Callable, Sequence
 
 import ml_collections
+
 from cifar_jax import metrics, report, sweep
 from cifar_jax import workdir as workdir_lib
 from cifar_jax.errors import ConfigError
@@ -44,7 +45,7 @@ SHARED_FIELDS = ("seed", "num_seeds", "data.dir", "data.source", "data.tfds_data
 STUDY_FILE = "study.json"
 REPORT_FILE = "report.md"
 LN10 = math.log(10.0)
-COLLAPSE_TOLERANCE = 0.05  # |final train loss - ln 10| below this: the run predicts uniformly
+COLLAPSE_TOLERANCE = 0.05  # a final train loss above ln 10 - this, at chance accuracy: the run predicts uniformly
 CHANCE_ACCURACY = 0.11  # a reported accuracy at or below this (10 classes) is a collapse
 ALPHA = report.ALPHA
 EXPECTATIONS = ("greater", "less", "equal", "collapsed", "untested")

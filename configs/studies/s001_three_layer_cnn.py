@@ -77,6 +77,7 @@ def get_config(scale: str = "cpu"):
     E.E1_2_lr = experiment(
         base(scale, lr=1e-3, l2=0.0, bn=False), ids=("E1.2", "F1.3"), title="learning rate (and macro-F1 vs accuracy)",
         axes=(("optim.learning_rate", (1e-2, 1e-3, 1e-4)),), metric="best_val_accuracy",
+        columns=("best_val_macro_f1", "val_loss"),  # F1.3: on balanced data macro-F1 tracks accuracy
         torch_images_per_s=TORCH_RATE, figure="conv gradients at lr 1e-2 (dying ReLU)",
         reported=(("learning_rate=0.001", 71.0, b11, "best_val_accuracy"),
                   ("learning_rate=0.001", 0.905, "val loss at epoch 5 (its best)", "best_val_loss"),
