@@ -68,7 +68,7 @@ def get_config(scale: str = "cpu"):
         recipe(cnn_bn_dropout, scale, main_run=True), ids=("E4.1", "E4.3", "E4.5"),
         title="CNN with BN and dropout 0.5, without BN, without dropout", kind="zip",
         axes=ablation_axes("model.conv_batch_norm"), labels=("cnn", "cnn_no_bn", "cnn_no_dropout"),
-        metric="best_val_accuracy", columns=("train_accuracy", "val_loss"),  # C4.6: over-fitting without dropout torch_images_per_s=TORCH_CNN_BS100,
+        metric="best_val_accuracy", columns=("train_accuracy", "val_loss"),  # C4.6: over-fitting torch_images_per_s=TORCH_CNN_BS100,
         figure="train/val loss and accuracy curves per run",
         reported=(("cnn", 77.49, "best val, over 50 ep", "best_val_accuracy"),
                   ("cnn", 77.06, "val, epoch 50", "val_accuracy"),
