@@ -426,10 +426,11 @@ def curve_metric(settings: Sequence[Setting]) -> str | None:
     return None
 
 
-def plot_learning_curves(path: str, settings: Sequence[Setting], title: str) -> bool:
-    """Mean over kept runs per epoch with a min-max band; small multiples beyond 8 settings."""
-    metric = curve_metric(settings)
-    if metric is None:
+def plot_learning_curves(path: str, settings: Sequence[Setting], title: str, metric: str | None = None) -> bool:
+    """Mean over kept runs per epoch with a min-max band; small multiples beyond 8 settings.
+    `metric` defaults to the first accuracy the runs report (`curve_metric`)."""
+    metric = metric or curve_metric(settings)
+    if metric is None or not any(metric in s.curves for s in settings):
         return False
     overlay = len(settings) <= 8
     cols = 1 if overlay else min(4, len(settings))
@@ -441,7 +442,7 @@ def plot_learning_curves(path: str, settings: Sequence[Setting], title: str) -> 
         curves = setting.curves.get(metric)
         if curves is None or not curves.size:
             continue
-        kept = curves[:, setting.kept] * 100
+        kept = curves[:, setting.kept] * _scale(metric)
         epochs = np.arange(1, curves.shape[0] + 1)
         if kept.shape[1] and not np.all(np.isnan(kept)):
             mean_line, low, high = np.nanmean(kept, axis=1), np.nanmin(kept, axis=1), np.nanmax(kept, axis=1)
@@ -464,7 +465,7 @@ def plot_learning_curves(path: str, settings: Sequence[Setting], title: str) -> 
     axes[0].set_xlim(0.5, num_epochs + 0.5)
     axes[0].xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     fig.supxlabel("epoch")
-    fig.supylabel(f"{metric} (%)")
+    fig.supylabel(f"{metric}{' (%)' if _scale(metric) > 1 else ''}")
     fig.suptitle(f"{title}: mean over seeds, band = min–max", fontsize=9)
     fig.savefig(path)
     return True

@@ -105,7 +105,7 @@ def experiment(config: ml_collections.ConfigDict, *, ids: Sequence[str], title: 
                axes: Sequence[tuple[str, Sequence[Any]]] = (), labels: Sequence[str] = (),
                reported: Sequence[tuple[str, float, str, str]] = (), metric: str = "val_accuracy",
                needs_full_scale: bool = False, missing: str = "", torch_images_per_s: float = 0.0,
-               figure: str = "", columns: Sequence[str] = ()) -> ml_collections.ConfigDict:
+               figure: str = "", columns: Sequence[str] = (), curves: Sequence[str] = ()) -> ml_collections.ConfigDict:
     """One experiment of a study: `config` (a training config) swept over `axes`.
 
     `ids`: the STUDIES.md experiments (E4.1, ...) or flaws (F4.5) it reproduces.
@@ -115,7 +115,8 @@ def experiment(config: ml_collections.ConfigDict, *, ids: Sequence[str], title: 
     `missing`: why this code cannot run the experiment (listed in the report, never faked).
     `torch_images_per_s`: PyTorch's measured training rate for this model and batch size, for the
     estimate of what the runs would cost one after another in PyTorch (0 = not measured).
-    `columns`: more of our metrics (METRIC_TITLES keys) shown for every setting.
+    `columns`: more of our metrics (METRIC_TITLES keys) shown for every setting; `curves`: per-epoch
+    metrics plotted as learning curves beside the accuracy curves (e.g. train_loss, val_loss).
     """
     swept = config.copy_and_resolve_references()
     swept.sweep = ml_collections.ConfigDict({"kind": kind, "axes": tuple(axes), "constraints": (),
@@ -123,7 +124,8 @@ def experiment(config: ml_collections.ConfigDict, *, ids: Sequence[str], title: 
     return ml_collections.ConfigDict({
         "ids": tuple(ids), "title": title, "config": swept, "reported": tuple(tuple(r) for r in reported),
         "needs_full_scale": needs_full_scale, "missing": missing,
-        "torch_images_per_s": float(torch_images_per_s), "figure": figure, "columns": tuple(columns)})
+        "torch_images_per_s": float(torch_images_per_s), "figure": figure, "columns": tuple(columns),
+        "curves": tuple(curves)})
 
 
 def claim(text: str, a: str = "", b: str = "", *, expect: str, metric: str = "val_accuracy",
@@ -160,6 +162,7 @@ class Experiment:
     torch_images_per_s: float
     figure: str
     columns: tuple[str, ...]
+    curves: tuple[str, ...]
 
     @property
     def name(self) -> str:
@@ -189,7 +192,7 @@ def experiments(config: ml_collections.ConfigDict) -> list[Experiment]:
                               reported=tuple(tuple(r) for r in entry.reported),
                               needs_full_scale=bool(entry.needs_full_scale), missing=entry.missing,
                               torch_images_per_s=float(entry.torch_images_per_s), figure=entry.figure,
-                              columns=tuple(entry.columns)))
+                              columns=tuple(entry.columns), curves=tuple(entry.curves)))
     return out
 
 
@@ -212,6 +215,8 @@ def validate(config: ml_collections.ConfigDict) -> list[Experiment]:
             _check_metric(metric, f"experiment {exp.key}")
         for metric in exp.columns:
             _check_metric(metric, f"experiment {exp.key}", columns=True)
+        for metric in exp.curves:
+            _check_metric(metric, f"experiment {exp.key} curves")
     for key, entry in config.get("claims", {}).items():
         if entry.expect not in EXPECTATIONS:
             raise ConfigError(f"claim {display_id(key)}: expect={entry.expect!r}; use one of {', '.join(EXPECTATIONS)}")
@@ -495,9 +500,10 @@ def experiment_plots(workdir: str, exp: Experiment, settings: Sequence[report.Se
     plot_dir = os.path.join(workdir, "plots")
     os.makedirs(plot_dir, exist_ok=True)
     written = []
-    name = f"plots/{exp.key}_curves.png"
-    if report.plot_learning_curves(os.path.join(workdir, name), settings, exp.name):
-        written.append(name)
+    for curve in (None, *exp.curves):
+        name = f"plots/{exp.key}_{curve + '_' if curve else ''}curves.png"
+        if report.plot_learning_curves(os.path.join(workdir, name), settings, exp.name, metric=curve):
+            written.append(name)
     metric = plan.get("metric", "val_accuracy")
     if plan.get("kind") == "grid" and any(s.sample(metric).size for s in settings):
         for field, _ in plan["axes"]:
@@ -532,6 +538,11 @@ def _duration(seconds: float) -> str:
     return time.strftime("%H:%M:%S", time.gmtime(seconds)) if seconds < 86400 else f"{seconds / 3600:.1f} h"
 
 
+def _rate(images: int, seconds: float) -> str:
+    """Training images of all runs per second of wall time (compiles and evaluation included)."""
+    return f"{images / seconds:,.0f}" if images and seconds else "–"
+
+
 def protocol_section(config: ml_collections.ConfigDict, workdir: str, exps: Sequence[Experiment],
                      plans: dict[str, dict[str, Any]]) -> list[str]:
     """Splits, selection, seeds, scale, hardware, wall time and the PyTorch estimate."""
@@ -557,9 +568,11 @@ def protocol_section(config: ml_collections.ConfigDict, workdir: str, exps: Sequ
     total_wall = sum(s.get("wall_s", 0.0) for s in sessions)
     lines += [f"- **Hardware**: {hw['platform']}, {hw['cpu_count']} CPUs, JAX devices {', '.join(hw['devices'])}.",
               f"- **Wall time**: {_duration(total_wall)} over {len(sessions)} `--mode=study` session(s) "
-              "(training, evaluation, compiles and reports).", "",
-              "| experiment | train images | epochs | runs | training wall time | PyTorch img/s (one run) | "
-              "PyTorch, runs one after another (est.) |", "|---|---:|---|---:|---:|---:|---:|"]
+              "(training, evaluation, compiles and reports); `ours: model-img/s` is every run's training images "
+              "over the experiment's training wall time, compiles and evaluation included.", "",
+              "| experiment | train images | epochs | runs | training wall time | ours: model-img/s | "
+              "PyTorch img/s (one run) | PyTorch, runs one after another (est.) |",
+              "|---|---:|---|---:|---:|---:|---:|---:|"]
     torch_total, unknown = 0.0, []
     for exp in exps:
         if exp.key not in plans:
@@ -576,7 +589,8 @@ def protocol_section(config: ml_collections.ConfigDict, workdir: str, exps: Sequ
                 unknown.append(exp.key)
         lines.append(f"| {exp.key} | {', '.join(map(str, sorted(rows['train']))) or '–'} | "
                      f"{', '.join(map(str, sorted(rows['epochs']))) or '–'} | {rows['runs']} | "
-                     f"{_duration(rows['wall_s'])} | {f'{rate:,.0f}' if rate else '–'} | {estimate} |")
+                     f"{_duration(rows['wall_s'])} | {_rate(rows['images'], rows['wall_s'])} | "
+                     f"{f'{rate:,.0f}' if rate else '–'} | {estimate} |")
     lines += ["", f"PyTorch estimate: {_duration(torch_total)} for the experiments with a measured rate"
               + (f" (not counted: {', '.join(unknown)})" if unknown else "") + ". It is the images these runs "
               "trained (runs × epochs × full batches) divided by PyTorch's training images/s for one run of the "

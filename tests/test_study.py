@@ -38,7 +38,7 @@ def mini_study() -> ml_collections.ConfigDict:
         base, ids=("A",), title="learning rate", axes=(("optim.learning_rate", (0.01, 0.05)),),
         reported=(("learning_rate=0.05", 80.0, "test, epoch 1", "test_accuracy"),
                   ("learning_rate=0.01", 9.0, "test, epoch 1", "test_accuracy")),
-        torch_images_per_s=1000.0, columns=("dead_relu_fraction", "grad_norm/*"))
+        torch_images_per_s=1000.0, columns=("dead_relu_fraction", "grad_norm/*"), curves=("train_loss",))
     config.experiments.B_width = study.experiment(
         base, ids=("B",), title="width", kind="zip", axes=(("model.dense_features", ((8,),)),), labels=("narrow",),
         reported=(("narrow", 0.5, "train loss, epoch 1", "train_loss"),))
@@ -100,6 +100,7 @@ def test_mini_study_report_matches_results_and_resumes(tmp_path):
     assert "needs :full scale" in markdown and "C1.3" in markdown
     assert "## Protocol" in markdown and "PyTorch" in markdown and "cpu" in markdown.lower()
     assert (tmp_path / "plots" / "A_lr_curves.png").exists()
+    assert (tmp_path / "plots" / "A_lr_train_loss_curves.png").exists()
     assert "ours: dead ReLU units" in markdown and "‖grad‖ stages/0/conv" in markdown
 
     # A killed study: B's results are gone (as if killed before it finished); only B trains again.

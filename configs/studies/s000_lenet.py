@@ -108,7 +108,7 @@ def get_config(scale: str = "cpu"):
     E.E0_03_width = experiment(
         base(scale), ids=("E0.3",), title="width of fc1 (= fc2's input)", kind="zip",
         axes=(("model.dense_features", tuple((w, 84) for w in widths)),), labels=tuple(f"width={w}" for w in widths),
-        torch_images_per_s=rate,
+        curves=("train_loss",), torch_images_per_s=rate,  # C0.15: train loss against val accuracy
         reported=(("width=120", 62.0, t5, "test_accuracy"), ("width=180", 61.0, t5, "test_accuracy"),
                   ("width=240", 64.0, t5 + ", run twice: 64 both", "test_accuracy"),
                   ("width=320", 60.0, t5, "test_accuracy"), ("width=480", 61.0, t5, "test_accuracy")))
@@ -174,7 +174,7 @@ def get_config(scale: str = "cpu"):
     E.E0_15_epochs = experiment(
         base(scale, batch_size=4, lr=5e-4, norm=0.45), ids=("E0.15",), title="epochs at lr 5e-4, normalisation 0.45",
         kind="zip", axes=(("num_epochs", epochs_axis(scale, epochs)),),
-        labels=tuple(f"epochs={e}" for e in epochs), torch_images_per_s=rate,
+        labels=tuple(f"epochs={e}" for e in epochs), curves=("train_loss",), torch_images_per_s=rate,
         reported=tuple((f"epochs={e}", v, TEST.format(e=e), "test_accuracy")
                        for e, v in zip(epochs, (64.0, 65.0, 62.0))))
     E.E0_16_momentum = experiment(

@@ -93,6 +93,7 @@ def get_config(scale: str = "cpu"):
               "per-step logging is not in the training core)",
         axes=(("optim.name", ("adam", "sgd")), ("optim.learning_rate", (1e-2, 1e-3, 1e-4))),
         metric="val_accuracy", columns=("dead_relu_fraction", "train_loss", "grad_norm/*"),
+        curves=("dead_relu_fraction",),
         torch_images_per_s=TORCH_RATE)
     batch_sizes = (20, 40, 80)
     E.E1_3_batch_bn = experiment(
