@@ -21,31 +21,7 @@ buffer donation                        on (state and sums)        on
 compilation cache                      `enable_compilation_cache`, the same on every backend
 =====================================  =========================  ================================
 
-Why, measured with scripts/benchmark.py and profiles of the compiled step (LeNet, CIFAR-sized
-arrays, jax 0.10.2; see the README's Performance section for the table):
-
-- XLA:CPU's convolutions are slow for these small layers (LeNet's first layer alone: 36 ms per
-  128 images) and slower still under `vmap` (grouped convolutions) or inside loop bodies. The
-  patches form turns every convolution into one matmul; with space-to-depth blocks
-  (`layers.conv_patches`) LeNet's first layer costs 4x less again, because on a CPU building the
-  patches (a concatenate), not multiplying, is the cost.
-- Seeds vmapped into one step make bigger ops, which XLA:CPU spreads over both cores better,
-  but only a little for LeNet at batch 128: 6,045 model-images/s for one seed, 6,173 for 8
-  seeds in one vmap, 7,125 for 32 seeds in groups of 11 (the README's table). But the machine's memory is slow once a step leaves the 32 MB L3 cache
-  (~2.5 GB/s vs ~14 GB/s), and a vmapped step keeps every run's activations: the fifth study's
-  CNN (414 MiB per run at batch 128) ran 177 model-images/s with 8 seeds vmapped and 251 mapped
-  one at a time, and 32 seeds vmapped needed 14 GB. So runs are vmapped up to a memory budget
-  and the groups mapped (`map_over_runs`).
-- With no XLA convolutions left, a `lax.scan` over a chunk of steps beats one dispatch per step
-  (10-30% more images per CPU-second on CPU); on accelerators the whole epoch is one scan.
-  Chunks divide the epoch where possible, so a run compiles one step program, not a second one
-  for a remainder.
-- XLA:CPU flags tried without a gain beyond noise: YNNPACK convolutions
-  (`--xla_cpu_experimental_ynn_fusion_type=individual_dot,individual_convolution`), Eigen instead
-  of YNNPACK dots (`--xla_cpu_experimental_ynn_fusion_type=`), oneDNN (`--xla_cpu_use_onednn`, no
-  rewrite happens in this jaxlib), two CPU devices with the runs sharded over them
-  (`--xla_force_host_platform_device_count=2`, also with `--xla_cpu_multi_thread_eigen=false`:
-  4 busy threads on 2 cores, 1.5-2.3x slower). So no flags are set.
+Why each choice, with the measurements behind it: README, "Performance".
 """
 
 from __future__ import annotations
@@ -57,7 +33,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+from flax import nnx
 
 from cifar_jax import checks
 
@@ -160,6 +138,18 @@ def residual_bytes(fn: Callable[..., Any], *args: Any, argnums: Sequence[int] = 
 
     shapes = jax.eval_shape(residuals, *args)
     return int(sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(shapes)))
+
+
+def model_step_bytes(build: Callable[[jax.Array, jax.Array], Any], batch_shape: tuple[int, ...]) -> int:
+    """Activations one run's training step keeps for its backward pass (`residual_bytes` of the
+    model `build(params_key, dropout_key)` makes, in training mode), from shapes alone."""
+    abstract = nnx.eval_shape(lambda: build(jax.random.key(0), jax.random.key(0)))
+    train_graph, params, model_state = nnx.split(abstract, nnx.Param, ...)
+
+    def forward(params, model_state, images):
+        return nnx.merge(train_graph, params, model_state, copy=True)(images).sum()
+
+    return residual_bytes(forward, params, model_state, jax.ShapeDtypeStruct(batch_shape, jnp.float32))
 
 
 def map_over_runs(fn: Callable[..., Any], in_axes: Sequence[int | None],

@@ -23,12 +23,12 @@ import numpy as np
 import optax
 from flax import nnx
 
-from cifar_jax import augment, checks, data, execution, losses, metrics, models, optim, progress, results, runs
+from cifar_jax import augment, execution, losses, metrics, models, optim, progress, results, runs, validation
 from cifar_jax import workdir as workdir_lib
 from cifar_jax.checkpoint import Checkpoints
 from cifar_jax.errors import ConfigError
 from cifar_jax.models.layers import DropoutRate
-from cifar_jax.splits import Splits, examples_for, prepare_splits, run_train_index, standardize, to_unit
+from cifar_jax.splits import examples_for, run_train_index, standardize, to_unit
 
 
 class TrainState(NamedTuple):
@@ -181,47 +181,13 @@ def _model_builder(config: ml_collections.ConfigDict, image_shape: tuple[int, in
     return build
 
 
-def _step_residual_bytes(build, batch_shape: tuple[int, ...]) -> int:
-    """Activations one run's training step keeps for its backward pass, from shapes alone."""
-    abstract = nnx.eval_shape(lambda: build(jax.random.key(0), jax.random.key(0)))
-    train_graph, params, model_state = nnx.split(abstract, nnx.Param, ...)
-
-    def forward(params, model_state, images):
-        return nnx.merge(train_graph, params, model_state, copy=True)(images).sum()
-
-    return execution.residual_bytes(forward, params, model_state, jax.ShapeDtypeStruct(batch_shape, jnp.float32))
-
-
-def validate_config(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], num_classes: int,
-                    num_train: int) -> None:
-    """Every static check of a config, reporting all failures at once; traced checks (augmentation
-    on these image sizes, the optimizer chain) run in `setup_runs` by abstract evaluation."""
-    checks.all_of(
-        lambda: models.validate_model_config(config.model, image_shape, num_classes),
-        *(lambda f=f: checks.positive_int(config, f) for f in ("num_epochs", "checkpoint_every_epochs",
-                                                                 "eval_batch_size", "batch_size")),
-        lambda: _check_batch_fits(config, num_train),
-        lambda: optim.check_config(config.optim, steps_per_epoch=max(num_train // config.batch_size, 1),
-                                   num_epochs=max(int(config.num_epochs), 1)),
-        lambda: augment.check_config(config.augment),
-        lambda: runs.make_run_grid(config, image_shape[-1]),
-        lambda: execution.validate(config),
-    )
-
-
-def _check_batch_fits(config: ml_collections.ConfigDict, num_train: int) -> None:
-    if isinstance(config.batch_size, int) and config.batch_size > num_train:
-        raise ConfigError(f"batch_size={config.batch_size} exceeds the {num_train} training images of one run; "
-                          "lower batch_size or raise data.train_limit")
-
-
 def make_train(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], num_classes: int,
                num_train: int, backend: str | None = None) -> Program:
     """Resolves the static parts of `config` and returns the jitted, run-vmapped functions."""
-    validate_config(config, image_shape, num_classes, num_train)
+    validation.validate_config(config, image_shape, num_classes, num_train)
     steps_per_epoch = num_train // config.batch_size
     plan = execution.plan(config, steps_per_epoch=steps_per_epoch, backend=backend,
-                          step_bytes=lambda p: _step_residual_bytes(_model_builder(config, image_shape, num_classes, p),
+                          step_bytes=lambda p: execution.model_step_bytes(_model_builder(config, image_shape, num_classes, p),
                                                                     (config.batch_size, *image_shape)))
     build = _model_builder(config, image_shape, num_classes, plan)
     abstract = nnx.eval_shape(lambda: build(jax.random.key(0), jax.random.key(0)))
@@ -338,29 +304,10 @@ def score_split(program: Program, state: TrainState, hparams: dict, images: jax.
     return result
 
 
-def load_checked_splits(config: ml_collections.ConfigDict) -> Splits:
-    """The job's data, and every config problem reported in one round: a data-size refusal (e.g.
-    val_size larger than train_limit) comes together with the config's other problems."""
-    try:
-        splits = prepare_splits(config.data)
-    except ConfigError as data_problem:
-        name = data.check_name(config.data.name)
-        guess = max(int(config.data.train_limit or 0), int(config.batch_size or 1) if
-                    isinstance(config.batch_size, int) else 1)
-        problems = [str(data_problem)]
-        try:
-            validate_config(config, data.IMAGE_SHAPES[name], len(data.CLASS_NAMES[name]), guess)
-        except ConfigError as others:
-            problems.append(str(others))
-        raise ConfigError("\n".join(problems)) from None
-    validate_config(config, splits.image_shape, len(splits.class_names), splits.num_train)
-    return splits
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains (or resumes) every run of `config`, evaluating each epoch, checkpointing, and writing
     metrics.jsonl, TensorBoard events and results.json into `workdir`."""
-    splits = load_checked_splits(config)  # before touching the workdir: a bad start changes nothing
+    splits = validation.load_checked_splits(config)  # before touching the workdir: a bad start changes nothing
     num_classes = len(splits.class_names)
     setup = setup_runs(config, splits.image_shape, num_classes, splits.num_train, abstract=True)
     data_meta = {"image_shape": list(splits.image_shape), "class_names": list(splits.class_names),

@@ -16,13 +16,14 @@ from configs import test as test_config
 from helpers import REPO, needs_fashion_mnist, run_cli, synthetic_splits, tiny_config, train_runs
 
 
-def test_config_small():
+def small_test_config():
     """configs/test.py at a size that trains in seconds: 600 images, 1 seed."""
     config = test_config.get_config()
     config.num_seeds, config.data.train_limit, config.data.val_size, config.data.test_limit = 1, 800, 200.0, 200
     return config
 
 
+@pytest.mark.slow
 @needs_fashion_mnist
 def test_cli_trains_two_seeds_on_real_fashion_mnist(tmp_path):
     workdir = tmp_path / "run"
@@ -44,6 +45,7 @@ def test_cli_trains_two_seeds_on_real_fashion_mnist(tmp_path):
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir / "tensorboard"))
 
 
+@pytest.mark.slow
 def test_missing_data_fails_in_one_line_and_keeps_existing_results(tmp_path):
     workdir = tmp_path / "run"
     workdir.mkdir()
@@ -102,6 +104,7 @@ def test_unknown_grid_axis_is_a_config_error():
         runs.make_run_grid(config, 1)
 
 
+@pytest.mark.slow
 @needs_fashion_mnist
 def test_kfold_runs_are_one_program_with_fresh_init_per_fold(tmp_path):
     workdir = tmp_path / "kfold"
@@ -178,24 +181,25 @@ STATIC_TYPOS = [("optim.name", "adamm"), ("optim.schedule", "cosinus"), ("optim.
                 ("execution.compute_dtype", "float16"), ("model.conv_impl", "cudnn"), ("model.activation", "swish2")]
 
 
+@pytest.mark.slow
 @needs_fashion_mnist
 def test_bad_static_fields_leave_the_workdir_untouched_and_the_fix_runs(tmp_path):
     workdir = str(tmp_path / "run")
     for field, value in STATIC_TYPOS:
-        config = test_config_small()
+        config = small_test_config()
         config.optim.schedule = "warmup_cosine" if field == "optim.warmup_epochs" else config.optim.schedule
         section, name = field.split(".")
         config[section][name] = value
         with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
             train.train_and_evaluate(config, workdir)
         assert not os.path.exists(workdir), field
-    results_json = train.train_and_evaluate(test_config_small(), workdir)
+    results_json = train.train_and_evaluate(small_test_config(), workdir)
     assert results_json["num_runs"] == 1
 
 
 @needs_fashion_mnist
 def test_every_inconsistent_field_is_reported_in_one_round(tmp_path):
-    config = test_config_small()
+    config = small_test_config()
     config.data.val_size = 10000.0  # more than the 600 training images
     config.optim.schedule, config.optim.warmup_epochs = "warmup_cosine", 5.0  # longer than the run
     config.optim.name = "adamm"
