@@ -8,10 +8,12 @@ import sys
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
-from cifar_jax import evaluation, results, runs, splits as splits_lib, train
+from cifar_jax import evaluation, results, runs, splits as splits_lib, step, train
 from cifar_jax import workdir as workdir_lib
 from cifar_jax.errors import ConfigError
+from cifar_jax.models.layers import DropoutRate
 from configs import test as test_config
 from helpers import REPO, needs_fashion_mnist, run_cli, synthetic_splits, tiny_config, train_runs
 
@@ -142,7 +144,7 @@ def test_dropout_rate_grid_builds_dropout_layers_and_rejects_models_without_them
     config.model.dropout_rate = 0.0
     config.hparam_grid.dropout_rate = (0.0, 0.5)
     state, result = train_runs(config, splits, epochs=1)
-    rates = jax.tree.leaves(train.nnx.state(state.model_state, train.DropoutRate))
+    rates = jax.tree.leaves(nnx.state(state.model_state, DropoutRate))
     assert rates and all(np.allclose(np.asarray(rate), [0.0, 0.5]) for rate in rates)
     assert result["loss"][0] != result["loss"][1]
     config.model.dropout_placement = "none"
@@ -168,7 +170,7 @@ def test_a_diverging_run_is_marked_and_the_others_carry_on():
     state, result = train_runs(config, splits, epochs=1)
     assert np.asarray(state.diverged).tolist() == [False, True]
     assert np.isfinite(result["loss"][0]) and result["accuracy"][0] > 0.2
-    record = results.epoch_record(train.EpochSums(*(np.ones(2),) * 5, grad_norm={})._asdict(), {"val": result},
+    record = results.epoch_record(step.EpochSums(*(np.ones(2),) * 5, grad_norm={})._asdict(), {"val": result},
                                   np.asarray(state.diverged))
     assert np.isnan(record["val_accuracy"][1]) and not np.isnan(record["val_accuracy"][0])
 
