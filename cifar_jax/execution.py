@@ -21,45 +21,26 @@ buffer donation                        on (state and sums)        on
 compilation cache                      `enable_compilation_cache`, the same on every backend
 =====================================  =========================  ================================
 
-Why, measured with scripts/benchmark.py and profiles of the compiled step (LeNet, CIFAR-sized
-arrays, jax 0.10.2; see the README's Performance section for the table):
-
-- XLA:CPU's convolutions are slow for these small layers (LeNet's first layer alone: 36 ms per
-  128 images) and slower still under `vmap` (grouped convolutions) or inside loop bodies. The
-  patches form turns every convolution into one matmul; with space-to-depth blocks
-  (`layers.conv_patches`) LeNet's first layer costs 4x less again, because on a CPU building the
-  patches (a concatenate), not multiplying, is the cost.
-- Seeds vmapped into one step make bigger ops, which XLA:CPU spreads over both cores better,
-  but only a little for LeNet at batch 128: 6,045 model-images/s for one seed, 6,173 for 8
-  seeds in one vmap, 7,125 for 32 seeds in groups of 11 (the README's table). But the machine's memory is slow once a step leaves the 32 MB L3 cache
-  (~2.5 GB/s vs ~14 GB/s), and a vmapped step keeps every run's activations: the fifth study's
-  CNN (414 MiB per run at batch 128) ran 177 model-images/s with 8 seeds vmapped and 251 mapped
-  one at a time, and 32 seeds vmapped needed 14 GB. So runs are vmapped up to a memory budget
-  and the groups mapped (`map_over_runs`).
-- With no XLA convolutions left, a `lax.scan` over a chunk of steps beats one dispatch per step
-  (10-30% more images per CPU-second on CPU); on accelerators the whole epoch is one scan.
-  Chunks divide the epoch where possible, so a run compiles one step program, not a second one
-  for a remainder.
-- XLA:CPU flags tried without a gain beyond noise: YNNPACK convolutions
-  (`--xla_cpu_experimental_ynn_fusion_type=individual_dot,individual_convolution`), Eigen instead
-  of YNNPACK dots (`--xla_cpu_experimental_ynn_fusion_type=`), oneDNN (`--xla_cpu_use_onednn`, no
-  rewrite happens in this jaxlib), two CPU devices with the runs sharded over them
-  (`--xla_force_host_platform_device_count=2`, also with `--xla_cpu_multi_thread_eigen=false`:
-  4 busy threads on 2 cores, 1.5-2.3x slower). So no flags are set.
+Why each choice, with the measurements behind it: README, "Performance".
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from cifar_jax.errors import ConfigError
-from cifar_jax.models.layers import resolve_conv_impl
+from cifar_jax import checks
 
 # Target length of a scanned chunk of training steps on CPU: long enough to amortise dispatch
 # (~0.1-0.3 ms per call), short enough that progress and interruption stay responsive.
@@ -71,15 +52,63 @@ CPU_STEPS_PER_CALL = 10
 CPU_STEP_BYTES_PER_GROUP = 256 * 2**20
 
 _CACHE_ENV = "CIFAR_JAX_CACHE_DIR"
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
+RUNS_AXIS = "runs"
+CONV_IMPLS = ("auto", "xla", "patches")
 
 
-def backend() -> str:
-    return jax.default_backend()
+@dataclasses.dataclass(frozen=True)
+class ExecutionPlan:
+    """How one program runs, decided once per program (`plan`); models and the loop only read it."""
+
+    backend: str
+    conv_impl: str  # 'xla' | 'patches'
+    compute_dtype: str  # 'float32' | 'bfloat16'
+    steps_per_call: int  # training steps per compiled call
+    runs_per_group: int | None  # runs vmapped together per step on each device (None: all)
+    mesh: Mesh | None = None  # 1-D ('runs',) over every device of every process; None: one device
+
+    @property
+    def num_devices(self) -> int:
+        return 1 if self.mesh is None else self.mesh.size
+
+    def padded(self, num_runs: int) -> int:
+        """Runs the program trains: `num_runs` rounded up to a multiple of the device count (the
+        padding runs are trained and dropped, never reported or checkpointed)."""
+        return -(-num_runs // self.num_devices) * self.num_devices
 
 
-def _field(config: ml_collections.ConfigDict, name: str, default: Any) -> Any:
-    execution = config.get("execution", None)
-    return execution.get(name, default) if execution is not None else default
+def validate(config: ml_collections.ConfigDict) -> None:
+    """The execution fields' own checks, without deciding anything (config validation)."""
+    checks.all_of(
+        lambda: checks.integer(config, "execution.steps_per_call", low=0, hint="0 picks per backend"),
+        lambda: checks.integer(config, "execution.runs_per_group", low=0, hint="0 picks per backend"),
+        lambda: checks.choice(config, "execution.compute_dtype", COMPUTE_DTYPES),
+        lambda: checks.choice(config, "model.conv_impl", CONV_IMPLS),
+    )
+
+
+def runs_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh | None:
+    """The 1-D mesh that shards the run axis over `devices` (default: all devices of all
+    processes); None for a single device."""
+    devices = list(jax.devices() if devices is None else devices)
+    return None if len(devices) == 1 else Mesh(np.array(devices), (RUNS_AXIS,))
+
+
+def plan(config: ml_collections.ConfigDict, *, steps_per_epoch: int, step_bytes: Callable[[ExecutionPlan], int],
+         backend: str | None = None, devices: Sequence[jax.Device] | None = None) -> ExecutionPlan:
+    """The execution plan of one program on `backend` (default: JAX's) over `devices` (default:
+    all). `step_bytes(plan)` gives the activations one run's step keeps for backward; it is only
+    called when CPU run groups are sized automatically."""
+    validate(config)
+    backend = backend or jax.default_backend()
+    conv = config.model.conv_impl
+    conv = ("patches" if backend == "cpu" else "xla") if conv == "auto" else conv
+    dtype = config.execution.compute_dtype
+    dtype = ("float32" if backend == "cpu" else "bfloat16") if dtype == "auto" else dtype
+    provisional = ExecutionPlan(backend, conv, dtype, _steps_per_call(config, steps_per_epoch, backend, conv), None,
+                                runs_mesh(devices))
+    return dataclasses.replace(provisional, runs_per_group=_runs_per_group(config, backend, provisional, step_bytes))
 
 
 def _chunk_length(steps_per_epoch: int, target: int) -> int:
@@ -92,60 +121,28 @@ def _chunk_length(steps_per_epoch: int, target: int) -> int:
     return target
 
 
-def steps_per_call(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
-    """Training steps per compiled call. Auto (0): the whole epoch in one `lax.scan` on
-    accelerators; on CPU a chunk of ~`CPU_STEPS_PER_CALL` steps, or 1 bare step per call when the
-    model uses XLA's convolutions, which XLA:CPU runs several times slower inside loop bodies."""
-    requested = int(_field(config, "steps_per_call", 0))
-    if requested < 0:
-        raise ConfigError(f"execution.steps_per_call={requested} must be >= 0 (0 picks per backend)")
+def _steps_per_call(config: ml_collections.ConfigDict, steps_per_epoch: int, backend: str, conv_impl: str) -> int:
+    """Auto (0): the whole epoch in one `lax.scan` on accelerators; on CPU a chunk of
+    ~`CPU_STEPS_PER_CALL` steps, or 1 bare step per call when the model uses XLA's convolutions,
+    which XLA:CPU runs several times slower inside loop bodies."""
+    requested = int(config.execution.steps_per_call)
     if requested:
         return min(requested, steps_per_epoch)
-    if backend() != "cpu":
+    if backend != "cpu":
         return steps_per_epoch
-    model = config.get("model", None)
-    if model is not None and conv_impl(model.get("conv_impl", "auto")) == "xla":
-        return 1
-    return _chunk_length(steps_per_epoch, CPU_STEPS_PER_CALL)
+    return 1 if conv_impl == "xla" else _chunk_length(steps_per_epoch, CPU_STEPS_PER_CALL)
 
 
-def conv_impl(requested: str) -> str:
-    """Convolution formulation: image patches x matmul on CPU (vmap over per-seed kernels becomes a
-    batched matmul instead of a slow grouped convolution), XLA's convolution elsewhere."""
-    if requested not in ("auto", "xla", "patches"):
-        raise ConfigError(f"model.conv_impl={requested!r} is unknown; use auto, xla or patches")
-    return resolve_conv_impl(requested)
-
-
-COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
-
-
-def compute_dtype(config: ml_collections.ConfigDict) -> str:
-    """Dtype of the convolutions' and dense layers' arithmetic; parameters, batch norm, the loss
-    and the optimizer stay float32. Auto: bfloat16 on GPU/TPU (their matrix units run it several
-    times faster), float32 on CPU: XLA:CPU's bfloat16 matmul is no faster (1024^3 on this machine:
-    39 GFLOP/s vs 43 in float32) and would only cost accuracy."""
-    requested = _field(config, "compute_dtype", "auto")
-    if requested not in COMPUTE_DTYPES:
-        raise ConfigError(f"execution.compute_dtype={requested!r} is unknown; use one of {', '.join(COMPUTE_DTYPES)}")
-    if requested != "auto":
-        return requested
-    return "float32" if backend() == "cpu" else "bfloat16"
-
-
-def runs_per_group(config: ml_collections.ConfigDict, num_runs: int, bytes_per_run: int | None = None) -> int:
-    """How many runs one step computes together (vmapped); groups run one after another
-    (`map_over_runs`). Auto (0): all runs on accelerators; on CPU as many runs as fit
-    `CPU_STEP_BYTES_PER_GROUP` of activations kept for the backward pass (`bytes_per_run`, from
-    `residual_bytes` of one run's step; None: all runs)."""
-    requested = int(_field(config, "runs_per_group", 0))
-    if requested < 0:
-        raise ConfigError(f"execution.runs_per_group={requested} must be >= 0 (0 picks per backend)")
+def _runs_per_group(config: ml_collections.ConfigDict, backend: str, provisional: ExecutionPlan,
+                    step_bytes: Callable[[ExecutionPlan], int]) -> int | None:
+    """Auto (0): all runs on accelerators; on CPU as many runs as fit `CPU_STEP_BYTES_PER_GROUP`
+    of activations kept for the backward pass."""
+    requested = int(config.execution.runs_per_group)
     if requested:
-        return min(requested, num_runs)
-    if backend() != "cpu" or not bytes_per_run:
-        return num_runs
-    return max(1, min(num_runs, CPU_STEP_BYTES_PER_GROUP // int(bytes_per_run)))
+        return requested
+    if backend != "cpu":
+        return None
+    return max(1, CPU_STEP_BYTES_PER_GROUP // max(int(step_bytes(provisional)), 1))
 
 
 def residual_bytes(fn: Callable[..., Any], *args: Any, argnums: Sequence[int] = (0,)) -> int:
@@ -163,6 +160,46 @@ def residual_bytes(fn: Callable[..., Any], *args: Any, argnums: Sequence[int] = 
 
     shapes = jax.eval_shape(residuals, *args)
     return int(sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(shapes)))
+
+
+def model_step_bytes(build: Callable[[jax.Array, jax.Array], Any], batch_shape: tuple[int, ...]) -> int:
+    """Activations one run's training step keeps for its backward pass (`residual_bytes` of the
+    model `build(params_key, dropout_key)` makes, in training mode), from shapes alone."""
+    abstract = nnx.eval_shape(lambda: build(jax.random.key(0), jax.random.key(0)))
+    train_graph, params, model_state = nnx.split(abstract, nnx.Param, ...)
+
+    def forward(params, model_state, images):
+        return nnx.merge(train_graph, params, model_state, copy=True)(images).sum()
+
+    return residual_bytes(forward, params, model_state, jax.ShapeDtypeStruct(batch_shape, jnp.float32))
+
+
+def per_device(fn: Callable[..., Any], plan: ExecutionPlan, in_axes: Sequence[int | None]) -> Callable[..., Any]:
+    """`fn` (mapped over the leading run axis of its `in_axes == 0` arguments) run by every device
+    on its own block of runs: `shard_map` over the plan's mesh, so the program holds no
+    cross-device collective; arguments with `in_axes None` are replicated. Identity on one device."""
+    if plan.mesh is None:
+        return fn
+    specs = tuple(P(RUNS_AXIS) if axis == 0 else P() for axis in in_axes)
+    return jax.shard_map(fn, mesh=plan.mesh, in_specs=specs, out_specs=P(RUNS_AXIS))
+
+
+def shard_runs(tree: Any, plan: ExecutionPlan) -> Any:
+    """Places arrays with a leading run axis on the plan's mesh, split along that axis."""
+    return tree if plan.mesh is None else jax.device_put(tree, NamedSharding(plan.mesh, P(RUNS_AXIS)))
+
+
+def replicate(tree: Any, plan: ExecutionPlan) -> Any:
+    """Places arrays (the data set) on every device of the plan's mesh."""
+    return tree if plan.mesh is None else jax.device_put(tree, NamedSharding(plan.mesh, P()))
+
+
+def pad_runs(tree: Any, num_runs: int) -> Any:
+    """Extends the leading run axis to `num_runs` by repeating the last run."""
+    def pad(leaf):
+        missing = num_runs - leaf.shape[0]
+        return leaf if missing == 0 else jnp.concatenate([leaf, jnp.repeat(leaf[-1:], missing, axis=0)])
+    return jax.tree.map(pad, tree)
 
 
 def map_over_runs(fn: Callable[..., Any], in_axes: Sequence[int | None],

@@ -19,8 +19,9 @@ CONFIG_FILE = "config.json"
 DATA_FILE = "data.json"  # image shape, class names, train size: what rebuilding the program needs
 # Fields that may change between a run and its resumption: how long, how often, where the data
 # lives, and how to execute or evaluate. Everything else defines the runs themselves.
-RESUMABLE_FIELDS = ("num_epochs", "log_every_epochs", "checkpoint_every_epochs", "eval_batch_size",
-                    "data.dir", "data.source", "data.tfds_data_dir", "eval.", "execution.",
+# (log_every_epochs: a removed field that workdirs of earlier versions still hold.)
+RESUMABLE_FIELDS = ("num_epochs", "progress_every_s", "log_every_epochs", "checkpoint_every_epochs",
+                    "eval_batch_size", "dev_run", "data.dir", "data.source", "data.tfds_data_dir", "eval.", "execution.",
                     "checkpoint.keep", "checkpoint.overwrite")
 # Files a run writes at the top of its workdir (moved aside together on overwrite).
 RUN_FILES = (CONFIG_FILE, DATA_FILE, "checkpoints", "metrics.jsonl", "results.json", "tensorboard", "eval")
@@ -55,6 +56,15 @@ def load_json(workdir: str, name: str) -> Any:
         return None
     with open(path) as f:
         return json.load(f)
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a workdir was trained with (its config.json)."""
+    stored = load_json(workdir, CONFIG_FILE)
+    if stored is None:
+        raise CheckpointError(f"{workdir} holds no trained run (no {CONFIG_FILE}); "
+                              "train first with --mode=train or point --workdir at a run")
+    return ml_collections.ConfigDict(stored)
 
 
 def claim(workdir: str, config: ml_collections.ConfigDict, data_meta: dict[str, Any]) -> None:

@@ -9,10 +9,11 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cifar_jax import evaluation, workdir as workdir_lib
+from cifar_jax import data, evaluation, splits, workdir as workdir_lib
 from cifar_jax.checkpoint import Checkpoints
 from cifar_jax.errors import CheckpointError
 from configs import test as test_config
@@ -36,8 +37,8 @@ def test_save_restore_round_trip_is_exact(tmp_path):
     checkpoints = Checkpoints(str(tmp_path), keep=2, best_metric="val_accuracy")
     checkpoints.save(1, state, {"history": [1.5]}, best_value=0.5)
     checkpoints.wait()
-    fresh, _ = train_runs(tiny_config(num_seeds=2, seed=7), synthetic_splits(), epochs=1)
-    epoch, restored, meta = checkpoints.restore(fresh)
+    like = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype), state)  # structure only
+    epoch, restored, meta = checkpoints.restore(like)
     assert epoch == 1 and meta == {"history": [1.5]}
     assert_trees_equal(restored, state)
     assert jax.tree.structure(restored) == jax.tree.structure(state)
@@ -57,19 +58,25 @@ def final_metrics(workdir) -> list[dict]:
     return json.loads((workdir / "results.json").read_text())["runs"]
 
 
+@pytest.mark.slow
 @needs_fashion_mnist
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(trained_workdir, tmp_path):
     workdir = tmp_path / "killed"
     args = [sys.executable, "-m", "cifar_jax.main", *SMALL, "--workdir", str(workdir), "--config.num_epochs=3"]
-    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    first_line = process.stdout.readline()  # printed after epoch 1 is trained, evaluated and its save started
-    assert first_line.startswith("epoch 1/3"), first_line
-    while not (workdir / "checkpoints" / "latest" / "1").exists():  # Orbax renames it when complete
-        time.sleep(0.05)
-    time.sleep(0.2)  # inside epoch 2
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (workdir / "results.json").exists()
+    process = subprocess.Popen(args + ["--config.checkpoint_every_epochs=1", "--config.progress_every_s=0"],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        # Printed after epoch 1 is trained, evaluated and its save started.
+        lines = iter(process.stdout.readline, "")
+        assert any(line.startswith("epoch 1/3") for line in lines), "the run ended before epoch 1"
+        deadline = time.time() + 120
+        while not (workdir / "checkpoints" / "latest" / "1").exists():  # Orbax renames it when complete
+            assert process.poll() is None, f"the run exited early with status {process.returncode}"
+            assert time.time() < deadline, "no checkpoint of epoch 1 within 120 s"
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGKILL)  # inside epoch 2, or (on a fast machine) later
+        process.wait()
     resumed = run_cli(*SMALL, "--workdir", str(workdir), "--config.num_epochs=3")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming" in resumed.stdout
@@ -78,6 +85,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(trained_workdir
     assert [row["epoch"] for row in history] == [1, 1, 2, 2, 3, 3]
 
 
+@pytest.mark.slow
 @needs_fashion_mnist
 def test_corrupt_newest_checkpoint_is_skipped(trained_workdir, tmp_path, caplog):
     workdir = tmp_path / "copy"
@@ -91,6 +99,7 @@ def test_corrupt_newest_checkpoint_is_skipped(trained_workdir, tmp_path, caplog)
     assert "cannot be read" in caplog.text
 
 
+@pytest.mark.slow
 @needs_fashion_mnist
 def test_best_checkpoint_is_the_best_validation_epoch(trained_workdir):
     rows = [json.loads(line) for line in (trained_workdir / "metrics.jsonl").read_text().splitlines()]
@@ -100,6 +109,7 @@ def test_best_checkpoint_is_the_best_validation_epoch(trained_workdir):
     assert evaluation.load(str(trained_workdir), "2").epoch == 2
 
 
+@pytest.mark.slow
 @needs_fashion_mnist
 def test_eval_cli_on_a_test_npz_elsewhere(trained_workdir, tmp_path):
     from cifar_jax import data
@@ -117,6 +127,7 @@ def test_eval_cli_on_a_test_npz_elsewhere(trained_workdir, tmp_path):
     assert np.sum(report["runs"][0]["confusion"]) == 300
 
 
+@pytest.mark.slow
 @needs_fashion_mnist
 def test_resume_with_another_model_is_refused_and_changes_nothing(trained_workdir):
     before = {p: p.stat().st_mtime_ns for p in trained_workdir.rglob("*")}
@@ -148,3 +159,21 @@ def test_longer_training_may_resume():
     longer.num_epochs = 10
     longer.data.dir = "/elsewhere"
     assert workdir_lib.differing_fields(workdir_lib.config_to_dict(config), workdir_lib.config_to_dict(longer)) == []
+
+
+@pytest.mark.slow
+def test_notebook_api_predicts_from_uint8_and_refuses_it_in_model(trained_workdir):
+    loaded = evaluation.load(str(trained_workdir), "latest")
+    config = loaded.config
+    dataset = data.load_dataset(config.data)
+    images, labels = dataset.test_images[:200], dataset.test_labels[:200]
+    probs = loaded.predict(images)
+    assert probs.shape == (2, 200, 10)
+    scored = evaluation.evaluate(loaded, images, labels)
+    for run in range(2):
+        assert np.mean(probs[run].argmax(-1) == labels) == pytest.approx(scored["runs"][run]["accuracy"])
+    model = loaded.model(0)
+    with pytest.raises(TypeError, match="predict"):
+        model(jnp.asarray(images))
+    inputs = splits.to_model_input(jnp.asarray(images), loaded.hparams["mean"][0], loaded.hparams["std"][0])
+    np.testing.assert_allclose(jax.nn.softmax(model(inputs)), probs[0], rtol=1e-5, atol=1e-6)

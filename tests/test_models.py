@@ -23,7 +23,7 @@ from flax import nnx
 
 from cifar_jax import metrics
 from cifar_jax.errors import ConfigError
-from cifar_jax.models import MODEL_NAMES, create_model, validate_model_config
+from cifar_jax.models import create_model, validate_model_config
 from cifar_jax.models import block as block_lib
 from cifar_jax.models import layers
 from cifar_jax.models.layers import DropoutRate
@@ -170,11 +170,6 @@ def _resnet_cifar():
     return cfg
 
 
-def test_known_counts():
-    assert STUDIES["lenet_tutorial"][2] == 62_006
-    assert STUDIES["resnet18_cifar"][2] == 11_173_962  # the well-known CIFAR ResNet-18 count
-
-
 @pytest.mark.parametrize("study", sorted(STUDIES))
 def test_study_param_count_and_output_shape(study):
     loader, shape, expected = STUDIES[study]
@@ -190,10 +185,6 @@ def test_study_param_count_and_output_shape(study):
         g, s = nnx.split(m)
         out = jax.eval_shape(lambda s, x: nnx.merge(g, s, copy=True)(x), s, x)
         assert out.shape == (2, 10) and out.dtype == jnp.float32
-
-
-def test_registry_names():
-    assert set(MODEL_NAMES) == {"cnn", "mlp", "block_cnn", "resnet18"}
 
 
 # ----------------------------------------------------------------------------- conv impls
@@ -260,11 +251,11 @@ def test_conv_output_size_and_torch_padding():
     assert layers.conv_output_size(9, 3, 2, "SAME") == 5
 
 
-def test_resolve_conv_impl():
-    assert layers.resolve_conv_impl("auto", "cpu") == "patches"
-    assert layers.resolve_conv_impl("auto", "gpu") == "xla"
-    assert layers.resolve_conv_impl("auto", "tpu") == "xla"
-    assert layers.resolve_conv_impl("xla", "cpu") == "xla"
+def test_compute_refuses_unknown_choices():
+    with pytest.raises(ValueError, match="conv_impl"):
+        layers.Compute("auto")  # execution.plan resolves 'auto' before a model is built
+    with pytest.raises(ValueError, match="dtype"):
+        layers.Compute("xla", "float16")
 
 
 def test_model_conv_impls_agree_vmapped():
@@ -395,8 +386,6 @@ def _expected_std(scheme, fan_in, fan_out):
 
 
 def test_init_schemes_std():
-    assert set(layers.INIT_SCHEMES) == {"torch_default", "xavier_uniform", "xavier_normal",
-                                       "kaiming_uniform", "kaiming_normal", "lecun_normal"}
     cin, cout, k = 32, 256, 3  # 73,728 entries: the std estimate is good to ~0.5%
 
     @jax.jit
@@ -489,7 +478,7 @@ def test_block_fused_branches_equal_separate_branches():
     def run(x):
         blk = block_lib.Block(
             3, 4, 3, gate="softmax", activation="relu", dropout=None, bn_momentum=0.9,
-            init="torch_default", dense_init="torch_default", conv_impl="xla", rngs=rbg_rngs())
+            init="torch_default", dense_init="torch_default", compute=layers.Compute(), rngs=rbg_rngs())
         blk.eval()
         kernel, bias = blk.conv.kernel[...], blk.conv.bias[...]
         gate = jax.nn.softmax(jnp.mean(x, axis=(1, 2)) @ blk.gate.kernel[...] + blk.gate.bias[...])
@@ -543,7 +532,6 @@ def test_pooling_matches_pytorch_definitions():
 
 
 def test_activations():
-    assert set(layers.ACTIVATIONS) == {"relu", "tanh", "gelu", "elu", "leaky_relu", "sigmoid", "silu"}
     x = jnp.asarray([-2.0, 0.5])
     exact_gelu = 0.5 * x * (1 + jax.scipy.special.erf(x / np.sqrt(2)))  # PyTorch's nn.GELU()
     np.testing.assert_allclose(layers.ACTIVATIONS["gelu"](x), exact_gelu, rtol=1e-6)
