@@ -205,6 +205,8 @@ def validate(config: ml_collections.ConfigDict) -> list[Experiment]:
         try:
             groups = sweep.expand(exp.config)
             sweep.preflight(groups)
+            for group in groups:
+                check_group(group)
         except ConfigError as error:
             raise ConfigError(f"experiment {exp.key}: {error}") from None
         labels[exp.key] = [s.label for g in groups for s in g.settings]
@@ -228,6 +230,22 @@ def validate(config: ml_collections.ConfigDict) -> list[Experiment]:
                 raise ConfigError(f"claim {display_id(key)}: {ref!r} names no setting of the study "
                                   "(write settings as 'E4_1:label')")
     return exps
+
+
+def check_group(group: sweep.Group) -> None:
+    """Every static check a training job runs (`validation.validate_config`), now: a study must not
+    fail in its twelfth experiment for a setting the first minute could have refused. The training
+    set size is a lenient guess from data.train_limit (the data are not loaded here)."""
+    from cifar_jax import data, validation
+
+    config = group.config
+    name = data.check_name(config.data.name)
+    val = config.data.val_size if config.data.val_size >= 1 and not config.data.num_folds else 0
+    num_train = max(int(config.data.train_limit - val) if config.data.train_limit else 0, config.batch_size)
+    try:
+        validation.validate_config(config, data.IMAGE_SHAPES[name], len(data.CLASS_NAMES[name]), num_train)
+    except ConfigError as error:
+        raise ConfigError(f"group {group.name}: {error}") from None
 
 
 def _check_metric(metric: str, where: str, columns: bool = False) -> None:

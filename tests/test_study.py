@@ -149,6 +149,13 @@ def test_a_typo_in_a_claim_fails_before_training():
         study.validate(config)
 
 
+def test_a_bad_setting_in_a_later_experiment_fails_before_training():
+    config = mini_study()
+    config.experiments.B_width.config.optim.learning_rate = -1.0
+    with pytest.raises(ConfigError, match="experiment B_width: group narrow: .*learning_rate"):
+        study.validate(config)
+
+
 def test_top_level_overrides_reach_every_experiment():
     config = mini_study()
     config.num_seeds = 7
