@@ -94,6 +94,12 @@ def get_config(scale: str = "cpu"):
                                                  "the update count, not the batch, behind E2.3's trend?",
         kind="zip", axes=(("batch_size", scaled), ("optim.learning_rate", tuple(0.01 * b / 128 for b in scaled))),
         labels=tuple(f"batch_size={b},lr_scaled" for b in scaled), torch_images_per_s=TORCH_A1)
+    equal = base(scale)
+    E.E2_3c_batch_equal_steps = experiment(
+        equal, ids=("E2.3", "F2.9"), title="batch size at an equal number of SGD steps (epochs grow with the batch)",
+        kind="zip", axes=(("batch_size", batch_sizes),
+                          ("num_epochs", by_scale(scale, (5, 10, 20, 40), (1, 2, 4, 8), (1, 1, 1, 1)))),
+        labels=tuple(f"batch_size={b},equal_steps" for b in batch_sizes), torch_images_per_s=TORCH_A1)
     inits = ("torch_default", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal")
     E.E2_4_init = experiment(
         base(scale), ids=("E2.4",), title="weight initialisation", axes=(("model.init", inits),),
@@ -140,6 +146,8 @@ def get_config(scale: str = "cpu"):
     C.C2_04b = claim("… also when the lr is scaled with the batch (the study's reading: the batch itself)",
                      "E2_3_batch:batch_size=64", "E2_3b_batch_lr_scaled:batch_size=512,lr_scaled", expect="greater",
                      metric="test_accuracy")
+    C.C2_04c = claim("… also at an equal number of steps", "E2_3c_batch_equal_steps:batch_size=64,equal_steps",
+                     "E2_3c_batch_equal_steps:batch_size=512,equal_steps", expect="greater", metric="test_accuracy")
     C.C2_05 = claim("augmentation has minor impact; none is best (none vs rotation)", "E2_5_augment:none",
                     "E2_5_augment:rotation_10", expect="greater", metric="test_accuracy")
     C.C2_06 = claim("5-fold CV shows good generalisation (fold accuracy 95.6% > single split)",

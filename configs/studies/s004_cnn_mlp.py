@@ -116,6 +116,13 @@ def get_config(scale: str = "cpu"):
               ("optim.learning_rate", tuple(round(1e-3 * (b / 100) ** 0.5, 6) for b in scaled))),
         labels=tuple(f"batch_size={b},lr_scaled" for b in scaled), metric="best_val_accuracy",
         torch_images_per_s=TORCH_CNN_MIXED_BS)
+    # Equal step counts: 8,000 Adam steps at batch 100 and 20 epochs, so batch 1,000 needs 200 epochs.
+    config.experiments.E4_7c_equal_steps = experiment(
+        recipe(cnn_bn_dropout, scale, main_run=False), ids=("E4.7", "F4.3"),
+        title="CNN batch size at an equal number of Adam steps (epochs x batch / 100)", kind="zip",
+        axes=(("batch_size", (10, 100, 1000)), ("num_epochs", by_scale(scale, (2, 20, 200), (2, 20, 200), (1, 1, 1)))),
+        labels=("batch_size=10,equal_steps", "batch_size=100,equal_steps", "batch_size=1000,equal_steps"),
+        needs_full_scale=scale == "cpu", metric="best_val_accuracy", torch_images_per_s=TORCH_CNN_MIXED_BS)
     # Rate 1.0 is left out: inverted dropout at 1 zeroes every unit (the study's 10.09% is chance).
     rates = by_scale(scale, (0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 0.9), (0.0, 0.2, 0.5, 0.8), (0.0, 0.2, 0.5, 0.8))
     config.experiments.E4_8_dropout = experiment(
