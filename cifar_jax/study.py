@@ -460,6 +460,14 @@ def judge_claims(config: ml_collections.ConfigDict, loaded: dict[str, list[repor
     return results
 
 
+def verdict_counts(claims: Sequence[ClaimResult]) -> str:
+    """'Claims: 2 supported, 1 refuted, 4 not distinguishable from seed noise, 3 not tested.'"""
+    kinds = {"supported": "supported", "refuted": "refuted", "not distinguishable": "not distinguishable from seed "
+             "noise", "partly": "partly supported", "not test": "not tested"}
+    counts = {name: sum(c.verdict.startswith(prefix) for c in claims) for prefix, name in kinds.items()}
+    return "Claims: " + ", ".join(f"{n} {name}" for name, n in counts.items() if n) + "."
+
+
 def compare_verdict(expect: str, diff: float, p_holm: float, alpha: float = ALPHA) -> str:
     """supported / refuted / not distinguishable from seed noise, for an expected direction."""
     if p_holm >= alpha:
@@ -655,7 +663,7 @@ def write_study_report(config: ml_collections.ConfigDict, workdir: str) -> str:
              "Each of our cells is a mean over seeds with a Student-t 95% CI; **verdict** compares the study's "
              "single number with that CI" + (" (at a reduced scale: fewer epochs and images than the study, so "
              "our numbers are lower by design and the verdicts say how far, not whether the study was wrong)"
-             if config.study.scale != "full" else "") + ".", "", "## Claims", "",
+             if config.study.scale != "full" else "") + ".", "", "## Claims", "", verdict_counts(claims), "",
              "| claim | what the study said | test | p | p (Holm) | verdict | figure |",
              "|---|---|---|---:|---:|---|---|"]
     for c in claims:
