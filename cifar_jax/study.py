@@ -33,6 +33,7 @@ import time
 from typing import Any, Callable, Sequence
 
 import ml_collections
+import numpy as np
 
 from cifar_jax import metrics, report, sweep
 from cifar_jax import workdir as workdir_lib
@@ -66,6 +67,7 @@ METRIC_TITLES = {
     "dead_relu_fraction": "dead ReLU units, final epoch (% of units, mean over steps)",
 }
 _TEST_FALLBACK = {"test_accuracy": "val_accuracy", "test_loss": "val_loss"}
+ANALYSES = ("", "gates")
 GRAD_NORMS = "grad_norm/*"  # as an experiment column: one column per layer's gradient norm (mean over steps)
 
 
@@ -105,7 +107,8 @@ def experiment(config: ml_collections.ConfigDict, *, ids: Sequence[str], title: 
                axes: Sequence[tuple[str, Sequence[Any]]] = (), labels: Sequence[str] = (),
                reported: Sequence[tuple[str, float, str, str]] = (), metric: str = "val_accuracy",
                needs_full_scale: bool = False, missing: str = "", torch_images_per_s: float = 0.0,
-               figure: str = "", columns: Sequence[str] = (), curves: Sequence[str] = ()) -> ml_collections.ConfigDict:
+               figure: str = "", columns: Sequence[str] = (), curves: Sequence[str] = (),
+               analysis: str = "") -> ml_collections.ConfigDict:
     """One experiment of a study: `config` (a training config) swept over `axes`.
 
     `ids`: the STUDIES.md experiments (E4.1, ...) or flaws (F4.5) it reproduces.
@@ -116,7 +119,8 @@ def experiment(config: ml_collections.ConfigDict, *, ids: Sequence[str], title: 
     `torch_images_per_s`: PyTorch's measured training rate for this model and batch size, for the
     estimate of what the runs would cost one after another in PyTorch (0 = not measured).
     `columns`: more of our metrics (METRIC_TITLES keys) shown for every setting; `curves`: per-epoch
-    metrics plotted as learning curves beside the accuracy curves (e.g. train_loss, val_loss).
+    metrics plotted as learning curves beside the accuracy curves (e.g. train_loss, val_loss);
+    `analysis`: 'gates' adds the block CNN's learned branch weights per block (`analysis.gate_weights`).
     """
     swept = config.copy_and_resolve_references()
     swept.sweep = ml_collections.ConfigDict({"kind": kind, "axes": tuple(axes), "constraints": (),
@@ -125,7 +129,7 @@ def experiment(config: ml_collections.ConfigDict, *, ids: Sequence[str], title: 
         "ids": tuple(ids), "title": title, "config": swept, "reported": tuple(tuple(r) for r in reported),
         "needs_full_scale": needs_full_scale, "missing": missing,
         "torch_images_per_s": float(torch_images_per_s), "figure": figure, "columns": tuple(columns),
-        "curves": tuple(curves)})
+        "curves": tuple(curves), "analysis": analysis})
 
 
 def claim(text: str, a: str = "", b: str = "", *, expect: str, metric: str = "val_accuracy",
@@ -163,6 +167,7 @@ class Experiment:
     figure: str
     columns: tuple[str, ...]
     curves: tuple[str, ...]
+    analysis: str
 
     @property
     def name(self) -> str:
@@ -192,7 +197,8 @@ def experiments(config: ml_collections.ConfigDict) -> list[Experiment]:
                               reported=tuple(tuple(r) for r in entry.reported),
                               needs_full_scale=bool(entry.needs_full_scale), missing=entry.missing,
                               torch_images_per_s=float(entry.torch_images_per_s), figure=entry.figure,
-                              columns=tuple(entry.columns), curves=tuple(entry.curves)))
+                              columns=tuple(entry.columns), curves=tuple(entry.curves),
+                              analysis=entry.analysis))
     return out
 
 
@@ -219,6 +225,8 @@ def validate(config: ml_collections.ConfigDict) -> list[Experiment]:
             _check_metric(metric, f"experiment {exp.key}", columns=True)
         for metric in exp.curves:
             _check_metric(metric, f"experiment {exp.key} curves")
+        if exp.analysis not in ANALYSES:
+            raise ConfigError(f"experiment {exp.key}: analysis={exp.analysis!r}; use one of {ANALYSES}")
     for key, entry in config.get("claims", {}).items():
         if entry.expect not in EXPECTATIONS:
             raise ConfigError(f"claim {display_id(key)}: expect={entry.expect!r}; use one of {', '.join(EXPECTATIONS)}")
@@ -520,6 +528,48 @@ def _mean_ci(stats: dict[str, Any]) -> str:
     return f"{_fmt(stats['mean'])} ± {_fmt(stats['ci_high'] - stats['mean'])} ({stats['n']})"
 
 
+def group_gates(workdir: str, exp: Experiment, group: dict[str, Any]) -> dict[str, Any] | None:
+    """A finished group's gate weights (`analysis.gate_weights`), computed once and cached in
+    workdir/analysis/<experiment>/<group>.json; None while the group has not finished."""
+    from cifar_jax import analysis
+
+    group_dir = os.path.join(workdir, exp.key, group["name"])
+    if not os.path.exists(os.path.join(group_dir, "results.json")):
+        return None
+    cache = os.path.join(workdir, "analysis", exp.key, f"{report.path_name(group['name'])}.json")
+    cached = workdir_lib.load_json(*os.path.split(cache))
+    if cached is None:
+        cached = analysis.gate_weights(group_dir)
+        os.makedirs(os.path.dirname(cache), exist_ok=True)
+        workdir_lib.write_json_atomic(cache, cached)
+    return cached
+
+
+def gate_table(workdir: str, exp: Experiment, plan: dict[str, Any]) -> list[str]:
+    """setting | block | a_1 ... a_K (mean ± sd over seeds of the mean over validation images)."""
+    rows, num_images = [], 0
+    for group in plan["groups"]:
+        gates = group_gates(workdir, exp, group)
+        if gates is None:
+            continue
+        num_images = gates["num_images"]
+        for index, spec in enumerate(group["settings"]):
+            runs = [r["blocks"] for r in gates["runs"] if r["setting"] == index]
+            for b, per_run in enumerate(zip(*runs)):
+                values = np.asarray(per_run)  # (seeds, K)
+                spread = values.std(0, ddof=1) if len(values) > 1 else np.full(values.shape[1], np.nan)
+                cells = [f"{m:.3f} ± {_fmt(s, 3)}" for m, s in zip(values.mean(0), spread)]
+                rows.append((spec["label"], b + 1, cells))
+    if not rows:
+        return []
+    width = max(len(cells) for _, _, cells in rows)
+    return [f"Learned branch weights a_k per block at the best checkpoint (mean over {num_images} validation "
+            "images; mean ± sd over seeds). Equal weights mean the gate does not choose between branches.", "",
+            "| setting | block | " + " | ".join(f"a_{k + 1}" for k in range(width)) + " |",
+            "|---|---:|" + "---:|" * width] + [
+        f"| {label} | {b} | " + " | ".join(cells + ["–"] * (width - len(cells))) + " |" for label, b, cells in rows]
+
+
 def experiment_plots(workdir: str, exp: Experiment, settings: Sequence[report.Setting],
                      plan: dict[str, Any]) -> list[str]:
     """Learning curves and metric-vs-value charts (report.py's plots), paths relative to workdir."""
@@ -652,6 +702,8 @@ def write_study_report(config: ml_collections.ConfigDict, workdir: str) -> str:
         sections += experiment_table(exp, settings) if settings else ["No finished runs yet."]
         if any("fold" in run for s in settings for run in s.runs):  # each fold's mean: fresh folds do not climb
             sections += ["", "Validation accuracy (%) per fold:", ""] + report.fold_table(settings, "val_accuracy")
+        if exp.analysis == "gates" and plan:
+            sections += [""] + gate_table(workdir, exp, plan)
         if pending:
             sections += ["", "Not finished yet: " + ", ".join(f"`{p}`" for p in pending)]
         sections += [""] + [f"![{exp.key}]({p})" for p in plots] + [""]

@@ -125,6 +125,27 @@ def test_report_mode_on_an_unstarted_study_lists_every_experiment(tmp_path):
     assert "No finished runs yet." in markdown and "missing: models/ has no channel" in markdown
 
 
+@needs_fashion_mnist
+def test_gate_analysis_of_a_block_cnn_experiment(tmp_path):
+    """The learned branch weights per block (study 003's unmeasured claim) land in the report."""
+    config = study.study_config(name="gates", title="gates", scale="smoke", config_path="tests/test_study.py",
+                                source="this test", num_seeds=2, data_dir="/usr/share/datasets/fashion-mnist",
+                                train_limit=400, val_size=100, test_limit=100)
+    base = tiny_config(**{"model.name": "block_cnn", "model.dropout_rate": 0.0, "model.dropout_placement": "none"})
+    base.model.block_channels, base.model.num_branches, base.model.gate = (4, 8), 3, "softmax"
+    base.model.classifier_features = (16,)
+    config.experiments.G = study.experiment(base, ids=("G",), title="gates", analysis="gates")
+    study.run_study(config, str(tmp_path))
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| setting | block | a_1 | a_2 | a_3 |" in markdown
+    rows = [line for line in markdown.split("| setting | block |")[1].splitlines() if line.startswith("| baseline |")]
+    assert [row.split("|")[2].strip() for row in rows] == ["1", "2"]  # one row per block
+    for row in rows:  # softmax weights: the three means sum to 1
+        means = [float(cell.split("±")[0]) for cell in row.strip("|").split("|")[2:]]
+        assert len(means) == 3 and sum(means) == pytest.approx(1.0, abs=2e-3)
+    assert (tmp_path / "analysis" / "G" / "all.json").exists()  # cached: --mode=report does not recompute
+
+
 def test_collapse_and_verdict_rules():
     assert study.is_collapsed({"train_loss": math.log(10) + 0.01})
     assert study.is_collapsed({"train_loss": float("nan")})
