@@ -67,7 +67,7 @@ METRIC_TITLES = {
     "dead_relu_fraction": "dead ReLU units, final epoch (% of units, mean over steps)",
 }
 _TEST_FALLBACK = {"test_accuracy": "val_accuracy", "test_loss": "val_loss"}
-ANALYSES = ("", "gates")
+ANALYSES = ("", "gates", "output_correlation")
 GRAD_NORMS = "grad_norm/*"  # as an experiment column: one column per layer's gradient norm (mean over steps)
 
 
@@ -120,7 +120,8 @@ def experiment(config: ml_collections.ConfigDict, *, ids: Sequence[str], title: 
     estimate of what the runs would cost one after another in PyTorch (0 = not measured).
     `columns`: more of our metrics (METRIC_TITLES keys) shown for every setting; `curves`: per-epoch
     metrics plotted as learning curves beside the accuracy curves (e.g. train_loss, val_loss);
-    `analysis`: 'gates' adds the block CNN's learned branch weights per block (`analysis.gate_weights`).
+    `analysis`: 'gates' adds the block CNN's learned branch weights per block (`analysis.gate_weights`),
+    'output_correlation' the correlations of the output units (`analysis.output_correlation`).
     """
     swept = config.copy_and_resolve_references()
     swept.sweep = ml_collections.ConfigDict({"kind": kind, "axes": tuple(axes), "constraints": (),
@@ -528,9 +529,10 @@ def _mean_ci(stats: dict[str, Any]) -> str:
     return f"{_fmt(stats['mean'])} ± {_fmt(stats['ci_high'] - stats['mean'])} ({stats['n']})"
 
 
-def group_gates(workdir: str, exp: Experiment, group: dict[str, Any]) -> dict[str, Any] | None:
-    """A finished group's gate weights (`analysis.gate_weights`), computed once and cached in
-    workdir/analysis/<experiment>/<group>.json; None while the group has not finished."""
+def group_analysis(workdir: str, exp: Experiment, group: dict[str, Any]) -> dict[str, Any] | None:
+    """A finished group's `exp.analysis` (a function of `cifar_jax.analysis` on its best
+    checkpoint), computed once and cached in workdir/analysis/<experiment>/<group>.json; None
+    while the group has not finished."""
     from cifar_jax import analysis
 
     group_dir = os.path.join(workdir, exp.key, group["name"])
@@ -539,27 +541,35 @@ def group_gates(workdir: str, exp: Experiment, group: dict[str, Any]) -> dict[st
     cache = os.path.join(workdir, "analysis", exp.key, f"{report.path_name(group['name'])}.json")
     cached = workdir_lib.load_json(*os.path.split(cache))
     if cached is None:
-        cached = analysis.gate_weights(group_dir)
+        run = {"gates": analysis.gate_weights, "output_correlation": analysis.output_correlation}[exp.analysis]
+        cached = run(group_dir)
         os.makedirs(os.path.dirname(cache), exist_ok=True)
         workdir_lib.write_json_atomic(cache, cached)
     return cached
 
 
-def gate_table(workdir: str, exp: Experiment, plan: dict[str, Any]) -> list[str]:
-    """setting | block | a_1 ... a_K (mean ± sd over seeds of the mean over validation images)."""
+def analysis_rows(workdir: str, exp: Experiment, plan: dict[str, Any]) -> tuple[list[tuple[str, list[dict]]], int]:
+    """([(setting label, its runs' analysis records)], images analysed) over the finished groups."""
     rows, num_images = [], 0
     for group in plan["groups"]:
-        gates = group_gates(workdir, exp, group)
-        if gates is None:
-            continue
-        num_images = gates["num_images"]
-        for index, spec in enumerate(group["settings"]):
-            runs = [r["blocks"] for r in gates["runs"] if r["setting"] == index]
-            for b, per_run in enumerate(zip(*runs)):
-                values = np.asarray(per_run)  # (seeds, K)
-                spread = values.std(0, ddof=1) if len(values) > 1 else np.full(values.shape[1], np.nan)
-                cells = [f"{m:.3f} ± {_fmt(s, 3)}" for m, s in zip(values.mean(0), spread)]
-                rows.append((spec["label"], b + 1, cells))
+        result = group_analysis(workdir, exp, group)
+        if result is not None:
+            num_images = result["num_images"]
+            rows += [(spec["label"], [r for r in result["runs"] if r["setting"] == index])
+                     for index, spec in enumerate(group["settings"])]
+    return rows, num_images
+
+
+def _mean_sd(values: Sequence[float], digits: int = 3) -> str:
+    values = np.asarray(values, np.float64)
+    return f"{values.mean():.{digits}f} ± {_fmt(values.std(ddof=1) if values.size > 1 else math.nan, digits)}"
+
+
+def gate_table(workdir: str, exp: Experiment, plan: dict[str, Any]) -> list[str]:
+    """setting | block | a_1 ... a_K (mean ± sd over seeds of the mean over validation images)."""
+    settings, num_images = analysis_rows(workdir, exp, plan)
+    rows = [(label, b + 1, [_mean_sd(column) for column in zip(*per_run)])
+            for label, runs in settings for b, per_run in enumerate(zip(*(r["blocks"] for r in runs)))]
     if not rows:
         return []
     width = max(len(cells) for _, _, cells in rows)
@@ -568,6 +578,21 @@ def gate_table(workdir: str, exp: Experiment, plan: dict[str, Any]) -> list[str]
             "| setting | block | " + " | ".join(f"a_{k + 1}" for k in range(width)) + " |",
             "|---|---:|" + "---:|" * width] + [
         f"| {label} | {b} | " + " | ".join(cells + ["–"] * (width - len(cells))) + " |" for label, b, cells in rows]
+
+
+def correlation_table(workdir: str, exp: Experiment, plan: dict[str, Any]) -> list[str]:
+    """setting | mean, sd of the output-unit correlation matrix with and without its diagonal."""
+    settings, num_images = analysis_rows(workdir, exp, plan)
+    if not settings:
+        return []
+    names = ("mean", "sd", "off_diagonal_mean", "off_diagonal_sd")
+    return [f"Correlations of the output units (logits) over {num_images} validation images at the best "
+            "checkpoint, mean ± sd over seeds. With the diagonal (the study's convention) the statistics "
+            "depend on the number of units; off-diagonal ones compare like with like.", "",
+            "| setting | mean (with diagonal) | sd (with diagonal) | mean (off-diagonal) | sd (off-diagonal) |",
+            "|---|---:|---:|---:|---:|"] + [
+        f"| {label} | " + " | ".join(_mean_sd([r[n] for r in runs]) for n in names) + " |"
+        for label, runs in settings if runs]
 
 
 def experiment_plots(workdir: str, exp: Experiment, settings: Sequence[report.Setting],
@@ -702,8 +727,9 @@ def write_study_report(config: ml_collections.ConfigDict, workdir: str) -> str:
         sections += experiment_table(exp, settings) if settings else ["No finished runs yet."]
         if any("fold" in run for s in settings for run in s.runs):  # each fold's mean: fresh folds do not climb
             sections += ["", "Validation accuracy (%) per fold:", ""] + report.fold_table(settings, "val_accuracy")
-        if exp.analysis == "gates" and plan:
-            sections += [""] + gate_table(workdir, exp, plan)
+        if exp.analysis and plan:
+            table = {"gates": gate_table, "output_correlation": correlation_table}[exp.analysis]
+            sections += [""] + table(workdir, exp, plan)
         if pending:
             sections += ["", "Not finished yet: " + ", ".join(f"`{p}`" for p in pending)]
         sections += [""] + [f"![{exp.key}]({p})" for p in plots] + [""]

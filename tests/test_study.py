@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cifar_jax import study, train
+from cifar_jax import analysis, study, train
 from cifar_jax.errors import ConfigError
 from tests.helpers import REPO, needs_fashion_mnist, run_cli, tiny_config
 
@@ -41,7 +41,7 @@ def mini_study() -> ml_collections.ConfigDict:
         torch_images_per_s=1000.0, columns=("dead_relu_fraction", "grad_norm/*"), curves=("train_loss",))
     config.experiments.B_width = study.experiment(
         base, ids=("B",), title="width", kind="zip", axes=(("model.dense_features", ((8,),)),), labels=("narrow",),
-        reported=(("narrow", 0.5, "train loss, epoch 1", "train_loss"),))
+        reported=(("narrow", 0.5, "train loss, epoch 1", "train_loss"),), analysis="output_correlation")
     config.experiments.C_full = study.experiment(base, ids=("C",), title="big", needs_full_scale=True)
     config.claims.C1_01 = study.claim("lr 0.05 beats 0.01", "A_lr:learning_rate=0.05", "A_lr:learning_rate=0.01",
                                       expect="greater")
@@ -90,7 +90,7 @@ def test_mini_study_report_matches_results_and_resumes(tmp_path):
         assert n == len(runs)
         if runs:
             assert mean == pytest.approx(100 * np.mean([r["test_accuracy"] for r in runs]), abs=0.006)
-    (narrow,) = table_cells(markdown, "narrow")
+    narrow, _correlations = table_cells(markdown, "narrow")  # the experiment's row, then its analysis row
     with open(tmp_path / "B_width" / "narrow" / "results.json") as f:
         b_losses = [r["train_loss"] for r in json.load(f)["runs"] if not study.is_collapsed(r)]
     assert ours(narrow[2])[2] == len(b_losses)
@@ -105,6 +105,7 @@ def test_mini_study_report_matches_results_and_resumes(tmp_path):
     assert (tmp_path / "plots" / "A_lr_curves.png").exists()
     assert (tmp_path / "plots" / "A_lr_train_loss_curves.png").exists()
     assert "ours: dead ReLU units" in markdown and "‖grad‖ stages/0/conv" in markdown
+    assert "| narrow | " in markdown.split("Correlations of the output units")[1]
 
     # A killed study: B's results are gone (as if killed before it finished); only B trains again.
     os.remove(tmp_path / "B_width" / "narrow" / "results.json")
@@ -144,6 +145,13 @@ def test_gate_analysis_of_a_block_cnn_experiment(tmp_path):
         means = [float(cell.split("±")[0]) for cell in row.strip("|").split("|")[2:]]
         assert len(means) == 3 and sum(means) == pytest.approx(1.0, abs=2e-3)
     assert (tmp_path / "analysis" / "G" / "all.json").exists()  # cached: --mode=report does not recompute
+
+
+def test_correlation_statistics_with_and_without_the_diagonal():
+    outputs = np.random.default_rng(0).normal(size=(500, 10))
+    stats = analysis.correlation_stats(outputs)
+    # independent units: off-diagonal correlations ~0, and the diagonal's ones lift the mean to ~1/10
+    assert abs(stats["off_diagonal_mean"]) < 0.01 and stats["mean"] == pytest.approx(0.1, abs=0.01)
 
 
 def test_collapse_and_verdict_rules():
