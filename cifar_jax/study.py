@@ -88,7 +88,8 @@ def by_scale(scale: str, full: Any, cpu: Any, smoke: Any) -> Any:
 def study_config(*, name: str, title: str, scale: str, config_path: str, source: str, num_seeds: int,
                  data_dir: str, train_limit: int, val_size: float, test_limit: int = 0) -> ml_collections.ConfigDict:
     """The top level of a study config: the SHARED_FIELDS every experiment takes, and `study`.
-    Experiments and claims are added by the caller (`config.experiments.K = experiment(...)`)."""
+    Experiments and claims are added by the caller (`config.experiments.K = experiment(...)`); they
+    run and are reported in key order (a ConfigDict sorts its keys: 'E0_02' keeps E0.2 before E0.10)."""
     config = ml_collections.ConfigDict()
     config.name = f"study_{name}"
     config.seed = 0
@@ -138,7 +139,8 @@ def claim(text: str, a: str = "", b: str = "", *, expect: str, metric: str = "va
     """A claim and the one comparison that tests it: settings `a` and `b` as 'E4_1:label'.
 
     expect: greater (a > b) | less | equal (no difference) | collapsed (a's runs collapse) |
-    untested (`note` says why no experiment here can test it).
+    untested (`note` says why no experiment here can test it). A tested claim's `note` is shown
+    beside its test (e.g. which part of the claim the test leaves out).
     """
     return ml_collections.ConfigDict({"text": text, "a": a, "b": b, "expect": expect, "metric": metric,
                                       "note": note})
@@ -450,6 +452,8 @@ def judge_claim(key: str, entry: ml_collections.ConfigDict, loaded: dict[str, li
         result.p, result.diff = report.welch_p(a.sample(field), b.sample(field)), sa["mean"] - sb["mean"]
         if math.isnan(result.p):
             result.verdict = "not testable: fewer than 2 non-collapsed runs on a side"
+    if entry.note and entry.expect != "untested":
+        result.test += f" ({entry.note})"
     return result
 
 
