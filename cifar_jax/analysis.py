@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from cifar_jax import evaluation, splits as splits_lib
+from cifar_jax.errors import ConfigError
 from cifar_jax.models import block as block_lib, layers
 
 GATE_IMAGES = 512  # validation images the gate coefficients are averaged over
@@ -43,7 +44,8 @@ def gate_weights(workdir: str, checkpoint: str = "best", num_images: int = GATE_
     of a block-CNN workdir, on the first `num_images` validation images it was validated on."""
     loaded = evaluation.load(workdir, checkpoint)
     if loaded.config.model.name != "block_cnn":
-        raise ValueError(f"{workdir} trained {loaded.config.model.name!r}, not block_cnn: it has no gates")
+        raise ConfigError(f"analysis 'gates': {workdir} trained model {loaded.config.model.name!r}, which has no "
+                          "gates (only block_cnn has)")
     examples, _ = splits_lib.eval_examples(loaded.config.data, loaded.grid, "val")
     images = examples.images[:num_images]
     hparams = loaded.hparams
