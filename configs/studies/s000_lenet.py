@@ -6,9 +6,9 @@ Scales: `:full` the study's own (40k train / 10k val carved from train, the offi
 when the data have one; 5 epochs per table, 10-50 for the epoch tables; 5 seeds); `:cpu` 8,000
 training and 5,000 validation images of the shared JPEG copy, epochs x 0.4 (5 -> 2, 15 -> 6),
 5 seeds, fewer values in E0.16/E0.17, and E0.8 (BN x width) and E0.14 (25-50 epochs) marked
-needs-full-scale: about 45 minutes on a quiet 2-core CPU (5.8M training images at cifar_jax's
-~3,300 LeNet model-images/s at batch 4-8 and an assumed ~600 at batch 1, README benchmark and
-STUDIES.md §2.7; 3.6M evaluated images; ~35 compiles); `:smoke` 1,000 / 200 images, 1 epoch
+needs-full-scale: about 35-40 minutes on 2 cores (5.8M training images at the ~5,200 LeNet
+model-images/s measured here at batch 6 with 5 seeds, and an assumed ~800 at batch 1 (STUDIES.md
+§2.7); 3.6M evaluated images; ~45 compiles); `:smoke` 1,000 / 200 images, 1 epoch
 (1-3 on the epoch axes), 2 seeds.
 
 The study's recipe and its unstated values (n/s), as assumptions:

@@ -4,11 +4,11 @@ a batch-size sweep and a dropout-rate sweep (Tsinghua ANN HW2).
     python -m cifar_jax.main --mode=study --config configs/studies/s004_cnn_mlp.py:cpu --workdir runs/s004
 
 Scales: `:full` the study's own (40k train / 10k val, 50 epochs for the ablations, 20 for the
-sweeps, 5 seeds; real CIFAR-10 from TFDS unless --config.data.dir is set); `:cpu` 8,000 training
-and 5,000 validation images of the shared JPEG copy, 3 epochs (ablations) / 2 (sweeps), 3 seeds:
-about 50 minutes on a quiet 2-core CPU (650k CNN training images at the ~270-360 images/s of the
-README benchmark, 405k evaluated, 216k MLP images at ~8,500/s, ~10 compiles; under the load of
-other jobs the CNN measured 170-190 images/s here, ~1.7x longer); `:smoke` 1,000 / 200 images,
+sweeps, 5 seeds; real CIFAR-10 from TFDS unless --config.data.dir is set); `:cpu` 6,000 training
+and 4,000 validation images of the shared JPEG copy, 3 epochs (ablations) / 2 (sweeps), 3 seeds:
+about 35 minutes on a quiet 2-core CPU (490k CNN training images at the ~270-360 images/s of the
+README benchmark, 330k evaluated, 160k MLP images at ~8,500/s, ~10 compiles; under the load of
+other jobs the CNN measured 170-190 images/s here: ~55 minutes); `:smoke` 1,000 / 200 images,
 1 epoch, 2 seeds.
 
 The recipe, with the study's unstated values (n/s) as assumptions:
@@ -61,7 +61,7 @@ def get_config(scale: str = "cpu"):
         config_path="configs/studies/s004_cnn_mlp.py", source="STUDIES.md §6 (report 004, Tsinghua ANN HW2)",
         num_seeds=by_scale(scale, 5, 3, 2),
         data_dir=by_scale(scale, "", SHARED_CIFAR10, SHARED_CIFAR10),
-        train_limit=by_scale(scale, 0, 13000, 1200), val_size=by_scale(scale, 10000, 5000, 200))
+        train_limit=by_scale(scale, 0, 10000, 1200), val_size=by_scale(scale, 10000, 4000, 200))
     ablation_axes = lambda bn_field: ((bn_field, (True, False, True)), ("model.dropout_rate", (0.5, 0.5, 0.0)))
 
     config.experiments.E4_1_cnn = experiment(
