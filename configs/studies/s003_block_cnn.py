@@ -35,7 +35,8 @@ from cifar_jax.study import by_scale, claim, experiment, study_config
 
 SHARED_CIFAR10 = str(pathlib.Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10-jpeg")
 # PyTorch images/s for one run on a 2-core CPU, README benchmark table (scripts/benchmark.py with
-# scripts/torch_reference.py's block CNN): 842 for its reduced 'block_small' at batch 128. The full
+# scripts/torch_reference.py's block CNN): 842 for its reduced 'block_small' at batch 128 (3 blocks of
+# 16-32-64 channels, K = 2: a little bigger than the :cpu model here, so the estimate is high). The full
 # model is an accelerator job; no PyTorch rate was measured for it (0 = the report says n/a).
 TORCH_BLOCK_SMALL = 842.0
 TORCH_BLOCK_FULL = 0.0
