@@ -46,6 +46,12 @@ TORCH_LENET_SMALL_BATCH = 1817.0
 TEST = "test, final epoch {e}, integer % (truncated)"
 
 
+def losses(*pairs: tuple[str, float], note: str = "") -> tuple:
+    """The study's "final loss" per setting as reported rows: a running train loss over the last
+    2,000 mini-batches, which spans a different number of images at each batch size (F0.8)."""
+    return tuple((label, value, f"final loss, 2,000-batch window{note}", "train_loss") for label, value in pairs)
+
+
 def base(scale: str, *, epochs: int = 5, batch_size: int = 6, width: int = 240, lr: float = 1e-3, norm: float = 0.5):
     """The walk's configuration at one of its steps; epochs are the study's (scaled here)."""
     config = lenet_tutorial.get_config()
@@ -88,8 +94,10 @@ def get_config(scale: str = "cpu"):
                        for b, v in zip(batch_sizes, no_bn))
         + tuple((f"batch_size={b},dense_batch_norm=False", float(v), t5 + " ['BN', a no-op]", "test_accuracy")
                 for b, v in zip(batch_sizes, study_bn))
-        + (("batch_size=1,dense_batch_norm=False", 1.526, "final loss, 2,000-batch window", "train_loss"),
-           ("batch_size=6,dense_batch_norm=False", 1.030, "final loss, 2,000-batch window", "train_loss")))
+        + losses(*((f"batch_size={b},dense_batch_norm=False", v)
+                   for b, v in zip(batch_sizes, (1.526, 1.033, 1.030, 1.055, 1.106, 1.136))), note=" [no BN]")
+        + losses(*((f"batch_size={b},dense_batch_norm=False", v)
+                   for b, v in zip(batch_sizes, (1.453, 1.069, 1.072, 1.052, 1.077, 1.118))), note=" ['BN', a no-op]"))
     # F2.9-style confound: at a fixed lr and epoch count a batch of 10 takes 10x fewer SGD steps than
     # a batch of 1. Scaling the lr linearly with the batch (from lr 1e-3 at batch 6) separates the two.
     scaled = (1, 10)
@@ -103,7 +111,8 @@ def get_config(scale: str = "cpu"):
         axes=(("model.dense_features", ((120, 84), (120,), ())),), labels=("4_hidden", "3_hidden", "2_hidden"),
         torch_images_per_s=rate,
         reported=(("4_hidden", 62.0, t5, "test_accuracy"), ("3_hidden", 61.0, t5, "test_accuracy"),
-                  ("2_hidden", 60.0, t5, "test_accuracy")))
+                  ("2_hidden", 60.0, t5, "test_accuracy"))
+        + losses(("4_hidden", 1.030), ("3_hidden", 1.037), ("2_hidden", 1.161)))
     widths = (120, 180, 240, 320, 480)
     E.E0_03_width = experiment(
         base(scale), ids=("E0.3",), title="width of fc1 (= fc2's input)", kind="zip",
@@ -111,11 +120,13 @@ def get_config(scale: str = "cpu"):
         curves=("train_loss",), torch_images_per_s=rate,  # C0.15: train loss against val accuracy
         reported=(("width=120", 62.0, t5, "test_accuracy"), ("width=180", 61.0, t5, "test_accuracy"),
                   ("width=240", 64.0, t5 + ", run twice: 64 both", "test_accuracy"),
-                  ("width=320", 60.0, t5, "test_accuracy"), ("width=480", 61.0, t5, "test_accuracy")))
+                  ("width=320", 60.0, t5, "test_accuracy"), ("width=480", 61.0, t5, "test_accuracy"))
+        + losses(("width=180", 0.997), ("width=240", 1.005), ("width=320", 0.974), ("width=480", 1.001)))
     E.E0_04_kernel = experiment(
         base(scale), ids=("E0.4",), title="conv1 kernel 5x5 vs 3x3", kind="zip",
         axes=(("model.kernel_size", ((5, 5), (3, 5))),), labels=("conv1_5x5", "conv1_3x3"), torch_images_per_s=rate,
-        reported=(("conv1_5x5", 64.0, t5, "test_accuracy"), ("conv1_3x3", 61.0, t5, "test_accuracy")))
+        reported=(("conv1_5x5", 64.0, t5, "test_accuracy"), ("conv1_3x3", 61.0, t5, "test_accuracy"))
+        + losses(("conv1_5x5", 1.005), ("conv1_3x3", 1.005)))
     dropout = base(scale)
     dropout.model.dropout_placement = "dense"  # after the fc1 and fc2 ReLUs: the study's variant (a)
     E.E0_05_dropout = experiment(
@@ -137,12 +148,14 @@ def get_config(scale: str = "cpu"):
         base(scale, batch_size=4), ids=("E0.9",), title="pooling: max, average, LP (p = 2)",
         axes=(("model.pool", ("max", "avg", "lp")),), torch_images_per_s=rate,
         reported=(("pool=max", 63.0, t5, "test_accuracy"), ("pool=avg", 57.0, t5, "test_accuracy"),
-                  ("pool=lp", 61.0, t5, "test_accuracy")))
+                  ("pool=lp", 61.0, t5, "test_accuracy"))
+        + losses(("pool=max", 0.971), ("pool=avg", 1.127), ("pool=lp", 0.999)))
     E.E0_10_tanh = experiment(
         base(scale, batch_size=4), ids=("E0.10",), title="activation ReLU vs tanh",
         axes=(("model.activation", ("relu", "tanh")),), torch_images_per_s=rate,
         reported=(("activation=relu", 63.0, t5 + " (E0.9's reference)", "test_accuracy"),
-                  ("activation=tanh", 61.0, t5, "test_accuracy")))
+                  ("activation=tanh", 61.0, t5, "test_accuracy"))
+        + losses(("activation=relu", 0.971), ("activation=tanh", 1.066)))
     E.E0_11_optim = experiment(
         base(scale, batch_size=4), ids=("E0.11",), title="optimiser SGD (momentum 0.9), Adam, RMSprop (lr 1e-3, "
                                                         "PyTorch defaults; n/s in the study)", kind="zip",
@@ -155,7 +168,8 @@ def get_config(scale: str = "cpu"):
         kind="zip", axes=(("model.init", ("torch_default", "kaiming_uniform", "kaiming_uniform")),
                           ("model.init_conv_only", (False, False, True))),
         labels=("default", "he_all", "he_conv_only"), torch_images_per_s=rate,
-        reported=(("he_all", 59.0, t5, "test_accuracy"), ("he_conv_only", 61.0, t5, "test_accuracy")))
+        reported=(("he_all", 59.0, t5, "test_accuracy"), ("he_conv_only", 61.0, t5, "test_accuracy"))
+        + losses(("he_all", 1.007), ("he_conv_only", 0.973)))
     E.E0_13_weight_decay = experiment(
         base(scale, batch_size=4), ids=("E0.13", "F0.5"),
         title="SGD weight decay: the study's 0.1, 1, 5 and a sane log range",
@@ -169,7 +183,8 @@ def get_config(scale: str = "cpu"):
         labels=tuple(f"lr={lr:g},epochs={e}" for lr, e in lr_epochs), needs_full_scale=scale == "cpu",
         torch_images_per_s=rate,
         reported=tuple((f"lr={lr:g},epochs={e}", v, TEST.format(e=e), "test_accuracy")
-                       for (lr, e), v in zip(lr_epochs, (60.0, 62.0, 63.0, 59.0, 59.0))))
+                       for (lr, e), v in zip(lr_epochs, (60.0, 62.0, 63.0, 59.0, 59.0)))
+        + losses(("lr=0.001,epochs=25", 0.345), ("lr=0.001,epochs=50", 0.289), ("lr=0.0005,epochs=50", 0.179)))
     epochs = (10, 15, 20)
     E.E0_15_epochs = experiment(
         base(scale, batch_size=4, lr=5e-4, norm=0.45), ids=("E0.15",), title="epochs at lr 5e-4, normalisation 0.45",
@@ -182,7 +197,8 @@ def get_config(scale: str = "cpu"):
         axes=(("optim.momentum", (0.75, 0.9, 0.95)),), torch_images_per_s=rate,
         reported=(("momentum=0.75", 64.0, TEST.format(e=15), "test_accuracy"),
                   ("momentum=0.9", 65.0, TEST.format(e=15) + " (E0.15)", "test_accuracy"),
-                  ("momentum=0.95", 60.0, TEST.format(e=15), "test_accuracy")))
+                  ("momentum=0.95", 60.0, TEST.format(e=15), "test_accuracy"))
+        + losses(("momentum=0.75", 0.866), ("momentum=0.95", 0.525)))
     constants = by_scale(scale, (0.4, 0.45, 0.475, 0.5), (0.45, 0.475, 0.5), (0.45, 0.475, 0.5))
     E.E0_17_norm = experiment(
         base(scale, batch_size=4, lr=5e-4, epochs=15), ids=("E0.17", "F0.6"),
@@ -190,7 +206,8 @@ def get_config(scale: str = "cpu"):
         axes=(("data.mean", tuple((c,) * 3 for c in constants)), ("data.std", tuple((c,) * 3 for c in constants))),
         labels=tuple(f"c={c:g}" for c in constants), torch_images_per_s=rate,
         reported=(("c=0.45", 65.0, TEST.format(e=15) + " (E0.15)", "test_accuracy"),
-                  ("c=0.475", 65.0, TEST.format(e=15), "test_accuracy")))
+                  ("c=0.475", 65.0, TEST.format(e=15), "test_accuracy"))
+        + losses(("c=0.475", 0.601)))
 
     b = "E0_01_batch_bn:batch_size={},dense_batch_norm={}"
     C = config.claims
