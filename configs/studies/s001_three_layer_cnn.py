@@ -101,8 +101,10 @@ def get_config(scale: str = "cpu"):
         torch_images_per_s=TORCH_RATE, figure="val accuracy and val loss curves per batch size",
         reported=(("batch_size=20,conv_batch_norm=False", 71.0, b11, "best_val_accuracy"),
                   ("batch_size=20,conv_batch_norm=False", 0.83, "val loss, best", "best_val_loss"),
+                  ("batch_size=20,conv_batch_norm=False", 71.0, "val macro-F1, best (0.71)", "best_val_macro_f1"),
                   ("batch_size=80,conv_batch_norm=False", 67.0, b11, "best_val_accuracy"),
                   ("batch_size=80,conv_batch_norm=False", 0.92, "val loss, best", "best_val_loss"),
+                  ("batch_size=80,conv_batch_norm=False", 67.0, "val macro-F1, best (0.67)", "best_val_macro_f1"),
                   ("batch_size=20,conv_batch_norm=True", 72.4, b11, "best_val_accuracy"),
                   ("batch_size=20,conv_batch_norm=True", 0.80, "val loss, best", "best_val_loss"),
                   ("batch_size=80,conv_batch_norm=True", 1.0, "val loss, final epoch", "val_loss")))
@@ -118,6 +120,7 @@ def get_config(scale: str = "cpu"):
         axes=(("optim.weight_decay", (1e-2, 1e-3, 1e-4, 1e-5)),), metric="best_val_accuracy",
         torch_images_per_s=TORCH_RATE,
         reported=(("weight_decay=0.01", 65.7, b11, "best_val_accuracy"),
+                  ("weight_decay=0.01", 1.0, "val loss (best or final n/s)", "val_loss"),
                   ("weight_decay=1e-05", 71.4, b11, "best_val_accuracy"),
                   ("weight_decay=1e-05", 0.82, "val loss, final epoch", "val_loss")))
     E.E1_6_mixup = experiment(
