@@ -5,7 +5,7 @@ init, augmentation and 5-fold cross-validation (student 234591).
 
 Scales: `:full` the study's (60k train of which 10k become validation, the 10k test split read
 once at the validation-selected epoch, 10 epochs, 5 seeds); `:cpu` 8,000 training and 2,000
-validation images (test 2,000), 3 epochs, 3 seeds, E2.7's ResNet-18 not run: about 35 minutes on 2 cores
+validation images (test 2,000), 3 epochs, 3 seeds, E2.7's ResNet-18 not run (nor at :smoke): about 35 minutes on 2 cores
 (2.5M training images at the ~1,700 model-images/s A1 measured here at batch 128 with 3 seeds
 under load, 1.3M evaluated, ~30 compiles); `:smoke` 1,000 / 200 images, 1 epoch, 2 seeds.
 Data: Debian's dataset-fashion-mnist IDX files.

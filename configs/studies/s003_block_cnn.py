@@ -8,8 +8,10 @@ Scales: `:full` the study's model and recipe (40k train / 10k val carved from tr
 split read once at the validation-selected epoch, 50 epochs, 5 seeds: ~31 h per seed on a CPU,
 an accelerator job); `:cpu` a reduced block model (2 blocks of 16 and 32 channels, K = 2, MLP
 64-32) on 8,000 training / 2,000 validation images, 3 epochs, 3 seeds, the full-size runs marked
-needs-full-scale: about 25 minutes on 2 cores (710k training images at the ~780 model-images/s
-this reduced model trained here with K = 2 (3 seeds, batch 128; K = 6 is slower), ~10 compiles); `:smoke` the reduced model on 1,000 / 200 images, 1 epoch, 2 seeds.
+needs-full-scale (also at :smoke: the full model is ~2 GFLOP per image): about 25 minutes on 2
+cores (710k training images at the ~780 model-images/s this reduced model trained here with K = 2
+(3 seeds, batch 128; K = 6 is slower), ~10 compiles); `:smoke` the reduced model on 1,000 / 200
+images, 1 epoch, 2 seeds.
 
 The recipe and the study's unstated values (n/s), as assumptions:
 - Adam lr 1e-3, weight decay 1e-4 as torch.optim.Adam's coupled L2, batch 128, 50 epochs, linear
