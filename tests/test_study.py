@@ -12,6 +12,7 @@ import re
 import ml_collections
 import numpy as np
 import pytest
+import scipy.stats
 
 from cifar_jax import analysis, study, train
 from cifar_jax.errors import ConfigError
@@ -89,7 +90,11 @@ def test_mini_study_report_matches_results_and_resumes(tmp_path):
         assert "test acc at val-selected epoch" in cells[2]
         assert n == len(runs)
         if runs:
-            assert mean == pytest.approx(100 * np.mean([r["test_accuracy"] for r in runs]), abs=0.006)
+            values = 100 * np.array([r["test_accuracy"] for r in runs])
+            assert mean == pytest.approx(values.mean(), abs=0.006)
+        if len(runs) > 1:  # the CI's half-width: Student-t over the seeds
+            expected = scipy.stats.t.ppf(0.975, len(runs) - 1) * values.std(ddof=1) / np.sqrt(len(runs))
+            assert half == pytest.approx(expected, abs=0.006)
     narrow, _correlations = table_cells(markdown, "narrow")  # the experiment's row, then its analysis row
     with open(tmp_path / "B_width" / "narrow" / "results.json") as f:
         b_losses = [r["train_loss"] for r in json.load(f)["runs"] if not study.is_collapsed(r)]
