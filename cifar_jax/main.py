@@ -46,6 +46,7 @@ def main(argv: list[str]) -> None:
     try:
         if FLAGS.config is None:
             raise CifarJaxError(f"--config is required for --mode={FLAGS.mode}; e.g. --config configs/test.py")
+        execution.initialize_distributed(FLAGS.config)
         execution.enable_compilation_cache(FLAGS.workdir)
         if FLAGS.mode == "train":
             train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
