@@ -10,7 +10,7 @@ import math
 
 import ml_collections
 
-TRAIN_BATCHES = 4  # training steps per run (each fold's share of the data holds this many batches)
+TRAIN_BATCHES = 2  # training steps per run (each fold's share of the data holds this many batches)
 VAL_IMAGES = 64
 TEST_IMAGES = 64
 EVAL_BATCH_SIZE = 64

@@ -1,6 +1,8 @@
 """Command-line entry point: `cifar-jax` or `python -m cifar_jax.main --config configs/x.py --workdir DIR [--mode ...]`.
 
-Only parses flags and dispatches; every mistake the user can fix ends in one `error:` line.
+Only parses flags and dispatches; every mistake the user can fix ends in one `error:` line. jax,
+Flax and TensorFlow are imported only once the command line is valid, so a mistyped flag or config
+file is reported in about a second, not after seconds of library start-up.
 """
 
 import sys
@@ -18,7 +20,7 @@ import ml_collections  # noqa: E402
 from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from cifar_jax import dev_run, evaluation, execution, sweep, train, workdir_config  # noqa: E402
+from cifar_jax import dev_run  # noqa: E402
 from cifar_jax import workdir as workdir_lib  # noqa: E402
 from cifar_jax.errors import CifarJaxError, ConfigError  # noqa: E402
 
@@ -45,6 +47,8 @@ def make_flags(argv: list[str]) -> flags.FlagValues:
 
 
 MAX_ERROR_CHARS = 300
+# Loads a workdir's own config.json (its module imports the training stack, so only its path here).
+WORKDIR_CONFIG_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workdir_config.py")
 _GRID_FLAG = re.compile(r"--config\.hparam_grid\.(\w+)(?:=(.*))?$", re.DOTALL)
 _DID_YOU_MEAN = re.compile(r"""Did you mean ["']?([\w.]+)["']? instead""")
 
@@ -67,7 +71,7 @@ def with_workdir_config(argv: list[str]) -> list[str]:
     workdir = _flag_value(argv, "workdir")
     if _flag_value(argv, "mode") != "eval" or _flag_value(argv, "config") is not None or workdir is None:
         return argv
-    return [argv[0], f"--config={workdir_config.__file__}:{workdir}", *argv[1:]]
+    return [argv[0], f"--config={WORKDIR_CONFIG_FILE}:{workdir}", *argv[1:]]
 
 
 def split_grid_flags(argv: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -86,6 +90,8 @@ def split_grid_flags(argv: list[str]) -> tuple[list[str], dict[str, str]]:
 
 def apply_grid(config: ml_collections.ConfigDict, grid: dict[str, str]) -> None:
     """Sets `config.hparam_grid.NAME` from a tuple literal such as '(0.1, 0.01)'."""
+    from cifar_jax import train
+
     for name, text in grid.items():
         flag = f"--config.hparam_grid.{name}"
         if name not in train.TRACED_HPARAMS:
@@ -117,7 +123,7 @@ def parse(argv: list[str]) -> tuple[ml_collections.ConfigDict, str, str, int] | 
         raise ConfigError(_config_error(error, argv)) from None
     if values.help:
         print(f"usage: cifar-jax --config FILE[:ARG] --workdir DIR [--mode=train|eval|sweep] [--config.a.b=v]\n"
-              f"{values.module_help(values.find_module_defining_flag('workdir'))}")
+              f"{values.get_help(include_special_flags=False)}")
         return None
     if len(extra) > 1:
         raise UsageError(f"unexpected arguments: {' '.join(extra[1:])}; flags are --name=value")
@@ -193,6 +199,8 @@ def _flag_error(error: flags.Error) -> str:
 
 def dispatch(config: ml_collections.ConfigDict, workdir: str, mode: str) -> Any:
     """Runs `mode` holding the workdir's lock, so no second process writes into it meanwhile."""
+    from cifar_jax import evaluation, execution, sweep, train
+
     with workdir_lib.workdir_lock(workdir, create=mode != "eval"):
         execution.enable_compilation_cache(workdir)
         if mode == "train":
