@@ -21,6 +21,7 @@ import struct
 import tarfile
 import threading
 import urllib.parse
+import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -111,8 +112,8 @@ def load_dataset(data_config: Any) -> Dataset:
         raise ConfigError(f"data.source={source!r} is not one of {', '.join(SOURCES)}")
     if source == "local" and not local_dir:
         raise ConfigError(
-            "data.source='local' needs a directory: pass --config.data.dir=DIR "
-            f"({_files_hint(name)})"
+            f"data.source='local' needs --config.data.dir=DIR, a directory with the {name} files "
+            "(train.npz, the official archives or IDX files; see the README)"
         )
     if source == "tfds" or not local_dir:
         dataset = load_tfds(name, tfds_dir)
@@ -126,19 +127,6 @@ def check_name(name: str) -> str:
     if name not in IMAGE_SHAPES:
         raise ConfigError(f"data.name={name!r} is not one of {', '.join(IMAGE_SHAPES)}")
     return name
-
-
-def _files_hint(name: str) -> str:
-    npz = "train.npz (and optionally test.npz) holding uint8 NHWC 'image' and int 'label' arrays"
-    if name == "cifar10":
-        files = f"cifar-10-binary.tar.gz or cifar-10-python.tar.gz (or their extracted dirs), or {npz}"
-    else:
-        debian = " (Debian: apt-get install dataset-fashion-mnist, then /usr/share/datasets/fashion-mnist)"
-        files = (
-            "train-images-idx3-ubyte.gz and train-labels-idx1-ubyte.gz (optionally t10k-*.gz)"
-            f"{debian if name == 'fashion_mnist' else ''}, or {npz}"
-        )
-    return f"put {files} in a directory and pass --config.data.dir=DIR"
 
 
 def _apply_limits(dataset: Dataset, train_limit: int, test_limit: int) -> Dataset:
@@ -260,11 +248,11 @@ def _not_found(name: str, root: Path) -> str:
                 f"to download {name} with TFDS")
     files = ", ".join(dict.fromkeys(marker.rsplit("/", 1)[-1] for _, marker in _layouts(name)))
     subdirs = ", ".join(f"{sub}/" for sub in _SUBDIRS[name])
-    return (f"data.dir={shown} holds no {name} data set: looked for {files} there and in {subdirs}; "
-            "put the files there or fix --config.data.dir")
+    return (f"data.dir={shown} holds no {name} data set (looked for {files} in it and in {subdirs}); "
+            "add the files or fix --config.data.dir")
 
 
-def _short_path(path: Path, limit: int = 60) -> str:
+def _short_path(path: Path, limit: int = 50) -> str:
     """A long path elided in the middle, so that error lines stay short."""
     text = str(path)
     return text if len(text) <= limit else f"{text[: limit // 2 - 2]}...{text[-(limit // 2 - 1):]}"
@@ -289,6 +277,8 @@ def _read_npz_dir(name: str, marker: Path) -> Dataset:
 
 
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if not zipfile.is_zipfile(path):  # np.load would try it as a pickle and suggest loading it unsafely
+        raise DataError(f"{path}: not an npz (zip) file, truncated or of another format; write it with np.savez")
     try:
         with np.load(path, allow_pickle=False) as npz:  # allow_pickle=False: no code from files
             keys = set(npz.files)
@@ -732,7 +722,7 @@ def normalization_constants(
             if len(values) == 0 or not np.all(values == values[0]):
                 raise ConfigError(
                     f"data.{field} has {len(values)} values {tuple(values.tolist())} but the images have "
-                    f"{num_channels} channel(s): give 1 or {num_channels} values"
+                    f"{num_channels} channel(s): give {'1 value' if num_channels == 1 else f'1 or {num_channels} values'}"
                 )
             values = np.full(num_channels, values[0])
         if field == "std" and np.any(values <= 0):

@@ -178,10 +178,9 @@ def _config_error(error: BaseException, argv: list[str]) -> str:
 
 def _missing_field(texts: list[str], argv: list[str]) -> str:
     """'--config.num_seed: no such field; did you mean num_seeds?' from ml_collections' KeyErrors."""
-    names = re.findall(r"'([\w.]+)'", texts[-1])
-    name = names[0] if names else "?"
-    flag = next((arg.split("=", 1)[0] for arg in argv if re.match(rf"--config\.([\w.]+\.)?{name}\b", arg)),
-                f"--config.{name}")
+    name = texts[-1].strip("'\"")
+    flag = next((arg.split("=", 1)[0] for arg in argv
+                 if re.match(rf"--config\.([\w.]+\.)?{re.escape(name)}(=|\.|$)", arg)), f"--config.{name}")
     suggestions = [match.group(1) for match in map(_DID_YOU_MEAN.search, texts) if match]
     section = flag.removeprefix("--config.").rpartition(".")[0]
     hint = (f"did you mean {section + '.' if section else ''}{suggestions[0]}?" if suggestions
@@ -210,9 +209,9 @@ def dispatch(config: ml_collections.ConfigDict, workdir: str, mode: str) -> Any:
         return evaluation.run_eval(config, workdir)
 
 
-def one_line(message: str) -> str:
-    """A user error as one line of at most MAX_ERROR_CHARS characters."""
-    text = " ".join(str(message).split())
+def error_line(message: str) -> str:
+    """A user error as one `error:` line of at most MAX_ERROR_CHARS characters."""
+    text = "error: " + " ".join(str(message).split())
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
 
 
@@ -231,7 +230,7 @@ def cli(argv: list[str]) -> int:
                               logging.ERROR if quiet.active else logging.WARNING)
         dispatch(config, workdir, mode)
     except CifarJaxError as error:
-        print(f"error: {one_line(str(error))}", file=sys.stderr, flush=True)
+        print(error_line(str(error)), file=sys.stderr, flush=True)
         return 1
     return 0
 

@@ -19,8 +19,11 @@ QUIET_ENV = {
     "GRPC_VERBOSITY": "ERROR",
     "GLOG_minloglevel": "2",  # absl/glog C++ logging in XLA and TensorFlow
 }
-# Python loggers of libraries whose warnings are about themselves (deprecations, missing GPUs).
-QUIET_LOGGERS = ("tensorflow", "absl", "jax._src.xla_bridge")
+# Python loggers of libraries whose warnings are about themselves (deprecations, missing GPUs), and
+# asyncio's "Future exception was never retrieved" dumps of Orbax's reads of a damaged checkpoint
+# (reported once, in one line, by cifar_jax.checkpoint).
+QUIET_LOGGERS = {"tensorflow": logging.ERROR, "absl": logging.ERROR, "jax._src.xla_bridge": logging.ERROR,
+                 "asyncio": logging.CRITICAL}
 VERBOSE_LEVEL = 1
 
 active = False  # whether `configure` silenced the libraries (read by data.load_tfds for TFDS's bars)
@@ -46,8 +49,8 @@ def configure(argv: list[str]) -> bool:
         return False
     for name, value in QUIET_ENV.items():
         os.environ.setdefault(name, value)
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
+    for name, level in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
     active = True
     return True
 

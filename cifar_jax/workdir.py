@@ -61,8 +61,12 @@ def load_json(workdir: str, name: str) -> Any:
     path = os.path.join(workdir, name)
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{path} cannot be read ({type(error).__name__}: {error}); restore it from a copy, "
+                              "or pass another --workdir") from None
 
 
 def claim(workdir: str, config: ml_collections.ConfigDict, data_meta: dict[str, Any]) -> None:
@@ -84,8 +88,9 @@ def claim(workdir: str, config: ml_collections.ConfigDict, data_meta: dict[str, 
         if differing:
             _move_aside(workdir)
     os.makedirs(workdir, exist_ok=True)
-    write_json_atomic(os.path.join(workdir, CONFIG_FILE), current)
-    write_json_atomic(os.path.join(workdir, DATA_FILE), data_meta)
+    for name, payload in ((CONFIG_FILE, current), (DATA_FILE, data_meta)):
+        if load_json(workdir, name) != payload:  # a resume leaves the run's files untouched
+            write_json_atomic(os.path.join(workdir, name), payload)
 
 
 def _move_aside(workdir: str) -> str:

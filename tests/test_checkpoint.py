@@ -119,13 +119,13 @@ def test_eval_cli_on_a_test_npz_elsewhere(trained_workdir, tmp_path):
 
 @needs_fashion_mnist
 def test_resume_with_another_model_is_refused_and_changes_nothing(trained_workdir):
-    before = {p: p.stat().st_mtime_ns for p in trained_workdir.rglob("*")}
+    before = {p: p.stat().st_mtime_ns for p in trained_workdir.rglob("*") if p.name != workdir_lib.LOCK_FILE}
     result = run_cli(*SMALL, "--workdir", str(trained_workdir), "--config.num_epochs=3",
                      "--config.model.dense_features=(64,)", "--config.num_seeds=3")
     assert result.returncode == 1
     error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "model.dense_features" in error[0] and "num_seeds" in error[0]
-    assert {p: p.stat().st_mtime_ns for p in trained_workdir.rglob("*")} == before
+    assert {p: p.stat().st_mtime_ns for p in trained_workdir.rglob("*") if p.name != workdir_lib.LOCK_FILE} == before
 
 
 def test_overwrite_moves_the_old_run_aside(tmp_path):

@@ -399,7 +399,7 @@ def test_npz_missing_keys_and_garbage(tmp_path):
     with pytest.raises(DataError, match="needs 'image'"):
         data.load_local("cifar10", tmp_path)
     (tmp_path / "train.npz").write_bytes(b"not a zip file")
-    with pytest.raises(DataError, match="not a readable npz"):
+    with pytest.raises(DataError, match="not an npz \\(zip\\) file"):
         data.load_local("cifar10", tmp_path)
 
 
@@ -454,11 +454,12 @@ def test_explicit_dir_without_data_fails_at_once_in_one_short_line(tmp_path, mon
     assert "train.npz" in message or "is not a directory" in message
 
 
-def test_empty_dir_lists_the_file_names_looked_for(tmp_path):
+def test_empty_dir_lists_the_file_names_looked_for(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(DataError) as error:
-        data.load_dataset(data_config(name="fashion_mnist", dir=str(tmp_path)))
+        data.load_dataset(data_config(name="fashion_mnist", dir="."))
     message = str(error.value)
-    assert f"data.dir={tmp_path} holds no fashion_mnist" in message
+    assert "data.dir=. holds no fashion_mnist" in message
     assert "train-images-idx3-ubyte.gz" in message and "fashion-mnist/" in message
 
 
