@@ -40,7 +40,8 @@ def _flatten(tree: Any) -> dict[str, np.ndarray]:
 
 
 def _unflatten(flat: dict[str, np.ndarray], like: Any) -> Any:
-    """{path: array} -> a pytree shaped like the concrete `like`; fails naming the paths that do not fit."""
+    """{path: array} -> a pytree shaped like `like` (concrete or abstract); fails naming the paths
+    that do not fit."""
     paths_and_leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
     expected = {jax.tree_util.keystr(p): leaf for p, leaf in paths_and_leaves}
     missing = sorted(set(expected) - set(flat))
@@ -53,7 +54,8 @@ def _unflatten(flat: dict[str, np.ndarray], like: Any) -> Any:
     for path, target in expected.items():
         value = flat[path]
         if jax.dtypes.issubdtype(target.dtype, jax.dtypes.prng_key):
-            value = jax.random.wrap_key_data(value, impl=jax.random.key_impl(target))
+            impl = jax.random.key_impl(target) if isinstance(target, jax.Array) else None  # None: the default
+            value = jax.random.wrap_key_data(value, impl=impl)
         if value.shape != target.shape:
             raise CheckpointError(f"checkpoint entry {path} has shape {value.shape}, the config gives "
                                   f"{target.shape}; use the config the run was trained with")
@@ -77,7 +79,14 @@ def _brief(error: BaseException) -> str:
 
 
 def _abstract_flat(like: Any) -> dict[str, jax.ShapeDtypeStruct]:
-    return {path: jax.ShapeDtypeStruct(value.shape, value.dtype) for path, value in _flatten(like).items()}
+    """The restore target's {path: shape and dtype}; `like` may be concrete or abstract
+    (`jax.eval_shape` of the program's init: evaluation needs no initialized weights)."""
+    flat = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(like)[0]:
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            leaf = jax.eval_shape(jax.random.key_data, leaf)
+        flat[jax.tree_util.keystr(path)] = jax.ShapeDtypeStruct(leaf.shape, leaf.dtype)
+    return flat
 
 
 DIGEST_KEY = "state_sha256"  # in each checkpoint's meta; removed from what `restore` returns
@@ -118,6 +127,11 @@ class Checkpoints:
             self.latest.save(epoch, args=args)
             if best_value is not None and np.isfinite(best_value):
                 self.best.save(epoch, args=args, metrics={self.best_metric: float(best_value)})
+
+    def best_path(self) -> str | None:
+        """The directory of the best checkpoint, or None when there is none yet."""
+        step = self.best.best_step()
+        return None if step is None else str(self.best.directory / str(step))
 
     def wait(self) -> None:
         with self._write_errors(None):

@@ -27,7 +27,6 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
 from cifar_jax.errors import ConfigError, DataError
@@ -729,16 +728,3 @@ def normalization_constants(
             raise ConfigError(f"data.std={value} must be > 0 in every channel")
         constants.append(values.astype(np.float32))
     return constants[0], constants[1]
-
-
-def normalize(images: jnp.ndarray, mean: Any, std: Any) -> jnp.ndarray:
-    """uint8 NHWC -> float32 `(x / 255 - mean) / std`, PyTorch's ToTensor + Normalize, on device.
-
-    `mean`/`std` are scalars or (C,) arrays and may be traced, so one compiled program can sweep
-    normalization constants.
-    """
-    images = jnp.asarray(images)
-    if images.dtype != jnp.uint8:
-        raise TypeError(f"normalize expects uint8 images, got {images.dtype} (already normalized?)")
-    x = images.astype(jnp.float32) / 255.0
-    return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)

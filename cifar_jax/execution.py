@@ -50,6 +50,7 @@ arrays, jax 0.10.2; see the README's Performance section for the table):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -58,8 +59,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from cifar_jax.errors import ConfigError
-from cifar_jax.models.layers import resolve_conv_impl
+from cifar_jax import checks
 
 # Target length of a scanned chunk of training steps on CPU: long enough to amortise dispatch
 # (~0.1-0.3 ms per call), short enough that progress and interruption stay responsive.
@@ -71,15 +71,44 @@ CPU_STEPS_PER_CALL = 10
 CPU_STEP_BYTES_PER_GROUP = 256 * 2**20
 
 _CACHE_ENV = "CIFAR_JAX_CACHE_DIR"
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
+CONV_IMPLS = ("auto", "xla", "patches")
 
 
-def backend() -> str:
-    return jax.default_backend()
+@dataclasses.dataclass(frozen=True)
+class ExecutionPlan:
+    """How one program runs, decided once per program (`plan`); models and the loop only read it."""
+
+    backend: str
+    conv_impl: str  # 'xla' | 'patches'
+    compute_dtype: str  # 'float32' | 'bfloat16'
+    steps_per_call: int  # training steps per compiled call
+    runs_per_group: int | None  # runs vmapped together per step (None: all)
 
 
-def _field(config: ml_collections.ConfigDict, name: str, default: Any) -> Any:
-    execution = config.get("execution", None)
-    return execution.get(name, default) if execution is not None else default
+def validate(config: ml_collections.ConfigDict) -> None:
+    """The execution fields' own checks, without deciding anything (config validation)."""
+    checks.all_of(
+        lambda: checks.integer(config, "execution.steps_per_call", low=0, hint="0 picks per backend"),
+        lambda: checks.integer(config, "execution.runs_per_group", low=0, hint="0 picks per backend"),
+        lambda: checks.choice(config, "execution.compute_dtype", COMPUTE_DTYPES),
+        lambda: checks.choice(config, "model.conv_impl", CONV_IMPLS),
+    )
+
+
+def plan(config: ml_collections.ConfigDict, *, steps_per_epoch: int, step_bytes: Callable[[ExecutionPlan], int],
+         backend: str | None = None) -> ExecutionPlan:
+    """The execution plan of one program on `backend` (default: JAX's). `step_bytes(plan)` gives
+    the activations one run's step keeps for backward; it is only called when CPU run groups are
+    sized automatically."""
+    validate(config)
+    backend = backend or jax.default_backend()
+    conv = config.model.conv_impl
+    conv = ("patches" if backend == "cpu" else "xla") if conv == "auto" else conv
+    dtype = config.execution.compute_dtype
+    dtype = ("float32" if backend == "cpu" else "bfloat16") if dtype == "auto" else dtype
+    provisional = ExecutionPlan(backend, conv, dtype, _steps_per_call(config, steps_per_epoch, backend, conv), None)
+    return dataclasses.replace(provisional, runs_per_group=_runs_per_group(config, backend, provisional, step_bytes))
 
 
 def _chunk_length(steps_per_epoch: int, target: int) -> int:
@@ -92,60 +121,28 @@ def _chunk_length(steps_per_epoch: int, target: int) -> int:
     return target
 
 
-def steps_per_call(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
-    """Training steps per compiled call. Auto (0): the whole epoch in one `lax.scan` on
-    accelerators; on CPU a chunk of ~`CPU_STEPS_PER_CALL` steps, or 1 bare step per call when the
-    model uses XLA's convolutions, which XLA:CPU runs several times slower inside loop bodies."""
-    requested = int(_field(config, "steps_per_call", 0))
-    if requested < 0:
-        raise ConfigError(f"execution.steps_per_call={requested} must be >= 0 (0 picks per backend)")
+def _steps_per_call(config: ml_collections.ConfigDict, steps_per_epoch: int, backend: str, conv_impl: str) -> int:
+    """Auto (0): the whole epoch in one `lax.scan` on accelerators; on CPU a chunk of
+    ~`CPU_STEPS_PER_CALL` steps, or 1 bare step per call when the model uses XLA's convolutions,
+    which XLA:CPU runs several times slower inside loop bodies."""
+    requested = int(config.execution.steps_per_call)
     if requested:
         return min(requested, steps_per_epoch)
-    if backend() != "cpu":
+    if backend != "cpu":
         return steps_per_epoch
-    model = config.get("model", None)
-    if model is not None and conv_impl(model.get("conv_impl", "auto")) == "xla":
-        return 1
-    return _chunk_length(steps_per_epoch, CPU_STEPS_PER_CALL)
+    return 1 if conv_impl == "xla" else _chunk_length(steps_per_epoch, CPU_STEPS_PER_CALL)
 
 
-def conv_impl(requested: str) -> str:
-    """Convolution formulation: image patches x matmul on CPU (vmap over per-seed kernels becomes a
-    batched matmul instead of a slow grouped convolution), XLA's convolution elsewhere."""
-    if requested not in ("auto", "xla", "patches"):
-        raise ConfigError(f"model.conv_impl={requested!r} is unknown; use auto, xla or patches")
-    return resolve_conv_impl(requested)
-
-
-COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
-
-
-def compute_dtype(config: ml_collections.ConfigDict) -> str:
-    """Dtype of the convolutions' and dense layers' arithmetic; parameters, batch norm, the loss
-    and the optimizer stay float32. Auto: bfloat16 on GPU/TPU (their matrix units run it several
-    times faster), float32 on CPU: XLA:CPU's bfloat16 matmul is no faster (1024^3 on this machine:
-    39 GFLOP/s vs 43 in float32) and would only cost accuracy."""
-    requested = _field(config, "compute_dtype", "auto")
-    if requested not in COMPUTE_DTYPES:
-        raise ConfigError(f"execution.compute_dtype={requested!r} is unknown; use one of {', '.join(COMPUTE_DTYPES)}")
-    if requested != "auto":
-        return requested
-    return "float32" if backend() == "cpu" else "bfloat16"
-
-
-def runs_per_group(config: ml_collections.ConfigDict, num_runs: int, bytes_per_run: int | None = None) -> int:
-    """How many runs one step computes together (vmapped); groups run one after another
-    (`map_over_runs`). Auto (0): all runs on accelerators; on CPU as many runs as fit
-    `CPU_STEP_BYTES_PER_GROUP` of activations kept for the backward pass (`bytes_per_run`, from
-    `residual_bytes` of one run's step; None: all runs)."""
-    requested = int(_field(config, "runs_per_group", 0))
-    if requested < 0:
-        raise ConfigError(f"execution.runs_per_group={requested} must be >= 0 (0 picks per backend)")
+def _runs_per_group(config: ml_collections.ConfigDict, backend: str, provisional: ExecutionPlan,
+                    step_bytes: Callable[[ExecutionPlan], int]) -> int | None:
+    """Auto (0): all runs on accelerators; on CPU as many runs as fit `CPU_STEP_BYTES_PER_GROUP`
+    of activations kept for the backward pass."""
+    requested = int(config.execution.runs_per_group)
     if requested:
-        return min(requested, num_runs)
-    if backend() != "cpu" or not bytes_per_run:
-        return num_runs
-    return max(1, min(num_runs, CPU_STEP_BYTES_PER_GROUP // int(bytes_per_run)))
+        return requested
+    if backend != "cpu":
+        return None
+    return max(1, CPU_STEP_BYTES_PER_GROUP // max(int(step_bytes(provisional)), 1))
 
 
 def residual_bytes(fn: Callable[..., Any], *args: Any, argnums: Sequence[int] = (0,)) -> int:

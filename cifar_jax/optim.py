@@ -64,6 +64,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from cifar_jax import checks
 from cifar_jax.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
@@ -99,38 +100,6 @@ def _choice(value: Any, field: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ConfigError(f"{field} must be one of {', '.join(choices)}; got {value!r}")
     return value
-
-
-def default_hparams(config) -> dict[str, float]:
-    """The traced optimizer/augmentation values a run starts from, validated.
-
-    Returns `learning_rate`, `weight_decay`, `momentum` and `label_smoothing` (from
-    `config.optim`) and `mixup_alpha` (from `config.augment`) as Python floats; the training core
-    merges them with the model's and data's traced values and turns them into arrays.
-    """
-    optim, augment = config.optim, config.augment
-    lr = _number(optim.learning_rate, "config.optim.learning_rate")
-    if lr <= 0:
-        raise ConfigError(f"config.optim.learning_rate must be > 0; got {lr}")
-    wd = _number(optim.weight_decay, "config.optim.weight_decay")
-    if wd < 0:
-        raise ConfigError(f"config.optim.weight_decay must be >= 0; got {wd}")
-    momentum = _number(optim.momentum, "config.optim.momentum")
-    if not 0 <= momentum < 1:
-        raise ConfigError(f"config.optim.momentum must be in [0, 1); got {momentum}")
-    smoothing = _number(optim.label_smoothing, "config.optim.label_smoothing")
-    if not 0 <= smoothing < 1:
-        raise ConfigError(f"config.optim.label_smoothing must be in [0, 1); got {smoothing}")
-    alpha = _number(augment.mixup_alpha, "config.augment.mixup_alpha")
-    if alpha < 0:
-        raise ConfigError(f"config.augment.mixup_alpha must be >= 0 (0 = off); got {alpha}")
-    return {
-        "learning_rate": lr,
-        "weight_decay": wd,
-        "momentum": momentum,
-        "label_smoothing": smoothing,
-        "mixup_alpha": alpha,
-    }
 
 
 def _check_lengths(steps_per_epoch: int, num_epochs: int) -> tuple[int, int]:
@@ -204,6 +173,27 @@ def _kernel_mask(params):
     return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
 
 
+def _static_choices(optim_config) -> tuple[str, str, bool, float]:
+    """(optimizer, weight-decay mode, nesterov, clip norm), validated."""
+    name = _choice(optim_config.name, "config.optim.name", OPTIMIZERS)
+    mode = _choice(
+        optim_config.weight_decay_mode, "config.optim.weight_decay_mode", WEIGHT_DECAY_MODES
+    )
+    nesterov = bool(optim_config.nesterov)
+    if nesterov and name != "sgd":
+        raise ConfigError(f"config.optim.nesterov applies to sgd only; got optimizer {name!r}")
+    clip = _number(optim_config.grad_clip_norm, "config.optim.grad_clip_norm")
+    if clip < 0:
+        raise ConfigError(f"config.optim.grad_clip_norm must be >= 0 (0 = off); got {clip}")
+    return name, mode, nesterov, clip
+
+
+def check_config(optim_config, *, steps_per_epoch: int, num_epochs: int) -> None:
+    """Every static check of `config.optim`, the choices and the schedule reported together."""
+    checks.all_of(lambda: _static_choices(optim_config),
+                  lambda: make_schedule(optim_config, steps_per_epoch=steps_per_epoch, num_epochs=num_epochs))
+
+
 def make_optimizer(
     optim_config,
     hparams: Mapping[str, jax.typing.ArrayLike] | None = None,
@@ -220,16 +210,7 @@ def make_optimizer(
         `momentum`; other keys are ignored.
       steps_per_epoch, num_epochs: the run's length, for the schedule.
     """
-    name = _choice(optim_config.name, "config.optim.name", OPTIMIZERS)
-    mode = _choice(
-        optim_config.weight_decay_mode, "config.optim.weight_decay_mode", WEIGHT_DECAY_MODES
-    )
-    nesterov = bool(optim_config.nesterov)
-    if nesterov and name != "sgd":
-        raise ConfigError(f"config.optim.nesterov applies to sgd only; got optimizer {name!r}")
-    clip = _number(optim_config.grad_clip_norm, "config.optim.grad_clip_norm")
-    if clip < 0:
-        raise ConfigError(f"config.optim.grad_clip_norm must be >= 0 (0 = off); got {clip}")
+    name, mode, nesterov, clip = _static_choices(optim_config)
     shape = make_schedule(optim_config, steps_per_epoch=steps_per_epoch, num_epochs=num_epochs)
 
     hparams = dict(hparams or {})

@@ -47,6 +47,7 @@ import numpy as np
 import scipy.stats
 
 from cifar_jax import metrics
+from cifar_jax import results as results_lib
 
 SWEEP_FILE = "sweep.json"
 ALPHA = 0.05
@@ -219,23 +220,16 @@ def run_curves(rows: list[dict[str, Any]], run_ids: list[int]) -> dict[str, np.n
     return curves
 
 
-def add_best_epoch(runs: list[dict[str, Any]], curves: dict[str, np.ndarray]) -> None:
-    """Adds best_val_{accuracy,loss,macro_f1} and best_epoch at each run's highest val accuracy.
+def add_best_epoch(runs: list[dict[str, Any]], curves: dict[str, np.ndarray], metric: str = "val_accuracy") -> None:
+    """Adds best_epoch and best_val_{accuracy,loss,macro_f1} at each run's best epoch by `metric`
+    (the run's checkpoint.best_metric), the same rule as results.json and the best checkpoint.
 
     From metrics.jsonl when it has the epochs; otherwise keeps what results.json already holds.
     """
-    accuracy = curves.get("val_accuracy")
-    if accuracy is None or not accuracy.size:
-        return
+    best = results_lib.best_epoch_metrics(curves, metric)
     for i, run in enumerate(runs):
-        column = accuracy[:, i]
-        if np.all(np.isnan(column)):
-            continue
-        best = int(np.nanargmax(column))
-        run["best_epoch"] = best + 1
-        for name in ("val_accuracy", "val_loss", "val_macro_f1"):
-            if name in curves:
-                run[f"best_{name}"] = float(curves[name][best, i])
+        if best and not np.all(np.isnan(np.asarray(curves[metric])[:, i])):
+            run.update({name: (int if name == "best_epoch" else float)(values[i]) for name, values in best.items()})
 
 
 def load_group(workdir: str, group: dict[str, Any]) -> list[Setting] | None:
@@ -253,7 +247,7 @@ def load_group(workdir: str, group: dict[str, Any]) -> list[Setting] | None:
         indices = [i for i, stored in enumerate(stored_settings) if _matches(spec["grid"], stored)]
         runs = [dict(run) for run in results["runs"] if run.get("setting", 0) in indices]
         curves = run_curves([r for r in rows if r.get("setting", 0) in indices], [run["run"] for run in runs])
-        add_best_epoch(runs, curves)
+        add_best_epoch(runs, curves, results.get("best_metric", "val_accuracy"))
         settings.append(Setting(label=spec["label"], group=group["name"], stage=group["stage"],
                                 values=dict(spec["values"]), runs=runs, curves=curves))
     return settings

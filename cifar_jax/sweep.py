@@ -41,13 +41,13 @@ from typing import Any, Callable, Mapping, Sequence
 
 import ml_collections
 
-from cifar_jax import optim, report, train
+from cifar_jax import report, runs, train
 from cifar_jax import workdir as workdir_lib
 from cifar_jax.errors import CheckpointError, ConfigError
 
 KINDS = ("grid", "zip", "one_factor")
-# Config field -> the name of the traced hyperparameter (`train.TRACED_HPARAMS`) that overrides it.
-TRACED_FIELDS = {field: name for name, field in train.TRACED_HPARAMS.items()}
+# Config field -> the name of the traced hyperparameter (`runs.TRACED_HPARAMS`) that overrides it.
+TRACED_FIELDS = {field: name for name, field in runs.TRACED_HPARAMS.items()}
 SWEEP_FILE = report.SWEEP_FILE
 
 
@@ -303,12 +303,10 @@ def _check_traced_value(config: ml_collections.ConfigDict, field: str, value: An
     """Traced values skip the config's own checks (they go into hparam_grid): check them here."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise ConfigError(f"sweep.axes: {field}={value!r} must be a number")
-    if field == "model.dropout_rate":
-        if not 0 <= value < 1:
-            raise ConfigError(f"sweep.axes: model.dropout_rate={value} must be in [0, 1) "
-                              "(1.0 drops every unit: the network outputs a constant)")
-        return
-    optim.default_hparams(with_values(config, {field: float(value)}))  # the optimizer's own range checks
+    try:
+        runs.traced_values(with_values(config, {field: float(value)}))  # the run's own checks
+    except ConfigError as error:
+        raise ConfigError(f"sweep.axes: {error}") from None
 
 
 # ----------------------------------------------------------------------------- expansion
@@ -568,7 +566,6 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str,
             else:
                 print(f"sweep: group {i}/{len(groups)} {group.name}: {_describe(group)}", flush=True)
                 train_fn(group.config, group_dir)
-                _warn_without_folds(group, group_dir)
             finished.add(group.name)
         if spec.kind != "one_factor" or len(chosen) == len(spec.axes):
             break
@@ -580,14 +577,6 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str,
     paths = report.write_report(workdir)
     print(f"sweep: {paths['markdown']}", flush=True)
     return {"groups": [g.name for g in groups], "chosen": chosen, "report": paths}
-
-
-def _warn_without_folds(group: Group, group_dir: str) -> None:
-    """data.num_folds asks for cross-validation; say so when the training core ignored it."""
-    results = workdir_lib.load_json(group_dir, "results.json") or {}
-    if group.config.data.get("num_folds", 0) and not any("fold" in run for run in results.get("runs", [])):
-        print(f"sweep: warning: data.num_folds={group.config.data.num_folds} but {group.name}/results.json "
-              "has no folds: this training core does not cross-validate yet", flush=True)
 
 
 def _describe(group: Group) -> str:

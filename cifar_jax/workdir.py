@@ -25,8 +25,9 @@ CONFIG_FILE = "config.json"
 DATA_FILE = "data.json"  # image shape, class names, train size: what rebuilding the program needs
 # Fields that may change between a run and its resumption: how long, how often, where the data
 # lives, and how to execute or evaluate. Everything else defines the runs themselves.
-RESUMABLE_FIELDS = ("num_epochs", "log_every_epochs", "checkpoint_every_epochs", "eval_batch_size",
-                    "data.dir", "data.source", "data.tfds_data_dir", "eval.", "execution.",
+# (log_every_epochs: a removed field that workdirs of earlier versions still hold.)
+RESUMABLE_FIELDS = ("num_epochs", "progress_every_s", "log_every_epochs", "checkpoint_every_epochs",
+                    "eval_batch_size", "dev_run", "data.dir", "data.source", "data.tfds_data_dir", "eval.", "execution.",
                     "checkpoint.keep", "checkpoint.overwrite")
 # Held (flock) by the process writing into the workdir; stays when a run is moved aside.
 LOCK_FILE = ".lock"
@@ -67,6 +68,15 @@ def load_json(workdir: str, name: str) -> Any:
     except (OSError, ValueError) as error:
         raise CheckpointError(f"{path} cannot be read ({type(error).__name__}: {error}); restore it from a copy, "
                               "or pass another --workdir") from None
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a workdir was trained with (its config.json)."""
+    stored = load_json(workdir, CONFIG_FILE)
+    if stored is None:
+        raise CheckpointError(f"{workdir} holds no trained run (no {CONFIG_FILE}); "
+                              "train first with --mode=train or point --workdir at a run")
+    return ml_collections.ConfigDict(stored)
 
 
 def claim(workdir: str, config: ml_collections.ConfigDict, data_meta: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.num_epochs = 2
     config.batch_size = 128
     config.eval_batch_size = 1000
-    config.log_every_epochs = 1
+    config.progress_every_s = 5.0  # a progress line inside an epoch at most this often (0 = off)
     config.checkpoint_every_epochs = 1
     # True: check this config end to end in seconds (one epoch of a few batches, small splits,
     # <= 2 seeds, schedules squeezed into the epoch; see cifar_jax/dev_run.py). Train and sweep only.

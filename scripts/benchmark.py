@@ -33,7 +33,6 @@ gets `torch.set_num_threads(threads)`. Default: every core (2 on the development
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -165,24 +164,13 @@ def peak_matmul_flops(n: int = 2048, repeats: int = 7) -> float:
     return 2 * n**3 / best
 
 
-class _Captured(Exception):
-    pass
-
-
 def _train_steps_call(program, state, hparams, images, labels):
-    """The (abstract) arguments of the first `train_steps` call of an epoch, without running it."""
-    captured = {}
-
-    def capture(*args, **kwargs):
-        captured["args"] = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args)
-        captured["kwargs"] = kwargs
-        raise _Captured
-
-    try:
-        train.train_epoch(dataclasses.replace(program, train_steps=capture), state, hparams, images, labels, 1)
-    except _Captured:
-        pass
-    return captured["args"], captured["kwargs"]
+    """The (abstract) arguments of the first `train_steps` call of an epoch, as `train_epoch` makes them."""
+    num_runs = state.step.shape[0]
+    train_index = jnp.broadcast_to(jnp.arange(images.shape[0]), (num_runs, images.shape[0]))
+    batches = program.epoch_batches(state, jnp.int32(1), train_index)
+    args = (state, hparams, images, labels, batches, jnp.int32(0), train.zero_sums(num_runs, program.layer_names))
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args), {"length": program.plan.steps_per_call}
 
 
 def _synthetic(num_images: int, seed: int = 0):
@@ -193,11 +181,8 @@ def _synthetic(num_images: int, seed: int = 0):
 
 
 def _setup(config, num_train: int):
-    program = train.make_train(config, (32, 32, 3), 10, num_train)
-    grid = train.make_run_grid(config, 3)
-    hparams = jax.tree.map(jnp.asarray, grid.hparams)
-    state = program.init(train.run_keys(config.seed, grid.seed_index), hparams)
-    return program, hparams, state
+    setup = train.setup_runs(config, (32, 32, 3), 10, num_train)
+    return setup.program, setup.hparams, setup.state
 
 
 _FLOPS_CACHE: dict[tuple[str, int], float] = {}
@@ -268,8 +253,8 @@ def jax_cell(model: str, batch_size: int, num_seeds: int, steps: int, repeats: i
         need = (memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes
                 if memory is not None else 0)
         result = {"framework": "cifar_jax", "model": model, "batch_size": batch_size, "seeds": num_seeds,
-                  "steps": steps, "steps_per_call": program.steps_per_call,
-                  "runs_per_group": program.runs_per_group(config, num_seeds), "compile_s": compile_s,
+                  "steps": steps, "steps_per_call": program.plan.steps_per_call,
+                  "runs_per_group": min(program.plan.runs_per_group or num_seeds, num_seeds), "compile_s": compile_s,
                   "step_memory_gb": need / 2**30}
         if max_bytes and need > max_bytes:
             result["skipped"] = f"the compiled step needs {need / 2**30:.1f} GB > {max_bytes / 2**30:.1f} GB"
@@ -364,7 +349,7 @@ def main(args, threads: int) -> dict:
 
     print(f"cifar_jax benchmark: jax {jax.__version__} ({jax.default_backend()}, {jax.devices()[0].device_kind}), "
           f"{threads} threads, {platform.processor() or platform.machine()}, python {platform.python_version()}")
-    print(f"execution defaults: conv_impl={execution.conv_impl('auto')}, steps_per_call=auto "
+    print(f"execution defaults: conv_impl={'patches' if jax.default_backend() == 'cpu' else 'xla'}, steps_per_call=auto "
           f"(CPU chunk {execution.CPU_STEPS_PER_CALL}), runs_per_group=auto (CPU: up to "
           f"{execution.CPU_STEP_BYTES_PER_GROUP / 2**20:.0f} MiB of step activations), buffer donation on")
     peak = peak_matmul_flops()

@@ -11,11 +11,11 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from cifar_jax import train  # noqa: E402
+from cifar_jax.splits import Splits, prepare_splits  # noqa: E402
 from configs import lenet_tutorial  # noqa: E402
 
 
@@ -30,15 +30,14 @@ def count_step_compiles() -> list[str]:
     return lowered
 
 
-def train_once(config, splits: train.Splits) -> np.ndarray:
+def train_once(config, splits: Splits) -> np.ndarray:
     """Trains every run of `config` for its epochs; returns the final validation accuracies."""
-    grid = train.make_run_grid(config, splits.image_shape[-1])
-    program = train.make_train(config, splits.image_shape, len(splits.class_names), splits.num_train)
-    hparams = jax.tree.map(jnp.asarray, grid.hparams)
-    state = program.init(train.run_keys(config.seed, grid.seed_index), hparams)
+    setup = train.setup_runs(config, splits.image_shape, len(splits.class_names), splits.num_train)
+    state = setup.state
     for epoch in range(1, config.num_epochs + 1):
-        state, _ = train.train_epoch(program, state, hparams, *splits.train, epoch)
-    return train.evaluate(program, state, hparams, *splits.eval["val"], config.eval_batch_size)["accuracy"]
+        state, _ = train.train_epoch(setup.program, state, setup.hparams, *splits.train, epoch)
+    return train.score_split(setup.program, state, setup.hparams, *splits.eval["val"],
+                             config.eval_batch_size)["accuracy"]
 
 
 def main() -> None:
@@ -54,7 +53,7 @@ def main() -> None:
     config.data.dir, config.data.train_limit = args.data_dir, args.train_limit
     config.data.val_size = float(args.train_limit // 5)
     config.batch_size, config.num_epochs, config.num_seeds = args.batch_size, 1, args.seeds
-    splits = train.prepare_splits(config)
+    splits = prepare_splits(config.data)
     compiles = count_step_compiles()
 
     grid_config = config.copy_and_resolve_references()

@@ -4,12 +4,12 @@ import os
 import subprocess
 import sys
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from cifar_jax import train
+from cifar_jax.splits import Examples, Splits
 from configs import test as test_config
 
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
@@ -23,16 +23,16 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=600)
 
 
-def synthetic_splits(num_train: int = 256, num_eval: int = 128) -> train.Splits:
+def synthetic_splits(num_train: int = 256, num_eval: int = 128) -> Splits:
     """Class-dependent blobs, so a few steps of training visibly learn."""
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 10, num_train + num_eval)
     images = rng.integers(0, 20, (num_train + num_eval, 12, 12, 1)) + (labels * 24)[:, None, None, None]
     images = jnp.asarray(images.astype(np.uint8))
     labels = jnp.asarray(labels.astype(np.int32))
-    return train.Splits(train=(images[:num_train], labels[:num_train]),
-                        eval={"val": (images[num_train:], labels[num_train:])},
-                        image_shape=(12, 12, 1), class_names=tuple(str(i) for i in range(10)))
+    return Splits(train=Examples(images[:num_train], labels[:num_train]),
+                  eval={"val": Examples(images[num_train:], labels[num_train:])},
+                  image_shape=(12, 12, 1), class_names=tuple(str(i) for i in range(10)))
 
 
 def tiny_config(**overrides):
@@ -52,13 +52,11 @@ def tiny_config(**overrides):
     return config
 
 
-def train_runs(config, splits: train.Splits, seed_index=None, epochs: int = 2):
+def train_runs(config, splits: Splits, seed_index=None, epochs: int = 2):
     """Trains the runs of `config` (optionally only some seeds) and returns (state, val metrics)."""
-    grid = train.make_run_grid(config, splits.image_shape[-1])
-    program = train.make_train(config, splits.image_shape, len(splits.class_names), splits.train[0].shape[0])
-    seeds = grid.seed_index if seed_index is None else np.asarray(seed_index)
-    hparams = jax.tree.map(lambda v: jnp.asarray(v[: len(seeds)]), grid.hparams)
-    state = program.init(train.run_keys(config.seed, seeds), hparams)
+    setup = train.setup_runs(config, splits.image_shape, len(splits.class_names), splits.num_train,
+                             seed_index=seed_index)
+    state = setup.state
     for epoch in range(1, epochs + 1):
-        state, _ = train.train_epoch(program, state, hparams, *splits.train, epoch)
-    return state, train.evaluate(program, state, hparams, *splits.eval["val"], 64)
+        state, _ = train.train_epoch(setup.program, state, setup.hparams, *splits.train, epoch)
+    return state, train.score_split(setup.program, state, setup.hparams, *splits.eval["val"], 64)

@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cifar_jax import data
+from cifar_jax import data, splits
 from cifar_jax.errors import ConfigError, DataError
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -589,17 +589,17 @@ def test_kfold_is_disjoint_covering_and_stratified():
 # --------------------------------------------------------------------------- normalization
 
 
-def test_normalize_matches_numpy_and_traces():
-    images = np.random.default_rng(0).integers(0, 256, (2, 4, 4, 3), dtype=np.uint8)
+def test_model_input_matches_numpy_and_traces():
+    images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 4, 4, 3), dtype=np.uint8))
     mean, std = data.normalization_constants((0.49, 0.48, 0.45), (0.25, 0.24, 0.26), 3)
-    expected = (images.astype(np.float64) / 255 - mean) / std
-    np.testing.assert_allclose(data.normalize(images, mean, std), expected, rtol=1e-5, atol=1e-5)
-    jitted = jax.jit(data.normalize)(jnp.asarray(images), jnp.asarray(mean), jnp.asarray(std))
+    expected = (np.asarray(images, np.float64) / 255 - mean) / std
+    # rtol 1e-5: float32 rounding of a division and a subtraction, against a float64 reference
+    np.testing.assert_allclose(splits.to_model_input(images, mean, std), expected, rtol=1e-5, atol=1e-5)
+    jitted = jax.jit(splits.to_model_input)(images, jnp.asarray(mean), jnp.asarray(std))
     assert jitted.dtype == jnp.float32
     np.testing.assert_allclose(jitted, expected, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(data.normalize(images, 0.5, 0.5), images / 127.5 - 1, atol=1e-5)
     with pytest.raises(TypeError, match="uint8"):
-        data.normalize(images.astype(np.float32), 0.5, 0.5)
+        splits.to_model_input(images.astype(jnp.float32), mean, std)
 
 
 def test_normalization_constants_broadcast_and_errors():

@@ -27,40 +27,42 @@ def test_chunk_length_divides_the_epoch_when_it_can():
     assert execution._chunk_length(1, 10) == 1
 
 
-def test_steps_per_call_rules(monkeypatch):
+def plan_for(config, backend: str, steps_per_epoch: int = 312, step_bytes: int = 21 * 2**20):
+    return execution.plan(config, steps_per_epoch=steps_per_epoch, backend=backend, step_bytes=lambda _: step_bytes)
+
+
+def test_plan_rules_per_backend():
     config = tiny_config()
-    config.execution.steps_per_call = 7
-    assert execution.steps_per_call(config, 100) == 7
-    assert execution.steps_per_call(config, 5) == 5
-    config.execution.steps_per_call = -1
-    with pytest.raises(ConfigError, match="steps_per_call"):
-        execution.steps_per_call(config, 100)
-    config.execution.steps_per_call = 0
-    monkeypatch.setattr(execution, "backend", lambda: "cpu")
-    config.model.conv_impl = "patches"
-    assert execution.steps_per_call(config, 312) == 8
+    cpu, gpu = plan_for(config, "cpu"), plan_for(config, "gpu")
+    assert (cpu.conv_impl, cpu.compute_dtype, cpu.steps_per_call) == ("patches", "float32", 8)  # 312 = 39 x 8
+    assert (gpu.conv_impl, gpu.compute_dtype, gpu.steps_per_call, gpu.runs_per_group) == ("xla", "bfloat16", 312, None)
     config.model.conv_impl = "xla"  # XLA:CPU convolutions are slow inside loop bodies
-    assert execution.steps_per_call(config, 312) == 1
-    monkeypatch.setattr(execution, "backend", lambda: "gpu")
-    assert execution.steps_per_call(config, 312) == 312
+    assert plan_for(config, "cpu").steps_per_call == 1
+    config.execution.steps_per_call = 7
+    assert plan_for(config, "cpu", steps_per_epoch=100).steps_per_call == 7
+    assert plan_for(config, "tpu", steps_per_epoch=5).steps_per_call == 5
+    config.execution.compute_dtype = "float32"
+    assert plan_for(config, "gpu").compute_dtype == "float32"
 
 
-def test_runs_per_group_rules(monkeypatch):
+def test_runs_per_group_rules():
     config = tiny_config()
-    monkeypatch.setattr(execution, "backend", lambda: "cpu")
     mib = 2**20
-    assert execution.runs_per_group(config, 32, bytes_per_run=21 * mib) == 12  # LeNet, batch 128
-    assert execution.runs_per_group(config, 8, bytes_per_run=21 * mib) == 8
-    assert execution.runs_per_group(config, 8, bytes_per_run=414 * mib) == 1  # fifth study's CNN
-    assert execution.runs_per_group(config, 8) == 8  # unknown size: one vmap
+    assert plan_for(config, "cpu", step_bytes=21 * mib).runs_per_group == 12  # LeNet, batch 128
+    assert plan_for(config, "cpu", step_bytes=414 * mib).runs_per_group == 1  # fifth study's CNN
+    assert plan_for(config, "tpu", step_bytes=414 * mib).runs_per_group is None  # all runs in one vmap
     config.execution.runs_per_group = 3
-    assert execution.runs_per_group(config, 8, bytes_per_run=414 * mib) == 3
-    config.execution.runs_per_group = 0
-    monkeypatch.setattr(execution, "backend", lambda: "tpu")
-    assert execution.runs_per_group(config, 32, bytes_per_run=414 * mib) == 32
-    config.execution.runs_per_group = -2
-    with pytest.raises(ConfigError, match="runs_per_group"):
-        execution.runs_per_group(config, 8)
+    assert plan_for(config, "cpu", step_bytes=414 * mib).runs_per_group == 3
+
+
+@pytest.mark.parametrize("field, value", [("execution.steps_per_call", -1), ("execution.runs_per_group", -2),
+                                          ("execution.compute_dtype", "float16"), ("model.conv_impl", "cudnn")])
+def test_bad_execution_fields_are_refused_by_name(field, value):
+    config = tiny_config()
+    section, name = field.split(".")
+    config[section][name] = value
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        plan_for(config, "cpu")
 
 
 def test_residual_bytes_counts_what_the_backward_pass_keeps():
@@ -72,30 +74,20 @@ def test_residual_bytes_counts_what_the_backward_pass_keeps():
     assert deeper > linear  # and the hidden activations
 
 
-def test_program_sizes_run_groups_from_its_step_activations(monkeypatch):
+def test_program_sizes_run_groups_from_its_step_activations():
     """The auto rule on CPU: the fifth study's CNN at batch 128 keeps ~414 MiB per run (one run
     per step), LeNet at batch 128 ~21 MiB (several runs vmapped together)."""
     from configs import cnn_bn_dropout, lenet_tutorial
-    monkeypatch.setattr(execution, "backend", lambda: "cpu")
-    sizes = {}
+    groups = {}
     for name, module in [("lenet", lenet_tutorial), ("cnn", cnn_bn_dropout)]:
         config = module.get_config()
         config.batch_size = 128
-        program = train.make_train(config, (32, 32, 3), 10, num_train=1024)
-        sizes[name] = (program.step_residual_bytes / 2**20, program.runs_per_group(config, 32))
-    assert 15 < sizes["lenet"][0] < 30 and 8 <= sizes["lenet"][1] <= 16
-    assert 300 < sizes["cnn"][0] < 500 and sizes["cnn"][1] == 1
+        groups[name] = train.make_train(config, (32, 32, 3), 10, num_train=1024, backend="cpu").plan.runs_per_group
+    assert 8 <= groups["lenet"] <= 16  # 256 MiB / 15-30 MiB
+    assert groups["cnn"] == 1
     config.execution.runs_per_group = -1  # refused when the program is built, before any training
     with pytest.raises(ConfigError, match="runs_per_group"):
         train.make_train(config, (32, 32, 3), 10, num_train=1024)
-
-
-def test_conv_impl_rules():
-    assert execution.conv_impl("xla") == "xla"
-    assert execution.conv_impl("patches") == "patches"
-    assert execution.conv_impl("auto") == ("patches" if jax.default_backend() == "cpu" else "xla")
-    with pytest.raises(ConfigError, match="conv_impl"):
-        execution.conv_impl("cudnn")
 
 
 # ----------------------------------------------------------------------------- equivalences
@@ -233,7 +225,7 @@ def test_enable_compilation_cache(tmp_path, monkeypatch, restore_cache_config):
     assert execution.enable_compilation_cache(str(workdir)) is None
 
 
-def test_bfloat16_compute_keeps_float32_state_and_close_outputs(monkeypatch):
+def test_bfloat16_compute_keeps_float32_state_and_close_outputs():
     """Mixed precision (auto on GPU/TPU, chosen here explicitly): convolutions and dense layers
     compute in bfloat16; parameters, batch statistics and the loss stay float32. The same
     initial weights give a validation loss within bfloat16's ~3 significant digits of float32's,
@@ -252,11 +244,4 @@ def test_bfloat16_compute_keeps_float32_state_and_close_outputs(monkeypatch):
     assert {leaf.dtype for leaf in jax.tree.leaves(state.params)} == {jnp.dtype(jnp.float32)}
     batch_stats = jax.tree.leaves(nnx.state(state.model_state, nnx.BatchStat))
     assert batch_stats and {leaf.dtype for leaf in batch_stats} == {jnp.dtype(jnp.float32)}
-    monkeypatch.setattr(execution, "backend", lambda: "gpu")
-    assert execution.compute_dtype(tiny_config()) == "bfloat16"
-    monkeypatch.setattr(execution, "backend", lambda: "cpu")
-    assert execution.compute_dtype(tiny_config()) == "float32"
-    config = tiny_config()
-    config.execution.compute_dtype = "float16"
-    with pytest.raises(ConfigError, match="compute_dtype"):
-        execution.compute_dtype(config)
+

@@ -260,11 +260,11 @@ def test_conv_output_size_and_torch_padding():
     assert layers.conv_output_size(9, 3, 2, "SAME") == 5
 
 
-def test_resolve_conv_impl():
-    assert layers.resolve_conv_impl("auto", "cpu") == "patches"
-    assert layers.resolve_conv_impl("auto", "gpu") == "xla"
-    assert layers.resolve_conv_impl("auto", "tpu") == "xla"
-    assert layers.resolve_conv_impl("xla", "cpu") == "xla"
+def test_compute_refuses_unknown_choices():
+    with pytest.raises(ValueError, match="conv_impl"):
+        layers.Compute("auto")  # execution.plan resolves 'auto' before a model is built
+    with pytest.raises(ValueError, match="dtype"):
+        layers.Compute("xla", "float16")
 
 
 def test_model_conv_impls_agree_vmapped():
@@ -489,7 +489,7 @@ def test_block_fused_branches_equal_separate_branches():
     def run(x):
         blk = block_lib.Block(
             3, 4, 3, gate="softmax", activation="relu", dropout=None, bn_momentum=0.9,
-            init="torch_default", dense_init="torch_default", conv_impl="xla", rngs=rbg_rngs())
+            init="torch_default", dense_init="torch_default", compute=layers.Compute(), rngs=rbg_rngs())
         blk.eval()
         kernel, bias = blk.conv.kernel[...], blk.conv.bias[...]
         gate = jax.nn.softmax(jnp.mean(x, axis=(1, 2)) @ blk.gate.kernel[...] + blk.gate.bias[...])

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cifar_jax import losses, optim
+from cifar_jax import losses, optim, runs
 from cifar_jax.errors import ConfigError
 from configs import default
 
@@ -330,17 +330,18 @@ def test_bad_static_config_raises_config_error(overrides, field):
         optim.make_optimizer(optim_config(**overrides), steps_per_epoch=10, num_epochs=2)
 
 
-def test_default_hparams():
+def test_traced_values_are_validated_by_field():
     config = get_config()
     config.optim.label_smoothing = 0.1
     config.augment.mixup_alpha = 0.2
-    hp = optim.default_hparams(config)
+    hp = runs.traced_values(config)
     assert hp == {
         "learning_rate": 1e-3,
         "weight_decay": 0.0,
         "momentum": 0.9,
         "label_smoothing": 0.1,
         "mixup_alpha": 0.2,
+        "dropout_rate": 0.0,
     }
     for section, field, value in [
         ("optim", "learning_rate", 0.0),
@@ -351,8 +352,8 @@ def test_default_hparams():
     ]:
         bad = get_config()
         setattr(bad[section], field, value)
-        with pytest.raises(ConfigError, match=f"config.{section}.{field}"):
-            optim.default_hparams(bad)
+        with pytest.raises(ConfigError, match=f"^{section}.{field}="):
+            runs.traced_values(bad)
 
 
 def test_hparams_fall_back_to_config_values():

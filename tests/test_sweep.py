@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cifar_jax import report, sweep, train
+from cifar_jax import report, runs, sweep, train
 from cifar_jax import workdir as workdir_lib
 from cifar_jax.errors import CheckpointError, ConfigError
 from configs import default
@@ -162,7 +162,7 @@ def test_traced_axes_are_one_group_with_the_whole_hparam_grid():
     for group in groups:
         assert dict(group.config.hparam_grid) == {"learning_rate": (1e-3, 1e-2, 1e-1), "momentum": (0.0, 0.9)}
         assert len(group.settings) == 6
-        assert train.make_run_grid(group.config, 3).num_runs == 6 * config.num_seeds  # the trainer agrees
+        assert runs.make_run_grid(group.config, 3).num_runs == 6 * config.num_seeds  # the trainer agrees
 
 
 def test_traced_only_sweep_is_a_single_group():
@@ -232,10 +232,10 @@ def test_hparam_grid_in_a_sweep_config_is_refused():
 
 
 def test_traced_fields_are_the_trainers():
-    assert set(sweep.TRACED_FIELDS.values()) == set(train.TRACED_HPARAMS)
+    assert set(sweep.TRACED_FIELDS.values()) == set(runs.TRACED_HPARAMS)
     config = default.get_config()
     for field, name in sweep.TRACED_FIELDS.items():
-        assert sweep.get_field(config, field) == train.base_hparams(config, 3)[name]
+        assert sweep.get_field(config, field) == runs.traced_values(config)[name]
 
 
 @pytest.mark.parametrize("name, count", [("lenet_batch_size", 6), ("lenet_lr", 1), ("three_layer_grid", 16),

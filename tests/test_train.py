@@ -2,13 +2,25 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 
-from cifar_jax import train
-from helpers import needs_fashion_mnist, run_cli, synthetic_splits, tiny_config, train_runs
+from cifar_jax import evaluation, results, runs, splits as splits_lib, train
+from cifar_jax import workdir as workdir_lib
+from cifar_jax.errors import ConfigError
+from configs import test as test_config
+from helpers import REPO, needs_fashion_mnist, run_cli, synthetic_splits, tiny_config, train_runs
+
+
+def test_config_small():
+    """configs/test.py at a size that trains in seconds: 600 images, 1 seed."""
+    config = test_config.get_config()
+    config.num_seeds, config.data.train_limit, config.data.val_size, config.data.test_limit = 1, 800, 200.0, 200
+    return config
 
 
 @needs_fashion_mnist
@@ -75,7 +87,7 @@ def test_learning_rate_grid_is_one_program_equal_to_separate_runs():
     rates = (0.01, 0.05, 0.2)
     config = tiny_config(num_seeds=1)
     config.hparam_grid.learning_rate = rates
-    grid = train.make_run_grid(config, 1)
+    grid = runs.make_run_grid(config, 1)
     np.testing.assert_allclose(grid.hparams["learning_rate"], rates)
     _, together = train_runs(config, splits)
     for i, rate in enumerate(rates):
@@ -86,8 +98,8 @@ def test_learning_rate_grid_is_one_program_equal_to_separate_runs():
 def test_unknown_grid_axis_is_a_config_error():
     config = tiny_config()
     config.hparam_grid.batch_size = (4, 8)
-    with pytest.raises(train.ConfigError, match="hparam_grid.batch_size"):
-        train.make_run_grid(config, 1)
+    with pytest.raises(ConfigError, match="hparam_grid.batch_size"):
+        runs.make_run_grid(config, 1)
 
 
 @needs_fashion_mnist
@@ -96,18 +108,25 @@ def test_kfold_runs_are_one_program_with_fresh_init_per_fold(tmp_path):
     result = run_cli("--config", "configs/test.py", "--workdir", str(workdir), "--config.num_seeds=1",
                      "--config.data.num_folds=3", "--config.data.train_limit=1500")
     assert result.returncode == 0, result.stderr[-3000:]
-    runs = json.loads((workdir / "results.json").read_text())["runs"]
-    assert [run["fold"] for run in runs] == [0, 1, 2]
-    assert len({run["val_accuracy"] for run in runs}) == 3
-    assert all(run["val_accuracy"] > 0.3 for run in runs)  # chance is 0.1; 31 steps of training
-    # each fold validated on its own third of the 1,500-image pool (the confusion counts its examples)
-    keys = train.run_keys(0, np.zeros(3, int), np.arange(3))
+    fold_runs = json.loads((workdir / "results.json").read_text())["runs"]
+    assert [run["fold"] for run in fold_runs] == [0, 1, 2]
+    assert len({run["val_accuracy"] for run in fold_runs}) == 3
+    assert all(run["val_accuracy"] > 0.3 for run in fold_runs)  # chance is 0.1; 31 steps of training
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [np.sum(row["val_confusion"]) for row in rows] == [500, 500, 500]  # each fold's own third
+    keys = runs.run_keys(0, np.zeros(3, int), np.arange(3))
     assert len({tuple(np.asarray(k)) for k in keys}) == 3
+    # --mode=eval on val scores each fold on its own held-out third: training's own numbers come back
+    config = workdir_lib.load_config(str(workdir))
+    config.eval.split = "val"
+    report = evaluation.run_eval(config, str(workdir))
+    assert [run["accuracy"] for run in report["runs"]] == [run["val_accuracy"] for run in fold_runs]
+    assert [np.sum(run["confusion"]) for run in report["runs"]] == [500, 500, 500]
 
 
 def test_fold_arrays_partition_the_pool():
     labels = np.repeat(np.arange(10), 7)
-    train_index, val_mask = train._fold_arrays(labels, 3, seed=0)
+    train_index, val_mask = splits_lib.fold_arrays(labels, 3, seed=0)
     np.testing.assert_array_equal(val_mask.sum(axis=0), np.ones(70))  # every example validated exactly once
     for fold in range(3):
         assert not set(train_index[fold]) & set(np.flatnonzero(val_mask[fold]))  # never trained on its own fold
@@ -124,19 +143,19 @@ def test_dropout_rate_grid_builds_dropout_layers_and_rejects_models_without_them
     assert rates and all(np.allclose(np.asarray(rate), [0.0, 0.5]) for rate in rates)
     assert result["loss"][0] != result["loss"][1]
     config.model.dropout_placement = "none"
-    with pytest.raises(train.ConfigError, match="dropout_placement"):
+    with pytest.raises(ConfigError, match="dropout_placement"):
         train.make_train(config, splits.image_shape, 10, 256)
 
 
 def test_grid_values_get_the_config_checks():
     config = tiny_config()
     config.hparam_grid.learning_rate = (0.1, -1.0)
-    with pytest.raises(train.ConfigError, match="learning_rate"):
-        train.make_run_grid(config, 1)
+    with pytest.raises(ConfigError, match="learning_rate"):
+        runs.make_run_grid(config, 1)
     config = tiny_config()
     config.hparam_grid.dropout_rate = (0.5, 1.0)
-    with pytest.raises(train.ConfigError, match="dropout_rate"):
-        train.make_run_grid(config, 1)
+    with pytest.raises(ConfigError, match="dropout_rate"):
+        runs.make_run_grid(config, 1)
 
 
 def test_a_diverging_run_is_marked_and_the_others_carry_on():
@@ -146,6 +165,73 @@ def test_a_diverging_run_is_marked_and_the_others_carry_on():
     state, result = train_runs(config, splits, epochs=1)
     assert np.asarray(state.diverged).tolist() == [False, True]
     assert np.isfinite(result["loss"][0]) and result["accuracy"][0] > 0.2
-    record = train._epoch_record(train.EpochSums(*(np.ones(2),) * 5, grad_norm={}), {"val": result},
-                                 np.asarray(state.diverged))
+    record = results.epoch_record(train.EpochSums(*(np.ones(2),) * 5, grad_norm={})._asdict(), {"val": result},
+                                  np.asarray(state.diverged))
     assert np.isnan(record["val_accuracy"][1]) and not np.isnan(record["val_accuracy"][0])
+
+
+# A wrong value in any static field must be refused before the workdir is touched, so the
+# corrected rerun is never mistaken for "a run of another config".
+STATIC_TYPOS = [("optim.name", "adamm"), ("optim.schedule", "cosinus"), ("optim.weight_decay_mode", "both"),
+                ("optim.warmup_epochs", 5.0), ("optim.grad_clip_norm", -1.0), ("augment.crop_mode", "mirror"),
+                ("augment.crop_padding", -2), ("augment.hue", 0.7), ("execution.steps_per_call", -1),
+                ("execution.compute_dtype", "float16"), ("model.conv_impl", "cudnn"), ("model.activation", "swish2")]
+
+
+@needs_fashion_mnist
+def test_bad_static_fields_leave_the_workdir_untouched_and_the_fix_runs(tmp_path):
+    workdir = str(tmp_path / "run")
+    for field, value in STATIC_TYPOS:
+        config = test_config_small()
+        config.optim.schedule = "warmup_cosine" if field == "optim.warmup_epochs" else config.optim.schedule
+        section, name = field.split(".")
+        config[section][name] = value
+        with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+            train.train_and_evaluate(config, workdir)
+        assert not os.path.exists(workdir), field
+    results_json = train.train_and_evaluate(test_config_small(), workdir)
+    assert results_json["num_runs"] == 1
+
+
+@needs_fashion_mnist
+def test_every_inconsistent_field_is_reported_in_one_round(tmp_path):
+    config = test_config_small()
+    config.data.val_size = 10000.0  # more than the 600 training images
+    config.optim.schedule, config.optim.warmup_epochs = "warmup_cosine", 5.0  # longer than the run
+    config.optim.name = "adamm"
+    with pytest.raises(ConfigError) as error:
+        train.train_and_evaluate(config, str(tmp_path / "run"))
+    message = str(error.value)
+    assert all(field in message for field in ("val_size", "warmup_epochs", "optim.name")), message
+
+
+def test_config_loader_imports_neither_clu_nor_tensorflow():
+    code = ("import sys; from cifar_jax import workdir_config, workdir; from configs import block_cnn; "
+            "block_cnn.get_config(); print(sorted(m for m in ('clu', 'tensorflow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stderr[-2000:]
+
+
+def test_config_checks_report_the_field_uniformly():
+    config = tiny_config()
+    config.optim.learning_rate = 0.0
+    with pytest.raises(ConfigError, match=r"^optim\.learning_rate=0\.0 must be > 0$"):
+        runs.run_hparams(config, 1)
+    config.optim.learning_rate = float("nan")
+    with pytest.raises(ConfigError, match=r"^optim\.learning_rate=nan must be a finite number$"):
+        runs.run_hparams(config, 1)
+
+
+def test_train_step_applies_augmentation_mixup_and_smoothing_inside_the_step():
+    """The step's data path: with crop+flip, mixup and label smoothing on, training differs from
+    the plain step, each switch changes the result, and turning them off gives back the plain step."""
+    splits = synthetic_splits(num_train=64, num_eval=32)
+    variants = {"plain": {}, "augment": {"augment.crop_padding": 2, "augment.flip": True},
+                "mixup": {"augment.mixup_alpha": 0.4}, "smoothing": {"optim.label_smoothing": 0.2}}
+    losses = {}
+    for name, overrides in variants.items():
+        _, result = train_runs(tiny_config(num_seeds=1, **overrides), splits, epochs=1)
+        losses[name] = float(result["loss"][0])
+    assert len(set(losses.values())) == len(losses), losses  # every switch reaches the step
+    _, again = train_runs(tiny_config(num_seeds=1, **{"augment.mixup_alpha": 0.0}), splits, epochs=1)
+    assert float(again["loss"][0]) == losses["plain"]

@@ -17,7 +17,7 @@ from flax import nnx
 
 from cifar_jax.errors import ConfigError
 from cifar_jax.models import block, cnn, mlp, resnet
-from cifar_jax.models.layers import Dropout, DropoutRate, resolve_conv_impl
+from cifar_jax.models.layers import Compute, Dropout, DropoutRate
 
 _REGISTRY: dict[str, tuple[Callable[..., nnx.Module], Callable[..., None]]] = {
     "cnn": (cnn.CNN, cnn.validate),
@@ -28,7 +28,7 @@ _REGISTRY: dict[str, tuple[Callable[..., nnx.Module], Callable[..., None]]] = {
 MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 
 __all__ = ["MODEL_NAMES", "create_model", "validate_model_config", "Dropout", "DropoutRate",
-           "resolve_conv_impl"]
+           "Compute"]
 
 
 def _lookup(model_config: Any):
@@ -45,7 +45,13 @@ def validate_model_config(model_config: Any, input_shape: tuple[int, int, int],
 
 
 def create_model(model_config: Any, *, input_shape: tuple[int, int, int], num_classes: int,
-                 rngs: nnx.Rngs) -> nnx.Module:
-    """Build the model named by `model_config.name` (validating the config first)."""
-    return _lookup(model_config)[0](model_config, input_shape=tuple(input_shape),
-                                    num_classes=num_classes, rngs=rngs)
+                 rngs: nnx.Rngs, conv_impl: str | None = None, dtype: str = "float32") -> nnx.Module:
+    """Build the model named by `model_config.name` (validating the config first), computing
+    with `conv_impl` and `dtype` (training passes what `execution.plan` chose for the backend;
+    by default the config's own `conv_impl`, with 'auto' meaning XLA's convolution)."""
+    validate_model_config(model_config, input_shape, num_classes)
+    if conv_impl is None:
+        conv_impl = model_config.get("conv_impl", "auto")
+        conv_impl = "xla" if conv_impl == "auto" else conv_impl
+    return _lookup(model_config)[0](model_config, input_shape=tuple(input_shape), num_classes=num_classes,
+                                    rngs=rngs, compute=Compute(conv_impl, dtype))

@@ -67,14 +67,14 @@ def validate(cfg: Any, input_shape, num_classes: int) -> None:
 class Block(nnx.Module):
     def __init__(self, in_features: int, out_features: int, num_branches: int, *, gate: str,
                  activation: str, dropout: layers.Dropout | None, bn_momentum: float, init: str,
-                 dense_init: str, conv_impl: str, rngs: nnx.Rngs):
+                 dense_init: str, compute: layers.Compute, rngs: nnx.Rngs):
         self.num_branches = num_branches
         self.out_features = out_features
         self.conv = layers.Conv2d(in_features, num_branches * out_features, 3, padding="SAME",
-                                  init=init, impl=conv_impl, rngs=rngs)
+                                  init=init, impl=compute.conv_impl, dtype=compute.dtype, rngs=rngs)
         self.activation = activation
         self.dropout = dropout
-        self.gate = layers.Linear(in_features, num_branches, init=dense_init, rngs=rngs)
+        self.gate = layers.Linear(in_features, num_branches, init=dense_init, dtype=compute.dtype, rngs=rngs)
         self.gate_fn = gate
         self.bn = layers.BatchNorm(out_features, momentum=bn_momentum)
 
@@ -90,7 +90,8 @@ class Block(nnx.Module):
 
 
 class BlockCNN(nnx.Module):
-    def __init__(self, cfg: Any, *, input_shape, num_classes: int, rngs: nnx.Rngs):
+    def __init__(self, cfg: Any, *, input_shape, num_classes: int, rngs: nnx.Rngs,
+                 compute: layers.Compute = layers.Compute()):
         validate(cfg, input_shape, num_classes)
         rate = float(field(cfg, "dropout_rate", 0.0))
         placement = field(cfg, "dropout_placement", "none")
@@ -105,17 +106,17 @@ class BlockCNN(nnx.Module):
                 dropout=layers.maybe_dropout(rate, placement in ("conv", "all"), rngs),
                 bn_momentum=float(field(cfg, "bn_momentum", 0.9)),
                 init=field(cfg, "init", "torch_default"), dense_init=dense_init,
-                conv_impl=field(cfg, "conv_impl", "auto"), rngs=rngs))
+                compute=compute, rngs=rngs))
             c = int(f)
         self.classifier = nnx.List()
         for f in common.as_tuple(_get(cfg, "classifier_features")):
             self.classifier.append(layers.DenseLayer(
                 c, int(f), activation=activation, batch_norm=False, bn_momentum=0.9,
                 dropout=layers.maybe_dropout(rate, placement in ("dense", "all"), rngs),
-                init=dense_init, rngs=rngs))
+                init=dense_init, dtype=compute.dtype, rngs=rngs))
             c = int(f)
         self.head_dropout = layers.maybe_dropout(rate, placement == "head", rngs)
-        self.out = layers.Linear(c, num_classes, init=dense_init, rngs=rngs)
+        self.out = layers.Linear(c, num_classes, init=dense_init, dtype=compute.dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         for blk in self.blocks:

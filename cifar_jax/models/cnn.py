@@ -81,9 +81,9 @@ class ConvStage(nnx.Module):
     def __init__(self, in_features: int, out_features: int, kernel_size: int, strides: int, *,
                  padding: str, batch_norm: bool, bn_momentum: float, activation: str,
                  dropout: layers.Dropout | None, pool: str, pool_size: int, init: str,
-                 conv_impl: str, rngs: nnx.Rngs):
-        self.conv = layers.Conv2d(in_features, out_features, kernel_size, strides=strides,
-                                  padding=padding, init=init, impl=conv_impl, rngs=rngs)
+                 compute: layers.Compute, rngs: nnx.Rngs):
+        self.conv = layers.Conv2d(in_features, out_features, kernel_size, strides=strides, padding=padding,
+                                  init=init, impl=compute.conv_impl, dtype=compute.dtype, rngs=rngs)
         self.bn = layers.BatchNorm(out_features, momentum=bn_momentum) if batch_norm else None
         self.activation = activation
         self.dropout = dropout
@@ -101,7 +101,8 @@ class ConvStage(nnx.Module):
 
 
 class CNN(nnx.Module):
-    def __init__(self, cfg: Any, *, input_shape, num_classes: int, rngs: nnx.Rngs):
+    def __init__(self, cfg: Any, *, input_shape, num_classes: int, rngs: nnx.Rngs,
+                 compute: layers.Compute = layers.Compute()):
         validate(cfg, input_shape, num_classes)
         stages, flat = conv_plan(cfg, input_shape)
         rate = float(field(cfg, "dropout_rate", 0.0))
@@ -115,7 +116,7 @@ class CNN(nnx.Module):
                       dropout=layers.maybe_dropout(rate, placement in ("conv", "all"), rngs),
                       pool=field(cfg, "pool", "max"), pool_size=int(field(cfg, "pool_size", 2)),
                       init=field(cfg, "init", "torch_default"),
-                      conv_impl=field(cfg, "conv_impl", "auto"), rngs=rngs)
+                      compute=compute, rngs=rngs)
             for s in stages
         ])
         dense_init = common.dense_init(cfg)
@@ -126,10 +127,10 @@ class CNN(nnx.Module):
                 width, int(f), activation=activation,
                 batch_norm=bool(field(cfg, "dense_batch_norm", False)), bn_momentum=momentum,
                 dropout=layers.maybe_dropout(rate, placement in ("dense", "all"), rngs),
-                init=dense_init, rngs=rngs))
+                init=dense_init, dtype=compute.dtype, rngs=rngs))
             width = int(f)
         self.head_dropout = layers.maybe_dropout(rate, placement == "head", rngs)
-        self.out = layers.Linear(width, num_classes, init=dense_init, rngs=rngs)
+        self.out = layers.Linear(width, num_classes, init=dense_init, dtype=compute.dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         for stage in self.stages:

@@ -71,7 +71,7 @@ def common_checks(cfg: Any, input_shape: Sequence[int], num_classes: int) -> Non
     choice("activation", field(cfg, "activation", "relu"), tuple(layers.ACTIVATIONS))
     choice("init", field(cfg, "init", "torch_default"), layers.INIT_SCHEMES)
     choice("dropout_placement", field(cfg, "dropout_placement", "none"), DROPOUT_PLACEMENTS)
-    choice("conv_impl", field(cfg, "conv_impl", "auto"), layers.CONV_IMPLS)
+    choice("conv_impl", field(cfg, "conv_impl", "auto"), ("auto", *layers.CONV_IMPLS))
     rate = field(cfg, "dropout_rate", 0.0)
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
         raise ConfigError(f"model.dropout_rate={rate!r} must be in [0, 1)")

@@ -6,7 +6,7 @@ Why own layers instead of `nnx.Conv` / `nnx.Linear` / `nnx.BatchNorm` / `nnx.Dro
 - `Conv2d` has two numerically equivalent implementations behind one switch (`conv_impl`):
   XLA's convolution, and im2col ("patches": kh*kw static slices + one matmul). Under `jax.vmap`
   over per-seed weights XLA:CPU turns convolutions into slow grouped convolutions, while the
-  patches form becomes batched matmuls (see DESIGN.md, "Known facts about the machines").
+  patches form becomes batched matmuls (measured: README, "Performance").
 - Initialisation follows the PyTorch formulas exactly (fan_in = kh*kw*in_channels for convs).
 - `BatchNorm` updates its running variance with the *unbiased* batch variance, as PyTorch does
   (Flax uses the biased one; the difference matters for BatchNorm1d at the tutorial's batch 4).
@@ -19,6 +19,7 @@ whole model by NNX's `model.train()` / `model.eval()`. Modules are built in trai
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 
@@ -49,17 +50,24 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 POOLS = ("max", "avg", "lp", "none")
 PADDINGS = ("VALID", "SAME")
-CONV_IMPLS = ("auto", "xla", "patches")
+CONV_IMPLS = ("xla", "patches")
+DTYPES = ("float32", "bfloat16")
 
 
-def resolve_conv_impl(impl: str, backend: str | None = None) -> str:
-    """'auto' -> 'patches' on CPU (vmapped XLA:CPU convolutions are slow), 'xla' elsewhere."""
-    if impl == "auto":
-        backend = backend or jax.default_backend()
-        return "patches" if backend == "cpu" else "xla"
-    if impl not in ("xla", "patches"):
-        raise ValueError(f"unknown conv implementation {impl!r}; use one of {CONV_IMPLS}")
-    return impl
+@dataclasses.dataclass(frozen=True)
+class Compute:
+    """How a model's convolutions and matmuls compute, fixed at construction (chosen per backend
+    by `cifar_jax.execution.plan`): the convolution formulation and the arithmetic dtype.
+    Parameters, batch norm and the loss stay float32 whatever `dtype` is."""
+
+    conv_impl: str = "xla"  # 'xla' | 'patches': the same numbers, different speed per backend
+    dtype: str = "float32"  # 'float32' | 'bfloat16'
+
+    def __post_init__(self):
+        if self.conv_impl not in CONV_IMPLS:
+            raise ValueError(f"conv_impl={self.conv_impl!r}; use one of {CONV_IMPLS}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype={self.dtype!r}; use one of {DTYPES}")
 
 
 # ----------------------------------------------------------------------------- init
@@ -238,22 +246,21 @@ class Conv2d(nnx.Module):
 
     impl='xla' calls `lax.conv_general_dilated`; impl='patches' pads, takes kh*kw strided static
     slices, concatenates them on the channel axis (order (i, j, c), matching the HWIO kernel
-    reshaped to (kh*kw*C, O)) and does one matmul. Both give the same numbers; 'auto' picks per
-    backend via `resolve_conv_impl`.
+    reshaped to (kh*kw*C, O)) and does one matmul. Both give the same numbers. `dtype` is the
+    arithmetic dtype: the float32 kernel is cast per call, so parameters stay float32.
     """
-
-    compute_dtype: str | None = None  # set by `set_compute_dtype`; None computes in the input's dtype
 
     def __init__(self, in_features: int, out_features: int, kernel_size, *, strides=1,
                  padding="VALID", use_bias: bool = True, init: str = "torch_default",
-                 impl: str = "auto", rngs: nnx.Rngs):
+                 impl: str = "xla", dtype: str = "float32", rngs: nnx.Rngs):
         kh, kw = _pair(kernel_size)
         self.kernel_size = (kh, kw)
         self.strides = _pair(strides)
         self.padding = padding if isinstance(padding, (str, int)) else tuple(map(tuple, padding))
         self.in_features = in_features
         self.out_features = out_features
-        self.impl = resolve_conv_impl(impl)
+        self.impl = Compute(impl, dtype).conv_impl
+        self.dtype = dtype
         fan_in, fan_out = kh * kw * in_features, kh * kw * out_features
         self.kernel = nnx.Param(init_kernel(rngs.params(), (kh, kw, in_features, out_features),
                                             init, fan_in, fan_out))
@@ -262,7 +269,7 @@ class Conv2d(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         pads = explicit_padding(self.padding, x.shape[-3:-1], self.kernel_size, self.strides)
-        x, kernel = _cast(self.compute_dtype, x, self.kernel[...])
+        x, kernel = _cast(self.dtype, x, self.kernel[...])
         if self.impl == "xla":
             y = lax.conv_general_dilated(x, kernel, self.strides, pads,
                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -274,11 +281,10 @@ class Conv2d(nnx.Module):
 class Linear(nnx.Module):
     """Dense layer, kernel (in, out), initialised like `Conv2d` (fan_in = in_features)."""
 
-    compute_dtype: str | None = None  # set by `set_compute_dtype`
-
     def __init__(self, in_features: int, out_features: int, *, use_bias: bool = True,
-                 init: str = "torch_default", rngs: nnx.Rngs):
+                 init: str = "torch_default", dtype: str = "float32", rngs: nnx.Rngs):
         self.in_features = in_features
+        self.dtype = Compute(dtype=dtype).dtype
         self.out_features = out_features
         self.kernel = nnx.Param(init_kernel(rngs.params(), (in_features, out_features), init,
                                             in_features, out_features))
@@ -286,25 +292,16 @@ class Linear(nnx.Module):
                      if use_bias else None)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x, kernel = _cast(self.compute_dtype, x, self.kernel[...])
+        x, kernel = _cast(self.dtype, x, self.kernel[...])
         return _add_bias(jnp.dot(x, kernel), self.bias)
 
 
-def _cast(dtype: str | None, *arrays: jax.Array) -> tuple[jax.Array, ...]:
-    return arrays if dtype is None else tuple(a.astype(dtype) for a in arrays)
+def _cast(dtype: str, *arrays: jax.Array) -> tuple[jax.Array, ...]:
+    return arrays if dtype == "float32" else tuple(a.astype(dtype) for a in arrays)
 
 
 def _add_bias(y: jax.Array, bias: nnx.Param | None) -> jax.Array:
     return y if bias is None else y + bias[...].astype(y.dtype)
-
-
-def set_compute_dtype(model: nnx.Module, dtype: str) -> None:
-    """Mixed precision: every convolution and dense layer of `model` computes in `dtype` (its
-    float32 kernel is cast per call, so parameters and their updates stay float32); batch norm
-    normalises in float32. Callers cast the logits back to float32 before the loss."""
-    for _, module in nnx.iter_modules(model):
-        if isinstance(module, (Conv2d, Linear)):
-            module.compute_dtype = None if dtype == "float32" else dtype
 
 
 class BatchNorm(nnx.Module):
@@ -430,8 +427,8 @@ class DenseLayer(nnx.Module):
 
     def __init__(self, in_features: int, out_features: int, *, activation: str,
                  batch_norm: bool, bn_momentum: float, dropout: Dropout | None, init: str,
-                 rngs: nnx.Rngs):
-        self.linear = Linear(in_features, out_features, init=init, rngs=rngs)
+                 dtype: str = "float32", rngs: nnx.Rngs):
+        self.linear = Linear(in_features, out_features, init=init, dtype=dtype, rngs=rngs)
         self.bn = BatchNorm(out_features, momentum=bn_momentum) if batch_norm else None
         self.activation = activation
         self.dropout = dropout

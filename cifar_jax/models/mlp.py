@@ -35,7 +35,8 @@ def validate(cfg: Any, input_shape, num_classes: int) -> None:
 
 
 class MLP(nnx.Module):
-    def __init__(self, cfg: Any, *, input_shape, num_classes: int, rngs: nnx.Rngs):
+    def __init__(self, cfg: Any, *, input_shape, num_classes: int, rngs: nnx.Rngs,
+                 compute: layers.Compute = layers.Compute()):
         validate(cfg, input_shape, num_classes)
         rate = float(field(cfg, "dropout_rate", 0.0))
         placement = field(cfg, "dropout_placement", "none")
@@ -48,10 +49,10 @@ class MLP(nnx.Module):
                 batch_norm=bool(field(cfg, "dense_batch_norm", False)),
                 bn_momentum=float(field(cfg, "bn_momentum", 0.9)),
                 dropout=layers.maybe_dropout(rate, placement in ("dense", "all"), rngs),
-                init=init, rngs=rngs))
+                init=init, dtype=compute.dtype, rngs=rngs))
             width = int(f)
         self.head_dropout = layers.maybe_dropout(rate, placement == "head", rngs)
-        self.out = layers.Linear(width, num_classes, init=init, rngs=rngs)
+        self.out = layers.Linear(width, num_classes, init=init, dtype=compute.dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.reshape(x.shape[0], -1)

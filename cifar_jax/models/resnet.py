@@ -34,8 +34,8 @@ def validate(cfg: Any, input_shape, num_classes: int) -> None:
 
 class BasicBlock(nnx.Module):
     def __init__(self, in_features: int, out_features: int, strides: int, *, bn_momentum: float,
-                 init: str, conv_impl: str, rngs: nnx.Rngs):
-        conv = dict(use_bias=False, init=init, impl=conv_impl, rngs=rngs)
+                 init: str, compute: layers.Compute, rngs: nnx.Rngs):
+        conv = dict(use_bias=False, init=init, impl=compute.conv_impl, dtype=compute.dtype, rngs=rngs)
         self.conv1 = layers.Conv2d(in_features, out_features, 3, strides=strides, padding=1, **conv)
         self.bn1 = layers.BatchNorm(out_features, momentum=bn_momentum)
         self.conv2 = layers.Conv2d(out_features, out_features, 3, padding=1, **conv)
@@ -57,13 +57,13 @@ class BasicBlock(nnx.Module):
 
 
 class ResNet18(nnx.Module):
-    def __init__(self, cfg: Any, *, input_shape, num_classes: int, rngs: nnx.Rngs):
+    def __init__(self, cfg: Any, *, input_shape, num_classes: int, rngs: nnx.Rngs,
+                 compute: layers.Compute = layers.Compute()):
         validate(cfg, input_shape, num_classes)
         momentum = float(field(cfg, "bn_momentum", 0.9))
         init = field(cfg, "init", "torch_default")
-        impl = field(cfg, "conv_impl", "auto")
         self.stem = layers.Conv2d(int(input_shape[2]), STAGES[0], 3, padding=1, use_bias=False,
-                                  init=init, impl=impl, rngs=rngs)
+                                  init=init, impl=compute.conv_impl, dtype=compute.dtype, rngs=rngs)
         self.stem_bn = layers.BatchNorm(STAGES[0], momentum=momentum)
         self.blocks = nnx.List()
         c = STAGES[0]
@@ -71,12 +71,12 @@ class ResNet18(nnx.Module):
             for j in range(BLOCKS_PER_STAGE):
                 strides = 2 if (i > 0 and j == 0) else 1
                 self.blocks.append(BasicBlock(c, f, strides, bn_momentum=momentum, init=init,
-                                              conv_impl=impl, rngs=rngs))
+                                              compute=compute, rngs=rngs))
                 c = f
         rate = float(field(cfg, "dropout_rate", 0.0))
         self.head_dropout = layers.maybe_dropout(
             rate, field(cfg, "dropout_placement", "none") == "head", rngs)
-        self.fc = layers.Linear(c, num_classes, init=common.dense_init(cfg), rngs=rngs)
+        self.fc = layers.Linear(c, num_classes, init=common.dense_init(cfg), dtype=compute.dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = jax.nn.relu(self.stem_bn(self.stem(x)))

@@ -1,0 +1,194 @@
+"""What a training job tells its user and its workdir while it runs.
+
+The first line says what will run; inside an epoch a progress line (steps, images/s, epoch and
+run ETA) appears every `progress_every_s` seconds (redrawn in place on a terminal, a plain line in
+logs); each epoch appends to metrics.jsonl and TensorBoard and prints one line; the end prints
+the per-setting summary and where the results went.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any, TextIO
+
+import jax
+import ml_collections
+import numpy as np
+
+from cifar_jax import metrics, results
+from cifar_jax.runs import RunGrid
+from cifar_jax.splits import Splits
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def clock(seconds: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(max(seconds, 0)))
+
+
+def devices_line() -> str:
+    devices = jax.devices()
+    kinds = sorted({d.platform for d in devices})
+    processes = jax.process_count()
+    return (f"{len(devices)} device{'s' if len(devices) > 1 else ''} ({', '.join(kinds)}) in {processes} "
+            f"process{'es' if processes > 1 else ''}")
+
+
+def describe_job(config: ml_collections.ConfigDict, grid: RunGrid, splits: Splits, workdir: str) -> str:
+    """The first line of a run: config, runs (seeds x settings x folds), devices, data, workdir."""
+    parts = [f"{grid.num_seeds} seeds", f"{len(grid.settings)} settings"] + (
+        [f"{grid.num_folds} folds"] if grid.num_folds > 1 else [])
+    sizes = ", ".join(f"{name} {examples.images.shape[0]:,}" for name, examples in
+                      {"train": splits.train, **splits.eval}.items())
+    return (f"{config.get('name', '') or 'config'}: {grid.num_runs} runs ({' x '.join(parts)}) on "
+            f"{devices_line()}; {config.data.name} {sizes}; {config.num_epochs} epochs; workdir {workdir}")
+
+
+def epoch_line(epoch: int, num_epochs: int, record: dict, diverged: np.ndarray, images_per_s: float,
+               eta_s: float) -> str:
+    split = "val" if "val_accuracy" in record else ("test" if "test_accuracy" in record else None)
+    parts = [f"epoch {epoch}/{num_epochs}", f"loss {np.nanmean(record['train_loss']):.3f}"]
+    if split:
+        parts.append(f"{split} acc {metrics.format_mean_std(record[f'{split}_accuracy'])}%"
+                     f" ({record[f'{split}_accuracy'].size} runs)")
+    if diverged.any():
+        parts.append(f"{int(diverged.sum())} diverged")
+    parts += [f"{images_per_s:,.0f} img/s", f"ETA {clock(eta_s)}"]
+    return "  ".join(parts)
+
+
+def summary_lines(summary: dict[str, Any], paths: dict[str, str]) -> list[str]:
+    """Final and best-epoch metrics per setting (mean ± 95% CI over seeds) and where they are."""
+    lines = []
+    names = [n for n in ("val_accuracy", "best_val_accuracy", "test_accuracy") if n in summary["summary"]]
+    for s, setting in enumerate(summary["settings"] or [{}]):
+        label = ", ".join(f"{k}={v:g}" for k, v in setting.items()) or "all runs"
+        stats = [_stat_text(name, summary["summary"][name][s]) for name in names]
+        lines.append(f"  {label}: " + "; ".join(stats))
+    lines += [f"  {name}: {path}" for name, path in paths.items() if path]
+    return ["done: " + (f"{summary['num_runs']} runs, {summary['num_epochs']} epochs, "
+                        f"{clock(summary['wall_time_s'])} wall")] + lines
+
+
+def _stat_text(name: str, stats: dict[str, float]) -> str:
+    if not stats["n"]:
+        return f"{name} n/a"
+    interval = "" if stats["n"] < 2 else f" (95% CI {stats['ci_low'] * 100:.2f}-{stats['ci_high'] * 100:.2f})"
+    return f"{name} {stats['mean'] * 100:.2f}%{interval} n={stats['n']}"
+
+
+class ProgressLine:
+    """A progress report at most every `every_s` seconds; in place on a terminal."""
+
+    def __init__(self, every_s: float, stream: TextIO | None = None):
+        self.every_s = every_s
+        self.stream = stream or sys.stdout
+        self.live = self.stream.isatty()
+        self.last = time.time()
+        self.drawn = False
+
+    def due(self) -> bool:
+        return self.every_s > 0 and time.time() - self.last >= self.every_s
+
+    def show(self, text: str) -> None:
+        self.last = time.time()
+        if self.live:
+            self.stream.write("\r\033[K" + text)
+            self.drawn = True
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def clear(self) -> None:
+        if self.drawn:
+            self.stream.write("\r\033[K")
+            self.drawn = False
+
+
+class TrainingLog:
+    """Console lines, metrics.jsonl and TensorBoard of one training job."""
+
+    def __init__(self, workdir: str, config: ml_collections.ConfigDict, grid: RunGrid, splits: Splits,
+                 program: Any, is_primary: bool = True):
+        self.workdir, self.config, self.grid = workdir, config, grid
+        self.is_primary = is_primary
+        self.images_per_epoch = program.steps_per_epoch * config.batch_size
+        self.steps_per_epoch = program.steps_per_epoch
+        self.first_line = describe_job(config, grid, splits, workdir)
+        self.line = ProgressLine(float(config.get("progress_every_s", 5.0)))
+        self.writer = None
+
+    def start(self, resumed_after: int) -> None:
+        self.session_start = time.time()
+        self.first_epoch = resumed_after + 1
+        self.epochs_done = 0.0
+        if not self.is_primary:
+            return
+        print(self.first_line, flush=True)
+        if resumed_after:
+            print(f"resuming {self.workdir} after epoch {resumed_after}", flush=True)
+        from clu import metric_writers  # TensorFlow loads here, not when a config is read
+
+        self.writer = metric_writers.AsyncWriter(metric_writers.SummaryWriter(os.path.join(self.workdir, "tensorboard")))
+
+    def _eta(self, epochs_left: float) -> float:
+        done = max(time.time() - self.session_start, 1e-9)
+        return done / max(self.epochs_done, 1e-9) * epochs_left
+
+    def chunk_callback(self, epoch: int):
+        """`train_epoch`'s between-chunk hook: when a report is due, waits for the chunk just
+        queued (so the count is true) and prints steps, images/s and ETAs."""
+        epoch_start = time.time()
+
+        def on_chunk(steps_done: int, state: Any) -> None:
+            if not (self.is_primary and self.line.due()) or steps_done >= self.steps_per_epoch:
+                return
+            jax.block_until_ready(state.step)
+            elapsed = max(time.time() - epoch_start, 1e-9)
+            fraction = steps_done / self.steps_per_epoch
+            self.epochs_done = epoch - self.first_epoch + fraction
+            rate = steps_done * self.config.batch_size * self.grid.num_runs / elapsed
+            self.line.show(f"epoch {epoch}/{self.config.num_epochs}  step {steps_done}/{self.steps_per_epoch}  "
+                           f"{rate:,.0f} img/s  epoch ETA {clock(elapsed / fraction - elapsed)}  "
+                           f"run ETA {clock(self._eta(self.config.num_epochs - epoch + 1 - fraction))}")
+        self.epoch_start = epoch_start
+        return on_chunk
+
+    def end_epoch(self, epoch: int, record: dict, history: list[dict], diverged_by_epoch: list[list[bool]]) -> None:
+        self.epochs_done = epoch - self.first_epoch + 1
+        if not self.is_primary:
+            return
+        seconds = time.time() - self.epoch_start
+        self._write_metrics(epoch, history, diverged_by_epoch)
+        self.writer.write_scalars(epoch, {f"{name}/mean": float(np.nanmean(values)) for name, values in record.items()
+                                          if np.ndim(values) == 1 and not np.all(np.isnan(values))})
+        speed = self.images_per_epoch * self.grid.num_runs / max(seconds, 1e-9)
+        self.line.clear()
+        print(epoch_line(epoch, self.config.num_epochs, record, np.asarray(diverged_by_epoch[-1]), speed,
+                         self._eta(self.config.num_epochs - epoch)), flush=True)
+
+    def _write_metrics(self, epoch: int, history: list[dict], diverged_by_epoch: list[list[bool]]) -> None:
+        """Appends the epoch's lines; the first epoch of a session rewrites the file from the
+        checkpointed history, dropping lines of epochs trained after the checkpoint a resume used."""
+        path = os.path.join(self.workdir, METRICS_FILE)
+        ids = self.grid.ids()
+        if epoch == self.first_epoch:
+            lines = [line for e, (record, diverged) in enumerate(zip(history, diverged_by_epoch), start=1)
+                     for line in results.metrics_lines(e, record, ids, diverged)]
+            with open(f"{path}.tmp", "w") as f:
+                f.writelines(line + "\n" for line in lines)
+            os.replace(f"{path}.tmp", path)
+            return
+        with open(path, "a") as f:
+            f.writelines(line + "\n" for line in results.metrics_lines(epoch, history[-1], ids, diverged_by_epoch[-1]))
+
+    def finish(self, summary: dict[str, Any], checkpoints: Any) -> None:
+        if not self.is_primary:
+            return
+        self.writer.close()
+        best = checkpoints.best_path()
+        paths = {"results": os.path.join(self.workdir, "results.json"),
+                 "tensorboard": os.path.join(self.workdir, "tensorboard"), "best checkpoint": best}
+        print("\n".join(summary_lines(summary, paths)), flush=True)
