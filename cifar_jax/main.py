@@ -90,12 +90,12 @@ def split_grid_flags(argv: list[str]) -> tuple[list[str], dict[str, str]]:
 
 def apply_grid(config: ml_collections.ConfigDict, grid: dict[str, str]) -> None:
     """Sets `config.hparam_grid.NAME` from a tuple literal such as '(0.1, 0.01)'."""
-    from cifar_jax import train
+    from cifar_jax import runs
 
     for name, text in grid.items():
         flag = f"--config.hparam_grid.{name}"
-        if name not in train.TRACED_HPARAMS:
-            raise ConfigError(f"{flag}: not a traced hyperparameter; choose from {', '.join(train.TRACED_HPARAMS)} "
+        if name not in runs.TRACED_HPARAMS:
+            raise ConfigError(f"{flag}: not a traced hyperparameter; choose from {', '.join(runs.TRACED_HPARAMS)} "
                               "(other fields are swept with --mode=sweep and a config file)")
         try:
             values = ast.literal_eval(text)
@@ -210,8 +210,10 @@ def dispatch(config: ml_collections.ConfigDict, workdir: str, mode: str) -> Any:
 
 
 def error_line(message: str) -> str:
-    """A user error as one `error:` line of at most MAX_ERROR_CHARS characters."""
-    text = "error: " + " ".join(str(message).split())
+    """A user error as one `error:` line of at most MAX_ERROR_CHARS characters; several problems
+    reported at once (one per line) are joined with '; '."""
+    problems = [" ".join(line.split()) for line in str(message).splitlines() if line.strip()]
+    text = "error: " + "; ".join(problems)
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
 
 

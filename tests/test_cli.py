@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cifar_jax import data, dev_run, main, models, optim, quiet, sweep, train
+from cifar_jax import data, dev_run, main, quiet, runs, sweep, train
 from cifar_jax.errors import CheckpointError
 from cifar_jax.workdir import LOCK_FILE, workdir_lock
 from helpers import REPO, needs_fashion_mnist, run_cli
@@ -81,7 +81,7 @@ def test_hparam_grid_on_the_command_line_reaches_the_config():
     config.lock()
     main.apply_grid(config, grid)
     assert config.hparam_grid.learning_rate == (0.1, 0.01) and config.hparam_grid.momentum == (0.9,)
-    assert len(train.make_run_grid(config, 1).settings) == 2
+    assert len(runs.make_run_grid(config, 1).settings) == 2
 
 
 # --------------------------------------------------------------------------- one writer per workdir
@@ -153,7 +153,7 @@ def _config_variants(path: str) -> list[tuple[str, object]]:
 
 
 def _check_trainable(config) -> None:
-    """The cheap checks a training run makes before its first step: grid, model, optimizer lengths."""
+    """The static checks a training run makes before it claims its workdir, at the dev run's sizes."""
     image_shape = data.IMAGE_SHAPES[config.data.name]
     limit = config.data.train_limit
     if config.data.num_folds > 1:
@@ -161,9 +161,7 @@ def _check_trainable(config) -> None:
     else:
         num_train = limit - data._val_count(config.data.val_size, limit)
     assert num_train // config.batch_size >= 1
-    models.validate_model_config(config.model, image_shape, 10)
-    train.make_run_grid(config, image_shape[-1])
-    optim.make_schedule(config.optim, steps_per_epoch=num_train // config.batch_size, num_epochs=config.num_epochs)
+    train.validate_config(config, image_shape, 10, num_train)
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES)
