@@ -22,7 +22,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from cifar_jax import dev_run  # noqa: E402
 from cifar_jax import workdir as workdir_lib  # noqa: E402
-from cifar_jax.errors import CifarJaxError, ConfigError  # noqa: E402
+from cifar_jax.errors import CifarJaxError, ConfigError, UsageError  # noqa: E402
 
 
 
@@ -51,10 +51,6 @@ MAX_ERROR_CHARS = 300
 WORKDIR_CONFIG_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workdir_config.py")
 _GRID_FLAG = re.compile(r"--config\.hparam_grid\.(\w+)(?:=(.*))?$", re.DOTALL)
 _DID_YOU_MEAN = re.compile(r"""Did you mean ["']?([\w.]+)["']? instead""")
-
-
-class UsageError(CifarJaxError):
-    """A flag is missing, unknown or malformed."""
 
 
 def _flag_value(argv: list[str], name: str) -> str | None:

@@ -1,5 +1,6 @@
 """The command line's first contact: quiet start, console script, one writer per workdir, dev runs."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -145,9 +146,9 @@ CONFIG_FILES = sorted(str(p.relative_to(REPO)) for p in Path(REPO, "configs").rg
 
 def _config_variants(path: str) -> list[tuple[str, object]]:
     """(label, config) for a config file; fashion_mnist.py once per architecture."""
-    from ml_collections import config_flags
-
-    module = config_flags.config_flags._load_source(f"dev_run_{Path(path).stem}", os.path.join(REPO, path))
+    spec = importlib.util.spec_from_file_location(f"dev_run_{Path(path).stem}", os.path.join(REPO, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
     archs = getattr(module, "ARCHS", None) if path == "configs/fashion_mnist.py" else None
     return [(f"{path}:{a}", module.get_config(a)) for a in archs] if archs else [(path, module.get_config())]
 
