@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from cifar_jax import quiet
 from cifar_jax.errors import ConfigError, DataError
 
 CLASS_NAMES: dict[str, tuple[str, ...]] = {
@@ -527,6 +528,7 @@ def load_tfds(name: str, data_dir: str | None = None, download: bool = True) -> 
         import tensorflow_datasets as tfds
 
         _hide_gpus_from_tensorflow(tf)
+        quiet.silence_tfds(tfds)
         try:
             splits = _tfds_splits(tfds, name, data_dir, download=False)
         except Exception:  # not prepared (or unreadable): download, if allowed
