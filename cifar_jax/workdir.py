@@ -165,7 +165,7 @@ def _open_lock(workdir: str) -> int:
         os.makedirs(workdir, exist_ok=True)
         return os.open(os.path.join(workdir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
     except (FileExistsError, NotADirectoryError):
-        raise CheckpointError(f"--workdir {workdir} is a file, not a directory; pass a directory") from None
+        raise CheckpointError(f"--workdir {workdir} is (or lies below) a file, not a directory; pass a directory") from None
     except OSError as error:
         raise CheckpointError(f"cannot write into --workdir {workdir} ({error.strerror}); fix its permissions "
                               "or pass another --workdir") from None
