@@ -138,11 +138,14 @@ def workdir_lock(workdir: str, *, is_primary: bool = True, create: bool = True) 
     killed process is taken over with a warning. Of a multi-process job only the primary process
     (`is_primary`, process 0) takes it. With `create=False` a missing workdir is left missing
     (evaluation reports that itself). On release the file is emptied, not removed: removing it
-    would let a waiting process lock an orphaned inode while a third creates a new file.
+    would let a waiting process lock an orphaned inode while a third creates a new file. Only a
+    workdir this call created and nothing else wrote into (a start that failed) is removed, while
+    the lock is still held, so a mistyped --workdir leaves no stray directory.
     """
     if not is_primary or (not create and not os.path.isdir(workdir)):
         yield
         return
+    created = not os.path.exists(workdir)
     fd = _open_lock(workdir)
     try:
         holder = _read_holder(fd)
@@ -156,8 +159,19 @@ def workdir_lock(workdir: str, *, is_primary: bool = True, create: bool = True) 
             yield
         finally:
             os.ftruncate(fd, 0)
+            if created:
+                _remove_if_only_the_lock(workdir)
     finally:
         os.close(fd)  # closing the descriptor releases the flock
+
+
+def _remove_if_only_the_lock(workdir: str) -> None:
+    if os.listdir(workdir) == [LOCK_FILE]:
+        try:
+            os.unlink(os.path.join(workdir, LOCK_FILE))
+            os.rmdir(workdir)
+        except OSError:
+            pass  # another process started writing into it meanwhile: it is theirs now
 
 
 def _open_lock(workdir: str) -> int:

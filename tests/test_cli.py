@@ -108,6 +108,15 @@ def test_stale_lock_of_a_dead_process_is_taken_over_with_a_warning(tmp_path, cap
     assert f"taking over the lock of process {int(dead.stdout)}" in caplog.text
 
 
+def test_a_workdir_created_for_a_failed_start_is_removed(tmp_path):
+    with pytest.raises(CheckpointError):
+        with workdir_lock(str(tmp_path / "typo")):
+            raise CheckpointError("the start failed")
+    with workdir_lock(str(tmp_path / "used")):
+        (tmp_path / "used" / "config.json").write_text("{}")
+    assert not (tmp_path / "typo").exists() and (tmp_path / "used" / LOCK_FILE).exists()
+
+
 def test_only_the_primary_process_locks_and_eval_creates_no_workdir(tmp_path):
     with workdir_lock(str(tmp_path / "a"), is_primary=False):
         pass
@@ -201,3 +210,9 @@ def test_dev_run_of_block_cnn_on_synthetic_cifar_finishes_in_two_minutes(tmp_pat
     assert time.monotonic() - start < 120
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["num_epochs"] == 1 and results["num_seeds"] == 2
+
+
+def test_error_line_joins_several_problems_and_stays_short():
+    assert main.error_line("a=1 must be >= 2\nb='x' is unknown; use y") == "error: a=1 must be >= 2; b='x' is unknown; use y"
+    long = main.error_line("x" * 500)
+    assert len(long) == main.MAX_ERROR_CHARS and long.endswith("...")

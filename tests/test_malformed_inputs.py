@@ -334,4 +334,4 @@ def test_mistake_ends_in_one_short_line_and_changes_nothing(case, trained_run, t
     assert len(lines) == 1, output
     assert lines[0].startswith("error: ") and len(lines[0]) <= 300, lines[0]
     assert snapshot(trained_run, copy) == before
-    assert not (tmp_path / "fresh-workdir" / "config.json").exists()  # nothing refuses the corrected rerun
+    assert not (tmp_path / "fresh-workdir").exists()  # nothing stray, nothing refusing the corrected rerun
