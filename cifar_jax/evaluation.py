@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from cifar_jax import data, metrics, runs, splits as splits_lib, train
+from cifar_jax import data, metrics, runs, splits as splits_lib, step, train
 from cifar_jax import workdir as workdir_lib
 from cifar_jax.checkpoint import Checkpoints
 from cifar_jax.errors import CheckpointError
@@ -24,15 +24,25 @@ from cifar_jax.errors import CheckpointError
 
 @dataclasses.dataclass(frozen=True)
 class LoadedRun:
-    """Every run of a workdir restored from one checkpoint."""
+    """Every run of a workdir restored from one checkpoint, on this process's devices."""
 
     config: ml_collections.ConfigDict
-    program: train.Program
-    grid: runs.RunGrid
-    hparams: dict[str, jax.Array]
-    state: train.TrainState
+    setup: train.RunSetup  # the program, the grid, per-run hparams (padded to the device count)
+    state: step.TrainState  # padded like `setup.hparams`
     epoch: int
     class_names: tuple[str, ...]
+
+    @property
+    def program(self) -> train.Program:
+        return self.setup.program
+
+    @property
+    def grid(self) -> runs.RunGrid:
+        return self.setup.grid
+
+    @property
+    def hparams(self) -> dict[str, jax.Array]:
+        return self.setup.real_runs(self.setup.hparams)
 
     def model(self, run: int) -> FloatInputModel:
         """Run `run`'s model in eval mode, as a plain NNX module. It takes *normalized* float
@@ -41,17 +51,20 @@ class LoadedRun:
         one = jax.tree.map(lambda leaf: leaf[run], (self.state.params, self.state.model_state))
         return FloatInputModel(nnx.merge(self.program.eval_graph, *one))
 
+    def score(self, images: jax.Array, labels: jax.Array, weights: jax.Array | None = None) -> dict[str, np.ndarray]:
+        """`train.score_split` of every real run, with probabilities."""
+        result = train.score_split(self.program, self.state, self.setup.hparams, jnp.asarray(images),
+                                   jnp.asarray(labels, jnp.int32), self.config.eval_batch_size,
+                                   weights=self.setup.on_devices(weights), return_probs=True)
+        return self.setup.real_runs(result)
+
     def predict(self, images: np.ndarray, run: int | None = None) -> np.ndarray:
         """Class probabilities for raw uint8 NHWC images, the run's own normalization applied:
         shape (runs, n, classes), or (n, classes) for one `run`."""
         images = jnp.asarray(images)
         if images.dtype != jnp.uint8:
             raise TypeError(f"predict takes raw uint8 images as loaded from the data set, got {images.dtype}")
-        weights = jnp.ones((self.grid.num_runs, images.shape[0]), jnp.float32)
-        labels = jnp.zeros(images.shape[0], jnp.int32)
-        probs = np.concatenate([np.asarray(self.program.eval_batch(self.state, self.hparams, images[i:i + 1000],
-                                                                   labels[i:i + 1000], weights[:, i:i + 1000])[2])
-                                for i in range(0, images.shape[0], 1000)], axis=1)
+        probs = self.score(images, jnp.zeros(images.shape[0], jnp.int32))["probs"]
         return probs if run is None else probs[run]
 
 
@@ -79,13 +92,13 @@ def load(workdir: str, checkpoint: str = "latest", config: ml_collections.Config
                              data_meta["num_train"], abstract=True)
     checkpoints = Checkpoints(workdir, keep=config.checkpoint.keep, best_metric=config.checkpoint.best_metric,
                               read_only=True)
-    restored = checkpoints.restore(setup.state, which=str(checkpoint))
+    restored = checkpoints.restore(setup.real_like(), which=str(checkpoint))
     checkpoints.close()
     if restored is None:
         raise CheckpointError(f"{workdir} has no readable '{checkpoint}' checkpoint")
     epoch, state, _ = restored
-    return LoadedRun(config=config, program=setup.program, grid=setup.grid, hparams=setup.hparams, state=state,
-                     epoch=epoch, class_names=tuple(data_meta["class_names"]))
+    return LoadedRun(config=config, setup=setup, state=setup.on_devices(state), epoch=epoch,
+                     class_names=tuple(data_meta["class_names"]))
 
 
 def _ensemble_accuracy(probs: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> float:
@@ -101,9 +114,7 @@ def evaluate(loaded: LoadedRun, images: jax.Array, labels: jax.Array, weights: j
              ) -> dict[str, Any]:
     """Per-run metrics, their mean ± std per setting, and each setting's seed-ensemble accuracy;
     `weights` (runs, n) restrict each run to its own examples (k-fold validation)."""
-    result = train.score_split(loaded.program, loaded.state, loaded.hparams, jnp.asarray(images),
-                               jnp.asarray(labels, jnp.int32), loaded.config.eval_batch_size, weights=weights,
-                               return_probs=True)
+    result = loaded.score(images, labels, weights)
     probs = result.pop("probs")
     grid, labels = loaded.grid, np.asarray(labels)
     weights = np.ones(probs.shape[:2]) if weights is None else np.asarray(weights)

@@ -21,31 +21,7 @@ buffer donation                        on (state and sums)        on
 compilation cache                      `enable_compilation_cache`, the same on every backend
 =====================================  =========================  ================================
 
-Why, measured with scripts/benchmark.py and profiles of the compiled step (LeNet, CIFAR-sized
-arrays, jax 0.10.2; see the README's Performance section for the table):
-
-- XLA:CPU's convolutions are slow for these small layers (LeNet's first layer alone: 36 ms per
-  128 images) and slower still under `vmap` (grouped convolutions) or inside loop bodies. The
-  patches form turns every convolution into one matmul; with space-to-depth blocks
-  (`layers.conv_patches`) LeNet's first layer costs 4x less again, because on a CPU building the
-  patches (a concatenate), not multiplying, is the cost.
-- Seeds vmapped into one step make bigger ops, which XLA:CPU spreads over both cores better,
-  but only a little for LeNet at batch 128: 6,045 model-images/s for one seed, 6,173 for 8
-  seeds in one vmap, 7,125 for 32 seeds in groups of 11 (the README's table). But the machine's memory is slow once a step leaves the 32 MB L3 cache
-  (~2.5 GB/s vs ~14 GB/s), and a vmapped step keeps every run's activations: the fifth study's
-  CNN (414 MiB per run at batch 128) ran 177 model-images/s with 8 seeds vmapped and 251 mapped
-  one at a time, and 32 seeds vmapped needed 14 GB. So runs are vmapped up to a memory budget
-  and the groups mapped (`map_over_runs`).
-- With no XLA convolutions left, a `lax.scan` over a chunk of steps beats one dispatch per step
-  (10-30% more images per CPU-second on CPU); on accelerators the whole epoch is one scan.
-  Chunks divide the epoch where possible, so a run compiles one step program, not a second one
-  for a remainder.
-- XLA:CPU flags tried without a gain beyond noise: YNNPACK convolutions
-  (`--xla_cpu_experimental_ynn_fusion_type=individual_dot,individual_convolution`), Eigen instead
-  of YNNPACK dots (`--xla_cpu_experimental_ynn_fusion_type=`), oneDNN (`--xla_cpu_use_onednn`, no
-  rewrite happens in this jaxlib), two CPU devices with the runs sharded over them
-  (`--xla_force_host_platform_device_count=2`, also with `--xla_cpu_multi_thread_eigen=false`:
-  4 busy threads on 2 cores, 1.5-2.3x slower). So no flags are set.
+Why each choice, with the measurements behind it: README, "Performance".
 """
 
 from __future__ import annotations
@@ -57,7 +33,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from cifar_jax import checks
 
@@ -72,6 +53,7 @@ CPU_STEP_BYTES_PER_GROUP = 256 * 2**20
 
 _CACHE_ENV = "CIFAR_JAX_CACHE_DIR"
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
+RUNS_AXIS = "runs"
 CONV_IMPLS = ("auto", "xla", "patches")
 
 
@@ -83,7 +65,17 @@ class ExecutionPlan:
     conv_impl: str  # 'xla' | 'patches'
     compute_dtype: str  # 'float32' | 'bfloat16'
     steps_per_call: int  # training steps per compiled call
-    runs_per_group: int | None  # runs vmapped together per step (None: all)
+    runs_per_group: int | None  # runs vmapped together per step on each device (None: all)
+    mesh: Mesh | None = None  # 1-D ('runs',) over every device of every process; None: one device
+
+    @property
+    def num_devices(self) -> int:
+        return 1 if self.mesh is None else self.mesh.size
+
+    def padded(self, num_runs: int) -> int:
+        """Runs the program trains: `num_runs` rounded up to a multiple of the device count (the
+        padding runs are trained and dropped, never reported or checkpointed)."""
+        return -(-num_runs // self.num_devices) * self.num_devices
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -96,18 +88,26 @@ def validate(config: ml_collections.ConfigDict) -> None:
     )
 
 
+def runs_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh | None:
+    """The 1-D mesh that shards the run axis over `devices` (default: all devices of all
+    processes); None for a single device."""
+    devices = list(jax.devices() if devices is None else devices)
+    return None if len(devices) == 1 else Mesh(np.array(devices), (RUNS_AXIS,))
+
+
 def plan(config: ml_collections.ConfigDict, *, steps_per_epoch: int, step_bytes: Callable[[ExecutionPlan], int],
-         backend: str | None = None) -> ExecutionPlan:
-    """The execution plan of one program on `backend` (default: JAX's). `step_bytes(plan)` gives
-    the activations one run's step keeps for backward; it is only called when CPU run groups are
-    sized automatically."""
+         backend: str | None = None, devices: Sequence[jax.Device] | None = None) -> ExecutionPlan:
+    """The execution plan of one program on `backend` (default: JAX's) over `devices` (default:
+    all). `step_bytes(plan)` gives the activations one run's step keeps for backward; it is only
+    called when CPU run groups are sized automatically."""
     validate(config)
     backend = backend or jax.default_backend()
     conv = config.model.conv_impl
     conv = ("patches" if backend == "cpu" else "xla") if conv == "auto" else conv
     dtype = config.execution.compute_dtype
     dtype = ("float32" if backend == "cpu" else "bfloat16") if dtype == "auto" else dtype
-    provisional = ExecutionPlan(backend, conv, dtype, _steps_per_call(config, steps_per_epoch, backend, conv), None)
+    provisional = ExecutionPlan(backend, conv, dtype, _steps_per_call(config, steps_per_epoch, backend, conv), None,
+                                runs_mesh(devices))
     return dataclasses.replace(provisional, runs_per_group=_runs_per_group(config, backend, provisional, step_bytes))
 
 
@@ -160,6 +160,46 @@ def residual_bytes(fn: Callable[..., Any], *args: Any, argnums: Sequence[int] = 
 
     shapes = jax.eval_shape(residuals, *args)
     return int(sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(shapes)))
+
+
+def model_step_bytes(build: Callable[[jax.Array, jax.Array], Any], batch_shape: tuple[int, ...]) -> int:
+    """Activations one run's training step keeps for its backward pass (`residual_bytes` of the
+    model `build(params_key, dropout_key)` makes, in training mode), from shapes alone."""
+    abstract = nnx.eval_shape(lambda: build(jax.random.key(0), jax.random.key(0)))
+    train_graph, params, model_state = nnx.split(abstract, nnx.Param, ...)
+
+    def forward(params, model_state, images):
+        return nnx.merge(train_graph, params, model_state, copy=True)(images).sum()
+
+    return residual_bytes(forward, params, model_state, jax.ShapeDtypeStruct(batch_shape, jnp.float32))
+
+
+def per_device(fn: Callable[..., Any], plan: ExecutionPlan, in_axes: Sequence[int | None]) -> Callable[..., Any]:
+    """`fn` (mapped over the leading run axis of its `in_axes == 0` arguments) run by every device
+    on its own block of runs: `shard_map` over the plan's mesh, so the program holds no
+    cross-device collective; arguments with `in_axes None` are replicated. Identity on one device."""
+    if plan.mesh is None:
+        return fn
+    specs = tuple(P(RUNS_AXIS) if axis == 0 else P() for axis in in_axes)
+    return jax.shard_map(fn, mesh=plan.mesh, in_specs=specs, out_specs=P(RUNS_AXIS))
+
+
+def shard_runs(tree: Any, plan: ExecutionPlan) -> Any:
+    """Places arrays with a leading run axis on the plan's mesh, split along that axis."""
+    return tree if plan.mesh is None else jax.device_put(tree, NamedSharding(plan.mesh, P(RUNS_AXIS)))
+
+
+def replicate(tree: Any, plan: ExecutionPlan) -> Any:
+    """Places arrays (the data set) on every device of the plan's mesh."""
+    return tree if plan.mesh is None else jax.device_put(tree, NamedSharding(plan.mesh, P()))
+
+
+def pad_runs(tree: Any, num_runs: int) -> Any:
+    """Extends the leading run axis to `num_runs` by repeating the last run."""
+    def pad(leaf):
+        missing = num_runs - leaf.shape[0]
+        return leaf if missing == 0 else jnp.concatenate([leaf, jnp.repeat(leaf[-1:], missing, axis=0)])
+    return jax.tree.map(pad, tree)
 
 
 def map_over_runs(fn: Callable[..., Any], in_axes: Sequence[int | None],

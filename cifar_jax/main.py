@@ -229,7 +229,7 @@ def cli(argv: list[str]) -> int:
         dispatch(config, workdir, mode)
     except CifarJaxError as error:
         print(error_line(str(error)), file=sys.stderr, flush=True)
-        return 1
+        return getattr(error, "exit_code", 1)  # interrupts.Interrupted carries its own (75, 130)
     return 0
 
 

@@ -53,8 +53,9 @@ def dead_unit_fraction(intermediates: nnx.State) -> jax.Array:
 def classification_metrics(confusion: np.ndarray, loss_sum: np.ndarray) -> dict[str, np.ndarray]:
     """Loss, accuracy, per-class accuracy and macro-F1 from confusion matrices with any leading axes.
 
-    A class absent from both labels and predictions gets F1 = 0 and still counts in the macro
-    average only if it appears in the labels (sklearn's behaviour for `labels=None`).
+    Macro-F1 follows sklearn's `f1_score(average="macro")` with `labels=None`: it averages over the
+    classes present in the labels *or* the predictions (a class only ever predicted scores F1 = 0
+    and counts; a class in neither is left out).
     """
     confusion = np.asarray(confusion, dtype=np.float64)
     true_counts = confusion.sum(axis=-1)
@@ -64,7 +65,7 @@ def classification_metrics(confusion: np.ndarray, loss_sum: np.ndarray) -> dict[
     with np.errstate(divide="ignore", invalid="ignore"):
         per_class_accuracy = np.where(true_counts > 0, correct / true_counts, np.nan)
         f1 = np.where(true_counts + predicted_counts > 0, 2 * correct / (true_counts + predicted_counts), 0.0)
-    present = true_counts > 0
+    present = true_counts + predicted_counts > 0
     macro_f1 = (f1 * present).sum(axis=-1) / np.maximum(present.sum(axis=-1), 1)
     return {
         "loss": np.asarray(loss_sum, dtype=np.float64) / np.maximum(total, 1),

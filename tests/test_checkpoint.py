@@ -9,10 +9,11 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cifar_jax import evaluation, workdir as workdir_lib
+from cifar_jax import data, evaluation, splits, workdir as workdir_lib
 from cifar_jax.checkpoint import Checkpoints
 from cifar_jax.errors import CheckpointError
 from configs import test as test_config
@@ -57,6 +58,7 @@ def final_metrics(workdir) -> list[dict]:
     return json.loads((workdir / "results.json").read_text())["runs"]
 
 
+@pytest.mark.slow
 @needs_fashion_mnist
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(trained_workdir, tmp_path):
     workdir = tmp_path / "killed"
@@ -83,6 +85,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(trained_workdir
     assert [row["epoch"] for row in history] == [1, 1, 2, 2, 3, 3]
 
 
+@pytest.mark.slow
 @needs_fashion_mnist
 def test_corrupt_newest_checkpoint_is_skipped(trained_workdir, tmp_path, caplog):
     workdir = tmp_path / "copy"
@@ -96,6 +99,7 @@ def test_corrupt_newest_checkpoint_is_skipped(trained_workdir, tmp_path, caplog)
     assert "cannot be read" in caplog.text
 
 
+@pytest.mark.slow
 @needs_fashion_mnist
 def test_best_checkpoint_is_the_best_validation_epoch(trained_workdir):
     rows = [json.loads(line) for line in (trained_workdir / "metrics.jsonl").read_text().splitlines()]
@@ -105,6 +109,7 @@ def test_best_checkpoint_is_the_best_validation_epoch(trained_workdir):
     assert evaluation.load(str(trained_workdir), "2").epoch == 2
 
 
+@pytest.mark.slow
 @needs_fashion_mnist
 def test_eval_cli_on_a_test_npz_elsewhere(trained_workdir, tmp_path):
     from cifar_jax import data
@@ -122,6 +127,7 @@ def test_eval_cli_on_a_test_npz_elsewhere(trained_workdir, tmp_path):
     assert np.sum(report["runs"][0]["confusion"]) == 300
 
 
+@pytest.mark.slow
 @needs_fashion_mnist
 def test_resume_with_another_model_is_refused_and_changes_nothing(trained_workdir):
     before = {p: p.stat().st_mtime_ns for p in trained_workdir.rglob("*") if p.name != workdir_lib.LOCK_FILE}
@@ -153,6 +159,24 @@ def test_longer_training_may_resume():
     longer.num_epochs = 10
     longer.data.dir = "/elsewhere"
     assert workdir_lib.differing_fields(workdir_lib.config_to_dict(config), workdir_lib.config_to_dict(longer)) == []
+
+
+@pytest.mark.slow
+def test_notebook_api_predicts_from_uint8_and_refuses_it_in_model(trained_workdir):
+    loaded = evaluation.load(str(trained_workdir), "latest")
+    config = loaded.config
+    dataset = data.load_dataset(config.data)
+    images, labels = dataset.test_images[:200], dataset.test_labels[:200]
+    probs = loaded.predict(images)
+    assert probs.shape == (2, 200, 10)
+    scored = evaluation.evaluate(loaded, images, labels)
+    for run in range(2):
+        assert np.mean(probs[run].argmax(-1) == labels) == pytest.approx(scored["runs"][run]["accuracy"])
+    model = loaded.model(0)
+    with pytest.raises(TypeError, match="predict"):
+        model(jnp.asarray(images))
+    inputs = splits.to_model_input(jnp.asarray(images), loaded.hparams["mean"][0], loaded.hparams["std"][0])
+    np.testing.assert_allclose(jax.nn.softmax(model(inputs)), probs[0], rtol=1e-5, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- integrity and write failures

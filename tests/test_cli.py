@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cifar_jax import data, dev_run, main, quiet, runs, sweep, train
+from cifar_jax import data, dev_run, main, quiet, runs, sweep, validation
 from cifar_jax.errors import CheckpointError
 from cifar_jax.workdir import LOCK_FILE, workdir_lock
 from helpers import REPO, needs_fashion_mnist, run_cli
@@ -171,7 +171,7 @@ def _check_trainable(config) -> None:
     else:
         num_train = limit - data._val_count(config.data.val_size, limit)
     assert num_train // config.batch_size >= 1
-    train.validate_config(config, image_shape, 10, num_train)
+    validation.validate_config(config, image_shape, 10, num_train)
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES)

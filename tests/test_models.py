@@ -23,7 +23,7 @@ from flax import nnx
 
 from cifar_jax import metrics
 from cifar_jax.errors import ConfigError
-from cifar_jax.models import MODEL_NAMES, create_model, validate_model_config
+from cifar_jax.models import create_model, validate_model_config
 from cifar_jax.models import block as block_lib
 from cifar_jax.models import layers
 from cifar_jax.models.layers import DropoutRate
@@ -170,11 +170,6 @@ def _resnet_cifar():
     return cfg
 
 
-def test_known_counts():
-    assert STUDIES["lenet_tutorial"][2] == 62_006
-    assert STUDIES["resnet18_cifar"][2] == 11_173_962  # the well-known CIFAR ResNet-18 count
-
-
 @pytest.mark.parametrize("study", sorted(STUDIES))
 def test_study_param_count_and_output_shape(study):
     loader, shape, expected = STUDIES[study]
@@ -190,10 +185,6 @@ def test_study_param_count_and_output_shape(study):
         g, s = nnx.split(m)
         out = jax.eval_shape(lambda s, x: nnx.merge(g, s, copy=True)(x), s, x)
         assert out.shape == (2, 10) and out.dtype == jnp.float32
-
-
-def test_registry_names():
-    assert set(MODEL_NAMES) == {"cnn", "mlp", "block_cnn", "resnet18"}
 
 
 # ----------------------------------------------------------------------------- conv impls
@@ -395,8 +386,6 @@ def _expected_std(scheme, fan_in, fan_out):
 
 
 def test_init_schemes_std():
-    assert set(layers.INIT_SCHEMES) == {"torch_default", "xavier_uniform", "xavier_normal",
-                                       "kaiming_uniform", "kaiming_normal", "lecun_normal"}
     cin, cout, k = 32, 256, 3  # 73,728 entries: the std estimate is good to ~0.5%
 
     @jax.jit
@@ -543,7 +532,6 @@ def test_pooling_matches_pytorch_definitions():
 
 
 def test_activations():
-    assert set(layers.ACTIVATIONS) == {"relu", "tanh", "gelu", "elu", "leaky_relu", "sigmoid", "silu"}
     x = jnp.asarray([-2.0, 0.5])
     exact_gelu = 0.5 * x * (1 + jax.scipy.special.erf(x / np.sqrt(2)))  # PyTorch's nn.GELU()
     np.testing.assert_allclose(layers.ACTIVATIONS["gelu"](x), exact_gelu, rtol=1e-6)

@@ -8,21 +8,24 @@ import sys
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
-from cifar_jax import evaluation, results, runs, splits as splits_lib, train
+from cifar_jax import evaluation, results, runs, splits as splits_lib, step, train
 from cifar_jax import workdir as workdir_lib
 from cifar_jax.errors import ConfigError
+from cifar_jax.models.layers import DropoutRate
 from configs import test as test_config
 from helpers import REPO, needs_fashion_mnist, run_cli, synthetic_splits, tiny_config, train_runs
 
 
-def test_config_small():
+def small_test_config():
     """configs/test.py at a size that trains in seconds: 600 images, 1 seed."""
     config = test_config.get_config()
     config.num_seeds, config.data.train_limit, config.data.val_size, config.data.test_limit = 1, 800, 200.0, 200
     return config
 
 
+@pytest.mark.slow
 @needs_fashion_mnist
 def test_cli_trains_two_seeds_on_real_fashion_mnist(tmp_path):
     workdir = tmp_path / "run"
@@ -44,6 +47,7 @@ def test_cli_trains_two_seeds_on_real_fashion_mnist(tmp_path):
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir / "tensorboard"))
 
 
+@pytest.mark.slow
 def test_missing_data_fails_in_one_line_and_keeps_existing_results(tmp_path):
     workdir = tmp_path / "run"
     workdir.mkdir()
@@ -102,6 +106,7 @@ def test_unknown_grid_axis_is_a_config_error():
         runs.make_run_grid(config, 1)
 
 
+@pytest.mark.slow
 @needs_fashion_mnist
 def test_kfold_runs_are_one_program_with_fresh_init_per_fold(tmp_path):
     workdir = tmp_path / "kfold"
@@ -139,7 +144,7 @@ def test_dropout_rate_grid_builds_dropout_layers_and_rejects_models_without_them
     config.model.dropout_rate = 0.0
     config.hparam_grid.dropout_rate = (0.0, 0.5)
     state, result = train_runs(config, splits, epochs=1)
-    rates = jax.tree.leaves(train.nnx.state(state.model_state, train.DropoutRate))
+    rates = jax.tree.leaves(nnx.state(state.model_state, DropoutRate))
     assert rates and all(np.allclose(np.asarray(rate), [0.0, 0.5]) for rate in rates)
     assert result["loss"][0] != result["loss"][1]
     config.model.dropout_placement = "none"
@@ -165,7 +170,7 @@ def test_a_diverging_run_is_marked_and_the_others_carry_on():
     state, result = train_runs(config, splits, epochs=1)
     assert np.asarray(state.diverged).tolist() == [False, True]
     assert np.isfinite(result["loss"][0]) and result["accuracy"][0] > 0.2
-    record = results.epoch_record(train.EpochSums(*(np.ones(2),) * 5, grad_norm={})._asdict(), {"val": result},
+    record = results.epoch_record(step.EpochSums(*(np.ones(2),) * 5, grad_norm={})._asdict(), {"val": result},
                                   np.asarray(state.diverged))
     assert np.isnan(record["val_accuracy"][1]) and not np.isnan(record["val_accuracy"][0])
 
@@ -178,24 +183,25 @@ STATIC_TYPOS = [("optim.name", "adamm"), ("optim.schedule", "cosinus"), ("optim.
                 ("execution.compute_dtype", "float16"), ("model.conv_impl", "cudnn"), ("model.activation", "swish2")]
 
 
+@pytest.mark.slow
 @needs_fashion_mnist
 def test_bad_static_fields_leave_the_workdir_untouched_and_the_fix_runs(tmp_path):
     workdir = str(tmp_path / "run")
     for field, value in STATIC_TYPOS:
-        config = test_config_small()
+        config = small_test_config()
         config.optim.schedule = "warmup_cosine" if field == "optim.warmup_epochs" else config.optim.schedule
         section, name = field.split(".")
         config[section][name] = value
         with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
             train.train_and_evaluate(config, workdir)
         assert not os.path.exists(workdir), field
-    results_json = train.train_and_evaluate(test_config_small(), workdir)
+    results_json = train.train_and_evaluate(small_test_config(), workdir)
     assert results_json["num_runs"] == 1
 
 
 @needs_fashion_mnist
 def test_every_inconsistent_field_is_reported_in_one_round(tmp_path):
-    config = test_config_small()
+    config = small_test_config()
     config.data.val_size = 10000.0  # more than the 600 training images
     config.optim.schedule, config.optim.warmup_epochs = "warmup_cosine", 5.0  # longer than the run
     config.optim.name = "adamm"

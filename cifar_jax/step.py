@@ -1,0 +1,146 @@
+"""One run's training and evaluation steps as pure functions of a `StepContext`.
+
+`train.make_train` vmaps them over the run axis (and shards them over devices) and jits them; on
+their own they are plain functions of one run's state, easy to test and to read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+
+from cifar_jax import augment, losses, metrics, optim
+from cifar_jax.models.layers import DropoutRate
+from cifar_jax.splits import standardize, to_unit
+
+
+class TrainState(NamedTuple):
+    """Everything one run carries from step to step (and into a checkpoint)."""
+
+    params: nnx.State
+    model_state: nnx.State  # batch statistics, dropout RNG stream, dropout rate
+    opt_state: optax.OptState
+    data_key: jax.Array  # raw key data: shuffling and augmentation derive from it by fold_in
+    step: jax.Array
+    diverged: jax.Array  # sticky: the loss was NaN/inf at some step
+
+
+class EpochSums(NamedTuple):
+    """Training metrics accumulated on the device over the steps of one epoch."""
+
+    loss: jax.Array
+    correct: jax.Array
+    count: jax.Array
+    steps: jax.Array
+    dead_fraction: jax.Array  # summed over steps
+    grad_norm: dict[str, jax.Array]  # per layer, summed over steps
+
+
+@dataclasses.dataclass(frozen=True)
+class StepContext:
+    """The static pieces one run's step needs: everything that is not a traced input."""
+
+    config: ml_collections.ConfigDict
+    build: Callable[[jax.Array, jax.Array], nnx.Module]  # (params key, dropout key) -> model
+    train_graph: nnx.GraphDef
+    eval_graph: nnx.GraphDef
+    num_classes: int
+    num_train: int
+    steps_per_epoch: int
+
+    @property
+    def use_mixup(self) -> bool:  # static: Beta sampling is costly to compile, so it is left out when off
+        return self.config.augment.mixup_alpha > 0 or "mixup_alpha" in self.config.hparam_grid
+
+    def optimizer(self, hparams: dict | None) -> optax.GradientTransformation:
+        return optim.make_optimizer(self.config.optim, hparams, steps_per_epoch=self.steps_per_epoch,
+                                    num_epochs=self.config.num_epochs)
+
+
+def _data_streams(data_key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(shuffle root, augmentation root): independent streams, so turning augmentation on or off
+    never changes a run's data order."""
+    shuffle_root, augment_root = jax.random.split(jax.random.wrap_key_data(data_key))
+    return shuffle_root, augment_root
+
+
+def init_run(ctx: StepContext, run_key: jax.Array, hparams: dict) -> TrainState:
+    params_key, dropout_key, data_key = jax.random.split(jax.random.wrap_key_data(run_key), 3)
+    model = ctx.build(params_key, dropout_key)
+    nnx.update(model, jax.tree.map(lambda _: hparams["dropout_rate"], nnx.state(model, DropoutRate)))
+    _, params, model_state = nnx.split(model, nnx.Param, ...)
+    return TrainState(params=params, model_state=model_state, opt_state=ctx.optimizer(hparams).init(params),
+                      data_key=jax.random.key_data(data_key), step=jnp.zeros((), jnp.int32),
+                      diverged=jnp.zeros((), bool))
+
+
+def epoch_batches(ctx: StepContext, state: TrainState, epoch: jax.Array, train_index: jax.Array) -> jax.Array:
+    """The epoch's batches as index rows; the last partial batch is dropped (PyTorch's DataLoader
+    keeps it by default: with the studies' batch sizes that is at most one small batch an epoch)."""
+    key = jax.random.fold_in(_data_streams(state.data_key)[0], epoch)
+    order = train_index[jax.random.permutation(key, ctx.num_train)]
+    batch_size = ctx.config.batch_size
+    return order[: ctx.steps_per_epoch * batch_size].reshape(ctx.steps_per_epoch, batch_size)
+
+
+def train_step(ctx: StepContext, state: TrainState, hparams: dict, images: jax.Array, labels: jax.Array,
+               batch_index: jax.Array) -> tuple[TrainState, EpochSums]:
+    """One SGD step of one run: augment, (mix up), standardize, forward, backward, update."""
+    augment_key, mixup_key = jax.random.split(jax.random.fold_in(_data_streams(state.data_key)[1], state.step))
+    x = augment.augment_batch(ctx.config.augment, augment_key, to_unit(images[batch_index]), hparams)
+    y = labels[batch_index]
+    targets = losses.smooth_labels(jax.nn.one_hot(y, ctx.num_classes), hparams["label_smoothing"])
+    if ctx.use_mixup:
+        x, targets = augment.mixup(mixup_key, x, targets, hparams["mixup_alpha"])
+    x = standardize(x, hparams["mean"], hparams["std"])
+
+    def loss_fn(params):
+        model = nnx.merge(ctx.train_graph, params, state.model_state, copy=True)
+        logits, intermediates = nnx.capture(model, nnx.Intermediate)(x)
+        logits = logits.astype(jnp.float32)
+        new_model_state = nnx.state(model, nnx.Not(nnx.Param))
+        loss = losses.softmax_cross_entropy(logits, targets).mean()
+        return loss, (logits, new_model_state, metrics.dead_unit_fraction(intermediates))
+
+    (loss, (logits, model_state, dead)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = ctx.optimizer(hparams).update(grads, state.opt_state, state.params)
+    new_state = TrainState(params=optax.apply_updates(state.params, updates), model_state=model_state,
+                           opt_state=opt_state, data_key=state.data_key, step=state.step + 1,
+                           diverged=state.diverged | ~jnp.isfinite(loss))
+    batch_size = ctx.config.batch_size
+    step_sums = EpochSums(loss=loss * batch_size, correct=jnp.sum(jnp.argmax(logits, -1) == y),
+                          count=jnp.float32(batch_size), steps=jnp.float32(1), dead_fraction=dead,
+                          grad_norm=metrics.layer_gradient_norms(grads))
+    return new_state, step_sums
+
+
+def train_chunk(ctx: StepContext, state: TrainState, hparams: dict, images: jax.Array, labels: jax.Array,
+                batches: jax.Array, start: jax.Array, sums: EpochSums, *, length: int) -> tuple[TrainState, EpochSums]:
+    """`length` consecutive steps of one run from batch `start`, added to `sums`."""
+    chunk = jax.lax.dynamic_slice_in_dim(batches, start, length, axis=0)
+    step = functools.partial(train_step, ctx, hparams=hparams, images=images, labels=labels)
+    if length == 1:  # a bare step: XLA:CPU runs convolutions inside loop bodies slowly
+        state, chunk_sums = step(state, batch_index=chunk[0])
+    else:
+        state, per_step = jax.lax.scan(lambda s, b: step(s, batch_index=b), state, chunk)
+        chunk_sums = jax.tree.map(lambda v: v.sum(axis=0), per_step)
+    return state, jax.tree.map(jnp.add, sums, chunk_sums)
+
+
+def eval_step(ctx: StepContext, state: TrainState, hparams: dict, images: jax.Array, labels: jax.Array,
+              weights: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Confusion counts, loss sum and probabilities of one run on one batch; `weights` (0/1 per
+    example) select the run's own examples, e.g. its held-out fold."""
+    model = nnx.merge(ctx.eval_graph, state.params, state.model_state, copy=True)
+    logits = model(standardize(to_unit(images), hparams["mean"], hparams["std"])).astype(jnp.float32)
+    loss_sum = (weights * losses.softmax_cross_entropy(logits, jax.nn.one_hot(labels, ctx.num_classes))).sum()
+    confusion = metrics.confusion_matrix(labels, jnp.argmax(logits, -1), ctx.num_classes, weights)
+    return confusion, loss_sum, jax.nn.softmax(logits)

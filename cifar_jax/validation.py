@@ -1,0 +1,56 @@
+"""Everything a config must satisfy before a job touches its workdir, reported in one round.
+
+Static checks run here; checks that need a trace (augmentation on these image sizes, the
+optimizer chain) run when `train.setup_runs` evaluates the program abstractly, still before the
+workdir is claimed. A failed start therefore never leaves anything that blocks the fixed rerun.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from cifar_jax import augment, checks, data, execution, models, optim, runs
+from cifar_jax.errors import ConfigError
+from cifar_jax.splits import Splits, prepare_splits
+
+
+def validate_config(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], num_classes: int,
+                    num_train: int) -> None:
+    """Every static check of a config, reporting all failures at once; traced checks (augmentation
+    on these image sizes, the optimizer chain) run in `setup_runs` by abstract evaluation."""
+    checks.all_of(
+        lambda: models.validate_model_config(config.model, image_shape, num_classes),
+        *(lambda f=f: checks.positive_int(config, f) for f in ("num_epochs", "checkpoint_every_epochs",
+                                                                 "eval_batch_size", "batch_size")),
+        lambda: _check_batch_fits(config, num_train),
+        lambda: optim.check_config(config.optim, steps_per_epoch=max(num_train // config.batch_size, 1),
+                                   num_epochs=max(int(config.num_epochs), 1)),
+        lambda: augment.check_config(config.augment),
+        lambda: runs.make_run_grid(config, image_shape[-1]),
+        lambda: execution.validate(config),
+    )
+
+
+def _check_batch_fits(config: ml_collections.ConfigDict, num_train: int) -> None:
+    if isinstance(config.batch_size, int) and config.batch_size > num_train:
+        raise ConfigError(f"batch_size={config.batch_size} exceeds the {num_train} training images of one run; "
+                          "lower batch_size or raise data.train_limit")
+
+
+def load_checked_splits(config: ml_collections.ConfigDict) -> Splits:
+    """The job's data, and every config problem reported in one round: a data-size refusal (e.g.
+    val_size larger than train_limit) comes together with the config's other problems."""
+    try:
+        splits = prepare_splits(config.data)
+    except ConfigError as data_problem:
+        name = data.check_name(config.data.name)
+        guess = max(int(config.data.train_limit or 0), int(config.batch_size or 1) if
+                    isinstance(config.batch_size, int) else 1)
+        problems = [str(data_problem)]
+        try:
+            validate_config(config, data.IMAGE_SHAPES[name], len(data.CLASS_NAMES[name]), guess)
+        except ConfigError as others:
+            problems.append(str(others))
+        raise ConfigError("\n".join(problems)) from None
+    validate_config(config, splits.image_shape, len(splits.class_names), splits.num_train)
+    return splits

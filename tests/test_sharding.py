@@ -1,0 +1,63 @@
+"""Runs sharded over devices: 8 simulated CPU devices in a subprocess (a process's device count is
+fixed when JAX starts) against the same runs on this process's one device."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cifar_jax import evaluation
+from helpers import REPO, needs_fashion_mnist, run_cli
+from sharded_worker import train_tiny
+
+EIGHT_DEVICES = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+                 "PYTHONPATH": os.pathsep.join([REPO, os.path.join(REPO, "tests")])}
+
+
+@pytest.fixture(scope="module")
+def on_eight_devices() -> dict:
+    out = subprocess.run([sys.executable, os.path.join(REPO, "tests", "sharded_worker.py"), "8", "6"], cwd=REPO,
+                         env=EIGHT_DEVICES, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize("num_runs", ["8", "6"])
+def test_runs_spread_over_eight_devices_equal_one_device(on_eight_devices, num_runs):
+    sharded, single = on_eight_devices[num_runs], train_tiny(int(num_runs))
+    assert sharded["devices"] == 8 and single["devices"] == 1
+    assert sharded["shardings"] == [sharded["runs_spec"]]  # every state leaf split along 'runs'
+    assert sharded["num_state_runs"] == 8  # 6 runs are padded to the 8 devices, and the padding dropped:
+    assert len(sharded["loss"]) == int(num_runs)
+    # Each device vmaps fewer runs than one device does: the same products, possibly summed in
+    # another order, so float32 reassociation tolerance.
+    np.testing.assert_allclose(sharded["loss"], single["loss"], rtol=1e-5)
+    np.testing.assert_allclose(sharded["accuracy"], single["accuracy"], atol=1e-6)
+
+
+def test_the_sharded_training_step_has_no_collectives(on_eight_devices):
+    assert on_eight_devices["8"]["collectives"] == [] and on_eight_devices["6"]["collectives"] == []
+
+
+@pytest.mark.slow
+@needs_fashion_mnist
+def test_a_checkpoint_saved_on_eight_devices_is_evaluated_on_one(tmp_path):
+    workdir = tmp_path / "run"
+    args = [sys.executable, "-m", "cifar_jax.main", "--config", "configs/test.py", "--workdir", str(workdir),
+            "--config.num_seeds=3", "--config.data.train_limit=1000", "--config.data.val_size=200",
+            "--config.data.test_limit=300"]
+    out = subprocess.run(args, cwd=REPO, env=EIGHT_DEVICES, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "8 devices (cpu) in 1 process" in out.stdout.splitlines()[0]
+    trained = [run["test_accuracy"] for run in json.loads((workdir / "results.json").read_text())["runs"]]
+    assert len(trained) == 3  # the 5 padding runs are never reported
+    report = evaluation.run_eval(evaluation.workdir_lib.load_config(str(workdir)), str(workdir))
+    np.testing.assert_allclose([run["accuracy"] for run in report["runs"]], trained, atol=1e-6)
+    resumed = run_cli("--config", "configs/test.py", "--workdir", str(workdir), "--config.num_seeds=3",
+                      "--config.data.train_limit=1000", "--config.data.val_size=200", "--config.data.test_limit=300",
+                      "--config.num_epochs=2")  # resumed on one device, after epoch 1 of eight
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stdout
