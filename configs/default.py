@@ -18,6 +18,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_batch_size = 1000
     config.progress_every_s = 5.0  # a progress line inside an epoch at most this often (0 = off)
     config.checkpoint_every_epochs = 1
+    # True: check this config end to end in seconds (one epoch of a few batches, small splits,
+    # <= 2 seeds, schedules squeezed into the epoch; see cifar_jax/dev_run.py). Train and sweep only.
+    config.dev_run = False
 
     config.data = ml_collections.ConfigDict()
     config.data.name = "cifar10"  # cifar10 | fashion_mnist | mnist
