@@ -8,10 +8,17 @@ builds the same program, whatever its device count.
 
 Two managers live under WORKDIR/checkpoints: `latest/` keeps the newest `checkpoint.keep`
 epochs, `best/` keeps the one epoch with the best mean validation metric over runs.
+
+Orbax does not verify what it reads back, so each checkpoint's meta carries a SHA-256 of the
+state's array bytes: a checkpoint whose bytes were overwritten is never evaluated or resumed as
+if it were fine.
 """
 
+import contextlib
+import hashlib
 import logging
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -56,15 +63,34 @@ def _unflatten(flat: dict[str, np.ndarray], like: Any) -> Any:
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
+def state_digest(flat: dict[str, Any]) -> str:
+    """SHA-256 over every entry's path, dtype, shape and bytes, in sorted path order."""
+    digest = hashlib.sha256()
+    for path in sorted(flat):
+        array = np.ascontiguousarray(np.asarray(flat[path]))
+        digest.update(f"{path}|{array.dtype.str}|{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def _brief(error: BaseException) -> str:
+    text = " ".join(f"{type(error).__name__}: {error}".split())
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
 def _abstract_flat(like: Any) -> dict[str, jax.ShapeDtypeStruct]:
     """The restore target's {path: shape and dtype}; `like` may be concrete or abstract
     (`jax.eval_shape` of the program's init: evaluation needs no initialized weights)."""
     flat = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(like)[0]:
+        sharding = getattr(leaf, "sharding", None)  # where to restore: any mesh, any device count
         if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
             leaf = jax.eval_shape(jax.random.key_data, leaf)
-        flat[jax.tree_util.keystr(path)] = jax.ShapeDtypeStruct(leaf.shape, leaf.dtype)
+        flat[jax.tree_util.keystr(path)] = jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
     return flat
+
+
+DIGEST_KEY = "state_sha256"  # in each checkpoint's meta; removed from what `restore` returns
 
 
 class Checkpoints:
@@ -74,25 +100,37 @@ class Checkpoints:
         if keep < 1:
             raise CheckpointError(f"checkpoint.keep={keep} must be at least 1")
         root = epath.Path(os.path.abspath(workdir)) / "checkpoints"  # Orbax refuses relative paths
+        self.root = root
         self.best_metric = best_metric
         # Readers neither create directories nor save; Orbax's own read_only mode only adds warnings.
         common = dict(create=not read_only, enable_async_checkpointing=not read_only)
+        # Each manager synchronizes the processes of a multi-host job at barriers named by the
+        # step; two managers saving the same epoch need distinct names.
+        barriers = {name: ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name) for name in ("latest", "best")}
         self.latest = ocp.CheckpointManager(
             root / "latest", item_names=("state", "meta"),
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, **common))
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, multiprocessing_options=barriers["latest"], **common))
         self.best = ocp.CheckpointManager(
             root / "best", item_names=("state", "meta"),
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=1, best_fn=lambda m: m[best_metric],
                 best_mode="min" if best_metric.endswith("loss") else "max",
-                keep_checkpoints_without_metrics=False, **common))
+                keep_checkpoints_without_metrics=False, multiprocessing_options=barriers["best"], **common))
 
     def save(self, epoch: int, state: Any, meta: dict, best_value: float | None) -> None:
-        """Saves asynchronously: Orbax copies the arrays to the host, then writes in the background."""
-        args = ocp.args.Composite(state=ocp.args.StandardSave(_flatten(state)), meta=ocp.args.JsonSave(meta))
-        self.latest.save(epoch, args=args)
-        if best_value is not None and np.isfinite(best_value):
-            self.best.save(epoch, args=args, metrics={self.best_metric: float(best_value)})
+        """Saves asynchronously: Orbax copies the arrays to the host, then writes in the background.
+
+        A write that fails (disk full, unwritable workdir) is a one-line CheckpointError, raised
+        here or by `wait`; Orbax writes into a temporary directory first, so earlier checkpoints
+        stay intact.
+        """
+        flat = _flatten(state)
+        meta = {**meta, DIGEST_KEY: state_digest(flat)}
+        args = ocp.args.Composite(state=ocp.args.StandardSave(flat), meta=ocp.args.JsonSave(meta))
+        with self._write_errors(epoch):
+            self.latest.save(epoch, args=args)
+            if best_value is not None and np.isfinite(best_value):
+                self.best.save(epoch, args=args, metrics={self.best_metric: float(best_value)})
 
     def best_path(self) -> str | None:
         """The directory of the best checkpoint, or None when there is none yet."""
@@ -100,8 +138,23 @@ class Checkpoints:
         return None if step is None else str(self.best.directory / str(step))
 
     def wait(self) -> None:
-        self.latest.wait_until_finished()
-        self.best.wait_until_finished()
+        with self._write_errors(None):
+            self.latest.wait_until_finished()
+            self.best.wait_until_finished()
+
+    @contextlib.contextmanager
+    def _write_errors(self, epoch: int | None) -> Iterator[None]:
+        """Turns a failed write into a one-line CheckpointError naming the epochs still intact."""
+        try:
+            yield
+        except CheckpointError:
+            raise
+        except Exception as error:  # noqa: BLE001 -- Orbax wraps OSErrors of its writer threads variously
+            which = f"epoch {epoch}" if epoch is not None else "a checkpoint"
+            intact = [step for step in self.latest.all_steps() if step != epoch]
+            kept = f"epochs {sorted(intact)} are intact" if intact else "no earlier checkpoint exists"
+            raise CheckpointError(f"cannot save {which} in {self.root} ({_brief(error)}); free disk space or fix "
+                                  f"the permissions, then rerun to resume ({kept})") from None
 
     def close(self) -> None:
         self.latest.close()
@@ -112,13 +165,14 @@ class Checkpoints:
 
         `like` is a freshly initialized state of the same program: it gives the tree structure.
         `which` is 'latest', 'best' or an epoch number. For 'latest', a checkpoint that cannot be
-        read (corrupt or truncated) is skipped with a warning and the next older one is tried.
+        read or fails its checksum is skipped with a warning and the next older one is tried; when
+        none is usable, and for 'best' or an epoch, it is a one-line CheckpointError.
         """
         manager = self.best if which == "best" else self.latest
-        if which in ("latest", "best"):
+        if which == "latest":
             candidates = sorted(manager.all_steps(), reverse=True)
-            if which == "best":
-                candidates = [manager.best_step()] if manager.best_step() is not None else []
+        elif which == "best":
+            candidates = [manager.best_step()] if manager.best_step() is not None else []
         else:
             try:
                 epoch = int(which)
@@ -128,15 +182,39 @@ class Checkpoints:
                 raise CheckpointError(f"no checkpoint for epoch {epoch}; available: {sorted(manager.all_steps())}")
             candidates = [epoch]
         abstract = _abstract_flat(like)
+        problems = []
         for epoch in candidates:
             try:
-                restored = manager.restore(epoch, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-            except Exception as error:  # noqa: BLE001 -- any read failure means "not usable"
+                flat, meta = self._read(manager, epoch, abstract)
+            except _Unusable as problem:
                 if which != "latest":
-                    raise CheckpointError(f"checkpoint of epoch {epoch} cannot be read: {error}") from None
-                logging.warning("checkpoint of epoch %d cannot be read (%s); trying an older one",
-                                epoch, str(error).splitlines()[0][:200])
+                    name = f"best checkpoint (epoch {epoch})" if which == "best" else f"checkpoint of epoch {epoch}"
+                    raise CheckpointError(f"{name} {problem}; evaluate another epoch with "
+                                          "--config.eval.checkpoint=N") from None
+                logging.warning("checkpoint of epoch %d %s; trying an older one", epoch, problem)
+                problems.append(epoch)
                 continue
-            return epoch, _unflatten(dict(restored["state"]), like), dict(restored["meta"])
+            return epoch, _unflatten(flat, like), meta
+        if problems:
+            raise CheckpointError(
+                f"no usable checkpoint in {self.root / 'latest'}: epochs {problems} are unreadable or corrupt; "
+                "retrain with --config.checkpoint.overwrite=True (the old run is moved aside)")
         return None
+
+    @staticmethod
+    def _read(manager: ocp.CheckpointManager, epoch: int, abstract: dict) -> tuple[dict, dict]:
+        """The flat state and meta of one checkpoint; _Unusable when unreadable or not as saved."""
+        try:
+            restored = manager.restore(epoch, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+        except Exception as error:  # noqa: BLE001 -- any read failure means "not usable"
+            raise _Unusable(f"cannot be read ({_brief(error)})") from None
+        flat, meta = dict(restored["state"]), dict(restored["meta"])
+        expected = meta.pop(DIGEST_KEY, None)  # None: written before checksums existed
+        if expected is not None and state_digest(flat) != expected:
+            raise _Unusable("fails its checksum (its files were modified or damaged)")
+        return flat, meta
+
+
+class _Unusable(Exception):
+    """A checkpoint that cannot be read or does not match its checksum; the message says which."""

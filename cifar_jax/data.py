@@ -8,21 +8,28 @@ offline machines, and tensorflow-datasets for everyone else.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import io
 import math
 import pickle
 import re
+import shutil
+import socket
 import struct
 import tarfile
+import threading
+import urllib.parse
+import zipfile
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cifar_jax import quiet
 from cifar_jax.errors import ConfigError, DataError
 
 CLASS_NAMES: dict[str, tuple[str, ...]] = {
@@ -53,6 +60,13 @@ _CIFAR_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 _CIFAR_RECORD = 1 + 32 * 32 * 3  # one label byte, then the image as CHW bytes
 _IDX_MAGIC = {1: 2049, 3: 2051}  # uint8 labels (1-d) and images (3-d)
 _ERROR_DETAIL_CHARS = 240
+# Where TFDS downloads each data set from: probed before a download so offline fails fast.
+_TFDS_URLS = {
+    "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
+    "fashion_mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    "mnist": "https://storage.googleapis.com/cvdf-datasets/mnist/",
+}
+_PROBE_TIMEOUT_S = 5.0
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -86,26 +100,25 @@ class Dataset:
 def load_dataset(data_config: Any) -> Dataset:
     """Loads `config.data` from its source, trims it to the configured limits and validates it.
 
-    'auto' tries `data.dir` (when set) and then TFDS, and fails with one line that lists both
-    attempts, so an offline user learns which file to put where.
+    An explicit `data.dir` is authoritative: when it holds no data set the load fails at once
+    (a mistyped path is the commonest first mistake), never falling back to a slow download.
+    'auto' uses TFDS only when `data.dir` is empty.
     """
     name = check_name(data_config.name)
     source = data_config.source
     local_dir = str(data_config.dir or "")
     tfds_dir = str(data_config.tfds_data_dir or "") or None
-    if source == "local":
-        if not local_dir:
-            raise ConfigError(
-                "data.source='local' needs a directory: pass --config.data.dir=DIR "
-                f"({_files_hint(name)})"
-            )
-        dataset = load_local(name, local_dir)
-    elif source == "tfds":
-        dataset = load_tfds(name, tfds_dir)
-    elif source == "auto":
-        dataset = _load_auto(name, local_dir, tfds_dir)
-    else:
+    if source not in SOURCES:
         raise ConfigError(f"data.source={source!r} is not one of {', '.join(SOURCES)}")
+    if source == "local" and not local_dir:
+        raise ConfigError(
+            f"data.source='local' needs --config.data.dir=DIR, a directory with the {name} files "
+            "(train.npz, the official archives or IDX files; see the README)"
+        )
+    if source == "tfds" or not local_dir:
+        dataset = load_tfds(name, tfds_dir)
+    else:
+        dataset = load_local(name, local_dir)
     return _apply_limits(dataset, data_config.train_limit, data_config.test_limit)
 
 
@@ -114,40 +127,6 @@ def check_name(name: str) -> str:
     if name not in IMAGE_SHAPES:
         raise ConfigError(f"data.name={name!r} is not one of {', '.join(IMAGE_SHAPES)}")
     return name
-
-
-def _load_auto(name: str, local_dir: str, tfds_dir: str | None) -> Dataset:
-    tried = []
-    if local_dir:
-        found = find_local(name, local_dir)
-        if found is not None:
-            reader, path = found
-            return reader(name, path)  # files that exist but are broken are reported, not skipped
-        tried.append(f"local: {_looked_in(name, local_dir)}")
-    else:
-        tried.append("local: data.dir is not set")
-    try:
-        return load_tfds(name, tfds_dir)
-    except DataError as error:
-        tried.append(f"TFDS: {error}")
-    raise DataError(
-        f"No {name} data set found. Tried {'; '.join(tried)}. Fix: {_files_hint(name)}, "
-        "or use a prepared TFDS copy with --config.data.source=tfds "
-        "--config.data.tfds_data_dir=DIR"
-    )
-
-
-def _files_hint(name: str) -> str:
-    npz = "train.npz (and optionally test.npz) holding uint8 NHWC 'image' and int 'label' arrays"
-    if name == "cifar10":
-        files = f"cifar-10-binary.tar.gz or cifar-10-python.tar.gz (or their extracted dirs), or {npz}"
-    else:
-        debian = " (Debian: apt-get install dataset-fashion-mnist, then /usr/share/datasets/fashion-mnist)"
-        files = (
-            "train-images-idx3-ubyte.gz and train-labels-idx1-ubyte.gz (optionally t10k-*.gz)"
-            f"{debian if name == 'fashion_mnist' else ''}, or {npz}"
-        )
-    return f"put {files} in a directory and pass --config.data.dir=DIR"
 
 
 def _apply_limits(dataset: Dataset, train_limit: int, test_limit: int) -> Dataset:
@@ -219,7 +198,7 @@ def load_local(name: str, root: str | Path) -> Dataset:
     """Reads the first supported file layout found in `root` or its conventional subdirectories."""
     found = find_local(check_name(name), root)
     if found is None:
-        raise DataError(f"No {name} files found: {_looked_in(name, root)}. Fix: {_files_hint(name)}")
+        raise DataError(_not_found(name, Path(root).expanduser()))
     reader, path = found
     return reader(name, path)
 
@@ -261,13 +240,22 @@ def _layouts(name: str) -> list[tuple[Reader, str]]:
     return layouts
 
 
-def _looked_in(name: str, root: str | Path) -> str:
-    root = Path(root).expanduser()
+def _not_found(name: str, root: Path) -> str:
+    """One short line: the directory, the file names looked for, and the fix."""
+    shown = _short_path(root)
     if not root.is_dir():
-        return f"data.dir={root} is not a directory"
-    files = dict.fromkeys(marker.split("/")[0] for _, marker in _layouts(name))
-    dirs = ", ".join(str(d) for d in _candidate_dirs(name, root))
-    return f"no {' / '.join(files)} in {dirs}"
+        return (f"data.dir={shown} is not a directory; fix --config.data.dir, or set it to '' "
+                f"to download {name} with TFDS")
+    files = ", ".join(dict.fromkeys(marker.rsplit("/", 1)[-1] for _, marker in _layouts(name)))
+    subdirs = ", ".join(f"{sub}/" for sub in _SUBDIRS[name])
+    return (f"data.dir={shown} holds no {name} data set (looked for {files} in it and in {subdirs}); "
+            "add the files or fix --config.data.dir")
+
+
+def _short_path(path: Path, limit: int = 50) -> str:
+    """A long path elided in the middle, so that error lines stay short."""
+    text = str(path)
+    return text if len(text) <= limit else f"{text[: limit // 2 - 2]}...{text[-(limit // 2 - 1):]}"
 
 
 def _read_npz_dir(name: str, marker: Path) -> Dataset:
@@ -289,6 +277,8 @@ def _read_npz_dir(name: str, marker: Path) -> Dataset:
 
 
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if not zipfile.is_zipfile(path):  # np.load would try it as a pickle and suggest loading it unsafely
+        raise DataError(f"{path}: not an npz (zip) file, truncated or of another format; write it with np.savez")
     try:
         with np.load(path, allow_pickle=False) as npz:  # allow_pickle=False: no code from files
             keys = set(npz.files)
@@ -525,8 +515,12 @@ def restricted_unpickle(raw: bytes, where: str) -> Any:
 
 def load_tfds(name: str, data_dir: str | None = None, download: bool = True) -> Dataset:
     """Loads train and test through tensorflow-datasets, honouring the user's own TFDS set-up
-    (`data_dir=None` means TFDS_DATA_DIR or ~/tensorflow_datasets); every failure is a DataError
-    so that source='auto' can list it."""
+    (`data_dir=None` means TFDS_DATA_DIR or ~/tensorflow_datasets); every failure is a DataError.
+
+    A prepared copy is read without the network. Otherwise the download host is probed first, so
+    an offline machine fails in seconds instead of minutes of TFDS retries, and whatever a failed
+    download created under the data dir is removed, so a later attempt starts clean.
+    """
     check_name(name)
     where = f"TFDS {name} (data_dir={data_dir or 'TFDS default'})"
     try:
@@ -534,11 +528,81 @@ def load_tfds(name: str, data_dir: str | None = None, download: bool = True) -> 
         import tensorflow_datasets as tfds
 
         _hide_gpus_from_tensorflow(tf)
-        train, test = tfds.load(name, split=["train", "test"], data_dir=data_dir, download=download)
-        splits = [_tfds_arrays(ds) for ds in (train, test)]
+        quiet.silence_tfds(tfds)
+        try:
+            splits = _tfds_splits(tfds, name, data_dir, download=False)
+        except Exception:  # not prepared (or unreadable): download, if allowed
+            if not download:
+                raise
+            _check_reachable(name, _TFDS_URLS[name])
+            root = Path(data_dir or tfds.core.constants.DATA_DIR).expanduser()
+            with _removing_new_paths(root):
+                splits = _tfds_splits(tfds, name, data_dir, download=True)
+    except DataError:
+        raise
     except Exception as error:  # download, preparation and reading fail in many library-specific ways
         raise DataError(f"{where} failed: {_brief(error)}") from error
     return _make_dataset(name, splits[0], splits[1], where, (f"{where} train", f"{where} test"))
+
+
+def _tfds_splits(tfds: Any, name: str, data_dir: str | None, download: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+    train, test = tfds.load(name, split=["train", "test"], data_dir=data_dir, download=download)
+    return [_tfds_arrays(ds) for ds in (train, test)]
+
+
+def _check_reachable(name: str, url: str, timeout_s: float = _PROBE_TIMEOUT_S) -> None:
+    """Opens one TCP connection to the download host, in a thread so that a hanging DNS lookup
+    is bounded too; raises a one-line DataError with the offline fixes when it fails."""
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    outcome: list[BaseException | None] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
+            outcome.append(None)
+        except OSError as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if outcome and outcome[0] is None:
+        return
+    reason = _brief(outcome[0]) if outcome else f"no answer in {timeout_s:.0f} s"
+    raise DataError(
+        f"TFDS has no prepared {name} and cannot download it: {parts.hostname} is unreachable "
+        f"({reason[:60]}); offline, pass --config.data.dir=DIR with the files, or "
+        "--config.data.tfds_data_dir=DIR with a prepared copy"
+    )
+
+
+@contextlib.contextmanager
+def _removing_new_paths(root: Path) -> Iterator[None]:
+    """On failure, deletes what appeared under `root` (two levels deep) during the block: TFDS
+    leaves incomplete dataset and download directories behind."""
+    before = _tree_entries(root)
+    try:
+        yield
+    except BaseException:
+        for path in sorted(_tree_entries(root) - before, key=lambda p: len(p.parts)):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.exists() or path.is_symlink():
+                path.unlink(missing_ok=True)
+        raise
+
+
+def _tree_entries(root: Path, depth: int = 2) -> set[Path]:
+    """`root` (when it exists) and the paths below it up to `depth` levels."""
+    if not root.exists():
+        return set()
+    entries, frontier = {root}, [root]
+    for _ in range(depth):
+        frontier = [child for parent in frontier if parent.is_dir() and not parent.is_symlink()
+                    for child in parent.iterdir()]
+        entries.update(frontier)
+    return entries
 
 
 def _hide_gpus_from_tensorflow(tf: Any) -> None:
@@ -659,7 +723,7 @@ def normalization_constants(
             if len(values) == 0 or not np.all(values == values[0]):
                 raise ConfigError(
                     f"data.{field} has {len(values)} values {tuple(values.tolist())} but the images have "
-                    f"{num_channels} channel(s): give 1 or {num_channels} values"
+                    f"{num_channels} channel(s): give {'1 value' if num_channels == 1 else f'1 or {num_channels} values'}"
                 )
             values = np.full(num_channels, values[0])
         if field == "std" and np.any(values <= 0):

@@ -15,3 +15,7 @@ class DataError(CifarJaxError, ValueError):
 
 class CheckpointError(CifarJaxError, ValueError):
     """A checkpoint or workdir does not match the config, or cannot be restored."""
+
+
+class UsageError(CifarJaxError):
+    """A command-line flag is missing, unknown or malformed."""

@@ -5,10 +5,16 @@ refused (naming the differing fields) before anything is written, unless the use
 `checkpoint.overwrite=True`, which moves the old run aside instead of deleting it.
 """
 
+import contextlib
+import errno
+import fcntl
 import json
+import logging
 import os
 import shutil
+import socket
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import ml_collections
@@ -23,6 +29,8 @@ DATA_FILE = "data.json"  # image shape, class names, train size: what rebuilding
 RESUMABLE_FIELDS = ("num_epochs", "progress_every_s", "log_every_epochs", "checkpoint_every_epochs",
                     "eval_batch_size", "dev_run", "data.dir", "data.source", "data.tfds_data_dir", "eval.", "execution.",
                     "checkpoint.keep", "checkpoint.overwrite")
+# Held (flock) by the process writing into the workdir; stays when a run is moved aside.
+LOCK_FILE = ".lock"
 # Files a run writes at the top of its workdir (moved aside together on overwrite).
 RUN_FILES = (CONFIG_FILE, DATA_FILE, "checkpoints", "metrics.jsonl", "results.json", "tensorboard", "eval")
 
@@ -54,8 +62,12 @@ def load_json(workdir: str, name: str) -> Any:
     path = os.path.join(workdir, name)
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{path} cannot be read ({type(error).__name__}: {error}); restore it from a copy, "
+                              "or pass another --workdir") from None
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -86,8 +98,9 @@ def claim(workdir: str, config: ml_collections.ConfigDict, data_meta: dict[str, 
         if differing:
             _move_aside(workdir)
     os.makedirs(workdir, exist_ok=True)
-    write_json_atomic(os.path.join(workdir, CONFIG_FILE), current)
-    write_json_atomic(os.path.join(workdir, DATA_FILE), data_meta)
+    for name, payload in ((CONFIG_FILE, current), (DATA_FILE, data_meta)):
+        if load_json(workdir, name) != payload:  # a resume leaves the run's files untouched
+            write_json_atomic(os.path.join(workdir, name), payload)
 
 
 def _move_aside(workdir: str) -> str:
@@ -113,3 +126,104 @@ def write_lines_atomic(path: str, lines: list[str]) -> None:
     with open(tmp, "w") as f:
         f.writelines(line + "\n" for line in lines)
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str, *, is_primary: bool = True, create: bool = True) -> Iterator[None]:
+    """Makes this process the one writer of `workdir` while the block runs.
+
+    Two processes writing one workdir (a second terminal, a re-sent job) would interleave
+    checkpoints and metrics, so a second one is refused at once, naming the holder. The lock is
+    an flock on WORKDIR/.lock, which the OS releases when its holder dies: a lock file left by a
+    killed process is taken over with a warning. Of a multi-process job only the primary process
+    (`is_primary`, process 0) takes it. With `create=False` a missing workdir is left missing
+    (evaluation reports that itself). On release the file is emptied, not removed: removing it
+    would let a waiting process lock an orphaned inode while a third creates a new file. Only a
+    workdir this call created and nothing else wrote into (a start that failed) is removed, while
+    the lock is still held, so a mistyped --workdir leaves no stray directory.
+    """
+    if not is_primary or (not create and not os.path.isdir(workdir)):
+        yield
+        return
+    created = not os.path.exists(workdir)
+    fd = _open_lock(workdir)
+    try:
+        holder = _read_holder(fd)
+        _acquire(fd, workdir, holder)
+        if holder:
+            logging.warning("%s: taking over the lock of process %s on %s (started %s), which ended without "
+                            "releasing it", workdir, holder.get("pid"), holder.get("host"), holder.get("start"))
+        _write_holder(fd, {"pid": os.getpid(), "host": socket.gethostname(),
+                           "start": time.strftime("%Y-%m-%d %H:%M:%S")})
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            if created:
+                _remove_if_only_the_lock(workdir)
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock
+
+
+def _remove_if_only_the_lock(workdir: str) -> None:
+    if os.listdir(workdir) == [LOCK_FILE]:
+        try:
+            os.unlink(os.path.join(workdir, LOCK_FILE))
+            os.rmdir(workdir)
+        except OSError:
+            pass  # another process started writing into it meanwhile: it is theirs now
+
+
+def _open_lock(workdir: str) -> int:
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        return os.open(os.path.join(workdir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+    except (FileExistsError, NotADirectoryError):
+        raise CheckpointError(f"--workdir {workdir} is (or lies below) a file, not a directory; pass a directory") from None
+    except OSError as error:
+        raise CheckpointError(f"cannot write into --workdir {workdir} ({error.strerror}); fix its permissions "
+                              "or pass another --workdir") from None
+
+
+def _acquire(fd: int, workdir: str, holder: dict[str, Any]) -> None:
+    """flock, or (on file systems without it) the recorded holder's liveness on this host."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return
+    except BlockingIOError:
+        pass
+    except OSError as error:
+        if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP):
+            raise
+        if not _alive_here(holder):
+            return
+    raise CheckpointError(
+        f"{workdir} is in use by process {holder.get('pid', '?')} on {holder.get('host', '?')} (since "
+        f"{holder.get('start', '?')}); wait for it to finish, stop it, or pass another --workdir")
+
+
+def _alive_here(holder: dict[str, Any]) -> bool:
+    if not holder or holder.get("host") != socket.gethostname():
+        return bool(holder)  # another host's process cannot be checked: assume it runs
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, KeyError, ValueError, TypeError):
+        return True
+    return True
+
+
+def _read_holder(fd: int) -> dict[str, Any]:
+    """The holder recorded in the lock file; {} when it is empty (free) or unreadable."""
+    try:
+        text = os.pread(fd, 4096, 0).decode()
+        holder = json.loads(text) if text.strip() else {}
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _write_holder(fd: int, holder: dict[str, Any]) -> None:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(holder).encode(), 0)

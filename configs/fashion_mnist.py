@@ -12,6 +12,8 @@ conv_conv_conv's 32/64/128, and the recipe (Adam lr 1e-3, batch 64, 10 epochs), 
 the issue does not give them. The study varied init, lr, batch size and augmentations around it.
 """
 
+import os
+
 try:
     from configs import default as default_lib
 except ImportError:  # loaded by path from outside the repository root
@@ -21,6 +23,13 @@ except ImportError:  # loaded by path from outside the repository root
     from configs import default as default_lib
 
 ARCHS = ("conv_conv_fc", "conv_fc_fc", "fc_fc_fc", "conv_conv_conv", "resnet18")
+DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"  # apt-get install dataset-fashion-mnist
+
+
+def debian_dir() -> str:
+    """Debian's Fashion-MNIST files when installed, else '' (TFDS): an explicit data.dir is
+    authoritative and never falls back to a download, so it is only set where it exists."""
+    return DEBIAN_DIR if os.path.isdir(DEBIAN_DIR) else ""
 
 
 def get_config(arch: str = "conv_conv_fc"):
@@ -33,8 +42,7 @@ def get_config(arch: str = "conv_conv_fc"):
     config.num_epochs = 10
     config.batch_size = 64
     config.data.name = "fashion_mnist"
-    # Debian's dataset-fashion-mnist files when present; otherwise 'auto' falls back to TFDS.
-    config.data.dir = "/usr/share/datasets/fashion-mnist"
+    config.data.dir = debian_dir()
     config.data.mean = (0.2860,)  # Fashion-MNIST training-set statistics, one channel
     config.data.std = (0.3530,)
 

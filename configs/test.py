@@ -2,7 +2,7 @@
 
 import ml_collections
 
-from configs import default
+from configs import default, fashion_mnist
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -13,7 +13,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.batch_size = 32
     config.eval_batch_size = 500
     config.data.name = "fashion_mnist"
-    config.data.dir = "/usr/share/datasets/fashion-mnist"
+    config.data.dir = fashion_mnist.debian_dir()
     config.data.train_limit = 4000
     config.data.test_limit = 1000
     config.data.val_size = 1000.0

@@ -130,13 +130,13 @@ def test_eval_cli_on_a_test_npz_elsewhere(trained_workdir, tmp_path):
 @pytest.mark.slow
 @needs_fashion_mnist
 def test_resume_with_another_model_is_refused_and_changes_nothing(trained_workdir):
-    before = {p: p.stat().st_mtime_ns for p in trained_workdir.rglob("*")}
+    before = {p: p.stat().st_mtime_ns for p in trained_workdir.rglob("*") if p.name != workdir_lib.LOCK_FILE}
     result = run_cli(*SMALL, "--workdir", str(trained_workdir), "--config.num_epochs=3",
                      "--config.model.dense_features=(64,)", "--config.num_seeds=3")
     assert result.returncode == 1
     error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "model.dense_features" in error[0] and "num_seeds" in error[0]
-    assert {p: p.stat().st_mtime_ns for p in trained_workdir.rglob("*")} == before
+    assert {p: p.stat().st_mtime_ns for p in trained_workdir.rglob("*") if p.name != workdir_lib.LOCK_FILE} == before
 
 
 def test_overwrite_moves_the_old_run_aside(tmp_path):
@@ -177,3 +177,94 @@ def test_notebook_api_predicts_from_uint8_and_refuses_it_in_model(trained_workdi
         model(jnp.asarray(images))
     inputs = splits.to_model_input(jnp.asarray(images), loaded.hparams["mean"][0], loaded.hparams["std"][0])
     np.testing.assert_allclose(jax.nn.softmax(model(inputs)), probs[0], rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- integrity and write failures
+
+
+@pytest.fixture(scope="module")
+def saved_state():
+    state, _ = train_runs(tiny_config(num_seeds=2), synthetic_splits(), epochs=1)
+    return state
+
+
+def save_epochs(workdir, state, epochs=(1, 2)) -> Checkpoints:
+    checkpoints = Checkpoints(str(workdir), keep=3, best_metric="val_accuracy")
+    for epoch in epochs:
+        checkpoints.save(epoch, state, {"history": [epoch]}, best_value=float(epoch))
+    checkpoints.wait()
+    return checkpoints
+
+
+def overwrite_array_bytes(step_dir) -> None:
+    """Overwrites (never truncates) bytes in the middle of every array data file."""
+    files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+    assert files
+    for path in files:
+        raw = bytearray(path.read_bytes())
+        middle = len(raw) // 2
+        raw[middle:middle + 16] = bytes(255 - b for b in raw[middle:middle + 16])
+        path.write_bytes(bytes(raw))
+
+
+def tamper_digest(step_dir) -> None:
+    """Keeps the arrays but changes the recorded checksum: only the checksum can notice."""
+    path = step_dir / "meta" / "metadata"
+    meta = json.loads(path.read_text())
+    meta["state_sha256"] = "0" * 64
+    path.write_text(json.dumps(meta))
+
+
+def test_checkpoint_meta_holds_the_state_checksum_and_restore_hides_it(tmp_path, saved_state):
+    save_epochs(tmp_path, saved_state, epochs=(1,))
+    stored = json.loads((tmp_path / "checkpoints/latest/1/meta/metadata").read_text())
+    assert len(stored["state_sha256"]) == 64
+    assert Checkpoints(str(tmp_path), keep=3, best_metric="val_accuracy").restore(saved_state)[2] == {"history": [1]}
+
+
+@pytest.mark.parametrize("damage", [overwrite_array_bytes, tamper_digest])
+def test_damaged_newest_checkpoint_falls_back_with_a_warning(tmp_path, saved_state, caplog, damage):
+    checkpoints = save_epochs(tmp_path, saved_state)
+    damage(tmp_path / "checkpoints/latest/2")
+    epoch, restored, meta = checkpoints.restore(saved_state)
+    assert epoch == 1 and meta == {"history": [1]}
+    assert_trees_equal(restored, saved_state)
+    assert "checkpoint of epoch 2" in caplog.text
+    with pytest.raises(CheckpointError, match="^checkpoint of epoch 2 (cannot be read|fails its checksum)") as error:
+        checkpoints.restore(saved_state, which="2")
+    assert "\n" not in str(error.value)
+
+
+def test_all_checkpoints_damaged_is_one_line_error(tmp_path, saved_state):
+    checkpoints = save_epochs(tmp_path, saved_state)
+    for epoch in (1, 2):
+        tamper_digest(tmp_path / f"checkpoints/latest/{epoch}")
+    tamper_digest(tmp_path / "checkpoints/best/2")
+    for which in ("latest", "best"):
+        with pytest.raises(CheckpointError) as error:
+            checkpoints.restore(saved_state, which=which)
+        message = str(error.value)
+        assert "\n" not in message and len(message) <= 300 and ("checksum" in message or "no usable" in message)
+
+
+def test_a_failed_save_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, saved_state):
+    """A file-size limit makes every large write fail with EFBIG, as a full disk would."""
+    import resource
+
+    checkpoints = save_epochs(tmp_path, saved_state, epochs=(1,))
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (256, limits[1]))
+    try:
+        with pytest.raises(CheckpointError) as error:
+            checkpoints.save(2, saved_state, {"history": [2]}, best_value=None)
+            checkpoints.wait()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, previous_handler)
+    message = str(error.value)
+    assert "\n" not in message and "cannot save" in message and "[1] are intact" in message, message
+    fresh = Checkpoints(str(tmp_path), keep=3, best_metric="val_accuracy")
+    epoch, restored, _ = fresh.restore(saved_state)
+    assert epoch == 1
+    assert_trees_equal(restored, saved_state)

@@ -7,6 +7,7 @@ import os
 import pickle
 import struct
 import tarfile
+import time
 from pathlib import Path
 
 import jax
@@ -398,7 +399,7 @@ def test_npz_missing_keys_and_garbage(tmp_path):
     with pytest.raises(DataError, match="needs 'image'"):
         data.load_local("cifar10", tmp_path)
     (tmp_path / "train.npz").write_bytes(b"not a zip file")
-    with pytest.raises(DataError, match="not a readable npz"):
+    with pytest.raises(DataError, match="not an npz \\(zip\\) file"):
         data.load_local("cifar10", tmp_path)
 
 
@@ -416,7 +417,7 @@ def test_auto_prefers_local_files(tmp_path, monkeypatch):
     assert data.load_dataset(data_config(dir=str(tmp_path))).source.startswith("npz files")
 
 
-def test_auto_falls_back_to_tfds(tmp_path, monkeypatch):
+def test_auto_uses_tfds_only_without_data_dir(monkeypatch):
     calls = []
 
     def fake_tfds(name, data_dir=None):
@@ -424,9 +425,9 @@ def test_auto_falls_back_to_tfds(tmp_path, monkeypatch):
         return fake_dataset(name, "tfds")
 
     monkeypatch.setattr(data, "load_tfds", fake_tfds)
-    ds = data.load_dataset(data_config(name="mnist", dir=str(tmp_path), tfds_data_dir="/x/tfds"))
+    ds = data.load_dataset(data_config(name="mnist", tfds_data_dir="/x/tfds"))
     assert ds.source == "tfds" and calls == [("mnist", "/x/tfds")]
-    data.load_dataset(data_config(name="mnist"))  # no data.dir: straight to TFDS's default
+    data.load_dataset(data_config(name="mnist"))  # no tfds_data_dir: TFDS's default
     assert calls[-1] == ("mnist", None)
 
 
@@ -437,29 +438,35 @@ def test_auto_reports_broken_local_files_without_trying_tfds(tmp_path, monkeypat
         data.load_dataset(data_config(dir=str(tmp_path)))
 
 
-def test_auto_failure_is_one_line_listing_attempts_and_fixes(tmp_path, monkeypatch):
-    def failing_tfds(name, data_dir=None):
-        raise DataError(f"TFDS {name} failed: no network")
+@pytest.mark.parametrize("name", ["cifar10", "fashion_mnist", "mnist"])
+@pytest.mark.parametrize("source", ["auto", "local"])
+def test_explicit_dir_without_data_fails_at_once_in_one_short_line(tmp_path, monkeypatch, name, source):
+    """A mistyped data.dir is authoritative: no TFDS fallback, one line naming the dir and files."""
+    monkeypatch.setattr(data, "load_tfds", lambda *a, **k: pytest.fail("TFDS must not be tried"))
+    deep = tmp_path / ("long-directory-name-" * 6)
+    deep.mkdir()
+    for directory, expected in ((deep, "holds no"), (tmp_path / "nowhere", "is not a directory")):
+        with pytest.raises(DataError) as error:
+            data.load_dataset(data_config(name=name, dir=str(directory), source=source))
+        message = str(error.value)
+        assert "\n" not in message and len(message) <= 300, message
+        assert expected in message and "--config.data.dir" in message
+    assert "train.npz" in message or "is not a directory" in message
 
-    monkeypatch.setattr(data, "load_tfds", failing_tfds)
+
+def test_empty_dir_lists_the_file_names_looked_for(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(DataError) as error:
-        data.load_dataset(data_config(name="fashion_mnist", dir=str(tmp_path)))
+        data.load_dataset(data_config(name="fashion_mnist", dir="."))
     message = str(error.value)
-    assert "\n" not in message
-    assert "no train.npz / test.npz / train-images-idx3-ubyte.gz" in message
-    assert f"{tmp_path}/fashion-mnist" in message  # the conventional subdirectories were tried
-    assert "TFDS fashion_mnist failed: no network" in message
-    assert "--config.data.dir=DIR" in message and "--config.data.source=tfds" in message
-    assert "dataset-fashion-mnist" in message
-
-    with pytest.raises(DataError, match="data.dir=.*nowhere is not a directory.*cifar-10-binary.tar.gz"):
-        data.load_dataset(data_config(dir=str(tmp_path / "nowhere")))
+    assert "data.dir=. holds no fashion_mnist" in message
+    assert "train-images-idx3-ubyte.gz" in message and "fashion-mnist/" in message
 
 
 def test_local_source_errors(tmp_path):
     with pytest.raises(ConfigError, match="--config.data.dir"):
         data.load_dataset(data_config(source="local"))
-    with pytest.raises(DataError, match="No cifar10 files found"):
+    with pytest.raises(DataError, match="holds no cifar10 data set"):
         data.load_dataset(data_config(source="local", dir=str(tmp_path)))
     with pytest.raises(ConfigError, match="data.source='web'"):
         data.load_dataset(data_config(source="web"))
@@ -485,6 +492,32 @@ def test_tfds_missing_data_is_a_data_error(tmp_path):
     pytest.importorskip("tensorflow_datasets")
     with pytest.raises(DataError, match=f"TFDS mnist \\(data_dir={tmp_path}\\) failed: AssertionError"):
         data.load_tfds("mnist", str(tmp_path), download=False)
+
+
+def test_tfds_offline_download_fails_fast_and_leaves_nothing(tmp_path):
+    """The real offline path (this test machine has no network): seconds, one line, no debris."""
+    pytest.importorskip("tensorflow_datasets")
+    root = tmp_path / "tfds"
+    start = time.monotonic()
+    with pytest.raises(DataError) as error:
+        data.load_dataset(data_config(name="fashion_mnist", source="tfds", tfds_data_dir=str(root)))
+    assert time.monotonic() - start < 15
+    message = str(error.value)
+    assert "unreachable" in message and "--config.data.dir=DIR" in message and len(message) <= 300
+    assert not root.exists()
+
+
+def test_failed_download_removes_what_it_created(tmp_path):
+    root = tmp_path / "tfds"
+    (root / "mnist").mkdir(parents=True)
+    (root / "mnist" / "kept").write_text("the user's")
+    with pytest.raises(OSError):
+        with data._removing_new_paths(root):
+            (root / "downloads" / "x.tmp").mkdir(parents=True)
+            (root / "mnist" / "3.0.1.incomplete").mkdir()
+            (root / "cifar10.partial").write_text("half")
+            raise OSError("connection reset")
+    assert sorted(p.name for p in root.rglob("*")) == ["kept", "mnist"]
 
 
 # --------------------------------------------------------------------------- real data
