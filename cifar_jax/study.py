@@ -43,7 +43,8 @@ from cifar_jax.errors import ConfigError
 SCALES = ("full", "cpu", "smoke")
 # Top-level fields every experiment takes from the study: seeds, data source, data size.
 SHARED_FIELDS = ("seed", "num_seeds", "data.dir", "data.source", "data.tfds_data_dir", "data.train_limit",
-                 "data.test_limit", "data.val_size")
+                 "data.test_limit", "data.val_size", "execution.distributed", "execution.coordinator_address",
+                 "execution.num_processes", "execution.process_id")
 STUDY_FILE = "study.json"
 REPORT_FILE = "report.md"
 LN10 = math.log(10.0)
@@ -87,14 +88,18 @@ def by_scale(scale: str, full: Any, cpu: Any, smoke: Any) -> Any:
 
 
 def study_config(*, name: str, title: str, scale: str, config_path: str, source: str, num_seeds: int,
-                 data_dir: str, train_limit: int, val_size: float, test_limit: int = 0) -> ml_collections.ConfigDict:
+                 data_dir: str, train_limit: int, val_size: float, execution: ml_collections.ConfigDict,
+                 test_limit: int = 0) -> ml_collections.ConfigDict:
     """The top level of a study config: the SHARED_FIELDS every experiment takes, and `study`.
+    `execution` is the project's default execution section (configs/default.py): its multi-host
+    fields (`execution.distributed`, ...) are set once for the whole study, before JAX starts.
     Experiments and claims are added by the caller (`config.experiments.K = experiment(...)`); they
     run and are reported in key order (a ConfigDict sorts its keys: 'E0_02' keeps E0.2 before E0.10)."""
     config = ml_collections.ConfigDict()
     config.name = f"study_{name}"
     config.seed = 0
     config.num_seeds = num_seeds
+    config.execution = execution.copy_and_resolve_references()
     config.data = ml_collections.ConfigDict({"dir": data_dir, "source": "auto", "tfds_data_dir": "",
                                              "train_limit": train_limit, "test_limit": test_limit,
                                              "val_size": float(val_size)})

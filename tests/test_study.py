@@ -33,7 +33,7 @@ def mini_study() -> ml_collections.ConfigDict:
     2 seeds, 600 Fashion-MNIST images, a 4-channel conv net."""
     config = study.study_config(name="mini", title="miniature", scale="smoke", config_path="tests/test_study.py",
                                 source="this test", num_seeds=2, data_dir="/usr/share/datasets/fashion-mnist",
-                                train_limit=600, val_size=200, test_limit=200)
+                                train_limit=600, val_size=200, test_limit=200, execution=tiny_config().execution)
     base = tiny_config(**{"model.dropout_rate": 0.0})
     config.experiments.A_lr = study.experiment(
         base, ids=("A",), title="learning rate", axes=(("optim.learning_rate", (0.01, 0.05)),),
@@ -137,7 +137,7 @@ def test_gate_analysis_of_a_block_cnn_experiment(tmp_path):
     """The learned branch weights per block (study 003's unmeasured claim) land in the report."""
     config = study.study_config(name="gates", title="gates", scale="smoke", config_path="tests/test_study.py",
                                 source="this test", num_seeds=2, data_dir="/usr/share/datasets/fashion-mnist",
-                                train_limit=400, val_size=100, test_limit=100)
+                                train_limit=400, val_size=100, test_limit=100, execution=tiny_config().execution)
     base = tiny_config(**{"model.name": "block_cnn", "model.dropout_rate": 0.0, "model.dropout_placement": "none"})
     base.model.block_channels, base.model.num_branches, base.model.gate = (4, 8), 3, "softmax"
     base.model.classifier_features = (16,)
@@ -196,8 +196,10 @@ def test_top_level_overrides_reach_every_experiment():
     config.num_seeds = 7
     config.data.train_limit = 123
     config.data.dir = "/elsewhere"
+    config.execution.num_processes = 4
     for exp in study.experiments(config):
         assert (exp.config.num_seeds, exp.config.data.train_limit, exp.config.data.dir) == (7, 123, "/elsewhere")
+        assert exp.config.execution.num_processes == 4
 
 
 @pytest.mark.parametrize("scale", study.SCALES)

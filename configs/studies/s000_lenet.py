@@ -73,7 +73,8 @@ def get_config(scale: str = "cpu"):
     config = study_config(
         name="000", title="LeNet hyper-parameter walk on CIFAR-10", scale=scale,
         config_path="configs/studies/s000_lenet.py", source="STUDIES.md §2 (report 000, student 181334, 2021)",
-        num_seeds=by_scale(scale, 5, 5, 2), data_dir=by_scale(scale, "", SHARED_CIFAR10, SHARED_CIFAR10),
+        execution=lenet_tutorial.get_config().execution, num_seeds=by_scale(scale, 5, 5, 2),
+        data_dir=by_scale(scale, "", SHARED_CIFAR10, SHARED_CIFAR10),
         train_limit=by_scale(scale, 0, 13000, 1200), val_size=by_scale(scale, 10000, 5000, 200))
     rate = TORCH_LENET_SMALL_BATCH
     t5 = TEST.format(e=5)

@@ -65,6 +65,7 @@ def get_config(scale: str = "cpu"):
         name="003", title="Adaptive block CNN on CIFAR-10", scale=scale,
         config_path="configs/studies/s003_block_cnn.py",
         source="STUDIES.md §5 (report 003, Ngoc Bach Nguyen)", num_seeds=by_scale(scale, 5, 3, 2),
+        execution=block_cnn.get_config().execution,
         data_dir=by_scale(scale, "", SHARED_CIFAR10, SHARED_CIFAR10),
         train_limit=by_scale(scale, 0, 10000, 1200), val_size=by_scale(scale, 10000, 2000, 200))
     E = config.experiments
