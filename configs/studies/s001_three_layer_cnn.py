@@ -6,7 +6,7 @@ kernel grid, lr (with a dying-ReLU diagnosis), batch size, L2, batch norm, mixup
 Scales: `:full` the study's (40k train / 10k val, the test split read once at the
 validation-selected epoch, 11 epochs (10 for mixup), 5 seeds); `:cpu` 6,000 training and 2,000
 validation images of the shared JPEG copy, 2 epochs, 3 seeds, the 16-run grid (E1.1) marked
-needs-full-scale (it runs at :smoke): about 40 minutes on 2 cores (830k training images at the ~490 model-images/s
+needs-full-scale (also at :smoke: its 16 programs take ~25 minutes there): about 40 minutes on 2 cores (830k training images at the ~490 model-images/s
 this CNN trained here at batch 20 with 3 seeds, 280k evaluated images, ~15 compiles);
 `:smoke` 1,000 / 200 images, 1 epoch, 2 seeds.
 
