@@ -696,9 +696,9 @@ def protocol_section(config: ml_collections.ConfigDict, workdir: str, exps: Sequ
               f"- **Wall time**: {_duration(total_wall)} over {len(sessions)} `--mode=study` session(s) "
               "(training, evaluation, compiles and reports); `ours: model-img/s` is every run's training images "
               "over the experiment's training wall time, compiles and evaluation included.", "",
-              "| experiment | train images | epochs | runs | training wall time | ours: model-img/s | "
+              "| experiment | train images | test split | epochs | runs | training wall time | ours: model-img/s | "
               "PyTorch img/s (one run) | PyTorch, runs one after another (est.) |",
-              "|---|---:|---|---:|---:|---:|---:|---:|"]
+              "|---|---:|---|---|---:|---:|---:|---:|---:|"]
     torch_total, unknown = 0.0, []
     for exp in exps:
         if exp.key not in plans:
@@ -714,6 +714,7 @@ def protocol_section(config: ml_collections.ConfigDict, workdir: str, exps: Sequ
             if rows["images"]:
                 unknown.append(exp.key)
         lines.append(f"| {exp.key} | {', '.join(map(str, sorted(rows['train']))) or '–'} | "
+                     f"{'read at the val-selected epoch' if rows['test'] else 'none'} | "
                      f"{', '.join(map(str, sorted(rows['epochs']))) or '–'} | {rows['runs']} | "
                      f"{_duration(rows['wall_s'])} | {_rate(rows['images'], rows['wall_s'])} | "
                      f"{f'{rate:,.0f}' if rate else '–'} | {estimate} |")

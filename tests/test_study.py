@@ -105,7 +105,8 @@ def test_mini_study_report_matches_results_and_resumes(tmp_path):
     assert "needs :full scale" in markdown and "C1.3" in markdown
     assert "## Protocol" in markdown and "PyTorch" in markdown and "cpu" in markdown.lower()
     # 4 runs x 1 epoch x 400 training images (600 - 200 validation) at PyTorch's 1,000 images/s: 1.6 s
-    (protocol,) = [line for line in markdown.splitlines() if line.startswith("| A_lr | 400 | 1 | 4 |")]
+    (protocol,) = [line for line in markdown.splitlines()
+                   if line.startswith("| A_lr | 400 | read at the val-selected epoch | 1 | 4 |")]
     assert protocol.endswith("| 1,000 | 00:00:01 |")
     assert (tmp_path / "plots" / "A_lr_curves.png").exists()
     assert (tmp_path / "plots" / "A_lr_train_loss_curves.png").exists()
