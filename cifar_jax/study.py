@@ -620,6 +620,17 @@ def correlation_table(workdir: str, exp: Experiment, plan: dict[str, Any]) -> li
         for label, runs in settings if runs]
 
 
+def axis_fields(plan: dict[str, Any]) -> list[str]:
+    """The swept fields worth a metric-vs-value chart: every axis of a grid; of a zip, the first
+    axis when its values tell the settings apart (batch sizes, widths; not a BN on/off ablation)."""
+    axes = plan.get("axes", [])
+    if plan.get("kind") == "grid":
+        return [field for field, _ in axes]
+    if plan.get("kind") == "zip" and axes and len({repr(v) for v in axes[0][1]}) == len(axes[0][1]) > 1:
+        return [axes[0][0]]
+    return []
+
+
 def experiment_plots(workdir: str, exp: Experiment, settings: Sequence[report.Setting],
                      plan: dict[str, Any]) -> list[str]:
     """Learning curves and metric-vs-value charts (report.py's plots), paths relative to workdir."""
@@ -631,8 +642,8 @@ def experiment_plots(workdir: str, exp: Experiment, settings: Sequence[report.Se
         if report.plot_learning_curves(os.path.join(workdir, name), settings, exp.name, metric=curve):
             written.append(name)
     metric = plan.get("metric", "val_accuracy")
-    if plan.get("kind") == "grid" and any(s.sample(metric).size for s in settings):
-        for field, _ in plan["axes"]:
+    if any(s.sample(metric).size for s in settings):
+        for field in axis_fields(plan):
             name = f"plots/{exp.key}_{report.path_name(field)}.png"
             report.plot_axis(os.path.join(workdir, name), settings, field, metric, plan.get("alpha", ALPHA))
             written.append(name)
