@@ -319,18 +319,22 @@ def run_study(config: ml_collections.ConfigDict, workdir: str,
                "commit": code_version(), "wall_s": 0.0}
     state["sessions"].append(session)
     start, trained, skipped = time.time(), [], []
-    for i, exp in enumerate(exps, start=1):
-        exp_dir = os.path.join(workdir, exp.key)
-        head = f"study: {i}/{len(exps)} {exp.key} ({exp.name})"
-        if not exp.runnable:
-            print(f"{head}: not run ({exp.skip_reason})", flush=True)
-        elif experiment_done(exp, exp_dir):
-            print(f"{head}: finished earlier, skipped", flush=True)
-            skipped.append(exp.key)
-        else:
-            print(f"{head}", flush=True)
-            sweep.run_sweep(exp.config, exp_dir, train_fn=train_fn)
-            trained.append(exp.key)
+    try:
+        for i, exp in enumerate(exps, start=1):
+            exp_dir = os.path.join(workdir, exp.key)
+            head = f"study: {i}/{len(exps)} {exp.key} ({exp.name})"
+            if not exp.runnable:
+                print(f"{head}: not run ({exp.skip_reason})", flush=True)
+            elif experiment_done(exp, exp_dir):
+                print(f"{head}: finished earlier, skipped", flush=True)
+                skipped.append(exp.key)
+            else:
+                print(f"{head}", flush=True)
+                sweep.run_sweep(exp.config, exp_dir, train_fn=train_fn)
+                trained.append(exp.key)
+            session["wall_s"] = time.time() - start
+            workdir_lib.write_json_atomic(os.path.join(workdir, STUDY_FILE), state)
+    finally:  # an interrupted session's time counts too (the report sums the sessions)
         session["wall_s"] = time.time() - start
         workdir_lib.write_json_atomic(os.path.join(workdir, STUDY_FILE), state)
     path = write_study_report(config, workdir)
