@@ -319,6 +319,11 @@ def run_study(config: ml_collections.ConfigDict, workdir: str,
                "commit": code_version(), "wall_s": 0.0}
     state["sessions"].append(session)
     start, trained, skipped = time.time(), [], []
+
+    def save_session() -> None:  # after every experiment (a SIGKILL loses one at most) and on any exit
+        session["wall_s"] = time.time() - start
+        workdir_lib.write_json_atomic(os.path.join(workdir, STUDY_FILE), state)
+
     try:
         for i, exp in enumerate(exps, start=1):
             exp_dir = os.path.join(workdir, exp.key)
@@ -332,11 +337,9 @@ def run_study(config: ml_collections.ConfigDict, workdir: str,
                 print(f"{head}", flush=True)
                 sweep.run_sweep(exp.config, exp_dir, train_fn=train_fn)
                 trained.append(exp.key)
-            session["wall_s"] = time.time() - start
-            workdir_lib.write_json_atomic(os.path.join(workdir, STUDY_FILE), state)
+            save_session()
     finally:  # an interrupted session's time counts too (the report sums the sessions)
-        session["wall_s"] = time.time() - start
-        workdir_lib.write_json_atomic(os.path.join(workdir, STUDY_FILE), state)
+        save_session()
     path = write_study_report(config, workdir)
     print(f"study: {path}", flush=True)
     return {"trained": trained, "skipped": skipped, "report": path}
