@@ -218,10 +218,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                  "num_train": splits.num_train}
     primary = execution.is_primary()  # process 0 writes everything but the checkpoints
     if primary:
-        workdir_lib.claim(workdir, config, data_meta)  # refuses a workdir of another config before writing anything
-    loop = progress.TrainingLog(workdir, config, setup.grid, splits, setup.program, is_primary=primary)
+        workdir_lib.make_room(workdir, config)  # refuses a workdir of another config, writing nothing
     checkpoints = Checkpoints(workdir, keep=config.checkpoint.keep, best_metric=config.checkpoint.best_metric)
-    restored = checkpoints.restore(setup.real_like())
+    restored = checkpoints.restore(setup.real_like())  # an unusable one fails here, config.json untouched
+    if primary:
+        workdir_lib.write_run_files(workdir, config, data_meta)
+    loop = progress.TrainingLog(workdir, config, setup.grid, splits, setup.program, is_primary=primary)
     history, diverged_by_epoch, elapsed = [], [], 0.0
     if restored is None:
         state = setup.init()

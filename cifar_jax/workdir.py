@@ -80,10 +80,14 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def claim(workdir: str, config: ml_collections.ConfigDict, data_meta: dict[str, Any]) -> None:
-    """Makes `workdir` this config's: new, same config (resume), or an explicit overwrite.
+    """Makes `workdir` this config's: new, same config (resume), or an explicit overwrite."""
+    make_room(workdir, config)
+    write_run_files(workdir, config, data_meta)
 
-    Raises before writing anything when the workdir holds a run of another config.
-    """
+
+def make_room(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Refuses (writing nothing) a workdir that holds a run of another config; with
+    `checkpoint.overwrite` moves that run aside. A resume of the same config changes nothing."""
     stored = load_json(workdir, CONFIG_FILE)
     current = config_to_dict(config)
     if stored is not None:
@@ -97,7 +101,12 @@ def claim(workdir: str, config: ml_collections.ConfigDict, data_meta: dict[str, 
                 "original config, or --config.checkpoint.overwrite=True to move the old run aside")
         if differing:
             _move_aside(workdir)
+
+
+def write_run_files(workdir: str, config: ml_collections.ConfigDict, data_meta: dict[str, Any]) -> None:
+    """config.json and data.json, written only when they change (a resume leaves them as they are)."""
     os.makedirs(workdir, exist_ok=True)
+    current = config_to_dict(config)
     for name, payload in ((CONFIG_FILE, current), (DATA_FILE, data_meta)):
         if load_json(workdir, name) != payload:  # a resume leaves the run's files untouched
             write_json_atomic(os.path.join(workdir, name), payload)
