@@ -22,7 +22,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from cifar_jax import dev_run  # noqa: E402
 from cifar_jax import workdir as workdir_lib  # noqa: E402
-from cifar_jax.errors import CifarJaxError, ConfigError, UsageError  # noqa: E402
+from cifar_jax.errors import CifarJaxError, ConfigError, Interrupted, UsageError  # noqa: E402
 
 
 
@@ -228,9 +228,12 @@ def cli(argv: list[str]) -> int:
         logging.set_verbosity(verbosity if verbosity >= quiet.VERBOSE_LEVEL else
                               logging.ERROR if quiet.active else logging.WARNING)
         dispatch(config, workdir, mode)
+    except Interrupted as stopped:  # a checkpoint was saved: say how to resume, with a status a job script tests
+        print(str(stopped), file=sys.stderr, flush=True)
+        return stopped.exit_code
     except CifarJaxError as error:
         print(error_line(str(error)), file=sys.stderr, flush=True)
-        return getattr(error, "exit_code", 1)  # interrupts.Interrupted carries its own (75, 130)
+        return 1
     return 0
 
 

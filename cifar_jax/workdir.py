@@ -28,7 +28,7 @@ DATA_FILE = "data.json"  # image shape, class names, train size: what rebuilding
 # (log_every_epochs: a removed field that workdirs of earlier versions still hold.)
 RESUMABLE_FIELDS = ("num_epochs", "progress_every_s", "log_every_epochs", "checkpoint_every_epochs",
                     "eval_batch_size", "dev_run", "data.dir", "data.source", "data.tfds_data_dir", "eval.", "execution.",
-                    "checkpoint.keep", "checkpoint.overwrite")
+                    "checkpoint.keep", "checkpoint.overwrite", "checkpoint.every_minutes")
 # Held (flock) by the process writing into the workdir; stays when a run is moved aside.
 LOCK_FILE = ".lock"
 # Files a run writes at the top of its workdir (moved aside together on overwrite).
