@@ -83,9 +83,10 @@ def _abstract_flat(like: Any) -> dict[str, jax.ShapeDtypeStruct]:
     (`jax.eval_shape` of the program's init: evaluation needs no initialized weights)."""
     flat = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(like)[0]:
+        sharding = getattr(leaf, "sharding", None)  # where to restore: any mesh, any device count
         if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
             leaf = jax.eval_shape(jax.random.key_data, leaf)
-        flat[jax.tree_util.keystr(path)] = jax.ShapeDtypeStruct(leaf.shape, leaf.dtype)
+        flat[jax.tree_util.keystr(path)] = jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
     return flat
 
 
@@ -103,15 +104,18 @@ class Checkpoints:
         self.best_metric = best_metric
         # Readers neither create directories nor save; Orbax's own read_only mode only adds warnings.
         common = dict(create=not read_only, enable_async_checkpointing=not read_only)
+        # Each manager synchronizes the processes of a multi-host job at barriers named by the
+        # step; two managers saving the same epoch need distinct names.
+        barriers = {name: ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name) for name in ("latest", "best")}
         self.latest = ocp.CheckpointManager(
             root / "latest", item_names=("state", "meta"),
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, **common))
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, multiprocessing_options=barriers["latest"], **common))
         self.best = ocp.CheckpointManager(
             root / "best", item_names=("state", "meta"),
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=1, best_fn=lambda m: m[best_metric],
                 best_mode="min" if best_metric.endswith("loss") else "max",
-                keep_checkpoints_without_metrics=False, **common))
+                keep_checkpoints_without_metrics=False, multiprocessing_options=barriers["best"], **common))
 
     def save(self, epoch: int, state: Any, meta: dict, best_value: float | None) -> None:
         """Saves asynchronously: Orbax copies the arrays to the host, then writes in the background.

@@ -184,22 +184,21 @@ def per_device(fn: Callable[..., Any], plan: ExecutionPlan, in_axes: Sequence[in
     return jax.shard_map(fn, mesh=plan.mesh, in_specs=specs, out_specs=P(RUNS_AXIS))
 
 
-def shard_runs(tree: Any, plan: ExecutionPlan) -> Any:
-    """Places arrays with a leading run axis on the plan's mesh, split along that axis."""
-    return tree if plan.mesh is None else jax.device_put(tree, NamedSharding(plan.mesh, P(RUNS_AXIS)))
+def place_runs(tree: Any, num_runs: int, plan: ExecutionPlan) -> Any:
+    """Per-run arrays (host or device, identical on every process) extended to `num_runs` by
+    repeating the last run, and split along the run axis over the plan's mesh."""
+    def pad(tree):
+        return jax.tree.map(lambda leaf: jnp.concatenate(
+            [leaf, jnp.repeat(leaf[-1:], num_runs - leaf.shape[0], axis=0)]) if leaf.shape[0] < num_runs else leaf, tree)
+    if plan.mesh is None:
+        return pad(tree)
+    return jax.jit(pad, out_shardings=NamedSharding(plan.mesh, P(RUNS_AXIS)))(tree)
 
 
 def replicate(tree: Any, plan: ExecutionPlan) -> Any:
-    """Places arrays (the data set) on every device of the plan's mesh."""
-    return tree if plan.mesh is None else jax.device_put(tree, NamedSharding(plan.mesh, P()))
-
-
-def pad_runs(tree: Any, num_runs: int) -> Any:
-    """Extends the leading run axis to `num_runs` by repeating the last run."""
-    def pad(leaf):
-        missing = num_runs - leaf.shape[0]
-        return leaf if missing == 0 else jnp.concatenate([leaf, jnp.repeat(leaf[-1:], missing, axis=0)])
-    return jax.tree.map(pad, tree)
+    """The same arrays on every device of the plan's mesh (the data set; gathered results, which
+    every process can then read, e.g. with `np.asarray`)."""
+    return tree if plan.mesh is None else jax.jit(lambda t: t, out_shardings=NamedSharding(plan.mesh, P()))(tree)
 
 
 def map_over_runs(fn: Callable[..., Any], in_axes: Sequence[int | None],
@@ -230,6 +229,23 @@ def map_over_runs(fn: Callable[..., Any], in_axes: Sequence[int | None],
         return jax.lax.map(one_run, batched, batch_size=group_size)
 
     return mapped
+
+
+def initialize_distributed(config: ml_collections.ConfigDict) -> None:
+    """Joins JAX's multi-controller runtime when `execution.distributed` is set: the coordinator,
+    process count and id come from the config where given, else from JAX's own detection (TPU VM
+    slices, SLURM, Open MPI). Must run before anything touches a JAX backend."""
+    execution = config.execution
+    if not execution.get("distributed", False):
+        return
+    jax.distributed.initialize(coordinator_address=execution.get("coordinator_address", "") or None,
+                               num_processes=execution.get("num_processes", 0) or None,
+                               process_id=None if execution.get("process_id", -1) < 0 else execution.process_id)
+
+
+def is_primary() -> bool:
+    """Process 0 prints and writes everything that is not a checkpoint."""
+    return jax.process_index() == 0
 
 
 def default_cache_dir() -> str:

@@ -196,7 +196,8 @@ def dispatch(config: ml_collections.ConfigDict, workdir: str, mode: str) -> Any:
     """Runs `mode` holding the workdir's lock, so no second process writes into it meanwhile."""
     from cifar_jax import evaluation, execution, sweep, train
 
-    with workdir_lib.workdir_lock(workdir, create=mode != "eval"):
+    execution.initialize_distributed(config)  # before anything touches a JAX backend
+    with workdir_lib.workdir_lock(workdir, create=mode != "eval", is_primary=execution.is_primary()):
         execution.enable_compilation_cache(workdir)
         if mode == "train":
             return train.train_and_evaluate(config, workdir)

@@ -115,17 +115,21 @@ class RunSetup(NamedTuple):
         return self.program.init(self.keys, self.hparams)
 
     def real_like(self) -> Any:
-        """The abstract state of the real runs: what a checkpoint holds, whatever the device count."""
-        return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct((self.num_runs, *leaf.shape[1:]), leaf.dtype), self.state)
+        """The abstract state of the real runs: what a checkpoint holds, whatever the device count
+        (restored onto every device of this job's mesh, then `on_devices` splits it)."""
+        mesh = self.program.plan.mesh
+        sharding = None if mesh is None else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct((self.num_runs, *leaf.shape[1:]), leaf.dtype,
+                                                              sharding=sharding), self.state)
 
     def on_devices(self, tree: Any) -> Any:
         """Per-run arrays of the real runs (or None), padded and sharded like the state."""
         plan = self.program.plan
-        return None if tree is None else execution.shard_runs(execution.pad_runs(tree, plan.padded(self.num_runs)), plan)
+        return None if tree is None else execution.place_runs(tree, plan.padded(self.num_runs), plan)
 
     def real_runs(self, tree: Any) -> Any:
-        """The real runs' rows of per-run arrays (padding dropped)."""
-        return jax.tree.map(lambda leaf: leaf[: self.num_runs], tree)
+        """The real runs' rows of per-run arrays (padding dropped), readable by every process."""
+        return jax.tree.map(lambda leaf: leaf[: self.num_runs], execution.replicate(tree, self.program.plan))
 
 
 def setup_runs(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], num_classes: int,
@@ -196,11 +200,11 @@ def score_split(program: Program, state: step.TrainState, hparams: dict, images:
         confusion, loss_sum = confusion + batch_confusion, loss_sum + batch_loss
         if return_probs:
             probs.append(batch_probs)
-    confusion = np.asarray(confusion)
-    result = metrics.classification_metrics(confusion, np.asarray(loss_sum))
+    confusion, loss_sum = (np.asarray(x) for x in execution.replicate((confusion, loss_sum), program.plan))
+    result = metrics.classification_metrics(confusion, loss_sum)
     result["confusion"] = confusion
     if return_probs:
-        result["probs"] = np.concatenate([np.asarray(p) for p in probs], axis=1)
+        result["probs"] = np.concatenate([np.asarray(p) for p in execution.replicate(probs, program.plan)], axis=1)
     return result
 
 
@@ -212,8 +216,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     setup = setup_runs(config, splits.image_shape, num_classes, splits.num_train, abstract=True)
     data_meta = {"image_shape": list(splits.image_shape), "class_names": list(splits.class_names),
                  "num_train": splits.num_train}
-    workdir_lib.claim(workdir, config, data_meta)  # refuses a workdir of another config before writing anything
-    loop = progress.TrainingLog(workdir, config, setup.grid, splits, setup.program)
+    primary = execution.is_primary()  # process 0 writes everything but the checkpoints
+    if primary:
+        workdir_lib.claim(workdir, config, data_meta)  # refuses a workdir of another config before writing anything
+    loop = progress.TrainingLog(workdir, config, setup.grid, splits, setup.program, is_primary=primary)
     checkpoints = Checkpoints(workdir, keep=config.checkpoint.keep, best_metric=config.checkpoint.best_metric)
     restored = checkpoints.restore(setup.real_like())
     history, diverged_by_epoch, elapsed = [], [], 0.0
@@ -250,6 +256,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     checkpoints.close()
     summary = results.summarize_results(config, setup.grid, history, np.asarray(diverged_by_epoch[-1]),
                                         elapsed + time.time() - session_start)
-    workdir_lib.write_json_atomic(os.path.join(workdir, "results.json"), summary)
+    if primary:
+        workdir_lib.write_json_atomic(os.path.join(workdir, "results.json"), summary)
     loop.finish(summary, checkpoints)
     return summary

@@ -89,6 +89,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.execution.steps_per_call = 0  # 0 = auto (backend dependent)
     config.execution.runs_per_group = 0  # runs vmapped together per step; 0 = auto (backend dependent)
     config.execution.compute_dtype = "auto"  # auto | float32 | bfloat16 (auto: bfloat16 on GPU/TPU)
+    # Several processes (hosts, or one process per GPU): jax.distributed.initialize(). Left empty,
+    # the coordinator, process count and id are detected on TPU VM slices, SLURM and Open MPI.
+    config.execution.distributed = False
+    config.execution.coordinator_address = ""  # host:port of process 0
+    config.execution.num_processes = 0  # 0 = detect
+    config.execution.process_id = -1  # -1 = detect
 
     config.eval = ml_collections.ConfigDict()
     config.eval.checkpoint = "latest"  # latest | best | step number
