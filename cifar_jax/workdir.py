@@ -143,44 +143,51 @@ def workdir_lock(workdir: str, *, is_primary: bool = True, create: bool = True) 
 
     Two processes writing one workdir (a second terminal, a re-sent job) would interleave
     checkpoints and metrics, so a second one is refused at once, naming the holder. The lock is
-    an flock on WORKDIR/.lock, which the OS releases when its holder dies: a lock file left by a
-    killed process is taken over with a warning. Of a multi-process job only the primary process
-    (`is_primary`, process 0) takes it. With `create=False` a missing workdir is left missing
-    (evaluation reports that itself). On release the file is emptied, not removed: removing it
-    would let a waiting process lock an orphaned inode while a third creates a new file. Only a
-    workdir this call created and nothing else wrote into (a start that failed) is removed, while
-    the lock is still held, so a mistyped --workdir leaves no stray directory.
+    an flock on WORKDIR/.lock, which exists only while held: the OS releases the flock when its
+    holder dies, so a lock file left by a killed process is taken over with a warning. Of a
+    multi-process job only the primary process (`is_primary`, process 0) takes it. With
+    `create=False` a missing workdir is left missing (evaluation reports that itself). A workdir
+    this call created and nothing wrote into (a start that failed) is removed again, so a
+    mistyped --workdir leaves no stray directory.
     """
     if not is_primary or (not create and not os.path.isdir(workdir)):
         yield
         return
     created = not os.path.exists(workdir)
-    fd = _open_lock(workdir)
+    fd, holder = _lock(workdir)
     try:
-        holder = _read_holder(fd)
-        _acquire(fd, workdir, holder)
         if holder:
             logging.warning("%s: taking over the lock of process %s on %s (started %s), which ended without "
                             "releasing it", workdir, holder.get("pid"), holder.get("host"), holder.get("start"))
         _write_holder(fd, {"pid": os.getpid(), "host": socket.gethostname(),
                            "start": time.strftime("%Y-%m-%d %H:%M:%S")})
-        try:
-            yield
-        finally:
-            os.ftruncate(fd, 0)
-            if created:
-                _remove_if_only_the_lock(workdir)
+        yield
     finally:
-        os.close(fd)  # closing the descriptor releases the flock
-
-
-def _remove_if_only_the_lock(workdir: str) -> None:
-    if os.listdir(workdir) == [LOCK_FILE]:
-        try:
-            os.unlink(os.path.join(workdir, LOCK_FILE))
+        # Removed while still locked: a process that opened it meanwhile finds it gone (see `_lock`).
+        os.unlink(os.path.join(workdir, LOCK_FILE))
+        if created and not os.listdir(workdir):
             os.rmdir(workdir)
-        except OSError:
-            pass  # another process started writing into it meanwhile: it is theirs now
+        os.close(fd)  # releases the flock
+
+
+def _lock(workdir: str) -> tuple[int, dict[str, Any]]:
+    """(descriptor holding the flock on WORKDIR/.lock, the previous holder recorded in it).
+
+    A file removed by its releasing holder between our open and our flock is an orphan: locking
+    it would exclude nobody, so the check that the path still names it retries with the new file.
+    """
+    path = os.path.join(workdir, LOCK_FILE)
+    while True:
+        fd = _open_lock(workdir)
+        try:
+            holder = _read_holder(fd)
+            _acquire(fd, workdir, holder)
+            if os.path.exists(path) and os.path.samestat(os.fstat(fd), os.stat(path)):
+                return fd, holder
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
 
 
 def _open_lock(workdir: str) -> int:
