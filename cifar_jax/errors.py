@@ -17,6 +17,10 @@ class CheckpointError(CifarJaxError, ValueError):
     """A checkpoint or workdir does not match the config, or cannot be restored."""
 
 
+class WorkdirInUse(CheckpointError):
+    """Another live process holds the workdir's lock (a sweep worker skips such a group)."""
+
+
 class UsageError(CifarJaxError):
     """A command-line flag is missing, unknown or malformed."""
 

@@ -6,6 +6,7 @@ file is reported in about a second, not after seconds of library start-up.
 """
 
 import sys
+from pathlib import Path
 
 from cifar_jax import quiet
 
@@ -106,10 +107,25 @@ def apply_grid(config: ml_collections.ConfigDict, grid: dict[str, str]) -> None:
             config.hparam_grid[name] = tuple(float(v) for v in values)
 
 
+def config_package_on_path(config_flag: str | None) -> None:
+    """Config files import their siblings (`from configs import default`); loaded by path from any
+    working directory (the `cifar-jax` script), they find them because the directory holding their
+    `configs` package goes on sys.path here, once, instead of in every config file."""
+    if not config_flag:
+        return
+    path = Path(config_flag.split(":", 1)[0]).resolve()
+    for parent in path.parents:
+        if parent.name == "configs" and (parent / "__init__.py").exists():
+            if str(parent.parent) not in sys.path:
+                sys.path.insert(0, str(parent.parent))
+            return
+
+
 def parse(argv: list[str]) -> tuple[ml_collections.ConfigDict, str, str, int] | None:
     """(config, workdir, mode, verbosity) from the command line, with grid flags and dev_run
     applied; None after printing --help."""
     argv, grid = split_grid_flags(with_workdir_config(argv))
+    config_package_on_path(_flag_value(argv, "config"))
     values = make_flags(argv)
     try:
         extra = values(argv)
@@ -197,12 +213,12 @@ def dispatch(config: ml_collections.ConfigDict, workdir: str, mode: str) -> Any:
     from cifar_jax import evaluation, execution, sweep, train
 
     execution.initialize_distributed(config)  # before anything touches a JAX backend
+    execution.enable_compilation_cache(workdir)
+    if mode == "sweep":  # several workers may share a sweep's workdir: each group is locked instead
+        return sweep.run_sweep(config, workdir)
     with workdir_lib.workdir_lock(workdir, create=mode != "eval", is_primary=execution.is_primary()):
-        execution.enable_compilation_cache(workdir)
         if mode == "train":
             return train.train_and_evaluate(config, workdir)
-        if mode == "sweep":
-            return sweep.run_sweep(config, workdir)
         return evaluation.run_eval(config, workdir)
 
 

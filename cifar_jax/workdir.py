@@ -13,13 +13,14 @@ import logging
 import os
 import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import ml_collections
 
-from cifar_jax.errors import CheckpointError
+from cifar_jax.errors import CheckpointError, WorkdirInUse
 
 CONFIG_FILE = "config.json"
 DATA_FILE = "data.json"  # image shape, class names, train size: what rebuilding the program needs
@@ -122,19 +123,22 @@ def _move_aside(workdir: str) -> str:
     return target
 
 
+def write_text_atomic(path: str, text: str) -> None:
+    """Writes through a temporary file and a rename, so a killed process never leaves half a file
+    and two writers (sweep workers) never mix theirs: each has its own temporary file."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=f".{os.path.basename(path)}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
 def write_json_atomic(path: str, payload: Any) -> None:
-    """Writes through a temporary file and a rename, so a killed process never leaves half a file."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=1)
-    os.replace(tmp, path)
-
-
-def write_lines_atomic(path: str, lines: list[str]) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.writelines(line + "\n" for line in lines)
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(payload, indent=1))
 
 
 @contextlib.contextmanager
@@ -213,7 +217,7 @@ def _acquire(fd: int, workdir: str, holder: dict[str, Any]) -> None:
             raise
         if not _alive_here(holder):
             return
-    raise CheckpointError(
+    raise WorkdirInUse(
         f"{workdir} is in use by process {holder.get('pid', '?')} on {holder.get('host', '?')} (since "
         f"{holder.get('start', '?')}); wait for it to finish, stop it, or pass another --workdir")
 
