@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -101,12 +102,14 @@ class Checkpoints:
             raise CheckpointError(f"checkpoint.keep={keep} must be at least 1")
         root = epath.Path(os.path.abspath(workdir)) / "checkpoints"  # Orbax refuses relative paths
         self.root = root
+        self.last_save_time = time.time()  # for checkpoint.every_minutes
         self.best_metric = best_metric
         # Readers neither create directories nor save; Orbax's own read_only mode only adds warnings.
         common = dict(create=not read_only, enable_async_checkpointing=not read_only)
         # Each manager synchronizes the processes of a multi-host job at barriers named by the
         # step; two managers saving the same epoch need distinct names.
-        barriers = {name: ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name) for name in ("latest", "best")}
+        barriers = {name: ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)
+                    for name in ("latest", "best", "partial")}
         self.latest = ocp.CheckpointManager(
             root / "latest", item_names=("state", "meta"),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, multiprocessing_options=barriers["latest"], **common))
@@ -116,6 +119,40 @@ class Checkpoints:
                 max_to_keep=1, best_fn=lambda m: m[best_metric],
                 best_mode="min" if best_metric.endswith("loss") else "max",
                 keep_checkpoints_without_metrics=False, multiprocessing_options=barriers["best"], **common))
+        # One checkpoint inside an epoch (preemption, checkpoint.every_minutes), by global step;
+        # superseded by the next whole epoch's checkpoint.
+        self.partial = ocp.CheckpointManager(
+            root / "partial", item_names=("state", "meta"),
+            options=ocp.CheckpointManagerOptions(max_to_keep=1, multiprocessing_options=barriers["partial"], **common))
+
+    def save_partial(self, global_step: int, state: Any, meta: dict) -> None:
+        """A checkpoint inside an epoch: `meta` says the epoch, the step within it and the sums so far."""
+        with self._write_errors(None):
+            self.partial.save(global_step, args=self._args(state, meta))
+        self.last_save_time = time.time()
+
+    def restore_partial(self, like: Any) -> tuple[Any, dict] | None:
+        """(state, meta) of the mid-epoch checkpoint, or None when there is none or it is unusable
+        (then training resumes from the last whole epoch, with a warning)."""
+        for step in sorted(self.partial.all_steps(), reverse=True):
+            try:
+                flat, meta = self._read(self.partial, step, _abstract_flat(like))
+            except _Unusable as problem:
+                logging.warning("mid-epoch checkpoint %d %s; resuming from the last whole epoch", step, problem)
+                return None
+            return _unflatten(flat, like), meta
+        return None
+
+    def drop_partial(self) -> None:
+        """Deletes mid-epoch checkpoints once a whole epoch's checkpoint supersedes them."""
+        for step in self.partial.all_steps():
+            self.partial.delete(step)
+
+    @staticmethod
+    def _args(state: Any, meta: dict) -> ocp.args.Composite:
+        flat = _flatten(state)
+        meta = {**meta, DIGEST_KEY: state_digest(flat)}
+        return ocp.args.Composite(state=ocp.args.StandardSave(flat), meta=ocp.args.JsonSave(meta))
 
     def save(self, epoch: int, state: Any, meta: dict, best_value: float | None) -> None:
         """Saves asynchronously: Orbax copies the arrays to the host, then writes in the background.
@@ -124,9 +161,8 @@ class Checkpoints:
         here or by `wait`; Orbax writes into a temporary directory first, so earlier checkpoints
         stay intact.
         """
-        flat = _flatten(state)
-        meta = {**meta, DIGEST_KEY: state_digest(flat)}
-        args = ocp.args.Composite(state=ocp.args.StandardSave(flat), meta=ocp.args.JsonSave(meta))
+        args = self._args(state, meta)
+        self.last_save_time = time.time()
         with self._write_errors(epoch):
             self.latest.save(epoch, args=args)
             if best_value is not None and np.isfinite(best_value):
@@ -139,8 +175,8 @@ class Checkpoints:
 
     def wait(self) -> None:
         with self._write_errors(None):
-            self.latest.wait_until_finished()
-            self.best.wait_until_finished()
+            for manager in (self.latest, self.best, self.partial):
+                manager.wait_until_finished()
 
     @contextlib.contextmanager
     def _write_errors(self, epoch: int | None) -> Iterator[None]:
@@ -157,8 +193,8 @@ class Checkpoints:
                                   f"the permissions, then rerun to resume ({kept})") from None
 
     def close(self) -> None:
-        self.latest.close()
-        self.best.close()
+        for manager in (self.latest, self.best, self.partial):
+            manager.close()
 
     def restore(self, like: Any, which: str = "latest") -> tuple[int, Any, dict] | None:
         """(epoch, state, meta) of the chosen checkpoint, or None when there is none.

@@ -60,6 +60,7 @@ _CIFAR_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 _CIFAR_RECORD = 1 + 32 * 32 * 3  # one label byte, then the image as CHW bytes
 _IDX_MAGIC = {1: 2049, 3: 2051}  # uint8 labels (1-d) and images (3-d)
 _ERROR_DETAIL_CHARS = 240
+_MESSAGE_CHARS = 293  # a whole error message: "error: " + this fits the CLI's 300-character line
 # Where TFDS downloads each data set from: probed before a download so offline fails fast.
 _TFDS_URLS = {
     "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
@@ -241,21 +242,17 @@ def _layouts(name: str) -> list[tuple[Reader, str]]:
 
 
 def _not_found(name: str, root: Path) -> str:
-    """One short line: the directory, the file names looked for, and the fix."""
-    shown = _short_path(root)
+    """One short line: the directory (in full: a typo may be anywhere in it), the file names
+    looked for, as many as fit, and the fix."""
     if not root.is_dir():
-        return (f"data.dir={shown} is not a directory; fix --config.data.dir, or set it to '' "
+        return (f"data.dir={root} is not a directory; fix --config.data.dir, or set it to '' "
                 f"to download {name} with TFDS")
     files = ", ".join(dict.fromkeys(marker.rsplit("/", 1)[-1] for _, marker in _layouts(name)))
     subdirs = ", ".join(f"{sub}/" for sub in _SUBDIRS[name])
-    return (f"data.dir={shown} holds no {name} data set (looked for {files} in it and in {subdirs}); "
-            "add the files or fix --config.data.dir")
-
-
-def _short_path(path: Path, limit: int = 50) -> str:
-    """A long path elided in the middle, so that error lines stay short."""
-    text = str(path)
-    return text if len(text) <= limit else f"{text[: limit // 2 - 2]}...{text[-(limit // 2 - 1):]}"
+    variants = (f" (looked for {files} in it and in {subdirs})", f" (looked for {files})", "")
+    messages = [f"data.dir={root} holds no {name} data set{looked}; add the files or fix --config.data.dir"
+                for looked in variants]
+    return next((m for m in messages if len(m) <= _MESSAGE_CHARS), messages[-1])
 
 
 def _read_npz_dir(name: str, marker: Path) -> Dataset:

@@ -17,5 +17,19 @@ class CheckpointError(CifarJaxError, ValueError):
     """A checkpoint or workdir does not match the config, or cannot be restored."""
 
 
+class WorkdirInUse(CheckpointError):
+    """Another live process holds the workdir's lock (a sweep worker skips such a group)."""
+
+
 class UsageError(CifarJaxError):
     """A command-line flag is missing, unknown or malformed."""
+
+
+class Interrupted(CifarJaxError):
+    """The run stopped at a step boundary after saving (SIGTERM, Ctrl-C); rerunning the same
+    command resumes it. Not a mistake: the entry point prints it without "error:" and exits with
+    `exit_code` (75 after SIGTERM, 130 after Ctrl-C; see `interrupts`)."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -17,18 +17,9 @@ from collections.abc import Iterator
 import jax
 import numpy as np
 
-from cifar_jax.errors import CifarJaxError
 
 EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: rerun later
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention for Ctrl-C
-
-
-class Interrupted(CifarJaxError):
-    """The run stopped at a step boundary after saving; rerunning the same command resumes it."""
-
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 class StopFlag:
@@ -42,14 +33,16 @@ class StopFlag:
             raise KeyboardInterrupt  # a second Ctrl-C: the user does not want to wait
         self.signal = signum
 
-    def requested(self) -> bool:
-        """True when this process, or (multi-process) any process, was asked to stop."""
-        local = self.signal is not None
-        if jax.process_count() == 1:
-            return local
-        from jax.experimental import multihost_utils
+    def poll(self, save_due: bool = False) -> tuple[bool, bool]:
+        """(stop, save) at a step boundary: stop when this process or (multi-process) any process
+        was signalled; save when a periodic checkpoint is due anywhere. Every process gets the same
+        answer, so all of them save the same step."""
+        local = np.array([self.signal is not None, save_due], np.int32)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
 
-        return bool(np.any(multihost_utils.process_allgather(np.int32(local))))
+            local = np.asarray(multihost_utils.process_allgather(local)).max(axis=0)
+        return bool(local[0]), bool(local[1])
 
     def exit_code(self) -> int:
         return EXIT_INTERRUPTED if self.signal == signal.SIGINT else EXIT_PREEMPTED

@@ -6,6 +6,7 @@ file is reported in about a second, not after seconds of library start-up.
 """
 
 import sys
+from pathlib import Path
 
 from cifar_jax import quiet
 
@@ -22,7 +23,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from cifar_jax import dev_run  # noqa: E402
 from cifar_jax import workdir as workdir_lib  # noqa: E402
-from cifar_jax.errors import CifarJaxError, ConfigError, UsageError  # noqa: E402
+from cifar_jax.errors import CifarJaxError, ConfigError, Interrupted, UsageError  # noqa: E402
 
 
 
@@ -107,10 +108,25 @@ def apply_grid(config: ml_collections.ConfigDict, grid: dict[str, str]) -> None:
             config.hparam_grid[name] = tuple(float(v) for v in values)
 
 
+def config_package_on_path(config_flag: str | None) -> None:
+    """Config files import their siblings (`from configs import default`); loaded by path from any
+    working directory (the `cifar-jax` script), they find them because the directory holding their
+    `configs` package goes on sys.path here, once, instead of in every config file."""
+    if not config_flag:
+        return
+    path = Path(config_flag.split(":", 1)[0]).resolve()
+    for parent in path.parents:
+        if parent.name == "configs" and (parent / "__init__.py").exists():
+            if str(parent.parent) not in sys.path:
+                sys.path.insert(0, str(parent.parent))
+            return
+
+
 def parse(argv: list[str]) -> tuple[ml_collections.ConfigDict, str, str, int] | None:
     """(config, workdir, mode, verbosity) from the command line, with grid flags and dev_run
     applied; None after printing --help."""
     argv, grid = split_grid_flags(with_workdir_config(argv))
+    config_package_on_path(_flag_value(argv, "config"))
     values = make_flags(argv)
     try:
         extra = values(argv)
@@ -199,18 +215,18 @@ def dispatch(config: ml_collections.ConfigDict, workdir: str, mode: str) -> Any:
     from cifar_jax import evaluation, execution, study, sweep, train
 
     execution.initialize_distributed(config)  # before anything touches a JAX backend
+    execution.enable_compilation_cache(workdir)
+    if mode == "sweep":  # several workers may share a sweep's workdir: each group is locked instead
+        return sweep.run_sweep(config, workdir)
+    if mode == "report":  # reads what has finished, also while a study is running in the workdir
+        path = study.write_study_report(config, workdir)
+        print(f"study: {path}", flush=True)
+        return path
     with workdir_lib.workdir_lock(workdir, create=mode != "eval", is_primary=execution.is_primary()):
-        execution.enable_compilation_cache(workdir)
         if mode == "train":
             return train.train_and_evaluate(config, workdir)
-        if mode == "sweep":
-            return sweep.run_sweep(config, workdir)
         if mode == "study":
             return study.run_study(config, workdir)
-        if mode == "report":
-            path = study.write_study_report(config, workdir)
-            print(f"study: {path}", flush=True)
-            return path
         return evaluation.run_eval(config, workdir)
 
 
@@ -236,9 +252,12 @@ def cli(argv: list[str]) -> int:
         logging.set_verbosity(verbosity if verbosity >= quiet.VERBOSE_LEVEL else
                               logging.ERROR if quiet.active else logging.WARNING)
         dispatch(config, workdir, mode)
+    except Interrupted as stopped:  # a checkpoint was saved: say how to resume, with a status a job script tests
+        print(str(stopped), file=sys.stderr, flush=True)
+        return stopped.exit_code
     except CifarJaxError as error:
         print(error_line(str(error)), file=sys.stderr, flush=True)
-        return getattr(error, "exit_code", 1)  # interrupts.Interrupted carries its own (75, 130)
+        return 1
     return 0
 
 

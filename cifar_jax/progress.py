@@ -120,15 +120,16 @@ class TrainingLog:
         self.line = ProgressLine(float(config.get("progress_every_s", 5.0)))
         self.writer = None
 
-    def start(self, resumed_after: int) -> None:
+    def start(self, resumed_after: int, step: int = 0) -> None:
         self.session_start = time.time()
         self.first_epoch = resumed_after + 1
         self.epochs_done = 0.0
         if not self.is_primary:
             return
         print(self.first_line, flush=True)
-        if resumed_after:
-            print(f"resuming {self.workdir} after epoch {resumed_after}", flush=True)
+        if resumed_after or step:
+            inside = f", inside epoch {resumed_after + 1} at step {step}" if step else ""
+            print(f"resuming {self.workdir} after epoch {resumed_after}{inside}", flush=True)
         from clu import metric_writers  # TensorFlow loads here, not when a config is read
 
         self.writer = metric_writers.AsyncWriter(metric_writers.SummaryWriter(os.path.join(self.workdir, "tensorboard")))
@@ -184,10 +185,15 @@ class TrainingLog:
         with open(path, "a") as f:
             f.writelines(line + "\n" for line in results.metrics_lines(epoch, history[-1], ids, diverged_by_epoch[-1]))
 
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
     def finish(self, summary: dict[str, Any], checkpoints: Any) -> None:
+        self.close()
         if not self.is_primary:
             return
-        self.writer.close()
         best = checkpoints.best_path()
         paths = {"results": os.path.join(self.workdir, "results.json"),
                  "tensorboard": os.path.join(self.workdir, "tensorboard"), "best checkpoint": best}

@@ -14,6 +14,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import nnx
 
@@ -42,6 +43,16 @@ class EpochSums(NamedTuple):
     steps: jax.Array
     dead_fraction: jax.Array  # summed over steps
     grad_norm: dict[str, jax.Array]  # per layer, summed over steps
+
+    def to_json(self) -> dict:
+        """Exact as JSON: float32 values survive the round trip through Python floats."""
+        return {name: ({k: np.asarray(v).tolist() for k, v in value.items()} if name == "grad_norm"
+                       else np.asarray(value).tolist()) for name, value in self._asdict().items()}
+
+    @classmethod
+    def from_json(cls, payload: dict) -> "EpochSums":
+        return cls(**{name: ({k: np.asarray(v, np.float32) for k, v in value.items()} if name == "grad_norm"
+                             else np.asarray(value, np.float32)) for name, value in payload.items()})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,6 +31,7 @@ swept, the config's elsewhere): comparisons, and/or/not, + - * / // %, numbers, 
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import itertools
 import math
@@ -43,7 +44,7 @@ import ml_collections
 
 from cifar_jax import report, runs, train
 from cifar_jax import workdir as workdir_lib
-from cifar_jax.errors import CheckpointError, ConfigError
+from cifar_jax.errors import CheckpointError, ConfigError, WorkdirInUse
 
 KINDS = ("grid", "zip", "one_factor")
 # Config field -> the name of the traced hyperparameter (`runs.TRACED_HPARAMS`) that overrides it.
@@ -543,30 +544,66 @@ def write_plan(workdir: str, config: ml_collections.ConfigDict, spec: Spec, grou
     workdir_lib.write_json_atomic(os.path.join(workdir, SWEEP_FILE), payload)
 
 
+def worker_share(config: ml_collections.ConfigDict) -> tuple[int, int]:
+    """(this worker's index, the number of workers): `sweep.worker_index` / `sweep.num_workers`,
+    else a SLURM array task's id and count, else (0, 1)."""
+    spec = config.sweep
+    count = int(spec.get("num_workers", 0)) or int(os.environ.get("SLURM_ARRAY_TASK_COUNT", "1"))
+    index = int(spec.get("worker_index", -1))
+    if index < 0:  # array ids may start anywhere (--array=1-4)
+        index = int(os.environ.get("SLURM_ARRAY_TASK_ID", "0")) - int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0"))
+    if count < 1 or not 0 <= index < count:
+        raise ConfigError(f"sweep.worker_index={index} must be in [0, sweep.num_workers={count})")
+    return index, count
+
+
+def worker_order(groups: Sequence[Group], index: int, count: int) -> list[Group]:
+    """This worker's share of the groups (every `count`-th from `index`) first, then the others'
+    (taken over when their workers are done or dead: claims keep two workers off one group)."""
+    return list(groups[index::count]) + [g for i, g in enumerate(groups) if i % count != index]
+
+
+def train_unclaimed(groups: Sequence[Group], workdir: str, index: int, count: int,
+                    train_fn: Callable[[ml_collections.ConfigDict, str], Any]) -> bool:
+    """Trains every group that is neither finished nor claimed by a live worker; a group is
+    claimed by holding its directory's lock (released by the OS if the worker dies, so a rerun
+    resumes it). Returns whether all groups are finished."""
+    for group in worker_order(groups, index, count):
+        group_dir = os.path.join(workdir, group.name)
+        with contextlib.ExitStack() as claim:
+            try:
+                claim.enter_context(workdir_lib.workdir_lock(group_dir))
+            except WorkdirInUse:
+                print(f"sweep: group {group.name}: being trained by another worker, skipped", flush=True)
+                continue
+            if group_done(group, group_dir):
+                print(f"sweep: group {group.name}: finished earlier, skipped", flush=True)
+                continue
+            print(f"sweep: worker {index + 1}/{count}, group {group.name}: {_describe(group)}", flush=True)
+            train_fn(group.config, group_dir)
+    return all(group_done(group, os.path.join(workdir, group.name)) for group in groups)
+
+
 def run_sweep(config: ml_collections.ConfigDict, workdir: str,
               train_fn: Callable[[ml_collections.ConfigDict, str], Any] | None = None) -> dict[str, Any]:
-    """Trains every group (skipping finished ones, resuming an interrupted one), then reports.
+    """Trains this worker's groups (skipping finished ones, resuming an interrupted one, taking
+    over unclaimed ones), then reports once every group has finished.
 
-    Returns {'groups': names, 'chosen': one_factor's values, 'report': written paths}.
+    Returns {'groups': names, 'chosen': one_factor's values, 'report': written paths or None when
+    groups are still training elsewhere}.
     """
     train_fn = train_fn or train.train_and_evaluate
     spec = read_spec(config)
+    index, count = worker_share(config)
     chosen: dict[str, Any] = {}
-    finished: set[str] = set()
     while True:
         groups = expand(config, chosen)
         preflight(groups)
         write_plan(workdir, config, spec, groups, chosen)
-        for i, group in enumerate(groups, start=1):
-            if group.name in finished:
-                continue
-            group_dir = os.path.join(workdir, group.name)
-            if group_done(group, group_dir):
-                print(f"sweep: group {i}/{len(groups)} {group.name}: finished earlier, skipped", flush=True)
-            else:
-                print(f"sweep: group {i}/{len(groups)} {group.name}: {_describe(group)}", flush=True)
-                train_fn(group.config, group_dir)
-            finished.add(group.name)
+        if not train_unclaimed(groups, workdir, index, count, train_fn):
+            print("sweep: other workers are still training; the last one to finish writes the report "
+                  "(or run --mode=report)", flush=True)
+            return {"groups": [g.name for g in groups], "chosen": chosen, "report": None}
         if spec.kind != "one_factor" or len(chosen) == len(spec.axes):
             break
         stage = len(chosen)
@@ -574,7 +611,12 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str,
         records = [g.record() for g in groups if g.stage == stage]
         chosen[field] = choose(report.load_settings(workdir, records), field, spec.metric)
         print(f"sweep: stage {stage + 1} chose {field}={report.format_value(chosen[field])}", flush=True)
-    paths = report.write_report(workdir)
+    try:
+        with workdir_lib.workdir_lock(workdir):  # two workers finishing together: one writes the report
+            paths = report.write_report(workdir)
+    except WorkdirInUse:
+        print("sweep: another worker is writing the report", flush=True)
+        return {"groups": [g.name for g in groups], "chosen": chosen, "report": None}
     print(f"sweep: {paths['markdown']}", flush=True)
     return {"groups": [g.name for g in groups], "chosen": chosen, "report": paths}
 

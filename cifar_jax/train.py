@@ -22,10 +22,10 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from cifar_jax import execution, metrics, models, progress, results, runs, step, validation
+from cifar_jax import execution, interrupts, metrics, models, progress, results, runs, step, validation
 from cifar_jax import workdir as workdir_lib
 from cifar_jax.checkpoint import Checkpoints
-from cifar_jax.errors import ConfigError
+from cifar_jax.errors import ConfigError, Interrupted
 from cifar_jax.models.layers import DropoutRate
 from cifar_jax.splits import examples_for, run_train_index
 
@@ -161,26 +161,27 @@ def zero_sums(num_runs: int, layer_names: tuple[str, ...]) -> step.EpochSums:
 
 def train_epoch(program: Program, state: step.TrainState, hparams: dict, images: jax.Array, labels: jax.Array,
                 epoch: int, train_index: jax.Array | None = None,
-                on_chunk: Callable[[int, step.TrainState], None] | None = None) -> tuple[step.TrainState, step.EpochSums]:
-    """Runs one epoch as `steps_per_epoch / steps_per_call` calls of the compiled step chunk.
+                on_chunk: Callable[[int, step.TrainState, step.EpochSums], bool | None] | None = None,
+                start: int = 0, sums: step.EpochSums | None = None) -> tuple[step.TrainState, step.EpochSums, int]:
+    """Runs one epoch (from step `start`, adding to `sums` when resuming inside it) as calls of
+    the compiled step chunk; returns the state, the sums and the steps done.
 
     `train_index` (runs, n) gives each run its own training examples (cross-validation folds);
-    by default every run trains on all of `images`. `on_chunk(steps_done, state)` runs between
-    chunks (progress); it must not block unless it means to."""
+    by default every run trains on all of `images`. `on_chunk(steps_done, state, sums)` runs
+    between chunks (progress, mid-epoch checkpoints); returning True stops the epoch there."""
     num_runs = state.step.shape[0]
     if train_index is None:
         train_index = jnp.broadcast_to(jnp.arange(images.shape[0]), (num_runs, images.shape[0]))
-    batches = program.epoch_batches(state, jnp.int32(epoch), train_index)
-    sums = zero_sums(num_runs, program.layer_names)
-    start = 0
+    batches = program.epoch_batches(state, jnp.int32(epoch), train_index)  # a function of the data key and epoch
+    sums = zero_sums(num_runs, program.layer_names) if sums is None else sums
     while start < program.steps_per_epoch:
         length = min(program.plan.steps_per_call, program.steps_per_epoch - start)
         state, sums = program.train_steps(state, hparams, images, labels, batches, jnp.int32(start), sums,
                                           length=length)
         start += length
-        if on_chunk is not None:
-            on_chunk(start, state)
-    return state, sums
+        if on_chunk is not None and on_chunk(start, state, sums) and start < program.steps_per_epoch:
+            break
+    return state, sums, start
 
 
 def score_split(program: Program, state: step.TrainState, hparams: dict, images: jax.Array, labels: jax.Array,
@@ -208,54 +209,104 @@ def score_split(program: Program, state: step.TrainState, hparams: dict, images:
     return result
 
 
+class ResumePoint(NamedTuple):
+    """Where a job continues: the state after the last checkpointed step, the records so far and,
+    for a mid-epoch checkpoint, the step within the epoch and that epoch's sums."""
+
+    state: step.TrainState
+    history: list[dict]
+    diverged_by_epoch: list[list[bool]]
+    wall_time_s: float
+    step: int = 0
+    sums: step.EpochSums | None = None
+
+
+def _resume_point(setup: RunSetup, checkpoints: Checkpoints) -> ResumePoint:
+    """The newest usable checkpoint, a whole epoch's or a mid-epoch one, placed on the devices."""
+    restored = checkpoints.restore(setup.real_like())
+    partial = checkpoints.restore_partial(setup.real_like())
+    whole_epochs = 0 if restored is None else len(restored[2]["history"])
+    if partial is not None and partial[1]["epoch"] > whole_epochs:
+        state, meta = partial
+        return ResumePoint(setup.on_devices(state), meta["history"], meta["diverged"], meta["wall_time_s"],
+                           meta["step"], setup.on_devices(step.EpochSums.from_json(meta["sums"])))
+    if restored is None:
+        return ResumePoint(setup.init(), [], [], 0.0)
+    _, state, meta = restored
+    return ResumePoint(setup.on_devices(state), meta["history"], meta["diverged"], meta["wall_time_s"])
+
+
+def _chunk_hook(setup: RunSetup, checkpoints: Checkpoints, loop: progress.TrainingLog, stop: interrupts.StopFlag,
+                epoch: int, records: Callable[[], dict]) -> Callable[[int, step.TrainState, step.EpochSums], bool]:
+    """Between chunks: progress, and a mid-epoch checkpoint when the run is asked to stop or
+    `checkpoint.every_minutes` have passed since the last save; returns whether to stop."""
+    show = loop.chunk_callback(epoch)
+    every_s = 60.0 * float(loop.config.checkpoint.every_minutes)
+
+    def hook(done: int, state: step.TrainState, sums: step.EpochSums) -> bool:
+        show(done, state)
+        halt, save = stop.poll(save_due=0 < every_s <= time.time() - checkpoints.last_save_time)
+        if halt or save:
+            checkpoints.save_partial((epoch - 1) * setup.program.steps_per_epoch + done, setup.real_runs(state),
+                                     {**records(), "epoch": epoch, "step": done,
+                                      "sums": setup.real_runs(sums).to_json()})
+        return halt
+    return hook
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains (or resumes) every run of `config`, evaluating each epoch, checkpointing, and writing
-    metrics.jsonl, TensorBoard events and results.json into `workdir`."""
+    metrics.jsonl, TensorBoard events and results.json into `workdir`. SIGTERM or Ctrl-C stop it
+    at the next step boundary with a checkpoint (`errors.Interrupted`)."""
     splits = validation.load_checked_splits(config)  # before touching the workdir: a bad start changes nothing
-    num_classes = len(splits.class_names)
-    setup = setup_runs(config, splits.image_shape, num_classes, splits.num_train, abstract=True)
-    data_meta = {"image_shape": list(splits.image_shape), "class_names": list(splits.class_names),
-                 "num_train": splits.num_train}
+    setup = setup_runs(config, splits.image_shape, len(splits.class_names), splits.num_train, abstract=True)
     primary = execution.is_primary()  # process 0 writes everything but the checkpoints
     if primary:
-        workdir_lib.claim(workdir, config, data_meta)  # refuses a workdir of another config before writing anything
-    loop = progress.TrainingLog(workdir, config, setup.grid, splits, setup.program, is_primary=primary)
+        workdir_lib.make_room(workdir, config)  # refuses a workdir of another config, writing nothing
     checkpoints = Checkpoints(workdir, keep=config.checkpoint.keep, best_metric=config.checkpoint.best_metric)
-    restored = checkpoints.restore(setup.real_like())
-    history, diverged_by_epoch, elapsed = [], [], 0.0
-    if restored is None:
-        state = setup.init()
-    else:
-        _, real_state, meta = restored
-        state = setup.on_devices(real_state)
-        history, diverged_by_epoch, elapsed = meta["history"], meta["diverged"], meta["wall_time_s"]
-    loop.start(resumed_after=len(history))
+    resume = _resume_point(setup, checkpoints)  # an unusable checkpoint fails here, config.json untouched
+    if primary:
+        workdir_lib.write_run_files(workdir, config, {"image_shape": list(splits.image_shape), "num_train":
+                                                      splits.num_train, "class_names": list(splits.class_names)})
+    loop = progress.TrainingLog(workdir, config, setup.grid, splits, setup.program, is_primary=primary)
+    state, history, diverged_by_epoch = resume.state, resume.history, resume.diverged_by_epoch
+    loop.start(resumed_after=len(history), step=resume.step)
     session_start = time.time()
+    records = lambda: {"history": history, "diverged": diverged_by_epoch,  # noqa: E731
+                       "wall_time_s": resume.wall_time_s + time.time() - session_start}
     plan = setup.program.plan
     images, labels = execution.replicate(tuple(splits.train), plan)
     train_index = setup.on_devices(run_train_index(splits, setup.grid))
     evals = {name: (execution.replicate(tuple(examples), plan), setup.on_devices(weights))
              for name, (examples, weights) in ((n, examples_for(splits, setup.grid, n)) for n in splits.eval)}
-    for epoch in range(len(history) + 1, config.num_epochs + 1):
-        state, sums = train_epoch(setup.program, state, setup.hparams, images, labels, epoch, train_index,
-                                  on_chunk=loop.chunk_callback(epoch))
-        scores = {name: setup.real_runs(score_split(setup.program, state, setup.hparams, *examples,
-                                                    config.eval_batch_size, weights=weights))
-                  for name, (examples, weights) in evals.items()}
-        diverged = np.asarray(setup.real_runs(state.diverged))
-        record = results.epoch_record(setup.real_runs(sums)._asdict(), scores, diverged)
-        history.append(results.jsonable(record))
-        diverged_by_epoch.append(diverged.tolist())
-        if epoch % config.checkpoint_every_epochs == 0 or epoch == config.num_epochs:
-            meta = {"history": history, "diverged": diverged_by_epoch,
-                    "wall_time_s": elapsed + time.time() - session_start}
-            checkpoints.save(epoch, setup.real_runs(state), meta,
-                             results.mean_over_runs(record, config.checkpoint.best_metric))
-        loop.end_epoch(epoch, record, history, diverged_by_epoch)
+    resumed_epoch = len(history) + 1  # resume.step and resume.sums belong to it
+    with interrupts.stop_on_signals() as stop:
+        for epoch in range(resumed_epoch, config.num_epochs + 1):
+            start, sums = (resume.step, resume.sums) if epoch == resumed_epoch else (0, None)
+            state, sums, done = train_epoch(setup.program, state, setup.hparams, images, labels, epoch, train_index,
+                                            _chunk_hook(setup, checkpoints, loop, stop, epoch, records), start, sums)
+            if done < setup.program.steps_per_epoch:
+                checkpoints.wait()
+                checkpoints.close()
+                loop.close()
+                raise Interrupted(f"preempted at epoch {epoch} step {done}; rerun the same command to "
+                                             "resume", stop.exit_code())
+            scores = {name: setup.real_runs(score_split(setup.program, state, setup.hparams, *examples,
+                                                        config.eval_batch_size, weights=weights))
+                      for name, (examples, weights) in evals.items()}
+            diverged = np.asarray(setup.real_runs(state.diverged))
+            record = results.epoch_record(setup.real_runs(sums)._asdict(), scores, diverged)
+            history.append(results.jsonable(record))
+            diverged_by_epoch.append(diverged.tolist())
+            if epoch % config.checkpoint_every_epochs == 0 or epoch == config.num_epochs:
+                checkpoints.save(epoch, setup.real_runs(state), records(),
+                                 results.mean_over_runs(record, config.checkpoint.best_metric))
+                checkpoints.drop_partial()
+            loop.end_epoch(epoch, record, history, diverged_by_epoch)
     checkpoints.wait()
     checkpoints.close()
     summary = results.summarize_results(config, setup.grid, history, np.asarray(diverged_by_epoch[-1]),
-                                        elapsed + time.time() - session_start)
+                                        records()["wall_time_s"])
     if primary:
         workdir_lib.write_json_atomic(os.path.join(workdir, "results.json"), summary)
     loop.finish(summary, checkpoints)

@@ -21,8 +21,9 @@ def validate_config(config: ml_collections.ConfigDict, image_shape: tuple[int, i
     checks.all_of(
         lambda: models.validate_model_config(config.model, image_shape, num_classes),
         *(lambda f=f: checks.positive_int(config, f) for f in ("num_epochs", "checkpoint_every_epochs",
-                                                                 "eval_batch_size", "batch_size")),
+                                                                 "eval_batch_size", "batch_size", "checkpoint.keep")),
         lambda: _check_batch_fits(config, num_train),
+        lambda: checks.number(config, "checkpoint.every_minutes", low=0, hint="0 = only at epoch ends"),
         lambda: optim.check_config(config.optim, steps_per_epoch=max(num_train // config.batch_size, 1),
                                    num_epochs=max(int(config.num_epochs), 1)),
         lambda: augment.check_config(config.augment),

@@ -13,13 +13,14 @@ import logging
 import os
 import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import ml_collections
 
-from cifar_jax.errors import CheckpointError
+from cifar_jax.errors import CheckpointError, WorkdirInUse
 
 CONFIG_FILE = "config.json"
 DATA_FILE = "data.json"  # image shape, class names, train size: what rebuilding the program needs
@@ -28,7 +29,7 @@ DATA_FILE = "data.json"  # image shape, class names, train size: what rebuilding
 # (log_every_epochs: a removed field that workdirs of earlier versions still hold.)
 RESUMABLE_FIELDS = ("num_epochs", "progress_every_s", "log_every_epochs", "checkpoint_every_epochs",
                     "eval_batch_size", "dev_run", "data.dir", "data.source", "data.tfds_data_dir", "eval.", "execution.",
-                    "checkpoint.keep", "checkpoint.overwrite")
+                    "checkpoint.keep", "checkpoint.overwrite", "checkpoint.every_minutes")
 # Held (flock) by the process writing into the workdir; stays when a run is moved aside.
 LOCK_FILE = ".lock"
 # Files a run writes at the top of its workdir (moved aside together on overwrite).
@@ -80,10 +81,14 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def claim(workdir: str, config: ml_collections.ConfigDict, data_meta: dict[str, Any]) -> None:
-    """Makes `workdir` this config's: new, same config (resume), or an explicit overwrite.
+    """Makes `workdir` this config's: new, same config (resume), or an explicit overwrite."""
+    make_room(workdir, config)
+    write_run_files(workdir, config, data_meta)
 
-    Raises before writing anything when the workdir holds a run of another config.
-    """
+
+def make_room(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Refuses (writing nothing) a workdir that holds a run of another config; with
+    `checkpoint.overwrite` moves that run aside. A resume of the same config changes nothing."""
     stored = load_json(workdir, CONFIG_FILE)
     current = config_to_dict(config)
     if stored is not None:
@@ -97,7 +102,12 @@ def claim(workdir: str, config: ml_collections.ConfigDict, data_meta: dict[str, 
                 "original config, or --config.checkpoint.overwrite=True to move the old run aside")
         if differing:
             _move_aside(workdir)
+
+
+def write_run_files(workdir: str, config: ml_collections.ConfigDict, data_meta: dict[str, Any]) -> None:
+    """config.json and data.json, written only when they change (a resume leaves them as they are)."""
     os.makedirs(workdir, exist_ok=True)
+    current = config_to_dict(config)
     for name, payload in ((CONFIG_FILE, current), (DATA_FILE, data_meta)):
         if load_json(workdir, name) != payload:  # a resume leaves the run's files untouched
             write_json_atomic(os.path.join(workdir, name), payload)
@@ -113,19 +123,22 @@ def _move_aside(workdir: str) -> str:
     return target
 
 
+def write_text_atomic(path: str, text: str) -> None:
+    """Writes through a temporary file and a rename, so a killed process never leaves half a file
+    and two writers (sweep workers) never mix theirs: each has its own temporary file."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=f".{os.path.basename(path)}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
 def write_json_atomic(path: str, payload: Any) -> None:
-    """Writes through a temporary file and a rename, so a killed process never leaves half a file."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=1)
-    os.replace(tmp, path)
-
-
-def write_lines_atomic(path: str, lines: list[str]) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.writelines(line + "\n" for line in lines)
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(payload, indent=1))
 
 
 @contextlib.contextmanager
@@ -134,44 +147,51 @@ def workdir_lock(workdir: str, *, is_primary: bool = True, create: bool = True) 
 
     Two processes writing one workdir (a second terminal, a re-sent job) would interleave
     checkpoints and metrics, so a second one is refused at once, naming the holder. The lock is
-    an flock on WORKDIR/.lock, which the OS releases when its holder dies: a lock file left by a
-    killed process is taken over with a warning. Of a multi-process job only the primary process
-    (`is_primary`, process 0) takes it. With `create=False` a missing workdir is left missing
-    (evaluation reports that itself). On release the file is emptied, not removed: removing it
-    would let a waiting process lock an orphaned inode while a third creates a new file. Only a
-    workdir this call created and nothing else wrote into (a start that failed) is removed, while
-    the lock is still held, so a mistyped --workdir leaves no stray directory.
+    an flock on WORKDIR/.lock, which exists only while held: the OS releases the flock when its
+    holder dies, so a lock file left by a killed process is taken over with a warning. Of a
+    multi-process job only the primary process (`is_primary`, process 0) takes it. With
+    `create=False` a missing workdir is left missing (evaluation reports that itself). A workdir
+    this call created and nothing wrote into (a start that failed) is removed again, so a
+    mistyped --workdir leaves no stray directory.
     """
     if not is_primary or (not create and not os.path.isdir(workdir)):
         yield
         return
     created = not os.path.exists(workdir)
-    fd = _open_lock(workdir)
+    fd, holder = _lock(workdir)
     try:
-        holder = _read_holder(fd)
-        _acquire(fd, workdir, holder)
         if holder:
             logging.warning("%s: taking over the lock of process %s on %s (started %s), which ended without "
                             "releasing it", workdir, holder.get("pid"), holder.get("host"), holder.get("start"))
         _write_holder(fd, {"pid": os.getpid(), "host": socket.gethostname(),
                            "start": time.strftime("%Y-%m-%d %H:%M:%S")})
-        try:
-            yield
-        finally:
-            os.ftruncate(fd, 0)
-            if created:
-                _remove_if_only_the_lock(workdir)
+        yield
     finally:
-        os.close(fd)  # closing the descriptor releases the flock
-
-
-def _remove_if_only_the_lock(workdir: str) -> None:
-    if os.listdir(workdir) == [LOCK_FILE]:
-        try:
-            os.unlink(os.path.join(workdir, LOCK_FILE))
+        # Removed while still locked: a process that opened it meanwhile finds it gone (see `_lock`).
+        os.unlink(os.path.join(workdir, LOCK_FILE))
+        if created and not os.listdir(workdir):
             os.rmdir(workdir)
-        except OSError:
-            pass  # another process started writing into it meanwhile: it is theirs now
+        os.close(fd)  # releases the flock
+
+
+def _lock(workdir: str) -> tuple[int, dict[str, Any]]:
+    """(descriptor holding the flock on WORKDIR/.lock, the previous holder recorded in it).
+
+    A file removed by its releasing holder between our open and our flock is an orphan: locking
+    it would exclude nobody, so the check that the path still names it retries with the new file.
+    """
+    path = os.path.join(workdir, LOCK_FILE)
+    while True:
+        fd = _open_lock(workdir)
+        try:
+            holder = _read_holder(fd)
+            _acquire(fd, workdir, holder)
+            if os.path.exists(path) and os.path.samestat(os.fstat(fd), os.stat(path)):
+                return fd, holder
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
 
 
 def _open_lock(workdir: str) -> int:
@@ -197,7 +217,7 @@ def _acquire(fd: int, workdir: str, holder: dict[str, Any]) -> None:
             raise
         if not _alive_here(holder):
             return
-    raise CheckpointError(
+    raise WorkdirInUse(
         f"{workdir} is in use by process {holder.get('pid', '?')} on {holder.get('host', '?')} (since "
         f"{holder.get('start', '?')}); wait for it to finish, stop it, or pass another --workdir")
 

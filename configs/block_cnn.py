@@ -12,13 +12,7 @@ This model is for a GPU/TPU: on a CPU use a reduced one, e.g.
 --config.model.block_channels='(16, 32)' --config.model.num_branches=2.
 """
 
-try:
-    from configs import default as default_lib
-except ImportError:  # loaded by path from outside the repository root
-    import pathlib, sys  # noqa: E401
-
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-    from configs import default as default_lib
+from configs import default as default_lib
 
 
 def get_config():

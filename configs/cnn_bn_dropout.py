@@ -4,13 +4,7 @@ batch 100, 5 epochs, normalisation 0.5/0.5, no augmentation (the issue's crop+fl
 --config.augment.crop_padding=4 --config.augment.flip=True). 157,962 parameters.
 """
 
-try:
-    from configs import default as default_lib
-except ImportError:  # loaded by path from outside the repository root
-    import pathlib, sys  # noqa: E401
-
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-    from configs import default as default_lib
+from configs import default as default_lib
 
 
 def get_config():

@@ -101,6 +101,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.split = "test"  # test | val | train
     config.checkpoint = ml_collections.ConfigDict()
     config.checkpoint.keep = 2
+    # Also save inside an epoch every this many minutes (0 = only at epoch ends and on SIGTERM /
+    # Ctrl-C); for long CPU epochs on machines that can be taken away.
+    config.checkpoint.every_minutes = 0.0
     config.checkpoint.best_metric = "val_accuracy"  # mean over runs; *_loss metrics are minimized
     config.checkpoint.overwrite = False  # True: move a different config's run aside and start anew
 

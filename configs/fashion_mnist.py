@@ -14,13 +14,7 @@ the issue does not give them. The study varied init, lr, batch size and augmenta
 
 import os
 
-try:
-    from configs import default as default_lib
-except ImportError:  # loaded by path from outside the repository root
-    import pathlib, sys  # noqa: E401
-
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-    from configs import default as default_lib
+from configs import default as default_lib
 
 ARCHS = ("conv_conv_fc", "conv_fc_fc", "fc_fc_fc", "conv_conv_conv", "resnet18")
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"  # apt-get install dataset-fashion-mnist

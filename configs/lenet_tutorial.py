@@ -5,13 +5,7 @@ LeNet: conv 6@5x5 -> maxpool 2 -> conv 16@5x5 -> maxpool 2 -> 120 -> 84 -> 10, V
 ReLU, PyTorch default init: 62,006 parameters.
 """
 
-try:
-    from configs import default as default_lib
-except ImportError:  # loaded by path from outside the repository root
-    import pathlib, sys  # noqa: E401
-
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-    from configs import default as default_lib
+from configs import default as default_lib
 
 
 def get_config():

@@ -2,13 +2,7 @@
 batch 100, 5 epochs, normalisation 0.5/0.5. 1,579,530 parameters.
 """
 
-try:
-    from configs import cnn_bn_dropout
-except ImportError:  # loaded by path from outside the repository root
-    import pathlib, sys  # noqa: E401
-
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-    from configs import cnn_bn_dropout
+from configs import cnn_bn_dropout
 
 
 def get_config():

@@ -6,13 +6,7 @@ batch 64, 10 epochs, normalisation 0.5/0.5. The study varied the channel/kernel 
 rate, batch size, L2, batch norm and mixup around this: override with --config.x=y.
 """
 
-try:
-    from configs import default as default_lib
-except ImportError:  # loaded by path from outside the repository root
-    import pathlib, sys  # noqa: E401
-
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-    from configs import default as default_lib
+from configs import default as default_lib
 
 
 def get_config():

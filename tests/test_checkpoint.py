@@ -268,3 +268,64 @@ def test_a_failed_save_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, s
     epoch, restored, _ = fresh.restore(saved_state)
     assert epoch == 1
     assert_trees_equal(restored, saved_state)
+
+
+def start_small_run(workdir, *extra: str) -> subprocess.Popen:
+    args = [sys.executable, "-m", "cifar_jax.main", *SMALL, "--workdir", str(workdir), "--config.num_epochs=3",
+            "--config.progress_every_s=0", *extra]
+    return subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_epoch_line(process: subprocess.Popen, epoch: int) -> None:
+    for line in iter(process.stdout.readline, ""):
+        if line.startswith(f"epoch {epoch}/"):
+            return
+    raise AssertionError(f"the run ended before epoch {epoch}: {process.stderr.read()[-2000:]}")
+
+
+@pytest.mark.slow
+@needs_fashion_mnist
+def test_sigterm_mid_epoch_saves_exits_75_and_resumes_to_identical_numbers(trained_workdir, tmp_path):
+    workdir = tmp_path / "preempted"
+    process = start_small_run(workdir)
+    try:
+        wait_for_epoch_line(process, 1)
+        process.send_signal(signal.SIGTERM)  # lands in epoch 2
+        sent = time.time()
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 75, stderr[-2000:]
+    assert time.time() - sent < 30
+    assert "Traceback" not in stderr
+    message = stderr.strip().splitlines()[-1]
+    assert message.startswith("preempted at epoch 2 step ") and message.endswith("rerun the same command to resume")
+    assert list((workdir / "checkpoints" / "partial").iterdir())  # the mid-epoch checkpoint
+    resumed = run_cli(*SMALL, "--workdir", str(workdir), "--config.num_epochs=3")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "inside epoch 2 at step" in resumed.stdout
+    assert final_metrics(workdir) == final_metrics(trained_workdir)
+    assert not list((workdir / "checkpoints" / "partial").iterdir())  # superseded by whole epochs
+
+
+@pytest.mark.slow
+@needs_fashion_mnist
+def test_sigkill_after_a_periodic_mid_epoch_checkpoint_resumes_to_identical_numbers(trained_workdir, tmp_path):
+    workdir = tmp_path / "killed"
+    process = start_small_run(workdir, "--config.checkpoint.every_minutes=0.0001")  # after every chunk
+    try:
+        wait_for_epoch_line(process, 1)
+        deadline = time.time() + 120
+        while not any(int(p.name) > 50 for p in (workdir / "checkpoints" / "partial").glob("[0-9]*")
+                      if (p / "commit_success.txt").exists()):  # a checkpoint inside epoch 2 (50 steps each)
+            assert process.poll() is None and time.time() < deadline, "no mid-epoch checkpoint in epoch 2"
+            time.sleep(0.02)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    if (workdir / "results.json").exists():
+        pytest.skip("the run finished before it could be killed inside an epoch")
+    resumed = run_cli(*SMALL, "--workdir", str(workdir), "--config.num_epochs=3")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "inside epoch" in resumed.stdout
+    assert final_metrics(workdir) == final_metrics(trained_workdir)

@@ -32,9 +32,6 @@ pytestmark = needs_fashion_mnist
 
 BASE = ["--config", "configs/test.py", "--config.data.train_limit=256", "--config.data.val_size=64",
         "--config.data.test_limit=64", "--config.num_epochs=2"]
-LATE = pytest.mark.xfail(strict=True, reason="fixed by the issue-11 validation refactor: this value is only "
-                                             "checked after the workdir is claimed, while training starts")
-
 
 @dataclasses.dataclass(frozen=True)
 class Env:
@@ -240,7 +237,7 @@ CASES = [
     Case("warmup-longer-than-run", fresh("--config.optim.warmup_epochs=5.0")),
     Case("model-unknown", fresh("--config.model.name=vgg")),
     Case("augment-mode-unknown", fresh("--config.augment.crop_padding=2", "--config.augment.crop_mode=mirror")),
-    Case("checkpoint-keep-zero", fresh("--config.checkpoint.keep=0"), marks=(LATE,)),
+    Case("checkpoint-keep-zero", fresh("--config.checkpoint.keep=0")),
     Case("num-seeds-zero", fresh("--config.num_seeds=0")),
     Case("several-values-wrong-at-once", fresh("--config.num_epochs=0", "--config.eval_batch_size=0",
                                                "--config.optim.name=sgdd")),
@@ -283,9 +280,7 @@ CASES = [
     Case("eval-field-misspelled", eval_of(lambda env: str(env.run), "--config.eval.chekpoint=best")),
     Case("rerun-all-checkpoints-damaged", lambda env: [*BASE, "--workdir", damaged_copy(env)]),
     Case("resume-longer-all-checkpoints-damaged",
-         lambda env: [*BASE, "--config.num_epochs=3", "--workdir", damaged_copy(env)],
-         marks=(pytest.mark.xfail(strict=True, reason="train.py claims the workdir (rewriting config.json with the "
-                                  "new num_epochs) before it restores the checkpoint"),)),
+         lambda env: [*BASE, "--config.num_epochs=3", "--workdir", damaged_copy(env)]),
 ]
 
 

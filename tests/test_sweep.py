@@ -9,6 +9,7 @@ import importlib
 import itertools
 import json
 import os
+import time
 
 import jax
 import ml_collections
@@ -357,3 +358,61 @@ def test_real_traced_sweep_compiles_the_training_step_once(tmp_path):
     csv_text = (tmp_path / "results.csv").read_text()
     assert "learning_rate=0.01" in csv_text and "learning_rate=0.1" in csv_text
     assert (tmp_path / "plots" / "sweep_optim.learning_rate.png").stat().st_size > 0
+
+
+# ----------------------------------------------------------------------------- several workers
+
+
+def test_worker_share_reads_the_config_then_slurm(monkeypatch):
+    config = base_config(axes=(("batch_size", (4, 8)),), worker_index=-1, num_workers=0)
+    assert sweep.worker_share(config) == (0, 1)
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "4")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "7")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "5")  # --array=5-8
+    assert sweep.worker_share(config) == (2, 4)
+    config.sweep.worker_index, config.sweep.num_workers = 1, 2
+    assert sweep.worker_share(config) == (1, 2)
+    config.sweep.worker_index = 2
+    with pytest.raises(ConfigError, match="worker_index"):
+        sweep.worker_share(config)
+
+
+def test_two_workers_train_disjoint_groups_and_the_last_writes_the_report(tmp_path):
+    """Two workers started together on one workdir (threads here: the group claims are flocks,
+    which conflict between open files of one process as between processes)."""
+    import threading
+
+    axes = (("batch_size", (2, 4, 8, 16)),)
+    trained: dict[int, list[str]] = {0: [], 1: []}
+    gate = threading.Barrier(2)
+
+    def worker(index: int) -> None:
+        def train_fn(config, group_dir):
+            trained[index].append(os.path.basename(group_dir))
+            time.sleep(0.3)  # long enough that the other worker meets the claim
+            fake_train(config, group_dir)
+        gate.wait()
+        sweep.run_sweep(base_config(axes=axes, worker_index=index, num_workers=2), str(tmp_path / "shared"),
+                        train_fn=train_fn)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not set(trained[0]) & set(trained[1])  # never the same group twice
+    assert sorted(trained[0] + trained[1]) == sorted(f"batch_size={b}" for b in (2, 4, 8, 16))
+    assert trained[0] and trained[1]  # both worked
+    sweep.run_sweep(base_config(axes=axes), str(tmp_path / "alone"), train_fn=fake_train)
+    assert (tmp_path / "shared" / "results.md").read_text() == (tmp_path / "alone" / "results.md").read_text()
+
+
+def test_a_dead_workers_group_is_finished_by_the_next_run(tmp_path):
+    axes = (("batch_size", (4, 8)),)
+    with pytest.raises(KeyboardInterrupt):  # worker 0 trains batch 4, then dies inside batch 8 (worker 1's share)
+        sweep.run_sweep(base_config(axes=axes, worker_index=0, num_workers=2), str(tmp_path),
+                        train_fn=Recorder(fail_on="batch_size=8"))
+    recorder = Recorder()
+    result = sweep.run_sweep(base_config(axes=axes, worker_index=1, num_workers=2), str(tmp_path), train_fn=recorder)
+    assert recorder.trained == ["batch_size=8"]  # the unfinished group only
+    assert result["report"] is not None

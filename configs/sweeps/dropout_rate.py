@@ -12,13 +12,8 @@ largest value; each run then gets its own rate), and rate 0.0 is an exact no-op.
 
 import ml_collections
 
-try:
-    from configs import cnn_bn_dropout as study
-except ImportError:  # loaded by path from outside the repository root
-    import pathlib, sys  # noqa: E401
-
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
-    from configs import cnn_bn_dropout as study
+from configs import cnn_bn_dropout as study
+from configs.sweep_spec import sweep_spec
 
 RATES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # literals: no 0.30000000000000004
 
@@ -27,11 +22,5 @@ def get_config() -> ml_collections.ConfigDict:
     config = study.get_config()
     config.name = "dropout_rate"
     config.model.dropout_rate = max(RATES)  # so the dropout layers exist in the one program
-    config.sweep = ml_collections.ConfigDict()
-    config.sweep.kind = "grid"
-    config.sweep.axes = (("model.dropout_rate", RATES),)
-    config.sweep.constraints = ()
-    config.sweep.metric = "val_accuracy"
-    config.sweep.alpha = 0.05
-    config.sweep.labels = ()
+    config.sweep = sweep_spec("grid", (("model.dropout_rate", RATES),))
     return config

@@ -12,13 +12,8 @@ named by `sweep.labels`. The test split stays untouched for the final numbers.
 
 import ml_collections
 
-try:
-    from configs import fashion_mnist as study
-except ImportError:  # loaded by path from outside the repository root
-    import pathlib, sys  # noqa: E401
-
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
-    from configs import fashion_mnist as study
+from configs import fashion_mnist as study
+from configs.sweep_spec import sweep_spec
 
 ARCHS = ("conv_conv_fc", "conv_fc_fc", "fc_fc_fc", "conv_conv_conv")
 FIELDS = ("name", "conv_features", "dense_features", "kernel_size", "strides")
@@ -29,11 +24,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.name = "fashion_mnist_kfold"
     config.data.num_folds = 5
     models = [study.get_config(arch).model for arch in ARCHS]
-    config.sweep = ml_collections.ConfigDict()
-    config.sweep.kind = "zip"
-    config.sweep.axes = tuple((f"model.{field}", tuple(m[field] for m in models)) for field in FIELDS)
-    config.sweep.constraints = ()
-    config.sweep.metric = "val_accuracy"
-    config.sweep.alpha = 0.05
-    config.sweep.labels = ARCHS
+    axes = tuple((f"model.{field}", tuple(m[field] for m in models)) for field in FIELDS)
+    config.sweep = sweep_spec("zip", axes, labels=ARCHS)
     return config

@@ -11,23 +11,12 @@ Other architectures: --config.model.* overrides, or copy this file with another
 
 import ml_collections
 
-try:
-    from configs import fashion_mnist as study
-except ImportError:  # loaded by path from outside the repository root
-    import pathlib, sys  # noqa: E401
-
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
-    from configs import fashion_mnist as study
+from configs import fashion_mnist as study
+from configs.sweep_spec import sweep_spec
 
 
 def get_config() -> ml_collections.ConfigDict:
     config = study.get_config("conv_conv_fc")
     config.name = "fashion_mnist_lr"
-    config.sweep = ml_collections.ConfigDict()
-    config.sweep.kind = "grid"
-    config.sweep.axes = (("optim.learning_rate", (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)),)
-    config.sweep.constraints = ()
-    config.sweep.metric = "val_accuracy"
-    config.sweep.alpha = 0.05
-    config.sweep.labels = ()
+    config.sweep = sweep_spec("grid", (("optim.learning_rate", (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)),))
     return config

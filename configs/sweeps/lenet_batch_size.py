@@ -10,23 +10,12 @@ Batch size changes shapes, so each value is its own group (program) in `W/batch_
 
 import ml_collections
 
-try:
-    from configs import lenet_tutorial as study
-except ImportError:  # loaded by path from outside the repository root
-    import pathlib, sys  # noqa: E401
-
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
-    from configs import lenet_tutorial as study
+from configs import lenet_tutorial as study
+from configs.sweep_spec import sweep_spec
 
 
 def get_config() -> ml_collections.ConfigDict:
     config = study.get_config()
     config.name = "lenet_batch_size"
-    config.sweep = ml_collections.ConfigDict()
-    config.sweep.kind = "grid"
-    config.sweep.axes = (("batch_size", (1, 4, 6, 7, 8, 10)),)
-    config.sweep.constraints = ()
-    config.sweep.metric = "val_accuracy"
-    config.sweep.alpha = 0.05
-    config.sweep.labels = ()
+    config.sweep = sweep_spec("grid", (("batch_size", (1, 4, 6, 7, 8, 10)),))
     return config

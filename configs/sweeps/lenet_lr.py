@@ -10,13 +10,8 @@ train as ONE compiled program in `W/all/`.
 
 import ml_collections
 
-try:
-    from configs import lenet_tutorial as study
-except ImportError:  # loaded by path from outside the repository root
-    import pathlib, sys  # noqa: E401
-
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
-    from configs import lenet_tutorial as study
+from configs import lenet_tutorial as study
+from configs.sweep_spec import sweep_spec
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -24,11 +19,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.name = "lenet_lr"
     config.num_seeds = 4
     config.num_epochs = 1
-    config.sweep = ml_collections.ConfigDict()
-    config.sweep.kind = "grid"
-    config.sweep.axes = (("optim.learning_rate", (1e-3, 3e-3, 1e-2)),)
-    config.sweep.constraints = ()
-    config.sweep.metric = "val_accuracy"
-    config.sweep.alpha = 0.05
-    config.sweep.labels = ()
+    config.sweep = sweep_spec("grid", (("optim.learning_rate", (1e-3, 3e-3, 1e-2)),))
     return config

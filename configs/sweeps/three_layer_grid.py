@@ -15,28 +15,17 @@ spec, so widening a set on the command line keeps the study's rule, e.g.
 
 import ml_collections
 
-try:
-    from configs import three_layer_cnn as study
-except ImportError:  # loaded by path from outside the repository root
-    import pathlib, sys  # noqa: E401
-
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
-    from configs import three_layer_cnn as study
+from configs import three_layer_cnn as study
+from configs.sweep_spec import sweep_spec
 
 
 def get_config() -> ml_collections.ConfigDict:
     config = study.get_config()
     config.name = "three_layer_grid"
-    config.sweep = ml_collections.ConfigDict()
-    config.sweep.kind = "grid"
-    config.sweep.axes = (
+    config.sweep = sweep_spec("grid", (
         ("model.conv_features[0]", (32, 64)),
         ("model.conv_features[1]", (64, 128)),
         ("model.kernel_size[0]", (3, 5)),
         ("model.kernel_size[1]", (5, 7)),
-    )
-    config.sweep.constraints = ("model.conv_features[0] <= model.conv_features[1]",)
-    config.sweep.metric = "val_accuracy"
-    config.sweep.alpha = 0.05
-    config.sweep.labels = ()
+    ), constraints=("model.conv_features[0] <= model.conv_features[1]",))
     return config
