@@ -28,15 +28,8 @@ The study's recipe and its unstated values (n/s), as assumptions:
 
 import pathlib
 
-try:
-    from configs import lenet_tutorial
-except ImportError:  # loaded by path from outside the repository root
-    import sys
-
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
-    from configs import lenet_tutorial
-
 from cifar_jax.study import by_scale, claim, experiment, study_config
+from configs import lenet_tutorial
 
 SHARED_CIFAR10 = str(pathlib.Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10-jpeg")
 # PyTorch training images/s for one LeNet run on a 2-core CPU: README benchmark table

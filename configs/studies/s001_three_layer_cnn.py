@@ -27,15 +27,8 @@ The recipe and the study's unstated values (n/s), as assumptions:
 
 import pathlib
 
-try:
-    from configs import three_layer_cnn
-except ImportError:  # loaded by path from outside the repository root
-    import sys
-
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
-    from configs import three_layer_cnn
-
 from cifar_jax.study import by_scale, claim, experiment, study_config
+from configs import three_layer_cnn
 
 SHARED_CIFAR10 = str(pathlib.Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10-jpeg")
 TORCH_RATE = 0.0  # no PyTorch rate measured for this CNN: the report says n/a

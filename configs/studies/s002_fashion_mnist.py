@@ -23,17 +23,8 @@ The recipe and the study's unstated values (n/s), as assumptions:
 - Train loss is the epoch mean (the study's "loss at epoch 1 / 10" is n/s: mean or last batch).
 """
 
-import pathlib
-
-try:
-    from configs import fashion_mnist
-except ImportError:  # loaded by path from outside the repository root
-    import sys
-
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
-    from configs import fashion_mnist
-
 from cifar_jax.study import by_scale, claim, experiment, study_config
+from configs import fashion_mnist
 
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 TORCH_A1 = 0.0  # no PyTorch rate measured for these models: the report says n/a

@@ -25,15 +25,8 @@ The recipe and the study's unstated values (n/s), as assumptions:
 
 import pathlib
 
-try:
-    from configs import block_cnn
-except ImportError:  # loaded by path from outside the repository root
-    import sys
-
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
-    from configs import block_cnn
-
 from cifar_jax.study import by_scale, claim, experiment, study_config
+from configs import block_cnn
 
 SHARED_CIFAR10 = str(pathlib.Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10-jpeg")
 # PyTorch images/s for one run on a 2-core CPU, README benchmark table (scripts/benchmark.py with

@@ -24,15 +24,8 @@ The recipe, with the study's unstated values (n/s) as assumptions:
 
 import pathlib
 
-try:
-    from configs import cnn_bn_dropout, mlp
-except ImportError:  # loaded by path from outside the repository root
-    import sys
-
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
-    from configs import cnn_bn_dropout, mlp
-
 from cifar_jax.study import by_scale, claim, experiment, study_config
+from configs import cnn_bn_dropout, mlp
 
 SHARED_CIFAR10 = str(pathlib.Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10-jpeg")
 # PyTorch training images/s for one run on a 2-core CPU (this project's machines):
