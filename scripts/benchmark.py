@@ -259,14 +259,14 @@ def jax_cell(model: str, batch_size: int, num_seeds: int, steps: int, repeats: i
         if max_bytes and need > max_bytes:
             result["skipped"] = f"the compiled step needs {need / 2**30:.1f} GB > {max_bytes / 2**30:.1f} GB"
             return result, None
-        state, _ = train.train_epoch(program, state, hparams, images, labels, 1)  # warm-up epoch
+        state, _, _ = train.train_epoch(program, state, hparams, images, labels, 1)  # warm-up epoch
         jax.block_until_ready(state.step)
         walls, cpus = [], []
         for epoch in range(2, repeats + 2):
             if torch_cell:
                 torch_cell.repeat()
             wall, cpu = time.perf_counter(), time.process_time()
-            state, sums = train.train_epoch(program, state, hparams, images, labels, epoch)
+            state, sums, _ = train.train_epoch(program, state, hparams, images, labels, epoch)
             jax.block_until_ready((state.step, sums))
             walls.append(time.perf_counter() - wall)
             cpus.append(time.process_time() - cpu)

@@ -35,7 +35,7 @@ def train_once(config, splits: Splits) -> np.ndarray:
     setup = train.setup_runs(config, splits.image_shape, len(splits.class_names), splits.num_train)
     state = setup.state
     for epoch in range(1, config.num_epochs + 1):
-        state, _ = train.train_epoch(setup.program, state, setup.hparams, *splits.train, epoch)
+        state, _, _ = train.train_epoch(setup.program, state, setup.hparams, *splits.train, epoch)
     return train.score_split(setup.program, state, setup.hparams, *splits.eval["val"],
                              config.eval_batch_size)["accuracy"]
 

@@ -58,5 +58,5 @@ def train_runs(config, splits: Splits, seed_index=None, epochs: int = 2):
                              seed_index=seed_index)
     state = setup.state
     for epoch in range(1, epochs + 1):
-        state, _ = train.train_epoch(setup.program, state, setup.hparams, *splits.train, epoch)
+        state, _, _ = train.train_epoch(setup.program, state, setup.hparams, *splits.train, epoch)
     return state, train.score_split(setup.program, state, setup.hparams, *splits.eval["val"], 64)

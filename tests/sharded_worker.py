@@ -24,7 +24,7 @@ def train_tiny(num_seeds: int) -> dict:
     plan = setup.program.plan
     images, labels = execution.replicate(tuple(splits.train), plan)
     hlo = train_steps_hlo(setup, images, labels)  # before training donates the initial state
-    state, _ = train.train_epoch(setup.program, setup.state, setup.hparams, images, labels, 1)
+    state, _, _ = train.train_epoch(setup.program, setup.state, setup.hparams, images, labels, 1)
     scores = setup.real_runs(train.score_split(setup.program, state, setup.hparams,
                                                *execution.replicate(tuple(splits.eval["val"]), plan), 32))
     shardings = {str(leaf.sharding.spec) if isinstance(leaf.sharding, NamedSharding) else "single"
