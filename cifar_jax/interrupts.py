@@ -47,6 +47,9 @@ class StopFlag:
     def exit_code(self) -> int:
         return EXIT_INTERRUPTED if self.signal == signal.SIGINT else EXIT_PREEMPTED
 
+    def reason(self) -> str:
+        return "interrupted" if self.signal == signal.SIGINT else "preempted"
+
 
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[StopFlag]:

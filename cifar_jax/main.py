@@ -255,6 +255,9 @@ def cli(argv: list[str]) -> int:
     except Interrupted as stopped:  # a checkpoint was saved: say how to resume, with a status a job script tests
         print(str(stopped), file=sys.stderr, flush=True)
         return stopped.exit_code
+    except KeyboardInterrupt:  # before training started, or a second Ctrl-C that would not wait for the save
+        print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr, flush=True)
+        return 130
     except CifarJaxError as error:
         print(error_line(str(error)), file=sys.stderr, flush=True)
         return 1

@@ -145,9 +145,11 @@ def setup_runs(config: ml_collections.ConfigDict, image_shape: tuple[int, int, i
     else:
         seeds, count = np.asarray(seed_index), len(seed_index)
         folds = np.zeros_like(seeds)
-    padded = RunSetup(grid, program, {}, None, count, None).on_devices
-    hparams = padded(jax.tree.map(lambda v: jnp.asarray(v[:count]), grid.hparams))
-    keys = padded(runs.run_keys(config.seed, seeds, folds))
+    def placed(tree):  # padded and sharded like the state
+        return execution.place_runs(tree, program.plan.padded(count), program.plan)
+
+    hparams = placed(jax.tree.map(lambda v: jnp.asarray(v[:count]), grid.hparams))
+    keys = placed(runs.run_keys(config.seed, seeds, folds))
     state = jax.eval_shape(program.init, keys, hparams) if abstract else program.init(keys, hparams)
     return RunSetup(grid=grid, program=program, hparams=hparams, state=state, num_runs=count, keys=keys)
 
@@ -289,7 +291,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 checkpoints.wait()
                 checkpoints.close()
                 loop.close()
-                raise Interrupted(f"preempted at epoch {epoch} step {done}; rerun the same command to "
+                raise Interrupted(f"{stop.reason()} at epoch {epoch} step {done}; rerun the same command to "
                                              "resume", stop.exit_code())
             scores = {name: setup.real_runs(score_split(setup.program, state, setup.hparams, *examples,
                                                         config.eval_batch_size, weights=weights))

@@ -329,3 +329,19 @@ def test_sigkill_after_a_periodic_mid_epoch_checkpoint_resumes_to_identical_numb
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "inside epoch" in resumed.stdout
     assert final_metrics(workdir) == final_metrics(trained_workdir)
+
+
+@pytest.mark.slow
+@needs_fashion_mnist
+def test_ctrl_c_mid_epoch_saves_and_exits_130_without_a_traceback(tmp_path):
+    workdir = tmp_path / "interrupted"
+    process = start_small_run(workdir)
+    try:
+        wait_for_epoch_line(process, 1)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith("interrupted at epoch 2 step ")
