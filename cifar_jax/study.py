@@ -510,10 +510,12 @@ def verdict_counts(claims: Sequence[ClaimResult]) -> str:
 
 
 def compare_verdict(expect: str, diff: float, p_holm: float, alpha: float = ALPHA) -> str:
-    """supported / refuted / not distinguishable from seed noise, for an expected direction."""
+    """supported / refuted / not distinguishable from seed noise, for an expected direction. A
+    'no difference' claim is only ever weakly supported: a non-significant test at a few seeds is
+    absence of evidence, and the verdict says so."""
     if p_holm >= alpha:
-        return "supported (no difference beyond seed noise)" if expect == "equal" else \
-            "not distinguishable from seed noise"
+        return ("supported, weakly: no difference beyond seed noise at these seeds (not evidence of no effect)"
+                if expect == "equal" else "not distinguishable from seed noise")
     if expect == "equal":
         return "refuted (the difference is significant)"
     return "supported" if (diff > 0) == (expect == "greater") else "refuted (significant, opposite direction)"
