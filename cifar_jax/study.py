@@ -503,9 +503,11 @@ def judge_claims(config: ml_collections.ConfigDict, loaded: dict[str, list[repor
 
 def verdict_counts(claims: Sequence[ClaimResult]) -> str:
     """'Claims: 2 supported, 1 refuted, 4 not distinguishable from seed noise, 3 not tested.'"""
-    kinds = {"supported": "supported", "refuted": "refuted", "not distinguishable": "not distinguishable from seed "
-             "noise", "partly": "partly supported", "not test": "not tested"}
-    counts = {name: sum(c.verdict.startswith(prefix) for c in claims) for prefix, name in kinds.items()}
+    kinds = {"supported, weakly": "weakly supported (no difference found)", "supported": "supported",
+             "refuted": "refuted", "not distinguishable": "not distinguishable from seed noise",
+             "partly": "partly supported", "not test": "not tested"}
+    first = [next((name for prefix, name in kinds.items() if c.verdict.startswith(prefix)), "other") for c in claims]
+    counts = {name: first.count(name) for name in [*kinds.values(), "other"]}
     return "Claims: " + ", ".join(f"{n} {name}" for name, n in counts.items() if n) + "."
 
 
