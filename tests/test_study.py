@@ -176,6 +176,10 @@ def test_collapse_and_verdict_rules():
     assert study.compare_verdict("greater", -2.0, 0.01).startswith("refuted")
     assert study.compare_verdict("less", -2.0, 0.2) == "not distinguishable from seed noise"
     assert study.compare_verdict("equal", 2.0, 0.01).startswith("refuted")
+    verdicts = [study.compare_verdict("equal", 0.5, 0.4), study.compare_verdict("greater", 2.0, 0.01), "not tested: x"]
+    claims = [study.ClaimResult(key=str(i), text="", expect="", verdict=v) for i, v in enumerate(verdicts)]
+    assert study.verdict_counts(claims) == ("Claims: 1 weakly supported (no difference found), 1 supported, "
+                                            "1 not tested.")
 
 
 def test_a_typo_in_a_claim_fails_before_training():
