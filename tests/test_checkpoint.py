@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -298,12 +299,13 @@ def test_sigterm_mid_epoch_saves_exits_75_and_resumes_to_identical_numbers(train
     assert process.returncode == 75, stderr[-2000:]
     assert time.time() - sent < 30
     assert "Traceback" not in stderr
-    message = stderr.strip().splitlines()[-1]
-    assert message.startswith("preempted at epoch 2 step ") and message.endswith("rerun the same command to resume")
+    # Usually inside epoch 2; on a loaded machine the signal may land in epoch 3.
+    assert re.fullmatch(r"preempted at epoch [23] step \d+; rerun the same command to resume",
+                        stderr.strip().splitlines()[-1]), stderr[-500:]
     assert list((workdir / "checkpoints" / "partial").iterdir())  # the mid-epoch checkpoint
     resumed = run_cli(*SMALL, "--workdir", str(workdir), "--config.num_epochs=3")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "inside epoch 2 at step" in resumed.stdout
+    assert "inside epoch" in resumed.stdout
     assert final_metrics(workdir) == final_metrics(trained_workdir)
     assert not list((workdir / "checkpoints" / "partial").iterdir())  # superseded by whole epochs
 
@@ -344,4 +346,5 @@ def test_ctrl_c_mid_epoch_saves_and_exits_130_without_a_traceback(tmp_path):
         process.kill()
     assert process.returncode == 130, stderr[-2000:]
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
-    assert stderr.strip().splitlines()[-1].startswith("interrupted at epoch 2 step ")
+    assert re.fullmatch(r"interrupted at epoch [23] step \d+; rerun the same command to resume",
+                        stderr.strip().splitlines()[-1]), stderr[-500:]
