@@ -16,12 +16,13 @@ from typing import Any, Callable
 from flax import nnx
 
 from cifar_jax.errors import ConfigError
-from cifar_jax.models import block, cnn, mlp, resnet
+from cifar_jax.models import block, cnn, resnet
 from cifar_jax.models.layers import Compute, Dropout, DropoutRate
 
 _REGISTRY: dict[str, tuple[Callable[..., nnx.Module], Callable[..., None]]] = {
     "cnn": (cnn.CNN, cnn.validate),
-    "mlp": (mlp.MLP, mlp.validate),
+    "mlp": (lambda cfg, **kwargs: cnn.CNN(cnn.mlp_config(cfg), **kwargs),
+            lambda cfg, *args: cnn.validate(cnn.mlp_config(cfg), *args)),
     "block_cnn": (block.BlockCNN, block.validate),
     "resnet18": (resnet.ResNet18, resnet.validate),
 }

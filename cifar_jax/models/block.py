@@ -108,22 +108,10 @@ class BlockCNN(nnx.Module):
                 init=field(cfg, "init", "torch_default"), dense_init=dense_init,
                 compute=compute, rngs=rngs))
             c = int(f)
-        self.classifier = nnx.List()
-        for f in common.as_tuple(_get(cfg, "classifier_features")):
-            self.classifier.append(layers.DenseLayer(
-                c, int(f), activation=activation, batch_norm=False, bn_momentum=0.9,
-                dropout=layers.maybe_dropout(rate, placement in ("dense", "all"), rngs),
-                init=dense_init, dtype=compute.dtype, rngs=rngs))
-            c = int(f)
-        self.head_dropout = layers.maybe_dropout(rate, placement == "head", rngs)
-        self.out = layers.Linear(c, num_classes, init=dense_init, dtype=compute.dtype, rngs=rngs)
+        spec = common.head_spec(cfg, _get(cfg, "classifier_features"), batch_norm=False)
+        layers.build_dense_head(self, c, num_classes, spec, compute, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         for blk in self.blocks:
             x = blk(x)
-        x = layers.global_avg_pool(x)
-        for layer in self.classifier:
-            x = layer(x)
-        if self.head_dropout is not None:
-            x = self.head_dropout(x)
-        return self.out(x)
+        return layers.apply_dense_head(self, layers.global_avg_pool(x))

@@ -15,6 +15,9 @@ padding=k//2).
 Dropout placement: 'conv' after every conv stage's activation (before pooling), 'dense' after
 every hidden dense layer, 'all' both, 'head' once before the output layer, 'none' nowhere.
 
+`model.name='mlp'` is this CNN without conv stages (the fifth study's 3072-512-10 MLP and its
+variants): `mlp_config` empties `conv_features`.
+
 Flatten order is NHWC (PyTorch flattens NCHW). Parameter counts and the function class are the
 same; only loading PyTorch weights into the first dense layer would need a permutation, which
 this project does not do.
@@ -59,6 +62,13 @@ def conv_plan(cfg: Any, input_shape) -> tuple[list[dict], int]:
         stages.append(dict(in_features=c, out_features=f, kernel_size=k, strides=s))
         c = f
     return stages, h * w * c
+
+
+def mlp_config(cfg: Any) -> Any:
+    """An MLP config as this CNN's: the same dense head, no conv stages."""
+    cfg = cfg.copy_and_resolve_references()
+    cfg.conv_features = ()
+    return cfg
 
 
 def validate(cfg: Any, input_shape, num_classes: int) -> None:
@@ -119,25 +129,10 @@ class CNN(nnx.Module):
                       compute=compute, rngs=rngs)
             for s in stages
         ])
-        dense_init = common.dense_init(cfg)
-        self.dense = nnx.List()
-        width = flat
-        for f in common.as_tuple(field(cfg, "dense_features", ())):
-            self.dense.append(layers.DenseLayer(
-                width, int(f), activation=activation,
-                batch_norm=bool(field(cfg, "dense_batch_norm", False)), bn_momentum=momentum,
-                dropout=layers.maybe_dropout(rate, placement in ("dense", "all"), rngs),
-                init=dense_init, dtype=compute.dtype, rngs=rngs))
-            width = int(f)
-        self.head_dropout = layers.maybe_dropout(rate, placement == "head", rngs)
-        self.out = layers.Linear(width, num_classes, init=dense_init, dtype=compute.dtype, rngs=rngs)
+        layers.build_dense_head(self, flat, num_classes, common.head_spec(cfg, field(cfg, "dense_features", ())),
+                                compute, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         for stage in self.stages:
             x = stage(x)
-        x = x.reshape(x.shape[0], -1)
-        for layer in self.dense:
-            x = layer(x)
-        if self.head_dropout is not None:
-            x = self.head_dropout(x)
-        return self.out(x)
+        return layers.apply_dense_head(self, x.reshape(x.shape[0], -1))

@@ -81,6 +81,17 @@ def common_checks(cfg: Any, input_shape: Sequence[int], num_classes: int) -> Non
             f"model.bn_momentum={momentum!r} must be in [0, 1] (Flax convention: PyTorch's 0.1 is 0.9)")
 
 
+def head_spec(cfg: Any, widths: Any, *, batch_norm: bool | None = None) -> layers.DenseHeadSpec:
+    """The dense head a model config asks for (`widths` hidden layers; batch norm from
+    `dense_batch_norm` unless the model fixes it)."""
+    placement = field(cfg, "dropout_placement", "none")
+    return layers.DenseHeadSpec(
+        widths=tuple(int(f) for f in as_tuple(widths)), activation=field(cfg, "activation", "relu"),
+        batch_norm=bool(field(cfg, "dense_batch_norm", False)) if batch_norm is None else batch_norm,
+        bn_momentum=float(field(cfg, "bn_momentum", 0.9)), rate=float(field(cfg, "dropout_rate", 0.0)),
+        hidden_dropout=placement in ("dense", "all"), head_dropout=placement == "head", init=dense_init(cfg))
+
+
 def dense_init(cfg: Any) -> str:
     """The init scheme of dense layers: `init`, or torch_default when init_conv_only is set."""
     return "torch_default" if field(cfg, "init_conv_only", False) else field(cfg, "init", "torch_default")

@@ -441,3 +441,42 @@ class DenseLayer(nnx.Module):
         if self.dropout is not None:
             x = self.dropout(x)
         return x
+
+
+@dataclasses.dataclass(frozen=True)
+class DenseHeadSpec:
+    """The classifier every model ends with: hidden dense layers, optional dropout before the
+    output layer, the output layer."""
+
+    widths: tuple[int, ...]
+    activation: str
+    batch_norm: bool
+    bn_momentum: float
+    rate: float
+    hidden_dropout: bool  # after every hidden layer
+    head_dropout: bool  # once before the output layer
+    init: str
+
+
+def build_dense_head(model: nnx.Module, in_features: int, num_classes: int, spec: DenseHeadSpec,
+                     compute: Compute, rngs: nnx.Rngs) -> None:
+    """Gives `model` its `dense` layers, `head_dropout` and `out` (the same parameter paths in every
+    model); `apply_dense_head` runs them."""
+    model.dense = nnx.List()
+    width = in_features
+    for f in spec.widths:
+        model.dense.append(DenseLayer(
+            width, int(f), activation=spec.activation, batch_norm=spec.batch_norm, bn_momentum=spec.bn_momentum,
+            dropout=maybe_dropout(spec.rate, spec.hidden_dropout, rngs), init=spec.init, dtype=compute.dtype,
+            rngs=rngs))
+        width = int(f)
+    model.head_dropout = maybe_dropout(spec.rate, spec.head_dropout, rngs)
+    model.out = Linear(width, num_classes, init=spec.init, dtype=compute.dtype, rngs=rngs)
+
+
+def apply_dense_head(model: nnx.Module, x: jax.Array) -> jax.Array:
+    for layer in model.dense:
+        x = layer(x)
+    if model.head_dropout is not None:
+        x = model.head_dropout(x)
+    return model.out(x)

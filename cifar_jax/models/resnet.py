@@ -73,16 +73,10 @@ class ResNet18(nnx.Module):
                 self.blocks.append(BasicBlock(c, f, strides, bn_momentum=momentum, init=init,
                                               compute=compute, rngs=rngs))
                 c = f
-        rate = float(field(cfg, "dropout_rate", 0.0))
-        self.head_dropout = layers.maybe_dropout(
-            rate, field(cfg, "dropout_placement", "none") == "head", rngs)
-        self.fc = layers.Linear(c, num_classes, init=common.dense_init(cfg), dtype=compute.dtype, rngs=rngs)
+        layers.build_dense_head(self, c, num_classes, common.head_spec(cfg, ()), compute, rngs)  # `fc` is `out`
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = jax.nn.relu(self.stem_bn(self.stem(x)))
         for blk in self.blocks:
             x = blk(x)
-        x = layers.global_avg_pool(x)
-        if self.head_dropout is not None:
-            x = self.head_dropout(x)
-        return self.fc(x)
+        return layers.apply_dense_head(self, layers.global_avg_pool(x))
