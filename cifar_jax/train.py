@@ -61,9 +61,10 @@ def make_train(config: ml_collections.ConfigDict, image_shape: tuple[int, int, i
     """Resolves the static parts of `config` and returns the jitted, run-vmapped functions."""
     validation.validate_config(config, image_shape, num_classes, num_train)
     steps_per_epoch = num_train // config.batch_size
-    plan = execution.plan(config, steps_per_epoch=steps_per_epoch, backend=backend,
-                          step_bytes=lambda p: execution.model_step_bytes(_model_builder(config, image_shape, num_classes, p),
-                                                                    (config.batch_size, *image_shape)))
+    plan = execution.plan(
+        config, steps_per_epoch=steps_per_epoch, backend=backend,
+        step_bytes=lambda p: execution.model_step_bytes(_model_builder(config, image_shape, num_classes, p),
+                                                        (config.batch_size, *image_shape)))
     build = _model_builder(config, image_shape, num_classes, plan)
     abstract = nnx.eval_shape(lambda: build(jax.random.key(0), jax.random.key(0)))
     if "dropout_rate" in config.hparam_grid and not jax.tree.leaves(nnx.state(abstract, DropoutRate)):
@@ -73,7 +74,7 @@ def make_train(config: ml_collections.ConfigDict, image_shape: tuple[int, int, i
     train_graph = nnx.split(abstract)[0]
     abstract.eval()
     ctx = step.StepContext(config=config, build=build, train_graph=train_graph, eval_graph=nnx.split(abstract)[0],
-                      num_classes=num_classes, num_train=num_train, steps_per_epoch=steps_per_epoch)
+                           num_classes=num_classes, num_train=num_train, steps_per_epoch=steps_per_epoch)
 
     def runs_mapped(fn, in_axes, group_size=None):  # each device maps its own runs: no collectives
         return execution.per_device(execution.map_over_runs(fn, in_axes, group_size), plan, in_axes)
