@@ -67,9 +67,6 @@ class RunGrid:
         return [{"run": r, "seed_index": int(self.seed_index[r]), "setting": int(self.setting_index[r]), **folds(r),
                  **self.settings[self.setting_index[r]]} for r in range(self.num_runs)]
 
-    def keys(self, seed: int) -> jax.Array:
-        return run_keys(seed, self.seed_index, self.fold_index)
-
 
 def traced_values(config: ml_collections.ConfigDict) -> dict[str, float]:
     """The traced hyperparameters a config sets when no grid overrides them, validated."""

@@ -83,8 +83,11 @@ def _data_streams(data_key: jax.Array) -> tuple[jax.Array, jax.Array]:
     return shuffle_root, augment_root
 
 
-def init_run(ctx: StepContext, run_key: jax.Array, hparams: dict) -> TrainState:
-    params_key, dropout_key, data_key = jax.random.split(jax.random.wrap_key_data(run_key), 3)
+def init_run(ctx: StepContext, keys: jax.Array, hparams: dict) -> TrainState:
+    """A run's initial state. `keys` holds two key data: the run's own (parameters, dropout) and
+    the one its data stream (order, augmentation) derives from: the same unless data.shared_order."""
+    params_key, dropout_key, _ = jax.random.split(jax.random.wrap_key_data(keys[0]), 3)
+    data_key = jax.random.split(jax.random.wrap_key_data(keys[1]), 3)[2]
     model = ctx.build(params_key, dropout_key)
     nnx.update(model, jax.tree.map(lambda _: hparams["dropout_rate"], nnx.state(model, DropoutRate)))
     _, params, model_state = nnx.split(model, nnx.Param, ...)

@@ -110,7 +110,7 @@ class RunSetup(NamedTuple):
     hparams: dict[str, jax.Array]
     state: step.TrainState  # concrete, or abstract (`jax.ShapeDtypeStruct`s) when only the structure is needed
     num_runs: int
-    keys: jax.Array  # per-run key data, padded and sharded
+    keys: jax.Array  # per run: its own key data and its data stream's (`step.init_run`), padded and sharded
 
     def init(self) -> step.TrainState:
         return self.program.init(self.keys, self.hparams)
@@ -150,7 +150,9 @@ def setup_runs(config: ml_collections.ConfigDict, image_shape: tuple[int, int, i
         return execution.place_runs(tree, program.plan.padded(count), program.plan)
 
     hparams = placed(jax.tree.map(lambda v: jnp.asarray(v[:count]), grid.hparams))
-    keys = placed(runs.run_keys(config.seed, seeds, folds))
+    data_seeds = np.zeros_like(seeds) if config.data.get("shared_order", False) else seeds
+    keys = placed(jnp.stack([runs.run_keys(config.seed, seeds, folds), runs.run_keys(config.seed, data_seeds, folds)],
+                            axis=1))
     state = jax.eval_shape(program.init, keys, hparams) if abstract else program.init(keys, hparams)
     return RunSetup(grid=grid, program=program, hparams=hparams, state=state, num_runs=count, keys=keys)
 

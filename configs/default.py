@@ -32,6 +32,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.test_limit = 0  # use only the first N test images (0 = all)
     config.data.num_folds = 0  # k > 1: k-fold cross-validation as one more vmapped run axis (val_size unused)
     config.data.seed = 0  # seeds the validation split and folds, independent of model seeds
+    # True: every seed sees the same data order and augmentation (common random numbers); seeds
+    # then differ in initialization and dropout only. See the README, "Shared data order".
+    config.data.shared_order = False
     config.data.mean = (0.5, 0.5, 0.5)  # per-channel; broadcast from one value for 1 channel
     config.data.std = (0.5, 0.5, 0.5)
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -241,3 +242,20 @@ def test_train_step_applies_augmentation_mixup_and_smoothing_inside_the_step():
     assert len(set(losses.values())) == len(losses), losses  # every switch reaches the step
     _, again = train_runs(tiny_config(num_seeds=1, **{"augment.mixup_alpha": 0.0}), splits, epochs=1)
     assert float(again["loss"][0]) == losses["plain"]
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_shared_order_gives_every_seed_the_same_batches_and_its_own_weights(shared):
+    splits = synthetic_splits(num_train=64, num_eval=32)
+    config = tiny_config(num_seeds=3, **{"data.shared_order": shared})
+    setup = train.setup_runs(config, splits.image_shape, 10, splits.num_train)
+    index = jnp.broadcast_to(jnp.arange(64), (3, 64))
+    batches = np.asarray(setup.program.epoch_batches(setup.state, jnp.int32(1), index))
+    same_order = [np.array_equal(batches[0], batches[r]) for r in (1, 2)]
+    assert same_order == [shared, shared]
+    kernels = np.asarray(jax.tree.leaves(setup.state.params)[0])
+    assert not np.array_equal(kernels[0], kernels[1])  # initialization differs either way
+    if not shared:  # the default keeps each seed's own stream: the same key as before the option
+        first = np.asarray(runs.run_keys(config.seed, np.arange(3), np.zeros(3, int)))
+        np.testing.assert_array_equal(np.asarray(setup.keys)[:, 0], first)
+        np.testing.assert_array_equal(np.asarray(setup.keys)[:, 1], first)
