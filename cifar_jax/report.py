@@ -342,7 +342,7 @@ def markdown_stage(settings: Sequence[Setting], primary: str, alpha: float) -> l
     """The tables of one stage: the primary metric in full, then every metric as mean [CI]."""
     rows = stage_rows(settings, primary, alpha)
     lines = [f"Comparison metric: **{_TITLES[primary]}**", "",
-             f"| setting | n | diverged | mean | std | 95% CI | p vs best | p (Holm) | |",
+             "| setting | n | diverged | mean | std | 95% CI | p vs best | p (Holm) | |",
              "|---|---:|---:|---:|---:|---|---:|---:|:-:|"]
     for row in rows:
         ci = f"[{_number(row['ci_low'], primary)}, {_number(row['ci_high'], primary)}]"
