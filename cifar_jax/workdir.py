@@ -52,10 +52,16 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def differing_fields(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Dotted names of the fields that differ and matter for resuming."""
+    """Dotted names of the fields that differ and matter for resuming. A field the stored config
+    lacks (added by a later version, like data.shared_order) matches while it is off (False, 0,
+    empty), the value that reproduces what the older version did."""
     old, new = _flat(stored), _flat(current)
-    return sorted(name for name in set(old) | set(new)
-                  if old.get(name) != new.get(name) and not name.startswith(RESUMABLE_FIELDS))
+
+    def differs(name: str) -> bool:
+        if name not in old:
+            return bool(new[name])
+        return old[name] != new.get(name)
+    return sorted(name for name in set(old) | set(new) if differs(name) and not name.startswith(RESUMABLE_FIELDS))
 
 
 def load_json(workdir: str, name: str) -> Any:

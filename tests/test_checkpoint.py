@@ -348,3 +348,11 @@ def test_ctrl_c_mid_epoch_saves_and_exits_130_without_a_traceback(tmp_path):
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
     assert re.fullmatch(r"interrupted at epoch [23] step \d+; rerun the same command to resume",
                         stderr.strip().splitlines()[-1]), stderr[-500:]
+
+
+def test_a_field_added_by_a_later_version_does_not_block_a_resume_while_off():
+    stored = {"data": {"name": "cifar10"}, "num_seeds": 2}
+    assert workdir_lib.differing_fields(stored, {"data": {"name": "cifar10", "shared_order": False},
+                                                 "num_seeds": 2}) == []
+    assert workdir_lib.differing_fields(stored, {"data": {"name": "cifar10", "shared_order": True},
+                                                 "num_seeds": 2}) == ["data.shared_order"]
