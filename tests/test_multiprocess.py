@@ -60,7 +60,9 @@ def test_two_processes_train_one_job_like_one_process(tmp_path):
     together = tmp_path / "two"
     out0, out1 = (ours(out) for out in finish(start_job(together, "--config.num_epochs=2")))
     assert "4 devices (cpu) in 2 processes" in out0[0]
-    assert out1 == []  # process 1 prints nothing
+    # Process 1 prints none of the run's lines (gloo's C++ connection messages, interleaved by its
+    # threads, may still appear in fragments).
+    assert not [line for line in out1 if line.startswith(("test:", "epoch", "done", "resuming", "  "))], out1
     alone = tmp_path / "one"
     result = run_cli(*JOB, "--workdir", str(alone), "--config.num_epochs=2")
     assert result.returncode == 0, result.stderr[-3000:]
