@@ -13,8 +13,8 @@ choice                                 CPU (2-core AVX2 machine)  GPU / TPU
 `execution.steps_per_call` (0 = auto)  a `lax.scan` chunk of ~10  the whole epoch in one scan
                                        steps (1 with XLA convs)
 `execution.runs_per_group` (0 = auto)  runs whose activations     all runs in one vmap
-                                       fit 256 MiB per step (LeNet
-                                       b128: 11, CNN b128: 1)
+                                       fit 12 MiB per step (LeNet
+                                       b4: 11, b128: 1; CNN: 1)
 `execution.compute_dtype` (auto)       float32                    bfloat16 matmuls/convs,
                                                                   float32 parameters, BN, loss
 buffer donation                        on (state and sums)        on
@@ -45,11 +45,13 @@ from cifar_jax import checks
 # Target length of a scanned chunk of training steps on CPU: long enough to amortise dispatch
 # (~0.1-0.3 ms per call), short enough that progress and interruption stay responsive.
 CPU_STEPS_PER_CALL = 10
-# Activations (VJP residuals) one vmapped training step may keep on CPU before the runs are
-# mapped one group at a time instead. Per run at batch 128: LeNet 21 MiB (vmapping seeds helps a
-# little), the fifth study's CNN 414 MiB and the reduced block CNN 164 MiB (vmapping 8 or 32
-# seeds ran 1.4-1.5x slower than one at a time and needed up to 14 GB).
-CPU_STEP_BYTES_PER_GROUP = 256 * 2**20
+# Activations (VJP residuals) one vmapped training step may keep on CPU: runs are mapped in groups
+# of as many as fit, one group at a time. Measured (8 LeNet seeds, scripts/benchmark.py's group
+# candidates, quiet 2-core EPYC): the fastest group kept 8-12 MiB of activations in every batch
+# size (b4, 1 MiB a run: 8 runs; b16, 2.9 MiB: 4; b32, 5.6 MiB: 2; b64 and b128, 11 and 21 MiB: 1);
+# a group twice that size ran 10-25% slower, and vmapping 8 runs of LeNet at batch 128 was 30%
+# slower than one at a time: the step's working set must stay in the caches.
+CPU_STEP_BYTES_PER_GROUP = 12 * 2**20
 
 _CACHE_ENV = "CIFAR_JAX_CACHE_DIR"
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")

@@ -18,7 +18,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from cifar_jax import augment, losses, metrics, optim
+from cifar_jax import augment, execution, losses, metrics, optim
 from cifar_jax.models.layers import DropoutRate
 from cifar_jax.splits import standardize, to_unit
 
@@ -105,23 +105,37 @@ def epoch_batches(ctx: StepContext, state: TrainState, epoch: jax.Array, train_i
     return order[: ctx.steps_per_epoch * batch_size].reshape(ctx.steps_per_epoch, batch_size)
 
 
-def train_step(ctx: StepContext, state: TrainState, hparams: dict, images: jax.Array, labels: jax.Array,
-               batch_index: jax.Array) -> tuple[TrainState, EpochSums]:
-    """One SGD step of one run: augment, (mix up), standardize, forward, backward, update."""
-    augment_key, mixup_key = jax.random.split(jax.random.fold_in(_data_streams(state.data_key)[1], state.step))
+class Batch(NamedTuple):
+    """One step's training inputs: what every run of a data stream shares unless a traced grid
+    value (label smoothing, mixup) makes it per run."""
+
+    x: jax.Array  # augmented, (mixed,) standardized images
+    labels: jax.Array
+    targets: jax.Array  # smoothed (mixed) one-hot targets
+
+
+def batch_inputs(ctx: StepContext, data_key: jax.Array, step: jax.Array, hparams: dict, images: jax.Array,
+                 labels: jax.Array, batch_index: jax.Array) -> Batch:
+    """Augment, (mix up) and standardize one batch: a function of the data stream (key, step), not
+    of the weights, so runs sharing a stream compute it once (`streams.py`)."""
+    augment_key, mixup_key = jax.random.split(jax.random.fold_in(_data_streams(data_key)[1], step))
     x = augment.augment_batch(ctx.config.augment, augment_key, to_unit(images[batch_index]), hparams)
     y = labels[batch_index]
     targets = losses.smooth_labels(jax.nn.one_hot(y, ctx.num_classes), hparams["label_smoothing"])
     if ctx.use_mixup:
         x, targets = augment.mixup(mixup_key, x, targets, hparams["mixup_alpha"])
-    x = standardize(x, hparams["mean"], hparams["std"])
+    return Batch(standardize(x, hparams["mean"], hparams["std"]), y, targets)
+
+
+def train_step(ctx: StepContext, state: TrainState, hparams: dict, batch: Batch) -> tuple[TrainState, EpochSums]:
+    """One SGD step of one run on a prepared batch: forward, backward, update."""
 
     def loss_fn(params):
         model = nnx.merge(ctx.train_graph, params, state.model_state, copy=True)
-        logits, intermediates = nnx.capture(model, nnx.Intermediate)(x)
+        logits, intermediates = nnx.capture(model, nnx.Intermediate)(batch.x)
         logits = logits.astype(jnp.float32)
         new_model_state = nnx.state(model, nnx.Not(nnx.Param))
-        loss = losses.softmax_cross_entropy(logits, targets).mean()
+        loss = losses.softmax_cross_entropy(logits, batch.targets).mean()
         return loss, (logits, new_model_state, metrics.dead_unit_fraction(intermediates))
 
     (loss, (logits, model_state, dead)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -130,21 +144,52 @@ def train_step(ctx: StepContext, state: TrainState, hparams: dict, images: jax.A
                            opt_state=opt_state, data_key=state.data_key, step=state.step + 1,
                            diverged=state.diverged | ~jnp.isfinite(loss))
     batch_size = ctx.config.batch_size
-    step_sums = EpochSums(loss=loss * batch_size, correct=jnp.sum(jnp.argmax(logits, -1) == y),
+    step_sums = EpochSums(loss=loss * batch_size, correct=jnp.sum(jnp.argmax(logits, -1) == batch.labels),
                           count=jnp.float32(batch_size), steps=jnp.float32(1), dead_fraction=dead,
                           grad_norm=metrics.layer_gradient_norms(grads))
     return new_state, step_sums
 
 
-def train_chunk(ctx: StepContext, state: TrainState, hparams: dict, images: jax.Array, labels: jax.Array,
+def run_step(ctx: StepContext, state: TrainState, hparams: dict, images: jax.Array, labels: jax.Array,
+             batch_index: jax.Array) -> tuple[TrainState, EpochSums]:
+    """One step of one run on its own data stream."""
+    batch = batch_inputs(ctx, state.data_key, state.step, hparams, images, labels, batch_index)
+    return train_step(ctx, state, hparams, batch)
+
+
+# Traced hyperparameters that `batch_inputs` never reads: a grid over others makes the batch per run.
+MODEL_ONLY_HPARAMS = frozenset({"learning_rate", "weight_decay", "momentum", "dropout_rate"})
+
+
+def stream_step(ctx: StepContext, states: TrainState, hparams: dict, images: jax.Array, labels: jax.Array,
+                batch_index: jax.Array, *, per_run: frozenset[str], runs_per_group: int | None
+                ) -> tuple[TrainState, EpochSums]:
+    """One step of the runs of one data stream (leading axis of `states`): the batch is prepared
+    once from the stream's key and step, unless a grid value it reads differs per run, and the
+    runs are mapped `runs_per_group` at a time (`execution.map_over_runs`; None: one vmap) with
+    every hyperparameter outside `per_run` (the traced grid's) a shared constant, so whatever is
+    computed from the batch alone (e.g. the first layer's patches under vmap) is computed once."""
+    constants = {name: value[0] for name, value in hparams.items() if name not in per_run}
+    varying = {name: value for name, value in hparams.items() if name in per_run}
+    data_key, step = states.data_key[0], states.step[0]  # equal for every run of the stream
+    shared_batch = None if per_run - MODEL_ONLY_HPARAMS else batch_inputs(
+        ctx, data_key, step, constants, images, labels, batch_index)
+
+    def one_run(state, run_varying):
+        run_hparams = {**constants, **run_varying}
+        batch = shared_batch or batch_inputs(ctx, data_key, step, run_hparams, images, labels, batch_index)
+        return train_step(ctx, state, run_hparams, batch)
+    return execution.map_over_runs(one_run, (0, 0), runs_per_group)(states, varying)
+
+
+def train_chunk(step_fn: Callable[[TrainState, jax.Array], tuple[TrainState, EpochSums]], state: TrainState,
                 batches: jax.Array, start: jax.Array, sums: EpochSums, *, length: int) -> tuple[TrainState, EpochSums]:
-    """`length` consecutive steps of one run from batch `start`, added to `sums`."""
+    """`length` consecutive steps `step_fn(state, batch_index)` from batch row `start`, added to `sums`."""
     chunk = jax.lax.dynamic_slice_in_dim(batches, start, length, axis=0)
-    step = functools.partial(train_step, ctx, hparams=hparams, images=images, labels=labels)
     if length == 1:  # a bare step: XLA:CPU runs convolutions inside loop bodies slowly
-        state, chunk_sums = step(state, batch_index=chunk[0])
+        state, chunk_sums = step_fn(state, chunk[0])
     else:
-        state, per_step = jax.lax.scan(lambda s, b: step(s, batch_index=b), state, chunk)
+        state, per_step = jax.lax.scan(step_fn, state, chunk)
         chunk_sums = jax.tree.map(lambda v: v.sum(axis=0), per_step)
     return state, jax.tree.map(jnp.add, sums, chunk_sums)
 

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from cifar_jax import execution, interrupts, metrics, models, progress, results, runs, step, validation
+from cifar_jax import execution, interrupts, metrics, models, progress, results, runs, step, streams, validation
 from cifar_jax import workdir as workdir_lib
 from cifar_jax.checkpoint import Checkpoints
 from cifar_jax.errors import ConfigError, Interrupted
@@ -42,6 +42,7 @@ class Program:
     layer_names: tuple[str, ...]  # the layers whose gradient norms are reported
     steps_per_epoch: int
     plan: execution.ExecutionPlan
+    stream_layout: streams.StreamLayout | None  # each device's runs as data streams; None: a stream per run
 
 
 def _model_builder(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], num_classes: int,
@@ -56,9 +57,40 @@ def _model_builder(config: ml_collections.ConfigDict, image_shape: tuple[int, in
     return build
 
 
+def _local_train_steps(ctx: step.StepContext, layout: streams.StreamLayout | None, runs_per_group: int | None,
+                       state, hparams, images, labels, batches, start, sums, *, length: int):
+    """`length` steps of one device's runs: mapped over data streams (`streams.py`), each stream's
+    runs vmapped around its shared batch; without a layout every run is its own stream."""
+    if layout is None:
+        def run_chunk(state, hparams, images, labels, batches, start, sums):
+            run = functools.partial(step.run_step, ctx, hparams=hparams, images=images, labels=labels)
+            return step.train_chunk(lambda s, b: run(s, batch_index=b), state, batches, start, sums, length=length)
+        return execution.map_over_runs(run_chunk, (0, 0, None, None, 0, None, 0), runs_per_group)(
+            state, hparams, images, labels, batches, start, sums)
+
+    per_run = frozenset(ctx.config.hparam_grid)
+    # runs_per_group g: g // stream_size whole streams vmapped per group, or one stream at a time
+    # with its runs g at a time.
+    whole = runs_per_group is None or runs_per_group >= layout.stream_size
+    streams_per_group = None if runs_per_group is None else max(1, runs_per_group // layout.stream_size)
+
+    def stream_chunk(states, hparams, images, labels, batches, start, sums):
+        one = functools.partial(step.stream_step, ctx, hparams=hparams, images=images, labels=labels,
+                                per_run=per_run, runs_per_group=None if whole else runs_per_group)
+        return step.train_chunk(lambda s, b: one(s, batch_index=b), states, batches[0], start, sums, length=length)
+
+    mapped = execution.map_over_runs(stream_chunk, (0, 0, None, None, 0, None, 0), streams_per_group)
+    return layout.merge(mapped(layout.split(state), layout.split(hparams), images, labels, layout.split(batches),
+                               start, layout.split(sums)))
+
+
 def make_train(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], num_classes: int,
-               num_train: int, backend: str | None = None) -> Program:
-    """Resolves the static parts of `config` and returns the jitted, run-vmapped functions."""
+               num_train: int, backend: str | None = None, num_settings: int | None = None) -> Program:
+    """Resolves the static parts of `config` and returns the jitted, run-vmapped functions.
+
+    `num_settings` (the traced grid's size) says the runs are the config's whole run grid in run
+    order, so runs sharing a data stream share its batch (`streams.py`); None trains every run
+    on its own (e.g. a chosen subset of seeds)."""
     validation.validate_config(config, image_shape, num_classes, num_train)
     steps_per_epoch = num_train // config.batch_size
     plan = execution.plan(
@@ -79,9 +111,11 @@ def make_train(config: ml_collections.ConfigDict, image_shape: tuple[int, int, i
     def runs_mapped(fn, in_axes, group_size=None):  # each device maps its own runs: no collectives
         return execution.per_device(execution.map_over_runs(fn, in_axes, group_size), plan, in_axes)
 
+    layout = None if num_settings is None else streams.local_layout(config, num_settings, plan.num_devices)
+
     def train_steps(state, hparams, images, labels, batches, start, sums, *, length: int):
-        run = functools.partial(step.train_chunk, ctx, length=length)
-        return runs_mapped(run, (0, 0, None, None, 0, None, 0), plan.runs_per_group)(
+        local = functools.partial(_local_train_steps, ctx, layout, plan.runs_per_group, length=length)
+        return execution.per_device(local, plan, (0, 0, None, None, 0, None, 0))(
             state, hparams, images, labels, batches, start, sums)
 
     # Run once per job or epoch: XLA's optimizer would cost seconds of compile time for nothing.
@@ -99,6 +133,7 @@ def make_train(config: ml_collections.ConfigDict, image_shape: tuple[int, int, i
         layer_names=tuple(metrics.layer_names(nnx.state(abstract, nnx.Param))),
         steps_per_epoch=steps_per_epoch,
         plan=plan,
+        stream_layout=layout,
     )
 
 
@@ -143,7 +178,8 @@ def setup_runs(config: ml_collections.ConfigDict, image_shape: tuple[int, int, i
     the state's shapes; `seed_index` trains just those seeds of the first setting and fold (tests
     that compare a seed alone with the batch)."""
     grid = runs.make_run_grid(config, image_shape[-1])
-    program = make_train(config, image_shape, num_classes, num_train)
+    program = make_train(config, image_shape, num_classes, num_train,
+                         num_settings=len(grid.settings) if seed_index is None else None)
     if seed_index is None:
         seeds, folds, count = grid.seed_index, grid.fold_index, grid.num_runs
     else:

@@ -48,7 +48,8 @@ def test_plan_rules_per_backend():
 def test_runs_per_group_rules():
     config = tiny_config()
     mib = 2**20
-    assert plan_for(config, "cpu", step_bytes=21 * mib).runs_per_group == 12  # LeNet, batch 128
+    assert plan_for(config, "cpu", step_bytes=1.04 * mib).runs_per_group == 11  # LeNet, batch 4
+    assert plan_for(config, "cpu", step_bytes=21 * mib).runs_per_group == 1  # LeNet, batch 128
     assert plan_for(config, "cpu", step_bytes=414 * mib).runs_per_group == 1  # fifth study's CNN
     assert plan_for(config, "tpu", step_bytes=414 * mib).runs_per_group is None  # all runs in one vmap
     config.execution.runs_per_group = 3
@@ -75,16 +76,17 @@ def test_residual_bytes_counts_what_the_backward_pass_keeps():
 
 
 def test_program_sizes_run_groups_from_its_step_activations():
-    """The auto rule on CPU: the fifth study's CNN at batch 128 keeps ~414 MiB per run (one run
-    per step), LeNet at batch 128 ~21 MiB (several runs vmapped together)."""
+    """The auto rule on CPU: LeNet keeps ~1 MiB per run at batch 4 (about 11 runs share a step)
+    and ~21 MiB at batch 128, the fifth study's CNN ~414 MiB: one run per step."""
     from configs import cnn_bn_dropout, lenet_tutorial
     groups = {}
-    for name, module in [("lenet", lenet_tutorial), ("cnn", cnn_bn_dropout)]:
+    for name, module, batch in [("lenet4", lenet_tutorial, 4), ("lenet128", lenet_tutorial, 128),
+                                ("cnn", cnn_bn_dropout, 128)]:
         config = module.get_config()
-        config.batch_size = 128
+        config.batch_size = batch
         groups[name] = train.make_train(config, (32, 32, 3), 10, num_train=1024, backend="cpu").plan.runs_per_group
-    assert 8 <= groups["lenet"] <= 16  # 256 MiB / 15-30 MiB
-    assert groups["cnn"] == 1
+    assert 8 <= groups["lenet4"] <= 16  # 12 MiB / 0.75-1.5 MiB
+    assert groups["lenet128"] == groups["cnn"] == 1
     config.execution.runs_per_group = -1  # refused when the program is built, before any training
     with pytest.raises(ConfigError, match="runs_per_group"):
         train.make_train(config, (32, 32, 3), 10, num_train=1024)
