@@ -7,7 +7,6 @@ their own they are plain functions of one run's state, easy to test and to read.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
