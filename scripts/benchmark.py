@@ -33,6 +33,7 @@ gets `torch.set_num_threads(threads)`. Default: every core (2 on the development
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -99,13 +100,37 @@ MODELS = {
 }
 # Model-images per timed epoch (full run), so every cell takes a few seconds.
 IMAGES_PER_EPOCH = {"lenet": 24_000, "cnn_bn_dropout": 2_000, "block_small": 8_000}
-QUICK_CELLS = [("lenet", 128, 1), ("lenet", 128, 8), ("lenet", 4, 8), ("cnn_bn_dropout", 128, 1)]
+# A grid cell: 4 learning rates x 2 seeds, one program (runs of a seed share their data stream).
+GRID_RATES = (5e-4, 1e-3, 2e-3, 4e-3)
 
 
-def jax_config(model: str, batch_size: int, num_seeds: int):
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    model: str
+    batch_size: int
+    seeds: int
+    rates: tuple[float, ...] = ()  # a learning-rate grid (the recipe's rate scaled), or none
+
+    @property
+    def runs(self) -> int:
+        return self.seeds * max(len(self.rates), 1)
+
+    @property
+    def name(self) -> str:
+        runs = f"grid {len(self.rates)} lr x {self.seeds} seeds" if self.rates else f"{self.seeds} seeds"
+        return f"{self.model} b{self.batch_size} {runs}"
+
+
+QUICK_CELLS = [Cell("lenet", 128, 1), Cell("lenet", 128, 8), Cell("lenet", 128, 2, GRID_RATES),
+               Cell("lenet", 4, 8), Cell("lenet", 4, 2, GRID_RATES), Cell("cnn_bn_dropout", 128, 1)]
+
+
+def jax_config(model: str, batch_size: int, num_seeds: int, rates: tuple[float, ...] = ()):
     config = MODELS[model][0]()
     config.batch_size = batch_size
     config.num_seeds = num_seeds
+    if rates:
+        config.hparam_grid.learning_rate = tuple(rates)
     # Throughput of the model's training step: no augmentation (the PyTorch loop has none).
     config.augment.crop_padding = 0
     config.augment.flip = False
@@ -205,17 +230,15 @@ def train_flops_per_image(model: str, batch_size: int) -> float:
 
 
 class TorchCell:
-    """PyTorch's side of one (model, batch size): a `torch_reference.ThroughputRunner` with a step
-    count of ~`seconds` per timed repeat, run between cifar_jax's timed epochs so both
-    frameworks are measured under the same machine load."""
+    """One PyTorch way of training a cell's runs, timed a few steps at a time (~`seconds` per
+    repeat) between cifar_jax's timed epochs, so both frameworks see the same machine load.
+    `runner` is a `torch_reference.ThroughputRunner` (one model: the runs train one after
+    another, so model-images/s is one model's images/s) or a `FuncThroughputRunner` (all runs at
+    once with torch.func); `models_per_step` is 1 or the number of stacked models."""
 
-    def __init__(self, model: str, batch_size: int, threads: int, seconds: float):
-        import torch
-        import torch_reference
-
-        _, name, kwargs, _ = MODELS[model]
-        self.model, self.batch_size, self.version = model, batch_size, torch.__version__
-        self.runner = torch_reference.ThroughputRunner(name, batch_size, threads=threads, **kwargs)
+    def __init__(self, way: str, runner, batch_size: int, models_per_step: int, seconds: float):
+        self.way, self.runner = way, runner
+        self.images_per_step = batch_size * models_per_step
         self.runner.steps(2)  # warm-up: allocator, oneDNN primitives
         wall, _ = self.runner.steps(2)
         self.steps_per_repeat = int(min(2000, max(3, seconds * 2 / wall)))
@@ -227,56 +250,106 @@ class TorchCell:
         self.cpus.append(cpu)
 
     def result(self, since: int = 0) -> dict:
-        images = self.steps_per_repeat * self.batch_size
+        import torch
+        images = self.steps_per_repeat * self.images_per_step
         walls, cpus = self.walls[since:], self.cpus[since:]
-        return {"framework": "pytorch", "model": self.model, "batch_size": self.batch_size,
-                "steps": self.steps_per_repeat, "repeats": len(walls), "images_per_s": images / min(walls),
-                "images_per_s_median": images / statistics.median(walls),
-                "images_per_cpu_s": images / statistics.median(cpus), "torch": self.version}
+        return {"framework": "pytorch", "way": self.way, "steps": self.steps_per_repeat, "repeats": len(walls),
+                "images_per_s": images / min(walls), "images_per_s_median": images / statistics.median(walls),
+                "images_per_cpu_s": images / statistics.median(cpus), "torch": torch.__version__}
 
 
-def jax_cell(model: str, batch_size: int, num_seeds: int, steps: int, repeats: int, max_bytes: float,
-             torch_cell: TorchCell | None = None) -> tuple[dict, dict | None]:
-    """cifar_jax's measurement of one cell, with PyTorch's repeats interleaved (if given):
-    returns (cifar_jax result, PyTorch result over the same stretch of time)."""
-    config = jax_config(model, batch_size, num_seeds)
-    num_train = steps * batch_size
+def torch_ways(cell: Cell, threads: int, seconds: float, sequential: dict) -> dict[str, TorchCell]:
+    """PyTorch's ways of training the cell's runs: one after another (a runner shared by the cells
+    of a model and batch size, in `sequential`) and, for several runs, torch.func."""
+    import torch_reference
+
+    _, name, kwargs, _ = MODELS[cell.model]
+    key = (cell.model, cell.batch_size)
+    if key not in sequential:
+        sequential[key] = TorchCell("sequential", torch_reference.ThroughputRunner(
+            name, cell.batch_size, threads=threads, **kwargs), cell.batch_size, 1, seconds)
+    ways = {"sequential": sequential[key]}
+    if cell.runs > 1:
+        base_rate = torch_reference.RECIPES[name]["lr"]
+        scales = [rate / base_rate for rate in cell.rates for _ in range(cell.seeds)] if cell.rates else None
+        ways["torch.func"] = TorchCell("torch.func", torch_reference.FuncThroughputRunner(
+            name, cell.batch_size, cell.runs, threads=threads, lr_scales=scales, **kwargs),
+            cell.batch_size, cell.runs, seconds)
+    return ways
+
+
+def _program_variants(cell: Cell, quick: bool) -> dict[str, tuple[int, bool]]:
+    """cifar_jax programs to time in a cell: name -> (execution.runs_per_group, data streams).
+    'auto' is what users get; 'group=G' are the candidates the auto choice is checked against;
+    'flat vmap' (grid cells) is every run in one vmap, each on its own stream."""
+    variants = {"auto": (0, True)}
+    if cell.runs > 1:
+        groups = (1, cell.runs) if quick else sorted({1, 2, 4, cell.runs} - {g for g in (2, 4) if g >= cell.runs})
+        variants.update({f"group={g}": (g, True) for g in groups})
+    if cell.rates:
+        variants["flat vmap"] = (cell.runs, False)
+    return variants
+
+
+def _program(cell: Cell, runs_per_group: int, streams: bool, num_train: int):
+    config = jax_config(cell.model, cell.batch_size, cell.seeds, cell.rates)
+    config.execution.runs_per_group = runs_per_group
+    setup = train.setup_runs(config, (32, 32, 3), 10, num_train)
+    program = setup.program if streams else train.make_train(config, (32, 32, 3), 10, num_train)
+    return program, setup.hparams, setup.state
+
+
+def jax_cell(cell: Cell, steps: int, repeats: int, max_bytes: float, quick: bool,
+             torch_cells: dict[str, TorchCell]) -> dict:
+    """cifar_jax's programs of one cell (`_program_variants`), each compiled, warmed up and timed
+    over `repeats` epochs, with one repeat of every PyTorch way before each timed epoch; returns
+    the cell's row: per program and per PyTorch way, model-images/s over the same stretch of time."""
+    num_train = steps * cell.batch_size
     images, labels = _synthetic(num_train)
-    torch_since = len(torch_cell.walls) if torch_cell else 0
-    with PeakRSS() as rss:
-        program, hparams, state = _setup(config, num_train)
-        args, kwargs = _train_steps_call(program, state, hparams, images, labels)
-        start = time.perf_counter()
-        compiled = program.train_steps.lower(*args, **kwargs).compile()  # the call below reuses it
-        compile_s = time.perf_counter() - start
-        memory = compiled.memory_analysis()
-        need = (memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes
-                if memory is not None else 0)
-        result = {"framework": "cifar_jax", "model": model, "batch_size": batch_size, "seeds": num_seeds,
-                  "steps": steps, "steps_per_call": program.plan.steps_per_call,
-                  "runs_per_group": min(program.plan.runs_per_group or num_seeds, num_seeds), "compile_s": compile_s,
-                  "step_memory_gb": need / 2**30}
-        if max_bytes and need > max_bytes:
-            result["skipped"] = f"the compiled step needs {need / 2**30:.1f} GB > {max_bytes / 2**30:.1f} GB"
-            return result, None
-        state, _, _ = train.train_epoch(program, state, hparams, images, labels, 1)  # warm-up epoch
-        jax.block_until_ready(state.step)
-        walls, cpus = [], []
-        for epoch in range(2, repeats + 2):
-            if torch_cell:
-                torch_cell.repeat()
-            wall, cpu = time.perf_counter(), time.process_time()
-            state, sums, _ = train.train_epoch(program, state, hparams, images, labels, epoch)
-            jax.block_until_ready((state.step, sums))
-            walls.append(time.perf_counter() - wall)
-            cpus.append(time.process_time() - cpu)
-        if torch_cell:
-            torch_cell.repeat()
-    model_images = steps * batch_size * num_seeds
-    result.update(images_per_s=model_images / min(walls), images_per_s_median=model_images / statistics.median(walls),
-                  images_per_cpu_s=model_images / statistics.median(cpus), peak_rss_mb=rss.mb,
-                  flops_per_image=train_flops_per_image(model, batch_size))
-    return result, (torch_cell.result(torch_since) if torch_cell else None)
+    torch_since = {way: len(t.walls) for way, t in torch_cells.items()}
+    programs = {}
+    for variant, (runs_per_group, streams) in _program_variants(cell, quick).items():
+        with PeakRSS() as rss:
+            program, hparams, state = _program(cell, runs_per_group, streams, num_train)
+            args, kwargs = _train_steps_call(program, state, hparams, images, labels)
+            start = time.perf_counter()
+            compiled = program.train_steps.lower(*args, **kwargs).compile()  # the calls below reuse it
+            compile_s = time.perf_counter() - start
+            memory = compiled.memory_analysis()
+            need = (memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes
+                    if memory is not None else 0)
+            result = {"steps": steps, "steps_per_call": program.plan.steps_per_call,
+                      "runs_per_group": min(program.plan.runs_per_group or cell.runs, cell.runs),
+                      "streams": None if program.stream_layout is None else program.stream_layout.stream_size,
+                      "compile_s": compile_s, "step_memory_gb": need / 2**30}
+            if max_bytes and need > max_bytes:
+                result["skipped"] = f"the compiled step needs {need / 2**30:.1f} GB > {max_bytes / 2**30:.1f} GB"
+                programs[variant] = result
+                continue
+            state, _, _ = train.train_epoch(program, state, hparams, images, labels, 1)  # warm-up epoch
+            jax.block_until_ready(state.step)
+            walls, cpus = [], []
+            for epoch in range(2, repeats + 2):
+                for torch_cell in torch_cells.values():
+                    torch_cell.repeat()
+                wall, cpu = time.perf_counter(), time.process_time()
+                state, sums, _ = train.train_epoch(program, state, hparams, images, labels, epoch)
+                jax.block_until_ready((state.step, sums))
+                walls.append(time.perf_counter() - wall)
+                cpus.append(time.process_time() - cpu)
+        model_images = num_train * cell.runs
+        result.update(images_per_s=model_images / min(walls), images_per_s_median=model_images / statistics.median(walls),
+                      images_per_cpu_s=model_images / statistics.median(cpus), peak_rss_mb=rss.mb)
+        programs[variant] = result
+        del program, state, compiled
+    for torch_cell in torch_cells.values():
+        torch_cell.repeat()
+    row = {"cell": cell.name, "model": cell.model, "batch_size": cell.batch_size, "seeds": cell.seeds,
+           "rates": list(cell.rates), "runs": cell.runs, "jax": programs,
+           "torch": {way: t.result(torch_since[way]) for way, t in torch_cells.items()}}
+    if "skipped" not in programs["auto"]:
+        row["flops_per_image"] = train_flops_per_image(cell.model, cell.batch_size)
+    return row
 
 
 # ----------------------------------------------------------------------------- report
@@ -286,50 +359,97 @@ def _fmt(value, spec=",.0f", missing="-"):
     return missing if value is None else format(value, spec)
 
 
+def _rate(result: dict | None) -> float | None:
+    return None if result is None or "skipped" in result else result["images_per_s"]
+
+
+def best_torch(row: dict) -> tuple[str, float] | None:
+    """PyTorch's faster way in the cell (model-images/s), or None without PyTorch."""
+    ways = [(way, t["images_per_s"]) for way, t in row["torch"].items()]
+    return max(ways, key=lambda w: w[1]) if ways else None
+
+
+def best_candidate(row: dict) -> tuple[str, float]:
+    """The fastest measured grouping of the streamed program (the auto choice among them)."""
+    timed = [(name, _rate(r)) for name, r in row["jax"].items() if name != "flat vmap" and _rate(r)]
+    return max(timed, key=lambda c: c[1])
+
+
 def table(rows: list[dict], peak: float) -> str:
-    head = ("| model | batch | seeds | cifar_jax model-img/s | PyTorch model-img/s | ratio | ratio (CPU time) "
-            "| compile s | peak RSS MB | MFU |")
+    head = ("| cell | cifar_jax model-img/s (auto) | runs/group | PyTorch sequential | torch.func | ratio to the faster "
+            "PyTorch | ratio (CPU time) | group candidates model-img/s | flat vmap | compile s | peak RSS MB | MFU |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for row in rows:
-        j, t = row["jax"], row.get("torch")
-        if "skipped" in j:
-            lines.append(f"| {row['model']} | {row['batch_size']} | {row['seeds']} | skipped: {j['skipped']} "
-                         "| | | | | | |")
+        auto = row["jax"]["auto"]
+        if "skipped" in auto:
+            lines.append(f"| {row['cell']} | skipped: {auto['skipped']} |" + " |" * (head.count("|") - 3))
             continue
-        ratio = j["images_per_s"] / t["images_per_s"] if t else None
-        cpu_ratio = j["images_per_cpu_s"] / t["images_per_cpu_s"] if t else None
-        mfu = j["flops_per_image"] * j["images_per_s"] / peak
+        fastest = best_torch(row)
+        ratio = auto["images_per_s"] / fastest[1] if fastest else None
+        cpu_ratio = (auto["images_per_cpu_s"] / row["torch"][fastest[0]]["images_per_cpu_s"]) if fastest else None
+        candidates = ", ".join(f"{name.removeprefix('group=')}: {_fmt(_rate(r))}" for name, r in row["jax"].items()
+                               if name.startswith("group="))
+        mfu = row["flops_per_image"] * auto["images_per_s"] / peak
         lines.append(
-            f"| {row['model']} | {row['batch_size']} | {row['seeds']} | {_fmt(j['images_per_s'])} "
-            f"| {_fmt(t and t['images_per_s'])} | {_fmt(ratio, '.2f')} | {_fmt(cpu_ratio, '.2f')} "
-            f"| {j['compile_s']:.1f} | {j['peak_rss_mb']:,.0f} | {100 * mfu:.0f}% |")
+            f"| {row['cell']} | {_fmt(auto['images_per_s'])} | {auto['runs_per_group']} "
+            f"| {_fmt(_rate(row['torch'].get('sequential')))} | {_fmt(_rate(row['torch'].get('torch.func')))} "
+            f"| {_fmt(ratio, '.2f')} | {_fmt(cpu_ratio, '.2f')} | {candidates or '-'} "
+            f"| {_fmt(_rate(row['jax'].get('flat vmap')))} | {auto['compile_s']:.1f} | {auto['peak_rss_mb']:,.0f} "
+            f"| {100 * mfu:.0f}% |")
     return "\n".join(lines)
 
 
+def _verdict(text: str, value: float, goal: float) -> str:
+    return f"{text}: {value:.2f}x  {'met' if value >= goal else 'MISSED'}"
+
+
 def targets(rows: list[dict], peak: float) -> list[str]:
-    cells = {(r["model"], r["batch_size"], r["seeds"]): r for r in rows if "skipped" not in r["jax"]}
+    """One line per target of the performance issue that this run's cells can check."""
+    cells = {(r["model"], r["batch_size"], r["seeds"], bool(r["rates"])): r for r in rows
+             if "skipped" not in r["jax"]["auto"]}
     out = []
 
-    def ratio(key):
+    def to_torch(key):
         row = cells.get(key)
-        return row["jax"]["images_per_s"] / row["torch"]["images_per_s"] if row and row.get("torch") else None
+        fastest = row and best_torch(row)
+        return row["jax"]["auto"]["images_per_s"] / fastest[1] if fastest else None
 
-    for key, goal, text in [(("lenet", 128, 8), 1.0, "LeNet, batch 128, 8 seeds: >= 1x PyTorch"),
-                            (("lenet", 4, 8), 2.0, "LeNet, batch 4, 8 seeds: >= 2x PyTorch")]:
-        value = ratio(key)
+    for key, goal, text in [
+            (("lenet", 128, 2, True), 1.5, "LeNet grid (4 lr x 2 seeds), batch 128: >= 1.5x PyTorch"),
+            (("lenet", 128, 8, False), 1.0, "LeNet, batch 128, 8 seeds: >= 1x PyTorch"),
+            (("lenet", 128, 1, False), 1.0, "LeNet, batch 128, 1 seed: >= 1x PyTorch"),
+            (("cnn_bn_dropout", 128, 1, False), 1.0, "fifth study's CNN, batch 128, 1 seed: >= 1x PyTorch"),
+            (("lenet", 4, 8, False), 2.0, "LeNet, batch 4, 8 seeds: >= 2x PyTorch"),
+            (("lenet", 4, 2, True), 2.0, "LeNet grid (4 lr x 2 seeds), batch 4: >= 2x PyTorch")]:
+        value = to_torch(key)
         if value is not None:
-            out.append(f"{text}: {value:.2f}x  {'met' if value >= goal else 'MISSED'}")
-    one, many = cells.get(("lenet", 128, 1)), cells.get(("lenet", 128, 32))
+            out.append(_verdict(text, value, goal))
+    grid = cells.get(("lenet", 128, 2, True))
+    if grid and _rate(grid["jax"].get("flat vmap")):
+        out.append(_verdict("LeNet grid (4 lr x 2 seeds), batch 128: >= 1.3x the flat vmap",
+                            grid["jax"]["auto"]["images_per_s"] / grid["jax"]["flat vmap"]["images_per_s"], 1.3))
+    grouped = [(row["jax"]["auto"]["images_per_s"] / best_candidate(row)[1], row["cell"]) for row in cells.values()
+               if any(name.startswith("group=") for name in row["jax"])]
+    if grouped:
+        worst, where = min(grouped)
+        out.append(_verdict(f"auto grouping within 10% of the best candidate in every cell (worst: {where})",
+                            worst, 0.9))
+    one, many = cells.get(("lenet", 128, 1, False)), cells.get(("lenet", 128, 32, False))
     if one and many:
-        value = many["jax"]["images_per_s"] / one["jax"]["images_per_s"]
-        out.append(f"LeNet, batch 128, 32 seeds >= 1.5x the 1-seed model-img/s: {value:.2f}x  "
-                   f"{'met' if value >= 1.5 else 'MISSED'}")
-    cnn = cells.get(("cnn_bn_dropout", 128, 1))
-    if cnn:
-        mfu = cnn["jax"]["flops_per_image"] * cnn["jax"]["images_per_s"] / peak
-        out.append(f"fifth study's CNN, batch 128: MFU {100 * mfu:.0f}% of the matmul peak (target 50%)  "
-                   f"{'met' if mfu >= 0.5 else 'MISSED'}")
+        out.append(_verdict("LeNet, batch 128, 32 seeds >= 1.5x the 1-seed model-img/s",
+                            many["jax"]["auto"]["images_per_s"] / one["jax"]["auto"]["images_per_s"], 1.5))
     return out
+
+
+def _cell_line(row: dict) -> str:
+    auto = row["jax"]["auto"]
+    if "skipped" in auto:
+        return f"  {row['cell']:32s} skipped: {auto['skipped']}"
+    jax_side = "  ".join(f"{name} {_fmt(_rate(r))}" for name, r in row["jax"].items())
+    torch_side = "  ".join(f"{way} {_fmt(_rate(t))}" for way, t in row["torch"].items())
+    return (f"  {row['cell']:32s} cifar_jax {jax_side} model-img/s ({auto['steps']} steps, "
+            f"{auto['steps_per_call']}/call, {auto['runs_per_group']} runs/group, streams of "
+            f"{auto['streams'] or 1}, compile {auto['compile_s']:.1f} s)" + (f"  | pytorch {torch_side}" if torch_side else ""))
 
 
 def main(args, threads: int) -> dict:
@@ -339,10 +459,11 @@ def main(args, threads: int) -> dict:
         if m not in MODELS:
             raise SystemExit(f"unknown model {m!r}; use {', '.join(MODELS)}")
     if args.quick:
-        cells = [c for c in QUICK_CELLS if c[0] in models]
+        cells = [c for c in QUICK_CELLS if c.model in models]
     else:
-        cells = [(m, int(b), int(s)) for m in models for b in args.batch_sizes.split(",")
+        cells = [Cell(m, int(b), int(s)) for m in models for b in args.batch_sizes.split(",")
                  for s in args.seeds.split(",")]
+        cells += [Cell(m, int(b), 2, GRID_RATES) for m in models for b in args.batch_sizes.split(",")]
     repeats = 2 if args.quick else args.repeats
     total_ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     max_bytes = args.max_memory_gb * 2**30 if args.max_memory_gb else 0.4 * total_ram
@@ -355,31 +476,18 @@ def main(args, threads: int) -> dict:
     peak = peak_matmul_flops()
     print(f"peak: {peak / 1e9:.1f} GFLOP/s (f32 2048^3 matmul, XLA, {threads} threads)", flush=True)
 
-    torch_cells: dict[tuple[str, int], TorchCell] = {}
+    sequential: dict[tuple[str, int], TorchCell] = {}
     rows = []
-    for model, batch_size, seeds in cells:
-        torch_cell = None
-        if not args.no_torch:
-            if (model, batch_size) not in torch_cells:
-                torch_cells[(model, batch_size)] = TorchCell(model, batch_size, threads, 0.5 if args.quick else 1.5)
-            torch_cell = torch_cells[(model, batch_size)]
-        steps = timed_steps(model, batch_size, seeds, args.quick, args.scale)
-        j, t = jax_cell(model, batch_size, seeds, steps, repeats, max_bytes, torch_cell)
-        if "skipped" in j:
-            print(f"  {model:15s} batch {batch_size:3d} seeds {seeds:2d}  skipped: {j['skipped']}", flush=True)
-        else:
-            line = (f"  {model:15s} batch {batch_size:3d} seeds {seeds:2d}  cifar_jax {j['images_per_s']:7,.0f} "
-                    f"model-img/s ({j['images_per_cpu_s']:,.0f}/CPU-s, {steps} steps, {j['steps_per_call']}/call, "
-                    f"{j['runs_per_group']} runs/group, "
-                    f"compile {j['compile_s']:.1f} s)")
-            if t:
-                line += f"  pytorch {t['images_per_s']:7,.0f} img/s ({t['images_per_cpu_s']:,.0f}/CPU-s)"
-            print(line, flush=True)
-        rows.append({"model": model, "batch_size": batch_size, "seeds": seeds, "jax": j, "torch": t})
+    for cell in cells:
+        ways = {} if args.no_torch else torch_ways(cell, threads, 0.5 if args.quick else 1.5, sequential)
+        steps = timed_steps(cell.model, cell.batch_size, cell.runs, args.quick, args.scale)
+        row = jax_cell(cell, steps, repeats, max_bytes, args.quick, ways)
+        print(_cell_line(row), flush=True)
+        rows.append(row)
 
     print()
-    print("PyTorch runs the S seeds one after another: its model-images/s is one seed's images/s "
-          "(time for S seeds = S x one seed's time).")
+    print("model-images/s = images x runs / second. PyTorch sequential trains the runs one after another (one "
+          "model's images/s); torch.func trains them at once on a shared batch. Ratios are to the faster of the two.")
     print(f"MFU = XLA's training FLOPs per image x cifar_jax model-img/s / {peak / 1e9:.1f} GFLOP/s "
           "(matmul peak, this run).")
     print(table(rows, peak))
