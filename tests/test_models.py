@@ -523,6 +523,23 @@ def test_pooling_matches_pytorch_definitions():
     np.testing.assert_array_equal(g, 0.0)
 
 
+def test_max_pool_gradient_goes_to_the_window_max():
+    """The custom gradient equals JAX's own where the max is unique (random floats) and, behind a
+    ReLU, also on windows of tied zeros, where both are zero."""
+    x = jax.random.normal(jax.random.key(0), (3, 6, 7, 5))
+    cotangent = jax.random.normal(jax.random.key(1), (3, 3, 3, 5))
+
+    def own(z):
+        n, h, w, c = z.shape
+        return jnp.max(z[:, :6, :6].reshape(n, 3, 2, 3, 2, c), axis=(2, 4))
+
+    for inputs, relu in ((x, False), (x, True)):
+        pool = (lambda z: layers.pool2d(jax.nn.relu(z), "max", 2)) if relu else (lambda z: layers.pool2d(z, "max", 2))
+        ref = (lambda z: own(jax.nn.relu(z))) if relu else own
+        np.testing.assert_array_equal(pool(inputs), ref(inputs))
+        np.testing.assert_array_equal(jax.vjp(pool, inputs)[1](cotangent)[0], jax.vjp(ref, inputs)[1](cotangent)[0])
+
+
 def test_activations():
     x = jnp.asarray([-2.0, 0.5])
     exact_gelu = 0.5 * x * (1 + jax.scipy.special.erf(x / np.sqrt(2)))  # PyTorch's nn.GELU()
