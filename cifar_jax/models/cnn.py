@@ -101,13 +101,18 @@ class ConvStage(nnx.Module):
         self.pool_size = pool_size
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = self.conv(x)
+        # Without dropout (whose random mask follows the layout) the stage may run on the conv's
+        # output grouped in pooling windows: batch norm and activations are per channel, so
+        # only the pool changes, to a reduction over the window axis (layers.Conv2d.pool_windows).
+        windows = (self.conv.pool_windows(x, self.pool_size)
+                   if self.dropout is None and self.pool in ("max", "avg") else None)
+        x = self.conv(x) if windows is None else windows
         if self.bn is not None:
             x = self.bn(x)
         x = layers.activate(self, self.activation, x)
         if self.dropout is not None:
             x = self.dropout(x)
-        return layers.pool2d(x, self.pool, self.pool_size)
+        return layers.pool2d(x, self.pool, self.pool_size) if windows is None else layers.pool_window_axis(x, self.pool)
 
 
 class CNN(nnx.Module):

@@ -20,6 +20,7 @@ whole model by NNX's `model.train()` / `model.eval()`. Modules are built in trai
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -228,6 +229,17 @@ def conv_patches(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
         return jnp.dot(_im2col(x, kh, kw, sh, sw), kernel.reshape(kh * kw * c, o))
     if (sh, sw) != (1, 1):
         raise ValueError(f"space-to-depth needs stride 1, got strides {(sh, sw)}")
+    y = _blocked_conv(x, kernel, f)  # (n, obh, obw, f*f*o)
+    n, obh, obw, _ = y.shape
+    y = y.reshape(n, obh, obw, f, f, o).transpose(0, 1, 3, 2, 4, 5).reshape(n, obh * f, obw * f, o)
+    return y[:, :oh, :ow] if (obh * f, obw * f) != (oh, ow) else y
+
+
+def _blocked_conv(x: jax.Array, kernel: jax.Array, f: int) -> jax.Array:
+    """A stride-1 VALID convolution on f x f space-to-depth blocks: (n, obh, obw, f*f*o), output
+    pixel (f*bi + a, f*bj + b) of channel o at [bi, bj, (a, b, o)] (`conv_patches`)."""
+    (kh, kw, c, o), (n, h, w, _) = kernel.shape, x.shape
+    oh, ow = h - kh + 1, w - kw + 1
     kbh, kbw = (f + kh - 2) // f + 1, (f + kw - 2) // f + 1
     obh, obw = -(-oh // f), -(-ow // f)  # output blocks
     hb, wb = obh + kbh - 1, obw + kbw - 1  # input blocks (>= h/f, w/f: pad, never crop)
@@ -236,9 +248,7 @@ def conv_patches(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
     # block kernel [bi, bj, (u, v, c), (a, b, o)] = kernel[f*bi + u - a, f*bj + v - b, c, o]
     blocks = _block_kernel_rows(_block_kernel_rows(kernel, f, 0), f, 3)  # (kbh, f, f, kbw, f, f, c, o)
     blocks = blocks.transpose(0, 3, 1, 4, 6, 2, 5, 7).reshape(kbh * kbw * f * f * c, f * f * o)
-    y = jnp.dot(_im2col(x, kbh, kbw, 1, 1), blocks)  # (n, obh, obw, f*f*o)
-    y = y.reshape(n, obh, obw, f, f, o).transpose(0, 1, 3, 2, 4, 5).reshape(n, obh * f, obw * f, o)
-    return y[:, :oh, :ow] if (obh * f, obw * f) != (oh, ow) else y
+    return jnp.dot(_im2col(x, kbh, kbw, 1, 1), blocks)
 
 
 class Conv2d(nnx.Module):
@@ -266,6 +276,24 @@ class Conv2d(nnx.Module):
                                             init, fan_in, fan_out))
         self.bias = (nnx.Param(init_bias(rngs.params(), (out_features,), init, fan_in))
                      if use_bias else None)
+
+    def pool_windows(self, x: jax.Array, size: int) -> jax.Array | None:
+        """The convolution with its output already grouped in pooling windows, (n, oh/size,
+        ow/size, size*size, O), when space-to-depth blocks of the pool's size make that layout
+        for free (patches, stride 1, the block size `conv_patches` would choose, whole blocks):
+        the pool then reduces one axis, with no transposes forward or backward. None otherwise."""
+        pads = explicit_padding(self.padding, x.shape[-3:-1], self.kernel_size, self.strides)
+        (kh, kw), (c, o) = self.kernel_size, (self.in_features, self.out_features)
+        h, w = (x.shape[-3] + sum(pads[0]), x.shape[-2] + sum(pads[1]))
+        oh, ow = h - kh + 1, w - kw + 1
+        if (self.impl != "patches" or self.strides != (1, 1) or size < 2 or oh % size or ow % size
+                or space_to_depth_factor((kh, kw), c, o, (oh, ow), (1, 1), batch=x.shape[0]) != size):
+            return None
+        x, kernel = _cast(self.dtype, x, self.kernel[...])
+        if any(p for pair in pads for p in pair):
+            x = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+        y = _blocked_conv(x, kernel, size)
+        return _add_bias(y.reshape(*y.shape[:3], size * size, o), self.bias)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         pads = explicit_padding(self.padding, x.shape[-3:-1], self.kernel_size, self.strides)
@@ -396,7 +424,7 @@ def pool2d(x: jax.Array, kind: str, size: int) -> jax.Array:
     oh, ow = h // size, w // size
     x = x[:, : oh * size, : ow * size, :].reshape(n, oh, size, ow, size, c)
     if kind == "max":
-        return _window_max(x)
+        return _window_max(x, (2, 4))
     if kind == "avg":
         return jnp.mean(x, axis=(2, 4))
     if kind == "lp":
@@ -406,25 +434,35 @@ def pool2d(x: jax.Array, kind: str, size: int) -> jax.Array:
     raise ValueError(f"unknown pool {kind!r}; use one of {POOLS}")
 
 
-@jax.custom_vjp
-def _window_max(x: jax.Array) -> jax.Array:
-    """Max over the window axes (2, 4) of (n, oh, size, ow, size, c). Its gradient goes to every
-    position equal to the window's max; JAX's own rule divides it among ties, which costs a
-    count reduction over the activations each step. Ties differ only where the gradient is
-    zero anyway in these models (zeros from ReLU or dropout) or on a measure-zero set."""
-    return jnp.max(x, axis=(2, 4))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _window_max(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    """Max over the window `axes` of x. Its gradient goes to every position equal to the
+    window's max; JAX's own rule divides it among ties, which costs a count reduction over the
+    activations each step. Ties differ only where the gradient is zero anyway in these models
+    (zeros from ReLU or dropout) or on a measure-zero set."""
+    return jnp.max(x, axis=axes)
 
 
-def _window_max_fwd(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    y = jnp.max(x, axis=(2, 4))
-    return y, x == y[:, :, None, :, None, :]
+def _window_max_fwd(x: jax.Array, axes: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+    y = jnp.max(x, axis=axes, keepdims=True)
+    return jnp.squeeze(y, axes), x == y
 
 
-def _window_max_bwd(at_max: jax.Array, g: jax.Array) -> tuple[jax.Array]:
-    return (jnp.where(at_max, g[:, :, None, :, None, :], jnp.zeros((), g.dtype)),)
+def _window_max_bwd(axes: tuple[int, ...], at_max: jax.Array, g: jax.Array) -> tuple[jax.Array]:
+    return (jnp.where(at_max, jnp.expand_dims(g, axes), jnp.zeros((), g.dtype)),)
 
 
 _window_max.defvjp(_window_max_fwd, _window_max_bwd)
+
+
+def pool_window_axis(x: jax.Array, kind: str) -> jax.Array:
+    """`pool2d` of a convolution's output grouped in windows, (n, oh, ow, window, c)
+    (`Conv2d.pool_windows`): max or avg over the window axis."""
+    if kind == "max":
+        return _window_max(x, (3,))
+    if kind == "avg":
+        return jnp.mean(x, axis=3)
+    raise ValueError(f"pooling over a window axis supports max and avg, not {kind!r}")
 
 
 def global_avg_pool(x: jax.Array) -> jax.Array:
