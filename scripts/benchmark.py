@@ -1,29 +1,35 @@
-"""cifar_jax vs PyTorch, side by side in one process: training throughput over seeds.
+"""cifar_jax vs PyTorch, side by side in one process: training throughput over runs.
 
     python scripts/benchmark.py --quick          # < 2 minutes on 2 cores: the target cells
     python scripts/benchmark.py --json runs/benchmark.json   # the full table
 
-For each model (the tutorial LeNet, the fifth study's CNN, a reduced block CNN), batch size
-(4, 128) and number of seeds S (1, 8, 32) it reports:
+A cell is a model (the tutorial LeNet, the fifth study's CNN, a reduced block CNN), a batch size
+and its runs: S seeds, or a grid of 4 learning rates x 2 seeds (`GRID_RATES`). Per cell:
 
-- model-images/s = images x seeds / second of training, steady state (after compilation and a
+- model-images/s = images x runs / second of training, steady state (after compilation and a
   warm-up epoch), over a fixed number of steps on synthetic CIFAR-sized uint8 arrays (the data
-  values do not change the work). cifar_jax runs what users run: `train.make_train` (the
-  config's Program: all S seeds in one compiled program, the execution defaults of
-  `cifar_jax.execution` for this backend) driven by `train.train_epoch`, one epoch = the timed
-  steps. PyTorch runs the S seeds one after another, as the studies' code would: its
-  model-images/s is one seed's images/s (S seeds take S times as long), measured once per model
-  and batch size with `scripts/torch_reference.train_steps_per_second` (the reference loop).
-- the ratio cifar_jax / PyTorch per cell, on wall time and on CPU time (images per CPU-second of
-  the whole process, all threads): on a machine shared with other work the wall-clock ratio
-  swings with the load, the CPU-time ratio much less. PyTorch's timed repeats run between
-  cifar_jax's timed epochs of the same cell, so both see the same load; best of the repeats.
+  values do not change the work). cifar_jax runs what users run: `train.setup_runs` (the
+  config's Program: all runs in one compiled program, runs of a data stream sharing its batch,
+  the execution defaults of `cifar_jax.execution`) driven by `train.train_epoch`.
+- the group candidates: the same program with `execution.runs_per_group` = 1 and = every run
+  (the full run adds 2 and 4), so the auto choice is checked against them in the same cell; in a
+  grid cell also the flat vmap (every run in one vmap on its own stream, as before streams).
+- PyTorch two ways: sequential (`torch_reference.ThroughputRunner`: the runs one after another,
+  as the studies' code would; model-images/s is one model's images/s) and, for several runs,
+  torch.func (`torch_reference.FuncThroughputRunner`: `vmap(grad(functional_call))` over the
+  stacked models on a shared batch). Ratios are to the faster of the two in the cell.
+- the ratio on wall time and on CPU time (images per CPU-second of the whole process, all
+  threads): on a machine shared with other work the wall-clock ratio swings with the load, the
+  CPU-time ratio much less. One repeat of every PyTorch way runs before each of cifar_jax's timed
+  epochs of the cell, so all see the same load; best of the repeats.
 - compile time of cifar_jax's training step (XLA, cold: no persistent cache), peak host memory
   (RSS of this process sampled during the cell; the process holds both frameworks), and model
   FLOP utilisation: the training FLOPs per image from XLA's cost analysis of the train step
   (lowered with XLA convolutions, one seed, one step: the model's arithmetic, not the extra
   multiply-adds of a faster formulation) x model-images/s / the peak f32 FLOP/s of a large
   matmul measured in the same run.
+
+It ends with one line per target (`<target>: <ratio>x  met` or `MISSED`).
 
 Threads: both frameworks use the same `--threads` cores. The process is pinned to that many
 cores (`os.sched_setaffinity`) before JAX starts, which sizes XLA:CPU's thread pool, and PyTorch
