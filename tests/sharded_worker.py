@@ -17,9 +17,13 @@ from helpers import synthetic_splits, tiny_config
 COLLECTIVES = ("all-reduce", "all-gather", "collective-permute", "all-to-all", "reduce-scatter")
 
 
-def train_tiny(num_seeds: int) -> dict:
+def train_tiny(num_seeds: int, grid_size: int = 0) -> dict:
+    """`num_seeds` runs, or (grid_size > 0) one seed of that many learning rates: runs sharing a
+    data stream, split over the devices."""
     splits = synthetic_splits(num_train=64, num_eval=32)
     config = tiny_config(num_seeds=num_seeds)
+    if grid_size:
+        config.hparam_grid.learning_rate = tuple(0.01 * (i + 1) for i in range(grid_size))
     setup = train.setup_runs(config, splits.image_shape, 10, splits.num_train)
     plan = setup.program.plan
     images, labels = execution.replicate(tuple(splits.train), plan)
@@ -32,6 +36,7 @@ def train_tiny(num_seeds: int) -> dict:
     return {"loss": np.asarray(scores["loss"]).tolist(), "accuracy": np.asarray(scores["accuracy"]).tolist(),
             "num_state_runs": int(state.step.shape[0]), "shardings": sorted(shardings),
             "collectives": [name for name in COLLECTIVES if name in hlo], "devices": len(jax.devices()),
+            "stream_size": getattr(setup.program.stream_layout, "stream_size", 1),
             "runs_spec": str(PartitionSpec(execution.RUNS_AXIS))}
 
 
@@ -49,4 +54,5 @@ def train_steps_hlo(setup, images, labels) -> str:
 
 
 if __name__ == "__main__":
-    print(json.dumps({n: train_tiny(n) for n in map(int, sys.argv[1:])}))
+    specs = {spec: spec.split("x") for spec in sys.argv[1:]}  # "8": 8 seeds; "1x16": 1 seed x 16 rates
+    print(json.dumps({spec: train_tiny(int(n[0]), int(n[1]) if len(n) > 1 else 0) for spec, n in specs.items()}))

@@ -523,48 +523,6 @@ def test_pooling_matches_pytorch_definitions():
     np.testing.assert_array_equal(g, 0.0)
 
 
-def test_max_pool_gradient_goes_to_the_window_max():
-    """The custom gradient equals JAX's own where the max is unique (random floats) and, behind a
-    ReLU, also on windows of tied zeros, where both are zero."""
-    x = jax.random.normal(jax.random.key(0), (3, 6, 7, 5))
-    cotangent = jax.random.normal(jax.random.key(1), (3, 3, 3, 5))
-
-    def own(z):
-        n, h, w, c = z.shape
-        return jnp.max(z[:, :6, :6].reshape(n, 3, 2, 3, 2, c), axis=(2, 4))
-
-    for inputs, relu in ((x, False), (x, True)):
-        pool = (lambda z: layers.pool2d(jax.nn.relu(z), "max", 2)) if relu else (lambda z: layers.pool2d(z, "max", 2))
-        ref = (lambda z: own(jax.nn.relu(z))) if relu else own
-        np.testing.assert_array_equal(pool(inputs), ref(inputs))
-        np.testing.assert_array_equal(jax.vjp(pool, inputs)[1](cotangent)[0], jax.vjp(ref, inputs)[1](cotangent)[0])
-
-
-@pytest.mark.parametrize("pool, batch_norm", [("max", False), ("avg", True)])
-def test_conv_stage_on_pool_windows_equals_conv_then_pool(pool, batch_norm):
-    """LeNet's first stage takes the window layout (space-to-depth blocks of the pool's size);
-    its outputs and gradients equal the plain NHWC path's (XLA's convolution)."""
-    cfg = load_config("lenet_tutorial").model
-    cfg.pool, cfg.conv_batch_norm = pool, batch_norm
-    x = jax.random.normal(jax.random.key(0), (128, 32, 32, 3))
-    models = {impl: create_model(cfg, input_shape=(32, 32, 3), num_classes=10, rngs=nnx.Rngs(0),
-                                            conv_impl=impl) for impl in ("xla", "patches")}
-    assert models["patches"].stages[0].conv.pool_windows(x, 2) is not None  # the window path is taken
-    assert models["xla"].stages[0].conv.pool_windows(x, 2) is None
-
-    def value_and_grads(model):
-        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-        loss = lambda p: jnp.sum(jnp.sin(nnx.merge(graphdef, p, rest, copy=True)(x)))  # noqa: E731
-        return jax.jit(jax.value_and_grad(loss))(params)
-
-    (value, grads), (ref_value, ref_grads) = value_and_grads(models["patches"]), value_and_grads(models["xla"])
-    np.testing.assert_allclose(value, ref_value, rtol=1e-5)
-    # atol from the largest gradient: a conv bias before batch norm has a zero gradient, ~1e-6 noise
-    scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(ref_grads))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale),
-                 nnx.to_pure_dict(grads), nnx.to_pure_dict(ref_grads))
-
-
 def test_activations():
     x = jnp.asarray([-2.0, 0.5])
     exact_gelu = 0.5 * x * (1 + jax.scipy.special.erf(x / np.sqrt(2)))  # PyTorch's nn.GELU()

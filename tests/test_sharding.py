@@ -19,7 +19,8 @@ EIGHT_DEVICES = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_co
 
 @pytest.fixture(scope="module")
 def on_eight_devices() -> dict:
-    out = subprocess.run([sys.executable, os.path.join(REPO, "tests", "sharded_worker.py"), "8", "6"], cwd=REPO,
+    out = subprocess.run([sys.executable, os.path.join(REPO, "tests", "sharded_worker.py"), "8", "6", "1x16"],
+                         cwd=REPO,
                          env=EIGHT_DEVICES, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.splitlines()[-1])
@@ -38,8 +39,16 @@ def test_runs_spread_over_eight_devices_equal_one_device(on_eight_devices, num_r
     np.testing.assert_allclose(sharded["accuracy"], single["accuracy"], atol=1e-6)
 
 
+def test_a_grid_sharded_over_devices_shares_streams_per_device_and_equals_one_device(on_eight_devices):
+    """16 learning rates of one seed: one data stream, 2 of its runs on each of 8 devices, 16 on one."""
+    sharded, single = on_eight_devices["1x16"], train_tiny(1, 16)
+    assert (sharded["stream_size"], single["stream_size"]) == (2, 16)
+    np.testing.assert_allclose(sharded["loss"], single["loss"], rtol=1e-5)
+    np.testing.assert_allclose(sharded["accuracy"], single["accuracy"], atol=1e-6)
+
+
 def test_the_sharded_training_step_has_no_collectives(on_eight_devices):
-    assert on_eight_devices["8"]["collectives"] == [] and on_eight_devices["6"]["collectives"] == []
+    assert all(result["collectives"] == [] for result in on_eight_devices.values())
 
 
 @pytest.mark.slow

@@ -20,7 +20,6 @@ whole model by NNX's `model.train()` / `model.eval()`. Modules are built in trai
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -424,7 +423,7 @@ def pool2d(x: jax.Array, kind: str, size: int) -> jax.Array:
     oh, ow = h // size, w // size
     x = x[:, : oh * size, : ow * size, :].reshape(n, oh, size, ow, size, c)
     if kind == "max":
-        return _window_max(x, (2, 4))
+        return jnp.max(x, axis=(2, 4))
     if kind == "avg":
         return jnp.mean(x, axis=(2, 4))
     if kind == "lp":
@@ -434,32 +433,11 @@ def pool2d(x: jax.Array, kind: str, size: int) -> jax.Array:
     raise ValueError(f"unknown pool {kind!r}; use one of {POOLS}")
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _window_max(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
-    """Max over the window `axes` of x. Its gradient goes to every position equal to the
-    window's max; JAX's own rule divides it among ties, which costs a count reduction over the
-    activations each step. Ties differ only where the gradient is zero anyway in these models
-    (zeros from ReLU or dropout) or on a measure-zero set."""
-    return jnp.max(x, axis=axes)
-
-
-def _window_max_fwd(x: jax.Array, axes: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
-    y = jnp.max(x, axis=axes, keepdims=True)
-    return jnp.squeeze(y, axes), x == y
-
-
-def _window_max_bwd(axes: tuple[int, ...], at_max: jax.Array, g: jax.Array) -> tuple[jax.Array]:
-    return (jnp.where(at_max, jnp.expand_dims(g, axes), jnp.zeros((), g.dtype)),)
-
-
-_window_max.defvjp(_window_max_fwd, _window_max_bwd)
-
-
 def pool_window_axis(x: jax.Array, kind: str) -> jax.Array:
     """`pool2d` of a convolution's output grouped in windows, (n, oh, ow, window, c)
     (`Conv2d.pool_windows`): max or avg over the window axis."""
     if kind == "max":
-        return _window_max(x, (3,))
+        return jnp.max(x, axis=3)
     if kind == "avg":
         return jnp.mean(x, axis=3)
     raise ValueError(f"pooling over a window axis supports max and avg, not {kind!r}")
