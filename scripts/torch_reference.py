@@ -218,38 +218,51 @@ def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray, batch_siz
     return correct / len(labels)
 
 
-class ThroughputRunner:
-    """One seed's training loop on synthetic CIFAR-sized uint8 data, the same loop as
-    `train_one_seed` (random batches, per-batch normalisation, zero_grad/backward/step), timed
-    a few steps at a time so a benchmark can interleave it with other measurements."""
+class _SyntheticRunner:
+    """Training steps on random batches of synthetic CIFAR-sized uint8 data, timed a few at a
+    time so a benchmark can interleave them with other measurements; `step(x, y)` is the loop's."""
 
-    def __init__(self, name: str, batch_size: int, *, threads: int = 2, seed: int = 0, num_images: int = 4096,
-                 **model_kwargs):
+    def __init__(self, batch_size: int, threads: int, seed: int, num_images: int):
         torch.set_num_threads(threads)
         torch.manual_seed(seed)
         self.batch_size, self.threads = batch_size, threads
-        self.model = make_model(name, **model_kwargs)
-        self.model.train()
-        self.optimizer = make_optimizer(name, self.model)
-        self.criterion = nn.CrossEntropyLoss()
         rng = np.random.default_rng(seed)
         self.images = torch.from_numpy(rng.integers(0, 256, (num_images, 32, 32, 3), dtype=np.uint8))
         self.labels = torch.from_numpy(rng.integers(0, 10, num_images).astype(np.int64))
         self.generator = torch.Generator().manual_seed(seed)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        raise NotImplementedError
 
     def steps(self, count: int) -> tuple[float, float]:
         """Runs `count` training steps; returns (wall seconds, process CPU seconds)."""
         wall, cpu = time.perf_counter(), time.process_time()
         for _ in range(count):
             idx = torch.randint(0, len(self.labels), (self.batch_size,), generator=self.generator)
-            self.optimizer.zero_grad()
-            loss = self.criterion(self.model(to_input(self.images[idx])), self.labels[idx])
-            loss.backward()
-            self.optimizer.step()
+            self.step(to_input(self.images[idx]), self.labels[idx])
         return time.perf_counter() - wall, time.process_time() - cpu
 
 
-class FuncThroughputRunner:
+class ThroughputRunner(_SyntheticRunner):
+    """One seed's training loop on synthetic CIFAR-sized uint8 data, the same loop as
+    `train_one_seed` (random batches, per-batch normalisation, zero_grad/backward/step), timed
+    a few steps at a time so a benchmark can interleave it with other measurements."""
+
+    def __init__(self, name: str, batch_size: int, *, threads: int = 2, seed: int = 0, num_images: int = 4096,
+                 **model_kwargs):
+        super().__init__(batch_size, threads, seed, num_images)
+        self.model = make_model(name, **model_kwargs)
+        self.model.train()
+        self.optimizer = make_optimizer(name, self.model)
+        self.criterion = nn.CrossEntropyLoss()
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.optimizer.zero_grad()
+        self.criterion(self.model(x), y).backward()
+        self.optimizer.step()
+
+
+class FuncThroughputRunner(_SyntheticRunner):
     """Many models at once the strongest plain-PyTorch way, `torch.func`: the models' parameters
     stacked (`stack_module_state`), one `vmap(grad(functional_call))` step for all of them on a
     shared batch (the most favourable case for PyTorch: a grid's runs of one seed read the same
@@ -265,14 +278,12 @@ class FuncThroughputRunner:
 
         from torch import func
 
-        torch.set_num_threads(threads)
-        torch.manual_seed(seed)
-        self.batch_size, self.num_models = batch_size, num_models
+        super().__init__(batch_size, threads, seed, num_images)
         models = [make_model(name, **model_kwargs) for _ in range(num_models)]
         for model in models:
             func.replace_all_batch_norm_modules_(model)
             model.train()
-        self.params, self.buffers = func.stack_module_state(models)
+        params, self.buffers = func.stack_module_state(models)
         base = copy.deepcopy(models[0]).to("meta")
 
         def loss(params, buffers, x, y):
@@ -280,26 +291,17 @@ class FuncThroughputRunner:
 
         self.grads = func.vmap(func.grad(loss), in_dims=(0, 0, None, None), randomness="different")
         holder = nn.Module()  # make_optimizer reads the recipe's hyperparameters from a module's parameters
-        holder.params = nn.ParameterList(list(self.params.values()))
-        self.params = dict(zip(self.params, holder.params))  # the tensors the optimizer steps
+        holder.params = nn.ParameterList(list(params.values()))
+        self.params = dict(zip(params, holder.params))  # the tensors the optimizer steps
         self.optimizer = make_optimizer(name, holder)
         scales = torch.tensor(lr_scales or [1.0] * num_models, dtype=torch.float32)
         self.scales = {k: scales.view(-1, *([1] * (v.ndim - 1))) for k, v in self.params.items()}
-        rng = np.random.default_rng(seed)
-        self.images = torch.from_numpy(rng.integers(0, 256, (num_images, 32, 32, 3), dtype=np.uint8))
-        self.labels = torch.from_numpy(rng.integers(0, 10, num_images).astype(np.int64))
-        self.generator = torch.Generator().manual_seed(seed)
 
-    def steps(self, count: int) -> tuple[float, float]:
-        """Runs `count` steps of every model; returns (wall seconds, process CPU seconds)."""
-        wall, cpu = time.perf_counter(), time.process_time()
-        for _ in range(count):
-            idx = torch.randint(0, len(self.labels), (self.batch_size,), generator=self.generator)
-            grads = self.grads(self.params, self.buffers, to_input(self.images[idx]), self.labels[idx])
-            for key, param in self.params.items():
-                param.grad = grads[key] * self.scales[key]
-            self.optimizer.step()
-        return time.perf_counter() - wall, time.process_time() - cpu
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        grads = self.grads(self.params, self.buffers, x, y)
+        for key, param in self.params.items():
+            param.grad = grads[key] * self.scales[key]
+        self.optimizer.step()
 
 
 def train_steps_per_second(name: str, batch_size: int, steps: int, *, warmup: int = 3, threads: int = 2,
