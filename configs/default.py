@@ -52,6 +52,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.dense_features = (120, 84)  # hidden widths; the output layer is added
     config.model.dropout_rate = 0.0
     config.model.dropout_placement = "dense"  # none | conv | dense | all | head
+    config.model.dropout_kind = "element"  # element | channel (Dropout2d: whole feature maps, conv stages only)
     config.model.init = "torch_default"
     config.model.init_conv_only = False  # apply `init` to conv layers only (torch_default elsewhere)
     config.model.bn_momentum = 0.9  # Flax convention: PyTorch momentum 0.1 == 0.9 here

@@ -130,7 +130,7 @@ def test_report_mode_on_an_unstarted_study_lists_every_experiment(tmp_path):
     markdown = (tmp_path / "report.md").read_text()
     for key in ("E4_1_cnn", "E4_2_mlp", "E4_7_batch", "E4_8_dropout", "F4_5_dropout_type"):
         assert f"`{key}/`" in markdown
-    assert "No finished runs yet." in markdown and "missing: models/ has no channel" in markdown
+    assert "No finished runs yet." in markdown and "element vs channel (Dropout2d)" in markdown
 
 
 @needs_fashion_mnist

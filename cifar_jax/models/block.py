@@ -103,7 +103,7 @@ class BlockCNN(nnx.Module):
             self.blocks.append(Block(
                 c, int(f), int(_get(cfg, "num_branches")), gate=_get(cfg, "gate"),
                 activation=activation,
-                dropout=layers.maybe_dropout(rate, placement in ("conv", "all"), rngs),
+                dropout=layers.maybe_dropout(rate, placement in ("conv", "all"), rngs, common.conv_dropout_kind(cfg)),
                 bn_momentum=float(field(cfg, "bn_momentum", 0.9)),
                 init=field(cfg, "init", "torch_default"), dense_init=dense_init,
                 compute=compute, rngs=rngs))
