@@ -521,12 +521,35 @@ def test_block_fused_branches_equal_separate_branches():
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
 
 
+def test_uniform_gate_is_a_fixed_average_without_gate_parameters():
+    """gate='uniform' weights every branch 1/k: the block equals a linear-gate block whose gate
+    outputs the constant 1/k (zero kernel, bias 1/k), and has no gate parameters to learn."""
+    def block(gate):
+        return block_lib.Block(3, 4, 3, gate=gate, activation="relu", dropout=None, bn_momentum=0.9,
+                               init="torch_default", dense_init="torch_default", compute=layers.Compute(),
+                               rngs=rbg_rngs())
+
+    @jax.jit
+    def run(x):
+        uniform, linear = block("uniform"), block("none")
+        linear.gate.kernel[...] = jnp.zeros_like(linear.gate.kernel[...])
+        linear.gate.bias[...] = jnp.full((3,), 1 / 3)
+        return uniform(x), linear(x), uniform.gate_weights(x)
+
+    y, ref, weights = run(images((8, 8, 3), n=2))
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(weights, np.full((2, 3), 1 / 3), rtol=1e-6)
+    assert "gate" not in nnx.state(nnx.eval_shape(lambda: block("uniform")), nnx.Param)
+    assert "gate" in nnx.state(nnx.eval_shape(lambda: block("none")), nnx.Param)
+
+
 def test_small_block_cnn_runs():
     cfg = load_config("block_cnn").model
     cfg.block_channels, cfg.num_branches, cfg.classifier_features = (4, 8), 2, (8,)
     for gate in block_lib.GATES:
         cfg.gate = gate
         validate_model_config(cfg, SMALL, 10)
+    cfg.gate = "none"
     model = abstract(cfg, SMALL)
     assert num_params(model) == t_block_cnn(3, (4, 8), 2, (8,), 10)
     assert len(jax.tree.leaves(nnx.state(model, DropoutRate))) == 2  # dropout in the branches
