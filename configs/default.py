@@ -21,6 +21,9 @@ def get_config() -> ml_collections.ConfigDict:
     # True: check this config end to end in seconds (one epoch of a few batches, small splits,
     # <= 2 seeds, schedules squeezed into the epoch; see cifar_jax/dev_run.py). Train and sweep only.
     config.dev_run = False
+    # A workdir (relative: to this run's own) whose latest checkpoint gives every run its starting
+    # parameters and batch statistics, run i from run i; optimizer, step and data order start fresh.
+    config.init_from = ""
 
     config.data = ml_collections.ConfigDict()
     config.data.name = "cifar10"  # cifar10 | fashion_mnist | mnist
@@ -31,6 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.train_limit = 0  # use only the first N training images (0 = all)
     config.data.test_limit = 0  # use only the first N test images (0 = all)
     config.data.num_folds = 0  # k > 1: k-fold cross-validation as one more vmapped run axis (val_size unused)
+    config.data.folds = ()  # with num_folds: train only these folds (0-based; empty = all)
     config.data.seed = 0  # seeds the validation split and folds, independent of model seeds
     # True: every seed sees the same data order and augmentation (common random numbers); seeds
     # then differ in initialization and dropout only. See the README, "Shared data order".
