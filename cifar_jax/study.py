@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 import ml_collections
 import numpy as np
 
-from cifar_jax import metrics, report, sweep
+from cifar_jax import metrics, progress, report, sweep
 from cifar_jax import workdir as workdir_lib
 from cifar_jax.errors import ConfigError
 
@@ -71,6 +71,7 @@ METRIC_TITLES = {
 _TEST_FALLBACK = {"test_accuracy": "val_accuracy", "test_loss": "val_loss"}
 ANALYSES = ("", "gates", "output_correlation")
 GRAD_NORMS = "grad_norm/*"  # as an experiment column: one column per layer's gradient norm (mean over steps)
+STEP_METRICS = ("dead_relu_fraction", GRAD_NORMS)  # what steps.jsonl holds (log_step_metrics)
 
 
 # ----------------------------------------------------------------------------- building configs
@@ -115,7 +116,8 @@ def experiment(config: ml_collections.ConfigDict, *, ids: Sequence[str], title: 
                reported: Sequence[tuple[str, float, str, str]] = (), metric: str = "val_accuracy",
                needs_full_scale: bool = False, missing: str = "", torch_images_per_s: float = 0.0,
                figure: str = "", columns: Sequence[str] = (), curves: Sequence[str] = (),
-               analysis: str = "", fold_reference: str = "") -> ml_collections.ConfigDict:
+               analysis: str = "", fold_reference: str = "", step_curves: Sequence[str] = ()
+               ) -> ml_collections.ConfigDict:
     """One experiment of a study: `config` (a training config) swept over `axes`.
 
     `ids`: the STUDIES.md experiments (E4.1, ...) or flaws (F4.5) it reproduces.
@@ -140,7 +142,8 @@ def experiment(config: ml_collections.ConfigDict, *, ids: Sequence[str], title: 
         "ids": tuple(ids), "title": title, "config": swept, "reported": tuple(tuple(r) for r in reported),
         "needs_full_scale": needs_full_scale, "missing": missing,
         "torch_images_per_s": float(torch_images_per_s), "figure": figure, "columns": tuple(columns),
-        "curves": tuple(curves), "analysis": analysis, "fold_reference": fold_reference})
+        "curves": tuple(curves), "analysis": analysis, "fold_reference": fold_reference,
+        "step_curves": tuple(step_curves)})
 
 
 def claim(text: str, a: str = "", b: str = "", *, expect: str, metric: str = "val_accuracy",
@@ -181,6 +184,7 @@ class Experiment:
     curves: tuple[str, ...]
     analysis: str
     fold_reference: str
+    step_curves: tuple[str, ...]
 
     @property
     def name(self) -> str:
@@ -211,7 +215,8 @@ def experiments(config: ml_collections.ConfigDict) -> list[Experiment]:
                               needs_full_scale=bool(entry.needs_full_scale), missing=entry.missing,
                               torch_images_per_s=float(entry.torch_images_per_s), figure=entry.figure,
                               columns=tuple(entry.columns), curves=tuple(entry.curves),
-                              analysis=entry.analysis, fold_reference=entry.get("fold_reference", "")))
+                              analysis=entry.analysis, fold_reference=entry.get("fold_reference", ""),
+                              step_curves=tuple(entry.get("step_curves", ()))))
     return out
 
 
@@ -238,6 +243,12 @@ def validate(config: ml_collections.ConfigDict) -> list[Experiment]:
             _check_metric(metric, f"experiment {exp.key}", columns=True)
         for metric in exp.curves:
             _check_metric(metric, f"experiment {exp.key} curves")
+        for metric in exp.step_curves:
+            if metric not in STEP_METRICS:
+                raise ConfigError(f"experiment {exp.key}: step curve {metric!r} is unknown; use one of "
+                                  f"{', '.join(STEP_METRICS)}")
+            if not exp.config.get("log_step_metrics", False):
+                raise ConfigError(f"experiment {exp.key}: step_curves need log_step_metrics=True in its config")
         if exp.analysis not in ANALYSES:
             raise ConfigError(f"experiment {exp.key}: analysis={exp.analysis!r}; use one of {ANALYSES}")
         if exp.fold_reference and exp.fold_reference not in labels:
@@ -695,6 +706,10 @@ def experiment_plots(workdir: str, exp: Experiment, settings: Sequence[report.Se
         name = f"plots/{exp.key}_{curve + '_' if curve else ''}curves.png"
         if report.plot_learning_curves(os.path.join(workdir, name), settings, exp.name, metric=curve):
             written.append(name)
+    for curve in exp.step_curves:
+        name = f"plots/{exp.key}_{'grad_norm' if curve == GRAD_NORMS else curve}_steps.png"
+        if plot_steps(os.path.join(workdir, name), os.path.join(workdir, exp.key), settings, curve, exp.name):
+            written.append(name)
     metric = plan.get("metric", "val_accuracy")
     if any(s.sample(metric).size for s in settings):
         for field in axis_fields(plan):
@@ -702,6 +717,26 @@ def experiment_plots(workdir: str, exp: Experiment, settings: Sequence[report.Se
             report.plot_axis(os.path.join(workdir, name), settings, field, metric, plan.get("alpha", ALPHA))
             written.append(name)
     return written
+
+
+def step_series(exp_dir: str, setting: report.Setting, metric: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(training steps, values (records, kept runs)) of one setting's steps.jsonl metric; None without."""
+    records = [r for r in progress.read_steps(os.path.join(exp_dir, setting.group)) if metric in r]
+    columns = [run["run"] for run, kept in zip(setting.runs, setting.kept) if kept]
+    if not records or not columns:
+        return None
+    return (np.array([r["step"] for r in records]),
+            np.array([[r[metric][c] for c in columns] for r in records], np.float64) * scale_of(metric))
+
+
+def plot_steps(path: str, exp_dir: str, settings: Sequence[report.Setting], curve: str, title: str) -> bool:
+    """The dead-ReLU fraction (one panel), or every layer's gradient norm (a log panel per layer),
+    against the training step, one line per setting."""
+    names = expand_columns((curve,), settings)
+    panels = {name: [(s.label, *series) for s in settings if (series := step_series(exp_dir, s, name))]
+              for name in names}
+    ylabel = "dead ReLU units (%)" if curve == "dead_relu_fraction" else "‖grad‖ (per layer)"
+    return report.plot_step_panels(path, panels, ylabel, title, log=curve == GRAD_NORMS)
 
 
 def protocol_rows(workdir: str, exp: Experiment, plan: dict[str, Any]) -> dict[str, Any]:

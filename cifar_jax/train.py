@@ -268,6 +268,8 @@ def _chunk_hook(setup: RunSetup, checkpoints: Checkpoints, loop: progress.Traini
 
     def hook(done: int, state: step.TrainState, sums: step.EpochSums) -> bool:
         show(done, state)
+        if loop.config.get("log_step_metrics", False):
+            loop.step_metrics(epoch, done, setup.real_runs(sums))
         halt, save = stop.poll(save_due=0 < every_s <= time.time() - checkpoints.last_save_time)
         if halt or save:
             checkpoints.save_partial((epoch - 1) * setup.program.steps_per_epoch + done, setup.real_runs(state),

@@ -17,6 +17,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.batch_size = 128
     config.eval_batch_size = 1000
     config.progress_every_s = 5.0  # a progress line inside an epoch at most this often (0 = off)
+    # True: dead-ReLU fraction and per-layer gradient norms per chunk of steps into steps.jsonl
+    # (about every execution.steps_per_call steps), besides the per-epoch means in metrics.jsonl.
+    config.log_step_metrics = False
     config.checkpoint_every_epochs = 1
     # True: check this config end to end in seconds (one epoch of a few batches, small splits,
     # <= 2 seeds, schedules squeezed into the epoch; see cifar_jax/dev_run.py). Train and sweep only.

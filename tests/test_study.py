@@ -34,9 +34,10 @@ def mini_study() -> ml_collections.ConfigDict:
     config = study.study_config(name="mini", title="miniature", scale="smoke", config_path="tests/test_study.py",
                                 source="this test", num_seeds=2, data_dir="/usr/share/datasets/fashion-mnist",
                                 train_limit=600, val_size=200, test_limit=200, execution=tiny_config().execution)
-    base = tiny_config(**{"model.dropout_rate": 0.0})
+    base = tiny_config(**{"model.dropout_rate": 0.0, "log_step_metrics": True})
     config.experiments.A_lr = study.experiment(
         base, ids=("A",), title="learning rate", axes=(("optim.learning_rate", (0.01, 0.05)),),
+        step_curves=("dead_relu_fraction", "grad_norm/*"),
         reported=(("learning_rate=0.05", 80.0, "test, epoch 1", "test_accuracy"),
                   ("learning_rate=0.01", 9.0, "test, epoch 1", "test_accuracy")),
         torch_images_per_s=1000.0, columns=("dead_relu_fraction", "grad_norm/*"), curves=("train_loss",))
@@ -110,6 +111,8 @@ def test_mini_study_report_matches_results_and_resumes(tmp_path):
     assert protocol.endswith("| 1,000 | 00:00:01 |")
     assert (tmp_path / "plots" / "A_lr_curves.png").exists()
     assert (tmp_path / "plots" / "A_lr_train_loss_curves.png").exists()
+    for name in ("dead_relu_fraction", "grad_norm"):  # step curves, from the runs' steps.jsonl
+        assert f"(plots/A_lr_{name}_steps.png)" in markdown and (tmp_path / "plots" / f"A_lr_{name}_steps.png").exists()
     assert "ours: dead ReLU units" in markdown and "‖grad‖ stages/0/conv" in markdown
     assert "| narrow | " in markdown.split("Correlations of the output units")[1]
 
@@ -226,6 +229,13 @@ def test_collapse_and_verdict_rules():
     claims = [study.ClaimResult(key=str(i), text="", expect="", verdict=v) for i, v in enumerate(verdicts)]
     assert study.verdict_counts(claims) == ("Claims: 1 weakly supported (no difference found), 1 supported, "
                                             "1 not tested.")
+
+
+def test_step_curves_need_step_metrics():
+    config = mini_study()
+    config.experiments.A_lr.config.log_step_metrics = False
+    with pytest.raises(ConfigError, match="step_curves need log_step_metrics"):
+        study.validate(config)
 
 
 def test_a_typo_in_a_claim_fails_before_training():

@@ -184,6 +184,30 @@ def test_init_from_starts_from_another_runs_final_weights(tmp_path):
         train._initial_state(setup, wider, str(tmp_path / "fold1"))
 
 
+@needs_fashion_mnist
+def test_step_metrics_average_back_to_the_epoch_means(tmp_path):
+    """log_step_metrics writes one steps.jsonl line per chunk of steps; weighted by the chunk lengths,
+    the lines' dead-ReLU fractions and gradient norms give back the epoch means of metrics.jsonl."""
+    from cifar_jax import progress
+
+    config = small_test_config()
+    config.num_seeds, config.num_epochs, config.log_step_metrics = 2, 2, True
+    config.execution.steps_per_call = 7
+    train.train_and_evaluate(config, str(tmp_path))
+    records = progress.read_steps(str(tmp_path))
+    steps_per_epoch = 600 // config.batch_size
+    assert [r["step"] for r in records] == [e * steps_per_epoch + min(k, steps_per_epoch) for e in range(2)
+                                           for k in range(7, steps_per_epoch + 7, 7)]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    for epoch in (1, 2):
+        lines = [r for r in records if r["epoch"] == epoch]
+        lengths = np.diff([(epoch - 1) * steps_per_epoch] + [r["step"] for r in lines])
+        for name in ["dead_relu_fraction"] + [k for k in lines[0] if k.startswith("grad_norm/")]:
+            by_chunk = np.array([r[name] for r in lines])  # (chunks, runs)
+            expected = [row[name] for row in rows if row["epoch"] == epoch]  # per run
+            np.testing.assert_allclose(lengths @ by_chunk / steps_per_epoch, expected, rtol=1e-4, err_msg=name)
+
+
 def test_fold_arrays_partition_the_pool():
     labels = np.repeat(np.arange(10), 7)
     train_index, val_mask = splits_lib.fold_arrays(labels, 3, seed=0)
