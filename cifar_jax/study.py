@@ -675,7 +675,9 @@ def leak_table(leaky: Sequence[report.Setting], correct: Sequence[report.Setting
 
     lines = [f"Leaky vs correct {len(folds)}-fold cross-validation: validation accuracy (%) of each fold's held-out "
              "part at the final epoch, mean ± 95% CI over seeds (n); the last column averages each seed's folds "
-             f"first (seeds with every fold: {len(complete)}).", "",
+             f"first (seeds with every fold: {len(complete)}). The chain also trains longer (fold k continues "
+             "k − 1 folds' training), so the leak is what the protocol adds: held-out images seen in earlier "
+             "folds and the extra training together.", "",
              "| protocol | " + " | ".join(f"fold {f + 1}" for f in folds) + " | mean over folds |",
              "|---|" + "---:|" * (len(folds) + 1)]
     for name, by_key in rows:
