@@ -721,10 +721,12 @@ def experiment_plots(workdir: str, exp: Experiment, settings: Sequence[report.Se
     return written
 
 
-def step_series(exp_dir: str, setting: report.Setting, metric: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """(training steps, values (records, kept runs)) of one setting's steps.jsonl metric; None without."""
+def step_series(exp_dir: str, setting: report.Setting, metric: str, collapsed: bool = False
+                ) -> tuple[np.ndarray, np.ndarray] | None:
+    """(training steps, values (records, runs)) of one setting's steps.jsonl metric over its kept
+    runs, or over its collapsed ones; None without them."""
     records = [r for r in progress.read_steps(os.path.join(exp_dir, setting.group)) if metric in r]
-    columns = [run["run"] for run, kept in zip(setting.runs, setting.kept) if kept]
+    columns = [run["run"] for run, kept in zip(setting.runs, setting.kept) if kept != collapsed]
     if not records or not columns:
         return None
     return (np.array([r["step"] for r in records]),
@@ -733,10 +735,19 @@ def step_series(exp_dir: str, setting: report.Setting, metric: str) -> tuple[np.
 
 def plot_steps(path: str, exp_dir: str, settings: Sequence[report.Setting], curve: str, title: str) -> bool:
     """The dead-ReLU fraction (one panel), or every layer's gradient norm (a log panel per layer),
-    against the training step, one line per setting."""
-    names = expand_columns((curve,), settings)
-    panels = {name: [(s.label, *series) for s in settings if (series := step_series(exp_dir, s, name))]
-              for name in names}
+    against the training step, one line per setting. Collapsed runs, left out of every mean, are
+    dashed lines of their own: where units die they are the diagnosis."""
+    def series(name: str) -> list[tuple[str, np.ndarray, np.ndarray, bool]]:
+        out = []
+        for s in settings:
+            for collapsed in (False, True):
+                found = step_series(exp_dir, s, name, collapsed)
+                if found:
+                    label = f"{s.label}, collapsed ({found[1].shape[1]})" if collapsed else s.label
+                    out.append((label, *found, collapsed))
+        return out
+
+    panels = {name: series(name) for name in expand_columns((curve,), settings)}
     ylabel = "dead ReLU units (%)" if curve == "dead_relu_fraction" else "‖grad‖ (per layer)"
     return report.plot_step_panels(path, panels, ylabel, title, log=curve == GRAD_NORMS)
 
