@@ -15,6 +15,7 @@ import time
 from typing import Any, TextIO
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -122,6 +123,7 @@ class TrainingLog:
         self.line = ProgressLine(float(config.get("progress_every_s", 5.0)))
         self.writer = None
         self._step_sums: tuple[int, dict[str, np.ndarray]] | None = None  # (epoch, its sums at the last line)
+        self._pending_steps: tuple[int, int, Any] | None = None  # the chunk whose line is not written yet
 
     def start(self, resumed_after: int, step: int = 0) -> None:
         self.session_start = time.time()
@@ -163,10 +165,24 @@ class TrainingLog:
     def step_metrics(self, epoch: int, steps_done: int, sums: Any) -> None:
         """One steps.jsonl line per compiled chunk of steps (`log_step_metrics`): each run's dead-ReLU
         fraction and per-layer gradient norms averaged over the steps since the previous line, so
-        dying units can be watched within an epoch. `sums` are the real runs' epoch sums so far. A
-        resume may repeat steps: readers keep the last line of a step (`read_steps`)."""
+        dying units can be watched within an epoch. `sums` are the real runs' epoch sums so far,
+        copied and read one chunk late (`flush_steps` at the epoch's end), so the host never waits
+        for the chunk just queued. A resume may repeat steps: readers keep the last line of a step
+        (`read_steps`)."""
         if not self.is_primary:
             return
+        pending = self._pending_steps
+        self._pending_steps = (epoch, steps_done, jax.tree.map(lambda x: jnp.array(x, copy=True), sums))
+        if pending:
+            self._write_step_line(*pending)
+
+    def flush_steps(self) -> None:
+        """Writes the line of the last chunk `step_metrics` holds back."""
+        pending, self._pending_steps = self._pending_steps, None
+        if pending:
+            self._write_step_line(*pending)
+
+    def _write_step_line(self, epoch: int, steps_done: int, sums: Any) -> None:
         now = {"steps": np.asarray(sums.steps, np.float64),
                "dead_relu_fraction": np.asarray(sums.dead_fraction, np.float64),
                **{f"grad_norm/{k}": np.asarray(v, np.float64) for k, v in sums.grad_norm.items()}}
@@ -183,6 +199,7 @@ class TrainingLog:
         self.epochs_done = epoch - self.first_epoch + 1
         if not self.is_primary:
             return
+        self.flush_steps()
         seconds = time.time() - self.epoch_start
         self._write_metrics(epoch, history, diverged_by_epoch)
         self.writer.write_scalars(epoch, {f"{name}/mean": float(np.nanmean(values)) for name, values in record.items()
@@ -208,6 +225,7 @@ class TrainingLog:
             f.writelines(line + "\n" for line in results.metrics_lines(epoch, history[-1], ids, diverged_by_epoch[-1]))
 
     def close(self) -> None:
+        self.flush_steps()
         if self.writer is not None:
             self.writer.close()
             self.writer = None
