@@ -20,21 +20,18 @@ import numpy as np
 
 from cifar_jax import evaluation, splits as splits_lib
 from cifar_jax.errors import ConfigError
-from cifar_jax.models import block as block_lib, layers
 
 GATE_IMAGES = 512  # validation images the gate coefficients are averaged over
 CORRELATION_IMAGES = 1000  # the study's subset size is n/s; 1,000 as STUDIES.md §4.5 costs it
 
 
 def block_gates(model: Any, inputs: jax.Array) -> list[np.ndarray]:
-    """Per block, the mean over `inputs` of its gate coefficients (K,), computed the way
-    `Block.__call__` computes them (the block's own gate function)."""
+    """Per block, the mean over `inputs` of its gate coefficients (K,), as `Block.__call__`
+    weights its branches."""
     means = []
     x = inputs
     for blk in model.blocks:
-        # The model's own gate functions (a private table of models/block.py, read, not copied).
-        gates = block_lib._GATE_FNS[blk.gate_fn](blk.gate(layers.global_avg_pool(x)))
-        means.append(np.asarray(gates.mean(axis=0)))
+        means.append(np.asarray(blk.gate_weights(x).mean(axis=0)))
         x = blk(x)
     return means
 

@@ -252,5 +252,23 @@ class Checkpoints:
         return flat, meta
 
 
+def warm_start_state(source: str, like: Any, best_metric: str) -> Any:
+    """The latest checkpointed state of workdir `source`, shaped like `like` (this job's real runs),
+    for `init_from`: a one-line CheckpointError when `source` has no checkpoint or its runs do
+    not fit this job's (another model, optimizer or number of runs)."""
+    if not os.path.isdir(os.path.join(source, "checkpoints", "latest")):
+        raise CheckpointError(f"init_from: {source} has no checkpoint; train that run first")
+    checkpoints = Checkpoints(source, keep=1, best_metric=best_metric, read_only=True)
+    try:
+        restored = checkpoints.restore(like)
+    except CheckpointError as error:
+        raise CheckpointError(f"init_from: {source} does not fit this job ({error})") from None
+    finally:
+        checkpoints.close()
+    if restored is None:
+        raise CheckpointError(f"init_from: {source} has no checkpoint; train that run first")
+    return restored[1]
+
+
 class _Unusable(Exception):
     """A checkpoint that cannot be read or does not match its checksum; the message says which."""

@@ -8,12 +8,14 @@ the per-setting summary and where the results went.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
 from typing import Any, TextIO
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -22,6 +24,7 @@ from cifar_jax.runs import RunGrid
 from cifar_jax.splits import Splits
 
 METRICS_FILE = "metrics.jsonl"
+STEPS_FILE = "steps.jsonl"  # with log_step_metrics: the dying-ReLU diagnostics per chunk of steps
 
 
 def clock(seconds: float) -> str:
@@ -119,6 +122,8 @@ class TrainingLog:
         self.first_line = describe_job(config, grid, splits, workdir)
         self.line = ProgressLine(float(config.get("progress_every_s", 5.0)))
         self.writer = None
+        self._step_sums: tuple[int, dict[str, np.ndarray]] | None = None  # (epoch, its sums at the last line)
+        self._pending_steps: tuple[int, int, Any] | None = None  # the chunk whose line is not written yet
 
     def start(self, resumed_after: int, step: int = 0) -> None:
         self.session_start = time.time()
@@ -157,10 +162,44 @@ class TrainingLog:
         self.epoch_start = epoch_start
         return on_chunk
 
+    def step_metrics(self, epoch: int, steps_done: int, sums: Any) -> None:
+        """One steps.jsonl line per compiled chunk of steps (`log_step_metrics`): each run's dead-ReLU
+        fraction and per-layer gradient norms averaged over the steps since the previous line, so
+        dying units can be watched within an epoch. `sums` are the real runs' epoch sums so far,
+        copied and read one chunk late (`flush_steps` at the epoch's end), so the host never waits
+        for the chunk just queued. A resume may repeat steps: readers keep the last line of a step
+        (`read_steps`)."""
+        if not self.is_primary:
+            return
+        pending = self._pending_steps
+        self._pending_steps = (epoch, steps_done, jax.tree.map(lambda x: jnp.array(x, copy=True), sums))
+        if pending:
+            self._write_step_line(*pending)
+
+    def flush_steps(self) -> None:
+        """Writes the line of the last chunk `step_metrics` holds back."""
+        pending, self._pending_steps = self._pending_steps, None
+        if pending:
+            self._write_step_line(*pending)
+
+    def _write_step_line(self, epoch: int, steps_done: int, sums: Any) -> None:
+        now = {"steps": np.asarray(sums.steps, np.float64),
+               "dead_relu_fraction": np.asarray(sums.dead_fraction, np.float64),
+               **{f"grad_norm/{k}": np.asarray(v, np.float64) for k, v in sums.grad_norm.items()}}
+        before = self._step_sums[1] if self._step_sums and self._step_sums[0] == epoch else {}
+        self._step_sums = (epoch, now)
+        span = np.maximum(now["steps"] - before.get("steps", 0.0), 1.0)
+        record = {"epoch": epoch, "step": (epoch - 1) * self.steps_per_epoch + steps_done,
+                  **{name: ((value - before.get(name, 0.0)) / span).tolist() for name, value in now.items()
+                     if name != "steps"}}
+        with open(os.path.join(self.workdir, STEPS_FILE), "a") as f:
+            f.write(json.dumps(record) + "\n")
+
     def end_epoch(self, epoch: int, record: dict, history: list[dict], diverged_by_epoch: list[list[bool]]) -> None:
         self.epochs_done = epoch - self.first_epoch + 1
         if not self.is_primary:
             return
+        self.flush_steps()
         seconds = time.time() - self.epoch_start
         self._write_metrics(epoch, history, diverged_by_epoch)
         self.writer.write_scalars(epoch, {f"{name}/mean": float(np.nanmean(values)) for name, values in record.items()
@@ -186,6 +225,7 @@ class TrainingLog:
             f.writelines(line + "\n" for line in results.metrics_lines(epoch, history[-1], ids, diverged_by_epoch[-1]))
 
     def close(self) -> None:
+        self.flush_steps()
         if self.writer is not None:
             self.writer.close()
             self.writer = None
@@ -198,3 +238,14 @@ class TrainingLog:
         paths = {"results": os.path.join(self.workdir, "results.json"),
                  "tensorboard": os.path.join(self.workdir, "tensorboard"), "best checkpoint": best}
         print("\n".join(summary_lines(summary, paths)), flush=True)
+
+
+def read_steps(workdir: str) -> list[dict[str, Any]]:
+    """steps.jsonl's lines in step order, the last line of each step (a resume retrains steps); []
+    without the file."""
+    path = os.path.join(workdir, STEPS_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        by_step = {record["step"]: record for record in map(json.loads, f) if record}
+    return [by_step[step] for step in sorted(by_step)]

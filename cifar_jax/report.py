@@ -40,6 +40,7 @@ import math
 import os
 import re
 import shutil
+import textwrap
 import warnings
 from typing import Any, Iterable, Sequence
 
@@ -461,6 +462,39 @@ def plot_learning_curves(path: str, settings: Sequence[Setting], title: str, met
     fig.supxlabel("epoch")
     fig.supylabel(f"{metric}{' (%)' if _scale(metric) > 1 else ''}")
     fig.suptitle(f"{title}: mean over seeds, band = min–max", fontsize=9)
+    fig.savefig(path)
+    return True
+
+
+def plot_step_panels(path: str, panels: dict[str, list[tuple[str, np.ndarray, np.ndarray, bool]]], ylabel: str,
+                     title: str, log: bool = False) -> bool:
+    """One panel per entry of `panels` (e.g. per layer), each overlaying settings as (label, steps,
+    values (records, runs), dashed): the mean over runs against the training step, band = min–max."""
+    panels = {name: series for name, series in panels.items() if series}
+    if not panels:
+        return False
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    width = 7 if cols == 1 else 4 * cols
+    fig = _figure(width, 4.5 if rows == 1 else 3 * rows)
+    axes = fig.subplots(rows, cols, squeeze=False, sharex=True).ravel()
+    for ax, (name, series) in zip(axes, panels.items()):
+        for label, steps, values, dashed in series:
+            line, = ax.plot(steps, np.nanmean(values, axis=1), label=label, linewidth=1,
+                            linestyle="--" if dashed else "-")
+            ax.fill_between(steps, np.nanmin(values, axis=1), np.nanmax(values, axis=1), alpha=0.2,
+                            color=line.get_color())
+        if log:
+            ax.set_yscale("log")
+        if len(panels) > 1:
+            ax.set_title(name, fontsize=8)
+        ax.tick_params(labelbottom=True)  # panels without one below them keep their step axis
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize=6)
+    fig.supxlabel("training step")
+    fig.supylabel(ylabel)
+    fig.suptitle(textwrap.fill(f"{title}: mean over seeds, band = min–max", 15 * width), fontsize=9)
     fig.savefig(path)
     return True
 

@@ -42,8 +42,13 @@ class RunGrid:
 
     settings: tuple[dict[str, float], ...]  # the grid values of each setting (empty dict: no grid)
     num_seeds: int
-    num_folds: int  # 1 without cross-validation
+    folds: tuple[int, ...]  # the cross-validation folds trained (all, or data.folds); () without
     hparams: dict[str, np.ndarray]  # per run, leading axis = run
+
+    @property
+    def num_folds(self) -> int:
+        """Folds trained by this program (1 without cross-validation)."""
+        return max(len(self.folds), 1)
 
     @property
     def num_runs(self) -> int:
@@ -59,11 +64,11 @@ class RunGrid:
 
     @property
     def fold_index(self) -> np.ndarray:
-        return np.arange(self.num_runs) // (self.num_seeds * len(self.settings))
+        return np.asarray(self.folds or (0,))[np.arange(self.num_runs) // (self.num_seeds * len(self.settings))]
 
     def ids(self) -> list[dict[str, Any]]:
         """Per-run identification written next to every metric: seed, setting and its grid values."""
-        folds = (lambda r: {"fold": int(self.fold_index[r])}) if self.num_folds > 1 else (lambda r: {})
+        folds = (lambda r: {"fold": int(self.fold_index[r])}) if self.folds else (lambda r: {})
         return [{"run": r, "seed_index": int(self.seed_index[r]), "setting": int(self.setting_index[r]), **folds(r),
                  **self.settings[self.setting_index[r]]} for r in range(self.num_runs)]
 
@@ -116,13 +121,29 @@ def built_dropout_rate(config: ml_collections.ConfigDict) -> float:
     return float(max([config.model.dropout_rate, *config.hparam_grid.get("dropout_rate", ())]))
 
 
+def selected_folds(data_config: ml_collections.ConfigDict) -> tuple[int, ...]:
+    """The cross-validation folds a job trains: `data.folds` (0-based) of `data.num_folds`, or all
+    of them when data.folds is empty; () without cross-validation. One fold alone lets a chain of
+    jobs train the folds one after another (the leaky protocol, with `init_from`)."""
+    num_folds = int(data_config.num_folds)
+    chosen = tuple(data_config.get("folds", ()) or ())
+    if not chosen:
+        return tuple(range(num_folds)) if num_folds else ()
+    if num_folds < 2 or len(set(chosen)) != len(chosen) or any(
+            isinstance(f, bool) or not isinstance(f, int) or not 0 <= f < num_folds for f in chosen):
+        raise ConfigError(f"data.folds={chosen!r} must name distinct folds 0..{num_folds - 1} of data.num_folds="
+                          f"{num_folds}" + ("; set data.num_folds >= 2" if num_folds < 2 else ""))
+    return chosen
+
+
 def make_run_grid(config: ml_collections.ConfigDict, num_channels: int) -> RunGrid:
     """Expands `config.hparam_grid` and the seeds (and folds) into per-run arrays, checking every
     setting as if it were the config's own value."""
     checks.positive_int(config, "num_seeds")
     settings = grid_settings(config)
     per_setting = [run_hparams(with_setting(config, s), num_channels) for s in settings]
-    num_folds = max(int(config.data.num_folds), 1)
+    folds = selected_folds(config.data)
+    num_folds = max(len(folds), 1)
 
     def per_run(name: str) -> np.ndarray:
         by_setting = np.stack([np.asarray(h[name], np.float32) for h in per_setting])
@@ -130,7 +151,7 @@ def make_run_grid(config: ml_collections.ConfigDict, num_channels: int) -> RunGr
         return np.tile(by_seed, (num_folds,) + (1,) * (by_seed.ndim - 1))  # folds outermost
 
     hparams = {name: per_run(name) for name in per_setting[0]}
-    return RunGrid(settings=settings, num_seeds=config.num_seeds, num_folds=num_folds, hparams=hparams)
+    return RunGrid(settings=settings, num_seeds=config.num_seeds, folds=folds, hparams=hparams)
 
 
 def run_keys(seed: int, seed_index: np.ndarray, fold_index: np.ndarray | None = None) -> jax.Array:

@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 import ml_collections
 import numpy as np
 
-from cifar_jax import metrics, report, sweep
+from cifar_jax import metrics, progress, report, sweep
 from cifar_jax import workdir as workdir_lib
 from cifar_jax.errors import ConfigError
 
@@ -71,6 +71,7 @@ METRIC_TITLES = {
 _TEST_FALLBACK = {"test_accuracy": "val_accuracy", "test_loss": "val_loss"}
 ANALYSES = ("", "gates", "output_correlation")
 GRAD_NORMS = "grad_norm/*"  # as an experiment column: one column per layer's gradient norm (mean over steps)
+STEP_METRICS = ("dead_relu_fraction", GRAD_NORMS)  # what steps.jsonl holds (log_step_metrics)
 
 
 # ----------------------------------------------------------------------------- building configs
@@ -115,7 +116,8 @@ def experiment(config: ml_collections.ConfigDict, *, ids: Sequence[str], title: 
                reported: Sequence[tuple[str, float, str, str]] = (), metric: str = "val_accuracy",
                needs_full_scale: bool = False, missing: str = "", torch_images_per_s: float = 0.0,
                figure: str = "", columns: Sequence[str] = (), curves: Sequence[str] = (),
-               analysis: str = "") -> ml_collections.ConfigDict:
+               analysis: str = "", fold_reference: str = "", step_curves: Sequence[str] = ()
+               ) -> ml_collections.ConfigDict:
     """One experiment of a study: `config` (a training config) swept over `axes`.
 
     `ids`: the STUDIES.md experiments (E4.1, ...) or flaws (F4.5) it reproduces.
@@ -128,7 +130,10 @@ def experiment(config: ml_collections.ConfigDict, *, ids: Sequence[str], title: 
     `columns`: more of our metrics (METRIC_TITLES keys) shown for every setting; `curves`: per-epoch
     metrics plotted as learning curves beside the accuracy curves (e.g. train_loss, val_loss);
     `analysis`: 'gates' adds the block CNN's learned branch weights per block (`analysis.gate_weights`),
-    'output_correlation' the correlations of the output units (`analysis.output_correlation`).
+    'output_correlation' the correlations of the output units (`analysis.output_correlation`);
+    `fold_reference`: for an experiment whose settings are single cross-validation folds trained as
+    a chain (`data.folds`, `init_from`), the key of the experiment that trained the same folds
+    fresh; the report then puts both per fold side by side with the leak, their paired difference.
     """
     swept = config.copy_and_resolve_references()
     swept.sweep = ml_collections.ConfigDict({"kind": kind, "axes": tuple(axes), "constraints": (),
@@ -137,7 +142,8 @@ def experiment(config: ml_collections.ConfigDict, *, ids: Sequence[str], title: 
         "ids": tuple(ids), "title": title, "config": swept, "reported": tuple(tuple(r) for r in reported),
         "needs_full_scale": needs_full_scale, "missing": missing,
         "torch_images_per_s": float(torch_images_per_s), "figure": figure, "columns": tuple(columns),
-        "curves": tuple(curves), "analysis": analysis})
+        "curves": tuple(curves), "analysis": analysis, "fold_reference": fold_reference,
+        "step_curves": tuple(step_curves)})
 
 
 def claim(text: str, a: str = "", b: str = "", *, expect: str, metric: str = "val_accuracy",
@@ -177,6 +183,8 @@ class Experiment:
     columns: tuple[str, ...]
     curves: tuple[str, ...]
     analysis: str
+    fold_reference: str
+    step_curves: tuple[str, ...]
 
     @property
     def name(self) -> str:
@@ -207,7 +215,8 @@ def experiments(config: ml_collections.ConfigDict) -> list[Experiment]:
                               needs_full_scale=bool(entry.needs_full_scale), missing=entry.missing,
                               torch_images_per_s=float(entry.torch_images_per_s), figure=entry.figure,
                               columns=tuple(entry.columns), curves=tuple(entry.curves),
-                              analysis=entry.analysis))
+                              analysis=entry.analysis, fold_reference=entry.get("fold_reference", ""),
+                              step_curves=tuple(entry.get("step_curves", ()))))
     return out
 
 
@@ -234,8 +243,17 @@ def validate(config: ml_collections.ConfigDict) -> list[Experiment]:
             _check_metric(metric, f"experiment {exp.key}", columns=True)
         for metric in exp.curves:
             _check_metric(metric, f"experiment {exp.key} curves")
+        for metric in exp.step_curves:
+            if metric not in STEP_METRICS:
+                raise ConfigError(f"experiment {exp.key}: step curve {metric!r} is unknown; use one of "
+                                  f"{', '.join(STEP_METRICS)}")
+            if not exp.config.get("log_step_metrics", False):
+                raise ConfigError(f"experiment {exp.key}: step_curves need log_step_metrics=True in its config")
         if exp.analysis not in ANALYSES:
             raise ConfigError(f"experiment {exp.key}: analysis={exp.analysis!r}; use one of {ANALYSES}")
+        if exp.fold_reference and exp.fold_reference not in labels:
+            raise ConfigError(f"experiment {exp.key}: fold_reference={exp.fold_reference!r} names no earlier "
+                              "experiment of the study")
     for key, entry in config.get("claims", {}).items():
         if entry.expect not in EXPECTATIONS:
             raise ConfigError(f"claim {display_id(key)}: expect={entry.expect!r}; use one of {', '.join(EXPECTATIONS)}")
@@ -631,6 +649,44 @@ def correlation_table(workdir: str, exp: Experiment, plan: dict[str, Any]) -> li
         for label, runs in settings if runs]
 
 
+def fold_values(settings: Sequence[report.Setting], metric: str = "val_accuracy") -> dict[tuple[int, int], float]:
+    """{(fold, seed index): metric} over the kept runs of every setting (runs without a fold left out)."""
+    return {(int(run["fold"]), int(run["seed_index"])): float(run[metric])
+            for s in settings for run, kept in zip(s.runs, s.kept) if kept and "fold" in run and metric in run}
+
+
+def leak_table(leaky: Sequence[report.Setting], correct: Sequence[report.Setting], reference: str) -> list[str]:
+    """Chained (leaky) vs fresh (correct) k-fold CV, final-epoch validation accuracy: each fold's mean
+    over seeds, and the mean over folds per seed, whose paired difference (same seed, same folds)
+    is the leak: how much a fold's score rises because an earlier fold trained on its images."""
+    values = {"correct": fold_values(correct), "leaky": fold_values(leaky)}
+    folds = sorted({fold for fold, _ in values["leaky"]})
+    seeds = sorted({seed for _, seed in values["leaky"]} & {seed for _, seed in values["correct"]})
+    complete = [s for s in seeds if all((f, s) in v for v in values.values() for f in folds)]
+    if not folds or not complete:
+        return []
+    diff = {key: values["leaky"][key] - values["correct"][key] for key in values["leaky"] if key in values["correct"]}
+    rows = [("correct: every fold freshly initialised (`" + reference + "`)", values["correct"]),
+            ("leaky: fold k starts from fold k−1's trained weights", values["leaky"]),
+            ("**leak** (leaky − correct, paired by seed)", diff)]
+
+    def cell(sample: Sequence[float]) -> str:
+        return _mean_ci(metrics.summarize(100.0 * np.asarray(sample)))
+
+    lines = [f"Leaky vs correct {len(folds)}-fold cross-validation: validation accuracy (%) of each fold's held-out "
+             "part at the final epoch, mean ± 95% CI over seeds (n); the last column averages each seed's folds "
+             f"first (seeds with every fold: {len(complete)}). The chain also trains longer (fold k continues "
+             "k − 1 folds' training), so the leak is what the protocol adds: held-out images seen in earlier "
+             "folds and the extra training together.", "",
+             "| protocol | " + " | ".join(f"fold {f + 1}" for f in folds) + " | mean over folds |",
+             "|---|" + "---:|" * (len(folds) + 1)]
+    for name, by_key in rows:
+        per_fold = [cell([by_key[(f, s)] for s in complete]) for f in folds]
+        over_folds = cell([np.mean([by_key[(f, s)] for f in folds]) for s in complete])
+        lines.append(f"| {name} | " + " | ".join(per_fold) + f" | {over_folds} |")
+    return lines
+
+
 def axis_fields(plan: dict[str, Any]) -> list[str]:
     """The swept fields worth a metric-vs-value chart: every axis of a grid; of a zip, the first
     axis when its values tell the settings apart (batch sizes, widths; not a BN on/off ablation)."""
@@ -652,6 +708,10 @@ def experiment_plots(workdir: str, exp: Experiment, settings: Sequence[report.Se
         name = f"plots/{exp.key}_{curve + '_' if curve else ''}curves.png"
         if report.plot_learning_curves(os.path.join(workdir, name), settings, exp.name, metric=curve):
             written.append(name)
+    for curve in exp.step_curves:
+        name = f"plots/{exp.key}_{'grad_norm' if curve == GRAD_NORMS else curve}_steps.png"
+        if plot_steps(os.path.join(workdir, name), os.path.join(workdir, exp.key), settings, curve, exp.name):
+            written.append(name)
     metric = plan.get("metric", "val_accuracy")
     if any(s.sample(metric).size for s in settings):
         for field in axis_fields(plan):
@@ -659,6 +719,37 @@ def experiment_plots(workdir: str, exp: Experiment, settings: Sequence[report.Se
             report.plot_axis(os.path.join(workdir, name), settings, field, metric, plan.get("alpha", ALPHA))
             written.append(name)
     return written
+
+
+def step_series(exp_dir: str, setting: report.Setting, metric: str, collapsed: bool = False
+                ) -> tuple[np.ndarray, np.ndarray] | None:
+    """(training steps, values (records, runs)) of one setting's steps.jsonl metric over its kept
+    runs, or over its collapsed ones; None without them."""
+    records = [r for r in progress.read_steps(os.path.join(exp_dir, setting.group)) if metric in r]
+    columns = [run["run"] for run, kept in zip(setting.runs, setting.kept) if kept != collapsed]
+    if not records or not columns:
+        return None
+    return (np.array([r["step"] for r in records]),
+            np.array([[r[metric][c] for c in columns] for r in records], np.float64) * scale_of(metric))
+
+
+def plot_steps(path: str, exp_dir: str, settings: Sequence[report.Setting], curve: str, title: str) -> bool:
+    """The dead-ReLU fraction (one panel), or every layer's gradient norm (a log panel per layer),
+    against the training step, one line per setting. Collapsed runs, left out of every mean, are
+    dashed lines of their own: where units die they are the diagnosis."""
+    def series(name: str) -> list[tuple[str, np.ndarray, np.ndarray, bool]]:
+        out = []
+        for s in settings:
+            for collapsed in (False, True):
+                found = step_series(exp_dir, s, name, collapsed)
+                if found:
+                    label = f"{s.label}, collapsed ({found[1].shape[1]})" if collapsed else s.label
+                    out.append((label, *found, collapsed))
+        return out
+
+    panels = {name: series(name) for name in expand_columns((curve,), settings)}
+    ylabel = "dead ReLU units (%)" if curve == "dead_relu_fraction" else "‖grad‖ (per layer)"
+    return report.plot_step_panels(path, panels, ylabel, title, log=curve == GRAD_NORMS)
 
 
 def protocol_rows(workdir: str, exp: Experiment, plan: dict[str, Any]) -> dict[str, Any]:
@@ -785,11 +876,13 @@ def write_study_report(config: ml_collections.ConfigDict, workdir: str) -> str:
         if exp.figure:
             sections += [f"The study showed: {exp.figure}.", ""]
         sections += experiment_table(exp, settings) if settings else ["No finished runs yet."]
-        if any("fold" in run for s in settings for run in s.runs):  # each fold's mean: fresh folds do not climb
+        if not exp.fold_reference and any("fold" in run for s in settings for run in s.runs):  # fresh folds do not climb
             sections += ["", "Validation accuracy (%) per fold:", ""] + report.fold_table(settings, "val_accuracy")
         if exp.analysis and plan:
             table = {"gates": gate_table, "output_correlation": correlation_table}[exp.analysis]
             sections += [""] + table(workdir, exp, plan)
+        if exp.fold_reference and settings and loaded.get(exp.fold_reference):
+            sections += [""] + leak_table(settings, loaded[exp.fold_reference], exp.fold_reference)
         if pending:
             sections += ["", "Not finished yet: " + ", ".join(f"`{p}`" for p in pending)]
         sections += [""] + [f"![{exp.key}]({p})" for p in plots] + [""]

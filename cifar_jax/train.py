@@ -24,7 +24,7 @@ from flax import nnx
 
 from cifar_jax import execution, interrupts, metrics, models, progress, results, runs, step, streams, validation
 from cifar_jax import workdir as workdir_lib
-from cifar_jax.checkpoint import Checkpoints
+from cifar_jax.checkpoint import Checkpoints, warm_start_state
 from cifar_jax.errors import ConfigError, Interrupted
 from cifar_jax.models.layers import DropoutRate
 from cifar_jax.splits import examples_for, run_train_index
@@ -265,8 +265,23 @@ class ResumePoint(NamedTuple):
     sums: step.EpochSums | None = None
 
 
-def _resume_point(setup: RunSetup, checkpoints: Checkpoints) -> ResumePoint:
-    """The newest usable checkpoint, a whole epoch's or a mid-epoch one, placed on the devices."""
+def _initial_state(setup: RunSetup, config: ml_collections.ConfigDict, workdir: str) -> step.TrainState:
+    """A fresh state; with `init_from`, the parameters and batch statistics of that workdir's latest
+    checkpoint (run i from run i), so a chain of jobs can continue one model without re-initializing
+    it (study 002's leaky k-fold). Optimizer, step, dropout and data streams stay fresh."""
+    state = setup.init()
+    if not config.get("init_from"):
+        return state
+    path = os.path.normpath(os.path.join(workdir, config.init_from))  # relative: to this run's workdir
+    source = setup.on_devices(warm_start_state(path, setup.real_like(), config.checkpoint.best_metric))
+    batch_stats = jax.tree.map(lambda fresh, old: old if isinstance(fresh, nnx.BatchStat) else fresh,
+                               state.model_state, source.model_state, is_leaf=lambda v: isinstance(v, nnx.Variable))
+    return state._replace(params=source.params, model_state=batch_stats)
+
+
+def _resume_point(setup: RunSetup, checkpoints: Checkpoints, fresh: Callable[[], step.TrainState]) -> ResumePoint:
+    """The newest usable checkpoint, a whole epoch's or a mid-epoch one, placed on the devices;
+    `fresh()` when there is none."""
     restored = checkpoints.restore(setup.real_like())
     partial = checkpoints.restore_partial(setup.real_like())
     whole_epochs = 0 if restored is None else len(restored[2]["history"])
@@ -275,7 +290,7 @@ def _resume_point(setup: RunSetup, checkpoints: Checkpoints) -> ResumePoint:
         return ResumePoint(setup.on_devices(state), meta["history"], meta["diverged"], meta["wall_time_s"],
                            meta["step"], setup.on_devices(step.EpochSums.from_json(meta["sums"])))
     if restored is None:
-        return ResumePoint(setup.init(), [], [], 0.0)
+        return ResumePoint(fresh(), [], [], 0.0)
     _, state, meta = restored
     return ResumePoint(setup.on_devices(state), meta["history"], meta["diverged"], meta["wall_time_s"])
 
@@ -289,6 +304,8 @@ def _chunk_hook(setup: RunSetup, checkpoints: Checkpoints, loop: progress.Traini
 
     def hook(done: int, state: step.TrainState, sums: step.EpochSums) -> bool:
         show(done, state)
+        if loop.config.get("log_step_metrics", False):
+            loop.step_metrics(epoch, done, setup.real_runs(sums))
         halt, save = stop.poll(save_due=0 < every_s <= time.time() - checkpoints.last_save_time)
         if halt or save:
             checkpoints.save_partial((epoch - 1) * setup.program.steps_per_epoch + done, setup.real_runs(state),
@@ -308,7 +325,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if primary:
         workdir_lib.make_room(workdir, config)  # refuses a workdir of another config, writing nothing
     checkpoints = Checkpoints(workdir, keep=config.checkpoint.keep, best_metric=config.checkpoint.best_metric)
-    resume = _resume_point(setup, checkpoints)  # an unusable checkpoint fails here, config.json untouched
+    # An unusable checkpoint (or init_from source) fails here, config.json untouched.
+    resume = _resume_point(setup, checkpoints, lambda: _initial_state(setup, config, workdir))
     if primary:
         workdir_lib.write_run_files(workdir, config, {"image_shape": list(splits.image_shape), "num_train":
                                                       splits.num_train, "class_names": list(splits.class_names)})

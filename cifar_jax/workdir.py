@@ -27,13 +27,17 @@ DATA_FILE = "data.json"  # image shape, class names, train size: what rebuilding
 # Fields that may change between a run and its resumption: how long, how often, where the data
 # lives, and how to execute or evaluate. Everything else defines the runs themselves.
 # (log_every_epochs: a removed field that workdirs of earlier versions still hold.)
-RESUMABLE_FIELDS = ("num_epochs", "progress_every_s", "log_every_epochs", "checkpoint_every_epochs",
+RESUMABLE_FIELDS = ("num_epochs", "progress_every_s", "log_step_metrics", "log_every_epochs", "checkpoint_every_epochs",
                     "eval_batch_size", "dev_run", "data.dir", "data.source", "data.tfds_data_dir", "eval.", "execution.",
                     "checkpoint.keep", "checkpoint.overwrite", "checkpoint.every_minutes")
+# Fields added by a later version whose default is not "off": the value that reproduces what
+# earlier versions did, so a workdir they wrote still resumes under it.
+ADDED_DEFAULTS = {"model.dropout_kind": "element"}
 # Held (flock) by the process writing into the workdir; stays when a run is moved aside.
 LOCK_FILE = ".lock"
 # Files a run writes at the top of its workdir (moved aside together on overwrite).
-RUN_FILES = (CONFIG_FILE, DATA_FILE, "checkpoints", "metrics.jsonl", "results.json", "tensorboard", "eval")
+RUN_FILES = (CONFIG_FILE, DATA_FILE, "checkpoints", "metrics.jsonl", "steps.jsonl", "results.json", "tensorboard",
+             "eval")
 
 
 def config_to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -54,12 +58,12 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def differing_fields(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Dotted names of the fields that differ and matter for resuming. A field the stored config
     lacks (added by a later version, like data.shared_order) matches while it is off (False, 0,
-    empty), the value that reproduces what the older version did."""
+    empty) or at its ADDED_DEFAULTS value: what the older version did."""
     old, new = _flat(stored), _flat(current)
 
     def differs(name: str) -> bool:
         if name not in old:
-            return bool(new[name])
+            return bool(new[name]) and new[name] != ADDED_DEFAULTS.get(name)
         return old[name] != new.get(name)
     return sorted(name for name in set(old) | set(new) if differs(name) and not name.startswith(RESUMABLE_FIELDS))
 

@@ -17,10 +17,16 @@ def get_config() -> ml_collections.ConfigDict:
     config.batch_size = 128
     config.eval_batch_size = 1000
     config.progress_every_s = 5.0  # a progress line inside an epoch at most this often (0 = off)
+    # True: dead-ReLU fraction and per-layer gradient norms per chunk of steps into steps.jsonl
+    # (about every execution.steps_per_call steps), besides the per-epoch means in metrics.jsonl.
+    config.log_step_metrics = False
     config.checkpoint_every_epochs = 1
     # True: check this config end to end in seconds (one epoch of a few batches, small splits,
     # <= 2 seeds, schedules squeezed into the epoch; see cifar_jax/dev_run.py). Train and sweep only.
     config.dev_run = False
+    # A workdir (relative: to this run's own) whose latest checkpoint gives every run its starting
+    # parameters and batch statistics, run i from run i; optimizer, step and data order start fresh.
+    config.init_from = ""
 
     config.data = ml_collections.ConfigDict()
     config.data.name = "cifar10"  # cifar10 | fashion_mnist | mnist
@@ -31,6 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.train_limit = 0  # use only the first N training images (0 = all)
     config.data.test_limit = 0  # use only the first N test images (0 = all)
     config.data.num_folds = 0  # k > 1: k-fold cross-validation as one more vmapped run axis (val_size unused)
+    config.data.folds = ()  # with num_folds: train only these folds (0-based; empty = all)
     config.data.seed = 0  # seeds the validation split and folds, independent of model seeds
     # True: every seed sees the same data order and augmentation (common random numbers); seeds
     # then differ in initialization and dropout only. See the README, "Shared data order".
@@ -52,6 +59,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.dense_features = (120, 84)  # hidden widths; the output layer is added
     config.model.dropout_rate = 0.0
     config.model.dropout_placement = "dense"  # none | conv | dense | all | head
+    config.model.dropout_kind = "element"  # element | channel (Dropout2d: whole feature maps, conv stages only)
     config.model.init = "torch_default"
     config.model.init_conv_only = False  # apply `init` to conv layers only (torch_default elsewhere)
     config.model.bn_momentum = 0.9  # Flax convention: PyTorch momentum 0.1 == 0.9 here

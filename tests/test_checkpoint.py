@@ -356,3 +356,6 @@ def test_a_field_added_by_a_later_version_does_not_block_a_resume_while_off():
                                                  "num_seeds": 2}) == []
     assert workdir_lib.differing_fields(stored, {"data": {"name": "cifar10", "shared_order": True},
                                                  "num_seeds": 2}) == ["data.shared_order"]
+    # A later field whose old behaviour is not "off" matches at that value (ADDED_DEFAULTS).
+    assert workdir_lib.differing_fields(stored, {**stored, "model": {"dropout_kind": "element"}}) == []
+    assert workdir_lib.differing_fields(stored, {**stored, "model": {"dropout_kind": "channel"}}) == ["model.dropout_kind"]

@@ -362,6 +362,41 @@ def test_dropout_traced_rate():
     np.testing.assert_array_equal(drop(x), x)
 
 
+def test_channel_dropout_drops_whole_feature_maps_with_a_traced_rate():
+    """Dropout2d: one draw per (example, channel), constant over H and W; the kept maps are scaled
+    by 1 / (1 - rate), so the expectation is preserved (mean over many maps ~ the input)."""
+    drop = layers.Dropout(0.5, rngs=rbg_rngs(), kind="channel")
+    graphdef, state = nnx.split(drop)
+    x = 1.0 + jnp.arange(7 * 5)[None, :, None, None].reshape(1, 7, 5, 1) * jnp.ones((64, 1, 1, 128))
+
+    @jax.jit
+    def run(state, rate):
+        state = jax.tree.map(lambda v: v.replace(rate) if isinstance(v, DropoutRate) else v, state,
+                             is_leaf=lambda v: isinstance(v, nnx.Variable))
+        return nnx.merge(graphdef, state, copy=True)(x)
+
+    for rate in (0.25, 0.5):
+        y = np.asarray(run(state, jnp.float32(rate)))
+        kept = (y != 0)
+        assert (kept == kept[:, :1, :1, :]).all()  # the mask is constant over H, W per (example, channel)
+        assert abs(1.0 - kept[:, 0, 0, :].mean() - rate) < 0.03
+        np.testing.assert_allclose(y[kept], (np.asarray(x) / (1.0 - rate))[kept], rtol=1e-6)
+        np.testing.assert_allclose(y.mean(axis=(0, 3)), np.asarray(x)[0, :, :, 0], rtol=0.06)  # expectation
+    element = np.asarray(layers.Dropout(0.5, rngs=rbg_rngs())(x)) != 0
+    assert not (element == element[:, :1, :1, :]).all()  # element dropout differs over positions
+
+
+def test_channel_dropout_only_in_conv_stages():
+    """dropout_kind='channel' makes the CNN's conv-stage dropout channel-wise, dense layers keep elements."""
+    cfg = small_cnn(dropout_rate=0.5, dropout_placement="all", dense_features=(8,))
+    cfg.dropout_kind = "channel"
+    model = abstract(cfg, SMALL)
+    assert [s.dropout.kind for s in model.stages] == ["channel"] * len(model.stages)
+    assert [d.dropout.kind for d in model.dense] == ["element"]
+    cfg.dropout_kind = "element"
+    assert {s.dropout.kind for s in abstract(cfg, SMALL).stages} == {"element"}
+
+
 # ----------------------------------------------------------------------------- init
 
 
@@ -486,12 +521,35 @@ def test_block_fused_branches_equal_separate_branches():
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
 
 
+def test_uniform_gate_is_a_fixed_average_without_gate_parameters():
+    """gate='uniform' weights every branch 1/k: the block equals a linear-gate block whose gate
+    outputs the constant 1/k (zero kernel, bias 1/k), and has no gate parameters to learn."""
+    def block(gate):
+        return block_lib.Block(3, 4, 3, gate=gate, activation="relu", dropout=None, bn_momentum=0.9,
+                               init="torch_default", dense_init="torch_default", compute=layers.Compute(),
+                               rngs=rbg_rngs())
+
+    @jax.jit
+    def run(x):
+        uniform, linear = block("uniform"), block("none")
+        linear.gate.kernel[...] = jnp.zeros_like(linear.gate.kernel[...])
+        linear.gate.bias[...] = jnp.full((3,), 1 / 3)
+        return uniform(x), linear(x), uniform.gate_weights(x)
+
+    y, ref, weights = run(images((8, 8, 3), n=2))
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(weights, np.full((2, 3), 1 / 3), rtol=1e-6)
+    assert "gate" not in nnx.state(nnx.eval_shape(lambda: block("uniform")), nnx.Param)
+    assert "gate" in nnx.state(nnx.eval_shape(lambda: block("none")), nnx.Param)
+
+
 def test_small_block_cnn_runs():
     cfg = load_config("block_cnn").model
     cfg.block_channels, cfg.num_branches, cfg.classifier_features = (4, 8), 2, (8,)
     for gate in block_lib.GATES:
         cfg.gate = gate
         validate_model_config(cfg, SMALL, 10)
+    cfg.gate = "none"
     model = abstract(cfg, SMALL)
     assert num_params(model) == t_block_cnn(3, (4, 8), 2, (8,), 10)
     assert len(jax.tree.leaves(nnx.state(model, DropoutRate))) == 2  # dropout in the branches
@@ -567,6 +625,8 @@ BAD_CONFIGS = [
     (dict(name="block_cnn", block_channels=(8, -8)), CIFAR, "model.block_channels[1]"),
     (dict(name="block_cnn", num_branches=0), CIFAR, "model.num_branches"),
     (dict(name="block_cnn", gate="tanh"), CIFAR, "model.gate"),
+    (dict(dropout_rate=0.5, dropout_placement="conv", dropout_kind="spatial"), CIFAR, "model.dropout_kind"),
+    (dict(dropout_rate=0.5, dropout_placement="dense", dropout_kind="channel"), CIFAR, "model.dropout_kind"),
     (dict(name="block_cnn", classifier_features=(256, 0)), CIFAR, "model.classifier_features[1]"),
     (dict(name="resnet18", dropout_rate=0.2, dropout_placement="conv"), CIFAR, "model.dropout_placement"),
     (dict(), (32, 32), "input_shape"),

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from cifar_jax import analysis, study, train
+from cifar_jax import analysis, report, study, train
 from cifar_jax.errors import ConfigError
 from tests.helpers import REPO, needs_fashion_mnist, run_cli, tiny_config
 
@@ -34,9 +34,10 @@ def mini_study() -> ml_collections.ConfigDict:
     config = study.study_config(name="mini", title="miniature", scale="smoke", config_path="tests/test_study.py",
                                 source="this test", num_seeds=2, data_dir="/usr/share/datasets/fashion-mnist",
                                 train_limit=600, val_size=200, test_limit=200, execution=tiny_config().execution)
-    base = tiny_config(**{"model.dropout_rate": 0.0})
+    base = tiny_config(**{"model.dropout_rate": 0.0, "log_step_metrics": True})
     config.experiments.A_lr = study.experiment(
         base, ids=("A",), title="learning rate", axes=(("optim.learning_rate", (0.01, 0.05)),),
+        step_curves=("dead_relu_fraction", "grad_norm/*"),
         reported=(("learning_rate=0.05", 80.0, "test, epoch 1", "test_accuracy"),
                   ("learning_rate=0.01", 9.0, "test, epoch 1", "test_accuracy")),
         torch_images_per_s=1000.0, columns=("dead_relu_fraction", "grad_norm/*"), curves=("train_loss",))
@@ -110,6 +111,8 @@ def test_mini_study_report_matches_results_and_resumes(tmp_path):
     assert protocol.endswith("| 1,000 | 00:00:01 |")
     assert (tmp_path / "plots" / "A_lr_curves.png").exists()
     assert (tmp_path / "plots" / "A_lr_train_loss_curves.png").exists()
+    for name in ("dead_relu_fraction", "grad_norm"):  # step curves, from the runs' steps.jsonl
+        assert f"(plots/A_lr_{name}_steps.png)" in markdown and (tmp_path / "plots" / f"A_lr_{name}_steps.png").exists()
     assert "ours: dead ReLU units" in markdown and "‖grad‖ stages/0/conv" in markdown
     assert "| narrow | " in markdown.split("Correlations of the output units")[1]
 
@@ -123,6 +126,52 @@ def test_mini_study_report_matches_results_and_resumes(tmp_path):
     assert "over 2 session(s)" in (tmp_path / "report.md").read_text().split("\n")[2]  # the header line
 
 
+def _fold_setting(label: str, accuracy: dict[tuple[int, int], float]) -> "report.Setting":
+    runs = [{"fold": f, "seed_index": s, "val_accuracy": a} for (f, s), a in accuracy.items()]
+    return report.Setting(label=label, group=label, stage=0, values={}, runs=runs, curves={})
+
+
+def test_leak_table_pairs_each_seed_over_folds():
+    """The leak is the per-seed mean over folds of leaky minus correct, with a Student-t CI over seeds."""
+    rng = np.random.default_rng(0)
+    correct = {(f, s): 0.8 + 0.01 * rng.normal() for f in range(3) for s in range(4)}
+    leaky = {(f, s): correct[(f, s)] + 0.05 * f + 0.002 * s for f in range(3) for s in range(4)}
+    lines = study.leak_table([_fold_setting(f"fold_{f + 1}", {k: v for k, v in leaky.items() if k[0] == f})
+                              for f in range(3)], [_fold_setting("baseline", correct)], "K")
+    (leak,) = table_cells("\n".join(lines), "**leak** (leaky − correct, paired by seed)")
+    per_seed = [100 * np.mean([leaky[(f, s)] - correct[(f, s)] for f in range(3)]) for s in range(4)]
+    mean, half, n = ours(leak[-1])
+    assert n == 4 and mean == pytest.approx(np.mean(per_seed), abs=0.006)
+    assert half == pytest.approx(scipy.stats.t.ppf(0.975, 3) * np.std(per_seed, ddof=1) / 2, abs=0.006)
+    assert [ours(c)[0] for c in leak[1:4]] == pytest.approx([0.3, 5.3, 10.3], abs=0.006)  # fold f: 5f + 0.3
+
+
+@needs_fashion_mnist
+def test_a_leaky_fold_chain_trains_fold_after_fold_and_reports_the_leak(tmp_path):
+    """Study 002's leaky k-fold as a study: one job per fold, fold k starting from fold k-1's
+    directory (init_from), reported against the same folds trained fresh."""
+    config = study.study_config(name="leak", title="leak", scale="smoke", config_path="tests/test_study.py",
+                                source="this test", num_seeds=2, data_dir="/usr/share/datasets/fashion-mnist",
+                                train_limit=600, val_size=0, execution=tiny_config().execution)
+    base = tiny_config(**{"model.dropout_rate": 0.0, "data.num_folds": 3})
+    config.experiments.K = study.experiment(base, ids=("K",), title="fresh folds")
+    config.experiments.L = study.experiment(
+        base, ids=("L",), title="leaky folds", kind="zip", fold_reference="K",
+        axes=(("data.folds", ((0,), (1,), (2,))), ("init_from", ("", "../fold_1", "../fold_2"))),
+        labels=("fold_1", "fold_2", "fold_3"))
+    calls = []
+    study.run_study(config, str(tmp_path), train_fn=lambda cfg, workdir: calls.append(
+        (os.path.relpath(workdir, tmp_path), cfg.init_from)) or train.train_and_evaluate(cfg, workdir))
+    assert calls == [("K/all", ""), ("L/fold_1", ""), ("L/fold_2", "../fold_1"), ("L/fold_3", "../fold_2")]
+    with open(tmp_path / "L" / "fold_3" / "results.json") as f:
+        assert {run["fold"] for run in json.load(f)["runs"]} == {2}
+    markdown = (tmp_path / "report.md").read_text()
+    (leak,) = table_cells(markdown, "**leak** (leaky − correct, paired by seed)")
+    assert len(leak) == 5 and ours(leak[-1])[2] == 2  # 3 folds + the mean over folds, 2 seeds
+    assert table_cells(markdown, "leaky: fold k starts from fold k−1's trained weights")
+    assert ours(leak[1])[0] == pytest.approx(0.0, abs=0.006)  # fold 1 is fresh in both: the same runs
+
+
 def test_report_mode_on_an_unstarted_study_lists_every_experiment(tmp_path):
     """--mode=report is wired in main.py and renders a study that has not trained anything yet."""
     result = run_cli("--mode=report", "--config", "configs/studies/s004_cnn_mlp.py:smoke", "--workdir", str(tmp_path))
@@ -130,7 +179,7 @@ def test_report_mode_on_an_unstarted_study_lists_every_experiment(tmp_path):
     markdown = (tmp_path / "report.md").read_text()
     for key in ("E4_1_cnn", "E4_2_mlp", "E4_7_batch", "E4_8_dropout", "F4_5_dropout_type"):
         assert f"`{key}/`" in markdown
-    assert "No finished runs yet." in markdown and "missing: models/ has no channel" in markdown
+    assert "No finished runs yet." in markdown and "element vs channel (Dropout2d)" in markdown
 
 
 @needs_fashion_mnist
@@ -180,6 +229,13 @@ def test_collapse_and_verdict_rules():
     claims = [study.ClaimResult(key=str(i), text="", expect="", verdict=v) for i, v in enumerate(verdicts)]
     assert study.verdict_counts(claims) == ("Claims: 1 weakly supported (no difference found), 1 supported, "
                                             "1 not tested.")
+
+
+def test_step_curves_need_step_metrics():
+    config = mini_study()
+    config.experiments.A_lr.config.log_step_metrics = False
+    with pytest.raises(ConfigError, match="step_curves need log_step_metrics"):
+        study.validate(config)
 
 
 def test_a_typo_in_a_claim_fails_before_training():

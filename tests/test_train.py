@@ -130,6 +130,84 @@ def test_kfold_runs_are_one_program_with_fresh_init_per_fold(tmp_path):
     assert [np.sum(run["confusion"]) for run in report["runs"]] == [500, 500, 500]
 
 
+def test_data_folds_selects_folds_with_their_own_keys():
+    """data.folds=(1,) trains fold 1 alone: the same fold index (so key and data) as in the full job."""
+    config = small_test_config()
+    config.data.num_folds, config.data.folds = 3, (1,)
+    grid = runs.make_run_grid(config, 1)
+    assert grid.folds == (1,) and list(grid.fold_index) == [1] * config.num_seeds
+    assert {run["fold"] for run in grid.ids()} == {1}
+    config.data.folds = ()
+    assert list(runs.make_run_grid(config, 1).fold_index) == sorted([0, 1, 2] * config.num_seeds)
+    for bad in ((3,), (1, 1)):
+        config.data.folds = bad
+        with pytest.raises(ConfigError, match=r"data\.folds="):
+            runs.make_run_grid(config, 1)
+
+
+@needs_fashion_mnist
+def test_init_from_starts_from_another_runs_final_weights(tmp_path):
+    """A chain of one-fold jobs, fold 1 starting from fold 0's trained weights (study 002's leaky
+    k-fold): its parameters and batch statistics are fold 0's final ones, its optimizer is fresh;
+    a missing or ill-fitting source is a one-line CheckpointError."""
+    from cifar_jax import validation
+    from cifar_jax.checkpoint import Checkpoints
+    from cifar_jax.errors import CheckpointError
+
+    def fold_job(fold: int, **overrides):
+        return tiny_config(**{"data.train_limit": 600, "data.num_folds": 3, "data.folds": (fold,), "num_seeds": 2,
+                              "model.conv_batch_norm": True, **overrides})
+
+    train.train_and_evaluate(fold_job(0), str(tmp_path / "fold0"))
+    chained = fold_job(1, init_from="../fold0")
+    splits = validation.load_checked_splits(chained)
+    setup = train.setup_runs(chained, splits.image_shape, len(splits.class_names), splits.num_train)
+    start = train._initial_state(setup, chained, str(tmp_path / "fold1"))
+    _, trained, _ = Checkpoints(str(tmp_path / "fold0"), keep=1, best_metric="val_accuracy").restore(setup.real_like())
+    for got, want in zip(jax.tree.leaves((start.params, nnx.filter_state(start.model_state, nnx.BatchStat))),
+                         jax.tree.leaves((trained.params, nnx.filter_state(trained.model_state, nnx.BatchStat)))):
+        np.testing.assert_array_equal(got, want)
+    fresh = setup.init()
+    assert not np.array_equal(jax.tree.leaves(fresh.params)[0], jax.tree.leaves(start.params)[0])
+    for got, want in zip(jax.tree.leaves(start.opt_state), jax.tree.leaves(fresh.opt_state)):
+        np.testing.assert_array_equal(got, want)  # the optimizer starts fresh
+    summary = train.train_and_evaluate(chained, str(tmp_path / "fold1"))
+    assert {run["fold"] for run in summary["runs"]} == {1}
+
+    chained.init_from = "../nowhere"
+    with pytest.raises(CheckpointError, match="has no checkpoint"):
+        train._initial_state(setup, chained, str(tmp_path / "fold1"))
+    wider = chained.copy_and_resolve_references()
+    wider.init_from, wider.model.dense_features = "../fold0", (32,)
+    setup = train.setup_runs(wider, splits.image_shape, len(splits.class_names), splits.num_train)
+    with pytest.raises(CheckpointError, match="does not fit this job"):
+        train._initial_state(setup, wider, str(tmp_path / "fold1"))
+
+
+@needs_fashion_mnist
+def test_step_metrics_average_back_to_the_epoch_means(tmp_path):
+    """log_step_metrics writes one steps.jsonl line per chunk of steps; weighted by the chunk lengths,
+    the lines' dead-ReLU fractions and gradient norms give back the epoch means of metrics.jsonl."""
+    from cifar_jax import progress
+
+    config = small_test_config()
+    config.num_seeds, config.num_epochs, config.log_step_metrics = 2, 2, True
+    config.execution.steps_per_call = 7
+    train.train_and_evaluate(config, str(tmp_path))
+    records = progress.read_steps(str(tmp_path))
+    steps_per_epoch = 600 // config.batch_size
+    assert [r["step"] for r in records] == [e * steps_per_epoch + min(k, steps_per_epoch) for e in range(2)
+                                           for k in range(7, steps_per_epoch + 7, 7)]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    for epoch in (1, 2):
+        lines = [r for r in records if r["epoch"] == epoch]
+        lengths = np.diff([(epoch - 1) * steps_per_epoch] + [r["step"] for r in lines])
+        for name in ["dead_relu_fraction"] + [k for k in lines[0] if k.startswith("grad_norm/")]:
+            by_chunk = np.array([r[name] for r in lines])  # (chunks, runs)
+            expected = [row[name] for row in rows if row["epoch"] == epoch]  # per run
+            np.testing.assert_allclose(lengths @ by_chunk / steps_per_epoch, expected, rtol=1e-4, err_msg=name)
+
+
 def test_fold_arrays_partition_the_pool():
     labels = np.repeat(np.arange(10), 7)
     train_index, val_mask = splits_lib.fold_arrays(labels, 3, seed=0)

@@ -2,7 +2,9 @@
 
 A `Block` holds k parallel branches, each conv 3x3 (SAME) -> activation -> dropout -> max-pool
 2x2; a gate computes k weights from the block input (global average pool -> dense(k) -> gate
-nonlinearity: 'none' as the study describes, or softmax / sigmoid / relu); the block output is
+nonlinearity: 'none' as the study describes, or softmax / sigmoid / relu; or 'uniform': fixed
+weights 1/k and no gate parameters, the ablation that tells whether learning the weights
+matters at all); the block output is
 the gate-weighted sum of the branches, followed by BatchNorm2d. The model stacks
 len(block_channels) blocks (study: channels [3, 64, 128, 256, 512], k=6, dropout 0.1), then
 global average pooling and an MLP classifier (study: 256-128-64-num_classes with ReLU).
@@ -29,7 +31,7 @@ from cifar_jax.errors import ConfigError
 from cifar_jax.models import common, layers
 from cifar_jax.models.common import field
 
-GATES = ("none", "softmax", "sigmoid", "relu")
+GATES = ("none", "softmax", "sigmoid", "relu", "uniform")
 DEFAULTS = dict(block_channels=(64, 128, 256, 512), num_branches=6, gate="none",
                 classifier_features=(256, 128, 64))
 _GATE_FNS = {
@@ -74,12 +76,19 @@ class Block(nnx.Module):
                                   init=init, impl=compute.conv_impl, dtype=compute.dtype, rngs=rngs)
         self.activation = activation
         self.dropout = dropout
-        self.gate = layers.Linear(in_features, num_branches, init=dense_init, dtype=compute.dtype, rngs=rngs)
+        self.gate = (None if gate == "uniform" else
+                     layers.Linear(in_features, num_branches, init=dense_init, dtype=compute.dtype, rngs=rngs))
         self.gate_fn = gate
         self.bn = layers.BatchNorm(out_features, momentum=bn_momentum)
 
+    def gate_weights(self, x: jax.Array) -> jax.Array:
+        """(N, k) branch weights for the block input x: the gate of the global average, or 1/k."""
+        if self.gate is None:
+            return jnp.full((x.shape[0], self.num_branches), 1.0 / self.num_branches, x.dtype)
+        return _GATE_FNS[self.gate_fn](self.gate(layers.global_avg_pool(x)))
+
     def __call__(self, x: jax.Array) -> jax.Array:
-        g = _GATE_FNS[self.gate_fn](self.gate(layers.global_avg_pool(x)))  # (N, k)
+        g = self.gate_weights(x)
         y = layers.activate(self, self.activation, self.conv(x))
         if self.dropout is not None:
             y = self.dropout(y)
@@ -103,7 +112,7 @@ class BlockCNN(nnx.Module):
             self.blocks.append(Block(
                 c, int(f), int(_get(cfg, "num_branches")), gate=_get(cfg, "gate"),
                 activation=activation,
-                dropout=layers.maybe_dropout(rate, placement in ("conv", "all"), rngs),
+                dropout=layers.maybe_dropout(rate, placement in ("conv", "all"), rngs, common.conv_dropout_kind(cfg)),
                 bn_momentum=float(field(cfg, "bn_momentum", 0.9)),
                 init=field(cfg, "init", "torch_default"), dense_init=dense_init,
                 compute=compute, rngs=rngs))

@@ -14,6 +14,8 @@ padding=k//2).
 
 Dropout placement: 'conv' after every conv stage's activation (before pooling), 'dense' after
 every hidden dense layer, 'all' both, 'head' once before the output layer, 'none' nowhere.
+`dropout_kind` 'channel' makes the conv stages' dropout PyTorch's Dropout2d (whole feature maps);
+dense layers always drop elements.
 
 `model.name='mlp'` is this CNN without conv stages (the fifth study's 3072-512-10 MLP and its
 variants): `mlp_config` empties `conv_features`.
@@ -128,7 +130,8 @@ class CNN(nnx.Module):
             ConvStage(**s, padding=field(cfg, "padding", "VALID"),
                       batch_norm=bool(field(cfg, "conv_batch_norm", False)), bn_momentum=momentum,
                       activation=activation,
-                      dropout=layers.maybe_dropout(rate, placement in ("conv", "all"), rngs),
+                      dropout=layers.maybe_dropout(rate, placement in ("conv", "all"), rngs,
+                                                  common.conv_dropout_kind(cfg)),
                       pool=field(cfg, "pool", "max"), pool_size=int(field(cfg, "pool_size", 2)),
                       init=field(cfg, "init", "torch_default"),
                       compute=compute, rngs=rngs)

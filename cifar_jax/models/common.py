@@ -75,10 +75,19 @@ def common_checks(cfg: Any, input_shape: Sequence[int], num_classes: int) -> Non
     rate = field(cfg, "dropout_rate", 0.0)
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
         raise ConfigError(f"model.dropout_rate={rate!r} must be in [0, 1)")
+    placement = field(cfg, "dropout_placement", "none")
+    if conv_dropout_kind(cfg) == "channel" and rate > 0 and placement not in ("conv", "all"):
+        raise ConfigError(f"model.dropout_kind='channel' drops conv feature maps, but model.dropout_placement="
+                          f"{placement!r} places no dropout in conv stages; use 'conv' or 'all', or kind 'element'")
     momentum = field(cfg, "bn_momentum", 0.9)
     if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum <= 1.0:
         raise ConfigError(
             f"model.bn_momentum={momentum!r} must be in [0, 1] (Flax convention: PyTorch's 0.1 is 0.9)")
+
+
+def conv_dropout_kind(cfg: Any) -> str:
+    """The dropout kind of conv stages (dense layers always drop elements)."""
+    return choice("dropout_kind", field(cfg, "dropout_kind", "element"), layers.DROPOUT_KINDS)
 
 
 def head_spec(cfg: Any, widths: Any, *, batch_norm: bool | None = None) -> layers.DenseHeadSpec:

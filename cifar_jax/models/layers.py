@@ -49,6 +49,8 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "silu": jax.nn.silu,
 }
 POOLS = ("max", "avg", "lp", "none")
+# element: each activation dropped alone (nn.Dropout); channel: whole feature maps (nn.Dropout2d).
+DROPOUT_KINDS = ("element", "channel")
 PADDINGS = ("VALID", "SAME")
 CONV_IMPLS = ("xla", "patches")
 DTYPES = ("float32", "bfloat16")
@@ -374,22 +376,39 @@ class DropoutRate(nnx.Variable):
 class Dropout(nnx.Module):
     """Inverted dropout whose rate lives in the state (`DropoutRate`) and may be traced.
 
+    kind 'element' drops each activation alone; 'channel' (PyTorch's Dropout2d) drops whole
+    feature maps of NHWC inputs -- one draw per (example, channel), shared by every position --
+    since neighbouring activations of a map are correlated and element dropout barely removes
+    their information. Both scale the kept values by 1 / (1 - rate).
+
     Keys come from the module's own fork of the 'dropout' stream of the `nnx.Rngs` given at
     construction, so each seed's dropout randomness is part of its model state (the RngKey /
     RngCount leaves): read them back after a step like the batch statistics.
     """
 
-    def __init__(self, rate: float, *, rngs: nnx.Rngs, deterministic: bool = False):
+    def __init__(self, rate: float, *, rngs: nnx.Rngs, deterministic: bool = False, kind: str = "element"):
+        if kind not in DROPOUT_KINDS:
+            raise ValueError(f"unknown dropout kind {kind!r}; use one of {DROPOUT_KINDS}")
         self.rate = DropoutRate(jnp.asarray(rate, jnp.float32))
         self.deterministic = deterministic
+        self.kind = kind
         self.rngs = rngs.dropout.fork()
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.deterministic:
             return x
         keep = 1.0 - self.rate[...].astype(x.dtype)
-        mask = jax.random.bernoulli(self.rngs(), keep, x.shape)
+        mask = jax.random.bernoulli(self.rngs(), keep, dropout_mask_shape(x.shape, self.kind))
         return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+def dropout_mask_shape(shape: Sequence[int], kind: str) -> tuple[int, ...]:
+    """The shape of one dropout draw: every element, or (N, 1, ..., 1, C) for whole channels."""
+    if kind == "element":
+        return tuple(shape)
+    if len(shape) < 3:
+        raise ValueError(f"channel dropout needs (N, ..., C) feature maps, got shape {tuple(shape)}")
+    return (shape[0], *(1,) * (len(shape) - 2), shape[-1])
 
 
 # ----------------------------------------------------------------------------- pooling
@@ -450,13 +469,13 @@ def global_avg_pool(x: jax.Array) -> jax.Array:
 # ----------------------------------------------------------------------------- composite
 
 
-def maybe_dropout(rate: float, enabled: bool, rngs: nnx.Rngs) -> Dropout | None:
-    """A Dropout module where the config asks for one (enabled and rate > 0), else None.
+def maybe_dropout(rate: float, enabled: bool, rngs: nnx.Rngs, kind: str = "element") -> Dropout | None:
+    """A Dropout module of `kind` where the config asks for one (enabled and rate > 0), else None.
 
     A model built with rate 0 has no dropout leaves at all (no random bits drawn per step); to
     sweep the rate as a traced value, build the model with a rate > 0 and replace the leaves.
     """
-    return Dropout(rate, rngs=rngs) if enabled and rate > 0 else None
+    return Dropout(rate, rngs=rngs, kind=kind) if enabled and rate > 0 else None
 
 
 class DenseLayer(nnx.Module):

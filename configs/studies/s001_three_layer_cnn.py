@@ -81,14 +81,13 @@ def get_config(scale: str = "cpu"):
                   ("learning_rate=0.0001", 81.0, "val macro-F1, best (0.81 at 70.5% acc: F1.3)", "best_val_macro_f1")))
     relu = base(scale, lr=1e-3, l2=0.0, bn=False)
     relu.num_epochs = by_scale(scale, 2, 1, 1)  # units die (or not) early: the diagnosis needs 1-2 epochs
+    relu.log_step_metrics = True  # steps.jsonl: both diagnostics about every execution.steps_per_call steps
     E.E1_2b_dying_relu = experiment(
         relu, ids=("E1.2", "F1.5"),
-        title="dying ReLU: dead-unit fraction and per-layer gradient norms over lr x optimiser (per epoch; "
-              "per-step logging is not in the training core)",
+        title="dying ReLU: dead-unit fraction and per-layer gradient norms over lr x optimiser, over training steps",
         axes=(("optim.name", ("adam", "sgd")), ("optim.learning_rate", (1e-2, 1e-3, 1e-4))),
         metric="val_accuracy", columns=("dead_relu_fraction", "train_loss", "grad_norm/*"),
-        curves=("dead_relu_fraction",),
-        torch_images_per_s=TORCH_RATE)
+        step_curves=("dead_relu_fraction", "grad_norm/*"), torch_images_per_s=TORCH_RATE)
     batch_sizes = (20, 40, 80)
     E.E1_3_batch_bn = experiment(
         base(scale, l2=1e-5, bn=False), ids=("E1.3", "E1.5", "F1.6"), title="batch size x BN (lr 1e-4, L2 1e-5)",
