@@ -144,12 +144,11 @@ def jax_config(model: str, batch_size: int, num_seeds: int, rates: tuple[float, 
 
 
 def timed_steps(model: str, batch_size: int, num_seeds: int, quick: bool, scale: float) -> int:
-    """Steps per timed epoch for about IMAGES_PER_EPOCH model-images: at least 2, a multiple of 10
-    from 10 on (CPU's automatic step chunks then divide the epoch: one compiled program)."""
+    """Steps per timed epoch for about IMAGES_PER_EPOCH model-images: a multiple of 10, at least 10
+    (CPU's automatic step chunks then divide the epoch: one compiled program; fewer steps made a
+    cell's epochs too short to time)."""
     steps = IMAGES_PER_EPOCH[model] * (0.3 if quick else 1.0) * scale / (batch_size * num_seeds)
-    if steps < 10:
-        return max(2, int(round(steps)))
-    return min(2000, int(round(steps / 10.0)) * 10)
+    return min(2000, max(10, int(round(steps / 10.0)) * 10))
 
 
 # ----------------------------------------------------------------------------- measurement helpers
@@ -313,10 +312,15 @@ def jax_cell(cell: Cell, steps: int, repeats: int, max_bytes: float, quick: bool
     num_train = steps * cell.batch_size
     images, labels = _synthetic(num_train)
     torch_since = {way: len(t.walls) for way, t in torch_cells.items()}
-    programs = {}
+    programs, measured = {}, {}  # measured: (runs per group, streams) -> the variant timed with it
     for variant, (runs_per_group, streams) in _program_variants(cell, quick).items():
         with PeakRSS() as rss:
             program, hparams, state = _program(cell, runs_per_group, streams, num_train)
+            same = (min(program.plan.runs_per_group or cell.runs, cell.runs), program.stream_layout is not None)
+            if same in measured:  # the same program as a variant already timed (e.g. auto = group=1)
+                programs[variant] = {**programs[measured[same]], "same_as": measured[same]}
+                continue
+            measured[same] = variant
             args, kwargs = _train_steps_call(program, state, hparams, images, labels)
             start = time.perf_counter()
             compiled = program.train_steps.lower(*args, **kwargs).compile()  # the calls below reuse it
