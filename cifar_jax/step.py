@@ -176,7 +176,8 @@ def stream_step(ctx: StepContext, states: TrainState, hparams: dict, images: jax
 
     def one_run(state, run_varying):
         run_hparams = {**constants, **run_varying}
-        batch = shared_batch or batch_inputs(ctx, data_key, step, run_hparams, images, labels, batch_index)
+        batch = (batch_inputs(ctx, data_key, step, run_hparams, images, labels, batch_index)
+                 if shared_batch is None else shared_batch)
         return train_step(ctx, state, run_hparams, batch)
     return execution.map_over_runs(one_run, (0, 0), runs_per_group)(states, varying)
 

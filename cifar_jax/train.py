@@ -60,7 +60,7 @@ def _model_builder(config: ml_collections.ConfigDict, image_shape: tuple[int, in
 def _local_train_steps(ctx: step.StepContext, layout: streams.StreamLayout | None, runs_per_group: int | None,
                        state, hparams, images, labels, batches, start, sums, *, length: int):
     """`length` steps of one device's runs: mapped over data streams (`streams.py`), each stream's
-    runs vmapped around its shared batch; without a layout every run is its own stream."""
+    runs mapped around its shared batch; without a layout every run is its own stream."""
     if layout is None:
         def run_chunk(state, hparams, images, labels, batches, start, sums):
             run = functools.partial(step.run_step, ctx, hparams=hparams, images=images, labels=labels)
