@@ -57,6 +57,11 @@ def _model_builder(config: ml_collections.ConfigDict, image_shape: tuple[int, in
     return build
 
 
+# Run axis of train_steps' arguments (state, hparams, images, labels, batches, start, sums): 0 per
+# run, None shared.
+TRAIN_STEPS_AXES = (0, 0, None, None, 0, None, 0)
+
+
 def _local_train_steps(ctx: step.StepContext, layout: streams.StreamLayout | None, runs_per_group: int | None,
                        state, hparams, images, labels, batches, start, sums, *, length: int):
     """`length` steps of one device's runs: mapped over data streams (`streams.py`), each stream's
@@ -65,7 +70,7 @@ def _local_train_steps(ctx: step.StepContext, layout: streams.StreamLayout | Non
         def run_chunk(state, hparams, images, labels, batches, start, sums):
             run = functools.partial(step.run_step, ctx, hparams=hparams, images=images, labels=labels)
             return step.train_chunk(lambda s, b: run(s, batch_index=b), state, batches, start, sums, length=length)
-        return execution.map_over_runs(run_chunk, (0, 0, None, None, 0, None, 0), runs_per_group)(
+        return execution.map_over_runs(run_chunk, TRAIN_STEPS_AXES, runs_per_group)(
             state, hparams, images, labels, batches, start, sums)
 
     per_run = frozenset(ctx.config.hparam_grid)
@@ -79,7 +84,7 @@ def _local_train_steps(ctx: step.StepContext, layout: streams.StreamLayout | Non
                                 per_run=per_run, runs_per_group=None if whole else runs_per_group)
         return step.train_chunk(lambda s, b: one(s, batch_index=b), states, batches[0], start, sums, length=length)
 
-    mapped = execution.map_over_runs(stream_chunk, (0, 0, None, None, 0, None, 0), streams_per_group)
+    mapped = execution.map_over_runs(stream_chunk, TRAIN_STEPS_AXES, streams_per_group)
     return layout.merge(mapped(layout.split(state), layout.split(hparams), images, labels, layout.split(batches),
                                start, layout.split(sums)))
 
@@ -115,7 +120,7 @@ def make_train(config: ml_collections.ConfigDict, image_shape: tuple[int, int, i
 
     def train_steps(state, hparams, images, labels, batches, start, sums, *, length: int):
         local = functools.partial(_local_train_steps, ctx, layout, plan.runs_per_group, length=length)
-        return execution.per_device(local, plan, (0, 0, None, None, 0, None, 0))(
+        return execution.per_device(local, plan, TRAIN_STEPS_AXES)(
             state, hparams, images, labels, batches, start, sums)
 
     # Run once per job or epoch: XLA's optimizer would cost seconds of compile time for nothing.

@@ -299,9 +299,8 @@ def _program_variants(cell: Cell, quick: bool) -> dict[str, tuple[int, bool]]:
 def _program(cell: Cell, runs_per_group: int, streams: bool, num_train: int):
     config = jax_config(cell.model, cell.batch_size, cell.seeds, cell.rates)
     config.execution.runs_per_group = runs_per_group
-    setup = train.setup_runs(config, (32, 32, 3), 10, num_train)
-    program = setup.program if streams else train.make_train(config, (32, 32, 3), 10, num_train)
-    return program, setup.hparams, setup.state
+    program, hparams, state = _setup(config, num_train)
+    return (program if streams else train.make_train(config, (32, 32, 3), 10, num_train)), hparams, state
 
 
 def jax_cell(cell: Cell, steps: int, repeats: int, max_bytes: float, quick: bool,

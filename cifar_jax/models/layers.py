@@ -222,8 +222,7 @@ def conv_patches(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
     gives a batched matmul, and the gradients are the same kind of ops.
     """
     (kh, kw, c, o), (sh, sw) = kernel.shape, tuple(strides)
-    if any(p for pair in pads for p in pair):
-        x = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+    x = _pad_spatial(x, pads)
     n, h, w, _ = x.shape
     oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
     f = s2d_factor or space_to_depth_factor((kh, kw), c, o, (oh, ow), (sh, sw), batch=n)
@@ -235,6 +234,13 @@ def conv_patches(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
     n, obh, obw, _ = y.shape
     y = y.reshape(n, obh, obw, f, f, o).transpose(0, 1, 3, 2, 4, 5).reshape(n, obh * f, obw * f, o)
     return y[:, :oh, :ow] if (obh * f, obw * f) != (oh, ow) else y
+
+
+def _pad_spatial(x: jax.Array, pads: Sequence[tuple[int, int]]) -> jax.Array:
+    """NHWC `x` with explicit (lo, hi) padding on H and W (`explicit_padding`)."""
+    if any(p for pair in pads for p in pair):
+        x = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+    return x
 
 
 def _blocked_conv(x: jax.Array, kernel: jax.Array, f: int) -> jax.Array:
@@ -286,15 +292,12 @@ class Conv2d(nnx.Module):
         the pool then reduces one axis, with no transposes forward or backward. None otherwise."""
         pads = explicit_padding(self.padding, x.shape[-3:-1], self.kernel_size, self.strides)
         (kh, kw), (c, o) = self.kernel_size, (self.in_features, self.out_features)
-        h, w = (x.shape[-3] + sum(pads[0]), x.shape[-2] + sum(pads[1]))
-        oh, ow = h - kh + 1, w - kw + 1
+        oh, ow = (conv_output_size(x.shape[-3 + axis], k, 1, self.padding, axis) for axis, k in enumerate((kh, kw)))
         if (self.impl != "patches" or self.strides != (1, 1) or size < 2 or oh % size or ow % size
                 or space_to_depth_factor((kh, kw), c, o, (oh, ow), (1, 1), batch=x.shape[0]) != size):
             return None
         x, kernel = _cast(self.dtype, x, self.kernel[...])
-        if any(p for pair in pads for p in pair):
-            x = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
-        y = _blocked_conv(x, kernel, size)
+        y = _blocked_conv(_pad_spatial(x, pads), kernel, size)
         return _add_bias(y.reshape(*y.shape[:3], size * size, o), self.bias)
 
     def __call__(self, x: jax.Array) -> jax.Array:
