@@ -20,8 +20,9 @@ and its runs: S seeds, or a grid of 4 learning rates x 2 seeds (`GRID_RATES`). P
   stacked models on a shared batch). Ratios are to the faster of the two in the cell.
 - the ratio on wall time and on CPU time (images per CPU-second of the whole process, all
   threads): on a machine shared with other work the wall-clock ratio swings with the load, the
-  CPU-time ratio much less. One repeat of every PyTorch way runs before each of cifar_jax's timed
-  epochs of the cell, so all see the same load; best of the repeats.
+  CPU-time ratio much less. A cell is timed in rounds: one repeat of every PyTorch way, then one
+  epoch of every cifar_jax program of the cell, so all of them sample the same stretches of time
+  and a slow spell of the machine costs every column, not one; best of the rounds (median kept).
 - compile time of cifar_jax's training step (XLA, cold: no persistent cache), peak host memory
   (RSS of this process sampled during the cell; the process holds both frameworks), and model
   FLOP utilisation: the training FLOPs per image from XLA's cost analysis of the train step
@@ -69,7 +70,7 @@ PARSER.add_argument("--threads", type=int, default=0, help="cores for both frame
 PARSER.add_argument("--models", default="lenet,cnn_bn_dropout,block_small")
 PARSER.add_argument("--batch_sizes", default="4,128")
 PARSER.add_argument("--seeds", default="1,8,32")
-PARSER.add_argument("--repeats", type=int, default=3, help="timed epochs per cell (best and median kept)")
+PARSER.add_argument("--repeats", type=int, default=5, help="timed rounds per cell (best and median kept)")
 PARSER.add_argument("--scale", type=float, default=1.0, help="multiplies the timed steps per cell")
 PARSER.add_argument("--max_memory_gb", type=float, default=0.0,
                     help="skip a cell whose compiled step needs more (0 = 40%% of RAM)")
@@ -303,56 +304,83 @@ def _program(cell: Cell, runs_per_group: int, streams: bool, num_train: int):
     return (program if streams else train.make_train(config, (32, 32, 3), 10, num_train)), hparams, state
 
 
+class _TimedProgram:
+    """One compiled cifar_jax program of a cell, warmed up, timed one epoch at a time."""
+
+    def __init__(self, cell: Cell, runs_per_group: int, streams: bool, images: jax.Array, labels: jax.Array):
+        self.images, self.labels = images, labels
+        self.program, self.hparams, self.state = _program(cell, runs_per_group, streams, images.shape[0])
+        self.runs_per_group = min(self.program.plan.runs_per_group or cell.runs, cell.runs)
+        self.stream_size = None if self.program.stream_layout is None else self.program.stream_layout.stream_size
+        self.epoch, self.walls, self.cpus = 1, [], []
+
+    def compile(self):
+        """Compiles the epoch's step chunk (the timed calls reuse it): seconds and bytes it needs."""
+        args, kwargs = _train_steps_call(self.program, self.state, self.hparams, self.images, self.labels)
+        start = time.perf_counter()
+        compiled = self.program.train_steps.lower(*args, **kwargs).compile()
+        self.compile_s = time.perf_counter() - start
+        memory = compiled.memory_analysis()
+        self.step_bytes = (memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes
+                           if memory is not None else 0)
+
+    def warm_up(self):
+        self.state, _, _ = train.train_epoch(self.program, self.state, self.hparams, self.images, self.labels, 1)
+        jax.block_until_ready(self.state.step)
+
+    def timed_epoch(self):
+        self.epoch += 1
+        wall, cpu = time.perf_counter(), time.process_time()
+        self.state, sums, _ = train.train_epoch(self.program, self.state, self.hparams, self.images, self.labels,
+                                                self.epoch)
+        jax.block_until_ready((self.state.step, sums))
+        self.walls.append(time.perf_counter() - wall)
+        self.cpus.append(time.process_time() - cpu)
+
+
 def jax_cell(cell: Cell, steps: int, repeats: int, max_bytes: float, quick: bool,
              torch_cells: dict[str, TorchCell]) -> dict:
-    """cifar_jax's programs of one cell (`_program_variants`), each compiled, warmed up and timed
-    over `repeats` epochs, with one repeat of every PyTorch way before each timed epoch; returns
-    the cell's row: per program and per PyTorch way, model-images/s over the same stretch of time."""
+    """cifar_jax's programs of one cell (`_program_variants`), each compiled and warmed up, then
+    timed in rounds: each round runs one repeat of every PyTorch way and one epoch of every
+    program, so all of them sample the same stretches of a noisy machine (a slow spell then
+    costs every column, not one). Returns the cell's row: per program and per PyTorch way,
+    model-images/s, best and median over the rounds."""
     num_train = steps * cell.batch_size
     images, labels = _synthetic(num_train)
     torch_since = {way: len(t.walls) for way, t in torch_cells.items()}
-    programs, measured = {}, {}  # measured: (runs per group, streams) -> the variant timed with it
+    programs, timed, measured = {}, {}, {}  # measured: (runs per group, streams) -> the variant timed with it
     for variant, (runs_per_group, streams) in _program_variants(cell, quick).items():
         with PeakRSS() as rss:
-            program, hparams, state = _program(cell, runs_per_group, streams, num_train)
-            same = (min(program.plan.runs_per_group or cell.runs, cell.runs), program.stream_layout is not None)
+            candidate = _TimedProgram(cell, runs_per_group, streams, images, labels)
+            same = (candidate.runs_per_group, candidate.stream_size is not None)
             if same in measured:  # the same program as a variant already timed (e.g. auto = group=1)
-                programs[variant] = {**programs[measured[same]], "same_as": measured[same]}
+                programs[variant] = {"same_as": measured[same]}
                 continue
+            candidate.compile()
+            result = {"steps": steps, "steps_per_call": candidate.program.plan.steps_per_call,
+                      "runs_per_group": candidate.runs_per_group, "streams": candidate.stream_size,
+                      "compile_s": candidate.compile_s, "step_memory_gb": candidate.step_bytes / 2**30}
+            if max_bytes and candidate.step_bytes > max_bytes:
+                result["skipped"] = (f"the compiled step needs {candidate.step_bytes / 2**30:.1f} GB > "
+                                     f"{max_bytes / 2**30:.1f} GB")
+            else:
+                candidate.warm_up()
+                timed[variant] = candidate
             measured[same] = variant
-            args, kwargs = _train_steps_call(program, state, hparams, images, labels)
-            start = time.perf_counter()
-            compiled = program.train_steps.lower(*args, **kwargs).compile()  # the calls below reuse it
-            compile_s = time.perf_counter() - start
-            memory = compiled.memory_analysis()
-            need = (memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes
-                    if memory is not None else 0)
-            result = {"steps": steps, "steps_per_call": program.plan.steps_per_call,
-                      "runs_per_group": min(program.plan.runs_per_group or cell.runs, cell.runs),
-                      "streams": None if program.stream_layout is None else program.stream_layout.stream_size,
-                      "compile_s": compile_s, "step_memory_gb": need / 2**30}
-            if max_bytes and need > max_bytes:
-                result["skipped"] = f"the compiled step needs {need / 2**30:.1f} GB > {max_bytes / 2**30:.1f} GB"
-                programs[variant] = result
-                continue
-            state, _, _ = train.train_epoch(program, state, hparams, images, labels, 1)  # warm-up epoch
-            jax.block_until_ready(state.step)
-            walls, cpus = [], []
-            for epoch in range(2, repeats + 2):
-                for torch_cell in torch_cells.values():
-                    torch_cell.repeat()
-                wall, cpu = time.perf_counter(), time.process_time()
-                state, sums, _ = train.train_epoch(program, state, hparams, images, labels, epoch)
-                jax.block_until_ready((state.step, sums))
-                walls.append(time.perf_counter() - wall)
-                cpus.append(time.process_time() - cpu)
-        model_images = num_train * cell.runs
-        result.update(images_per_s=model_images / min(walls), images_per_s_median=model_images / statistics.median(walls),
-                      images_per_cpu_s=model_images / statistics.median(cpus), peak_rss_mb=rss.mb)
-        programs[variant] = result
-        del program, state, compiled
-    for torch_cell in torch_cells.values():
-        torch_cell.repeat()
+        programs[variant] = {**result, "peak_rss_mb": rss.mb}
+    for _ in range(repeats):
+        for torch_cell in torch_cells.values():
+            torch_cell.repeat()
+        for candidate in timed.values():
+            candidate.timed_epoch()
+    model_images = num_train * cell.runs
+    for variant, candidate in timed.items():
+        programs[variant].update(images_per_s=model_images / min(candidate.walls),
+                                 images_per_s_median=model_images / statistics.median(candidate.walls),
+                                 images_per_cpu_s=model_images / statistics.median(candidate.cpus))
+    for variant, result in programs.items():
+        if "same_as" in result:
+            programs[variant] = {**programs[result["same_as"]], "same_as": result["same_as"]}
     row = {"cell": cell.name, "model": cell.model, "batch_size": cell.batch_size, "seeds": cell.seeds,
            "rates": list(cell.rates), "runs": cell.runs, "jax": programs,
            "torch": {way: t.result(torch_since[way]) for way, t in torch_cells.items()}}
@@ -473,7 +501,7 @@ def main(args, threads: int) -> dict:
         cells = [Cell(m, int(b), int(s)) for m in models for b in args.batch_sizes.split(",")
                  for s in args.seeds.split(",")]
         cells += [Cell(m, int(b), 2, GRID_RATES) for m in models for b in args.batch_sizes.split(",")]
-    repeats = 3 if args.quick else args.repeats  # best of 3: the shared machine has slow spells
+    repeats = 5 if args.quick else args.repeats  # best of 5 rounds: the shared machine has slow spells
     total_ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     max_bytes = args.max_memory_gb * 2**30 if args.max_memory_gb else 0.4 * total_ram
 

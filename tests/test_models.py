@@ -705,3 +705,25 @@ def test_relu_sows_dead_fraction_only_inside_capture():
         warnings.simplefilter("error")
         probe(x)
     assert not jax.tree.leaves(nnx.state(probe, nnx.Intermediate))
+
+
+@pytest.mark.parametrize("conv_impl,image_size", [("patches", 12), ("xla", 12), ("xla", 13)])
+def test_conv_stage_dead_fraction_equals_the_full_maps(conv_impl, image_size):
+    """Under max pooling the stage counts dead channels on the pooled map (cheaper) when the pool
+    covers the whole map: a channel is zero everywhere iff its pooled maxima are. The count must
+    equal the full-resolution one, for the pool-window path, the reshape pool and an odd map
+    (floor mode drops a row and a column: counted before the pool)."""
+    from cifar_jax.models.cnn import ConvStage
+
+    stage = ConvStage(3, 8, 3, 1, padding="VALID", batch_norm=False, bn_momentum=0.9, activation="relu",
+                      dropout=None, pool="max", pool_size=2, init="torch_default",
+                      compute=layers.Compute(conv_impl), rngs=nnx.Rngs(0))
+    stage.conv.bias[...] = jnp.array([-50.0, 0.0, -50.0, 0.0, 0.0, -50.0, 0.0, -5.0])  # 3 of 8 dead
+    # Channel 7 (all-positive weights) fires only where an input row of 40s enters its window:
+    # the last conv row, which a 2x2 floor-mode pool of the odd map drops.
+    stage.conv.kernel[...] = stage.conv.kernel[...].at[..., 7].set(0.1)
+    x = jax.random.uniform(jax.random.key(1), (4, image_size, image_size, 3)).at[:, -1].set(40.0)
+    _, intermediates = nnx.capture(stage, nnx.Intermediate)(x)
+    full_map_dead = jnp.all(jax.nn.relu(stage.conv(x)) <= 0, axis=(0, 1, 2))
+    np.testing.assert_array_equal(full_map_dead, [True, False, True, False, False, True, False, False])
+    np.testing.assert_allclose(metrics.dead_unit_fraction(intermediates), 3 / 8)

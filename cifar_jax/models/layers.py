@@ -418,13 +418,20 @@ def dropout_mask_shape(shape: Sequence[int], kind: str) -> tuple[int, ...]:
 # ----------------------------------------------------------------------------- pooling
 
 
-def activate(module: nnx.Module, name: str, x: jax.Array) -> jax.Array:
-    """Applies activation `name`; for ReLU also sows the fraction of dead units (channels that are
-    zero for every example and position of the batch), the dying-ReLU diagnostic of the studies."""
+def activate(module: nnx.Module, name: str, x: jax.Array, *, sow_dead: bool = True) -> jax.Array:
+    """Applies activation `name`; for ReLU also sows the fraction of dead units (`sow_dead_fraction`)
+    unless the caller sows it from a smaller tensor with the same dead channels."""
     y = ACTIVATIONS[name](x)
-    if name == "relu" and _capturing(module):
-        module.sow(nnx.Intermediate, "dead_fraction", jnp.mean(jnp.all(y <= 0, axis=tuple(range(y.ndim - 1)))))
+    if name == "relu" and sow_dead:
+        sow_dead_fraction(module, y)
     return y
+
+
+def sow_dead_fraction(module: nnx.Module, y: jax.Array) -> None:
+    """Sows the fraction of channels of ReLU output `y` that are zero for every example and
+    position of the batch, the dying-ReLU diagnostic of the studies (when training captures it)."""
+    if _capturing(module):
+        module.sow(nnx.Intermediate, "dead_fraction", jnp.mean(jnp.all(y <= 0, axis=tuple(range(y.ndim - 1)))))
 
 
 def _capturing(module: nnx.Module) -> bool:
