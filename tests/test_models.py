@@ -386,6 +386,23 @@ def test_channel_dropout_drops_whole_feature_maps_with_a_traced_rate():
     assert not (element == element[:, :1, :1, :]).all()  # element dropout differs over positions
 
 
+def test_keep_mask_from_16_bits_keeps_with_the_rounded_probability():
+    """Two mask elements per 32 random bits: the mask has the requested shape (odd leading sizes
+    too), keeps with probability `keep` rounded to 2**-16 (the returned value, which the dropout
+    scale uses), both halves of each word are used independently, and 0 / 1 are exact."""
+    key = jax.random.key(3)
+    for keep in (0.8, 0.5, 0.3):
+        mask, effective = layers.keep_mask(key, jnp.float32(keep), (301, 40, 50))
+        assert mask.shape == (301, 40, 50) and mask.dtype == jnp.bool_
+        assert float(effective) == round(keep * 65536) / 65536 and abs(float(effective) - keep) <= 2**-17
+        assert abs(float(mask.mean()) - keep) < 0.005  # 602,000 draws: ~5 standard deviations
+        low, high = np.asarray(mask[:150]), np.asarray(mask[151:301])  # the two halves of the words
+        both = (low & high).mean()
+        assert abs(both - keep * keep) < 0.006  # independent, not copies of each other
+    assert bool(layers.keep_mask(key, jnp.float32(1.0), (5, 3))[0].all())
+    assert not bool(layers.keep_mask(key, jnp.float32(0.0), (5, 3))[0].any())
+
+
 def test_channel_dropout_only_in_conv_stages():
     """dropout_kind='channel' makes the CNN's conv-stage dropout channel-wise, dense layers keep elements."""
     cfg = small_cnn(dropout_rate=0.5, dropout_placement="all", dense_features=(8,))

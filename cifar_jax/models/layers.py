@@ -383,7 +383,8 @@ class Dropout(nnx.Module):
     kind 'element' drops each activation alone; 'channel' (PyTorch's Dropout2d) drops whole
     feature maps of NHWC inputs -- one draw per (example, channel), shared by every position --
     since neighbouring activations of a map are correlated and element dropout barely removes
-    their information. Both scale the kept values by 1 / (1 - rate).
+    their information. Both scale the kept values by 1 / (1 - rate), the keep probability
+    rounded to 2**-16 as the mask draws it (`keep_mask`).
 
     Keys come from the module's own fork of the 'dropout' stream of the `nnx.Rngs` given at
     construction, so each seed's dropout randomness is part of its model state (the RngKey /
@@ -401,9 +402,22 @@ class Dropout(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.deterministic:
             return x
-        keep = 1.0 - self.rate[...].astype(x.dtype)
-        mask = jax.random.bernoulli(self.rngs(), keep, dropout_mask_shape(x.shape, self.kind))
-        return jnp.where(mask, x / keep, jnp.zeros_like(x))
+        mask, keep = keep_mask(self.rngs(), 1.0 - self.rate[...].astype(jnp.float32),
+                               dropout_mask_shape(x.shape, self.kind))
+        return jnp.where(mask, x / keep.astype(x.dtype), jnp.zeros_like(x))
+
+
+def keep_mask(key: jax.Array, keep: jax.Array, shape: Sequence[int]) -> tuple[jax.Array, jax.Array]:
+    """A Bernoulli(`keep`) mask of `shape` from 16 random bits an element, and the probability it
+    keeps with: `keep` rounded to a multiple of 2**-16 (at most 7.6e-6 away; exact for rates like
+    0.25 or 0.5), so scaling by it keeps the expectation exact. One threefry evaluation gives 32
+    bits, two elements here; `jax.random.bernoulli` spends it on one, and generating the bits was
+    ~16% of the fifth study's CNN training step on CPU."""
+    leading = shape[0]
+    bits = jax.random.bits(key, (-(-leading // 2), *shape[1:]), jnp.uint32)
+    threshold = jnp.round(jnp.clip(keep, 0.0, 1.0) * 65536.0).astype(jnp.uint32)
+    mask = jnp.concatenate([(bits & 0xFFFF) < threshold, (bits >> 16) < threshold], axis=0)[:leading]
+    return mask, threshold.astype(jnp.float32) / 65536.0
 
 
 def dropout_mask_shape(shape: Sequence[int], kind: str) -> tuple[int, ...]:
