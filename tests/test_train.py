@@ -16,7 +16,7 @@ from cifar_jax import workdir as workdir_lib
 from cifar_jax.errors import ConfigError
 from cifar_jax.models.layers import DropoutRate
 from configs import test as test_config
-from helpers import REPO, needs_fashion_mnist, run_cli, synthetic_splits, tiny_config, train_runs
+from helpers import REPO, assert_learned, needs_fashion_mnist, run_cli, synthetic_splits, tiny_config, train_runs
 
 
 def small_test_config():
@@ -69,7 +69,7 @@ def test_vmapped_seeds_equal_separate_runs():
     splits = synthetic_splits()
     config = tiny_config(num_seeds=2)
     state, together = train_runs(config, splits)
-    assert together["accuracy"].min() > 0.2  # chance is 0.1
+    assert_learned(together["accuracy"], together["loss"])
     config_one = tiny_config(num_seeds=1)
     for seed in range(2):
         single_state, alone = train_runs(config_one, splits, seed_index=[seed])
@@ -248,7 +248,7 @@ def test_a_diverging_run_is_marked_and_the_others_carry_on():
     config.hparam_grid.learning_rate = (0.05, 1e9)
     state, result = train_runs(config, splits, epochs=1)
     assert np.asarray(state.diverged).tolist() == [False, True]
-    assert np.isfinite(result["loss"][0]) and result["accuracy"][0] > 0.2
+    assert_learned(result["accuracy"][0], result["loss"][0])
     record = results.epoch_record(step.EpochSums(*(np.ones(2),) * 5, grad_norm={})._asdict(), {"val": result},
                                   np.asarray(state.diverged))
     assert np.isnan(record["val_accuracy"][1]) and not np.isnan(record["val_accuracy"][0])
