@@ -20,7 +20,6 @@ whole model by NNX's `model.train()` / `model.eval()`. Modules are built in trai
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -467,7 +466,7 @@ def pool2d(x: jax.Array, kind: str, size: int) -> jax.Array:
     oh, ow = h // size, w // size
     x = x[:, : oh * size, : ow * size, :].reshape(n, oh, size, ow, size, c)
     if kind == "max":
-        return _window_max(x, (2, 4))
+        return jnp.max(x, axis=(2, 4))
     if kind == "avg":
         return jnp.mean(x, axis=(2, 4))
     if kind == "lp":
@@ -477,36 +476,12 @@ def pool2d(x: jax.Array, kind: str, size: int) -> jax.Array:
     raise ValueError(f"unknown pool {kind!r}; use one of {POOLS}")
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _window_max(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
-    """Max over the pooling window's `axes` with JAX's own gradient (split evenly among tied
-    maxima: on constant image regions every position of a window ties), written as one
-    elementwise backward pass instead of XLA's transposed reduction of the generic rule, which
-    cost LeNet's step ~8% at batch 128 and ~18% at batch 4 (8 seeds) on CPU."""
-    return jnp.max(x, axis=axes)
-
-
-def _window_max_fwd(x: jax.Array, axes: tuple[int, ...]) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    y = jnp.max(x, axis=axes)
-    return y, (x, y)
-
-
-def _window_max_bwd(axes: tuple[int, ...], residuals: tuple[jax.Array, jax.Array], g: jax.Array
-                    ) -> tuple[jax.Array]:
-    x, y = residuals
-    at_max = x == jnp.expand_dims(y, axes)
-    share = g / jnp.sum(at_max, axis=axes).astype(g.dtype)
-    return (jnp.where(at_max, jnp.expand_dims(share, axes), jnp.zeros((), g.dtype)),)
-
-
-_window_max.defvjp(_window_max_fwd, _window_max_bwd)
-
 
 def pool_window_axis(x: jax.Array, kind: str) -> jax.Array:
     """`pool2d` of a convolution's output grouped in windows, (n, oh, ow, window, c)
     (`Conv2d.pool_windows`): max or avg over the window axis."""
     if kind == "max":
-        return _window_max(x, (3,))
+        return jnp.max(x, axis=3)
     if kind == "avg":
         return jnp.mean(x, axis=3)
     raise ValueError(f"pooling over a window axis supports max and avg, not {kind!r}")
