@@ -111,15 +111,15 @@ class ConvStage(nnx.Module):
         x = self.conv(x) if windows is None else windows
         if self.bn is not None:
             x = self.bn(x)
-        # A channel is dead on the whole map iff it is on the max-pooled map when the pool covers
-        # the map: the diagnostic then reduces a size**2 times smaller tensor.
-        dead_after_pool = self.dropout is None and self.pool == "max" and (
+        # A ReLU channel is dead on the whole map iff it is on the max-pooled map when the pool
+        # covers the map: the diagnostic then reduces a size**2 times smaller tensor.
+        dead_after_pool = self.activation == "relu" and self.dropout is None and self.pool == "max" and (
             windows is not None or (x.shape[-3] % self.pool_size == 0 and x.shape[-2] % self.pool_size == 0))
         x = layers.activate(self, self.activation, x, sow_dead=not dead_after_pool)
         if self.dropout is not None:
             x = self.dropout(x)
         x = layers.pool2d(x, self.pool, self.pool_size) if windows is None else layers.pool_window_axis(x, self.pool)
-        if dead_after_pool and self.activation == "relu":
+        if dead_after_pool:
             layers.sow_dead_fraction(self, x)
         return x
 

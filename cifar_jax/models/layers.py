@@ -476,7 +476,6 @@ def pool2d(x: jax.Array, kind: str, size: int) -> jax.Array:
     raise ValueError(f"unknown pool {kind!r}; use one of {POOLS}")
 
 
-
 def pool_window_axis(x: jax.Array, kind: str) -> jax.Array:
     """`pool2d` of a convolution's output grouped in windows, (n, oh, ow, window, c)
     (`Conv2d.pool_windows`): max or avg over the window axis."""
