@@ -598,6 +598,19 @@ def test_pooling_matches_pytorch_definitions():
     np.testing.assert_array_equal(g, 0.0)
 
 
+@pytest.mark.parametrize("axes, shape", [((2, 4), (2, 3, 2, 3, 2, 5)), ((3,), (2, 3, 3, 4, 5))])
+def test_window_max_has_jax_gradient_with_ties(axes, shape):
+    """The pooling max's one-pass backward equals JAX's rule (ties share the gradient evenly), on
+    random windows and on constant ones, where every position ties (an image's background)."""
+    x = jax.random.normal(jax.random.key(0), shape)
+    x = x.at[0].set(0.25)  # the first example's windows are all ties
+    g = jax.random.normal(jax.random.key(1), jnp.max(x, axis=axes).shape)
+    ours, ours_vjp = jax.vjp(lambda z: layers.window_max(z, axes, exact_input=True), x)
+    ref, ref_vjp = jax.vjp(lambda z: jnp.max(z, axis=axes), x)
+    np.testing.assert_array_equal(ours, ref)
+    np.testing.assert_allclose(ours_vjp(g)[0], ref_vjp(g)[0], rtol=1e-6, atol=1e-7)
+
+
 def test_activations():
     x = jnp.asarray([-2.0, 0.5])
     exact_gelu = 0.5 * x * (1 + jax.scipy.special.erf(x / np.sqrt(2)))  # PyTorch's nn.GELU()

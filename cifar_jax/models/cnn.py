@@ -30,6 +30,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from cifar_jax.errors import ConfigError
@@ -118,7 +119,10 @@ class ConvStage(nnx.Module):
         x = layers.activate(self, self.activation, x, sow_dead=not dead_after_pool)
         if self.dropout is not None:
             x = self.dropout(x)
-        x = layers.pool2d(x, self.pool, self.pool_size) if windows is None else layers.pool_window_axis(x, self.pool)
+        exact = (self.bn is None and self.activation in layers.EXACT_ACTIVATIONS
+                 and x.dtype == jnp.float32)  # the pool's faster backward is safe (layers.window_max)
+        x = (layers.pool2d(x, self.pool, self.pool_size, exact) if windows is None
+             else layers.pool_window_axis(x, self.pool, exact))
         if dead_after_pool:
             layers.sow_dead_fraction(self, x)
         return x

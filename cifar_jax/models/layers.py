@@ -20,6 +20,7 @@ whole model by NNX's `model.train()` / `model.eval()`. Modules are built in trai
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -48,6 +49,9 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "sigmoid": jax.nn.sigmoid,
     "silu": jax.nn.silu,
 }
+# Activations whose every output is one exactly rounded operation of its input: XLA recomputes
+# them bit for bit in any fusion (`window_max`).
+EXACT_ACTIVATIONS = ("relu", "leaky_relu")
 POOLS = ("max", "avg", "lp", "none")
 # element: each activation dropped alone (nn.Dropout); channel: whole feature maps (nn.Dropout2d).
 DROPOUT_KINDS = ("element", "channel")
@@ -453,12 +457,13 @@ def _capturing(module: nnx.Module) -> bool:
     return hasattr(module, "__captures__")
 
 
-def pool2d(x: jax.Array, kind: str, size: int) -> jax.Array:
+def pool2d(x: jax.Array, kind: str, size: int, exact_input: bool = False) -> jax.Array:
     """Non-overlapping pooling, window = stride = size, floor mode (PyTorch's defaults).
 
     max / avg / lp (power 2: sqrt of the window's sum of squares, PyTorch's LPPool2d(2, size)
     with a zero gradient where the window is all zeros) / none. Implemented by reshaping, which
-    is cheaper than reduce_window (and its select-and-scatter gradient) on CPU.
+    is cheaper than reduce_window (and its select-and-scatter gradient) on CPU. `exact_input`:
+    see `window_max`.
     """
     if kind == "none" or size == 1:
         return x
@@ -466,7 +471,7 @@ def pool2d(x: jax.Array, kind: str, size: int) -> jax.Array:
     oh, ow = h // size, w // size
     x = x[:, : oh * size, : ow * size, :].reshape(n, oh, size, ow, size, c)
     if kind == "max":
-        return jnp.max(x, axis=(2, 4))
+        return window_max(x, (2, 4), exact_input)
     if kind == "avg":
         return jnp.mean(x, axis=(2, 4))
     if kind == "lp":
@@ -476,14 +481,50 @@ def pool2d(x: jax.Array, kind: str, size: int) -> jax.Array:
     raise ValueError(f"unknown pool {kind!r}; use one of {POOLS}")
 
 
-def pool_window_axis(x: jax.Array, kind: str) -> jax.Array:
+def pool_window_axis(x: jax.Array, kind: str, exact_input: bool = False) -> jax.Array:
     """`pool2d` of a convolution's output grouped in windows, (n, oh, ow, window, c)
     (`Conv2d.pool_windows`): max or avg over the window axis."""
     if kind == "max":
-        return jnp.max(x, axis=3)
+        return window_max(x, (3,), exact_input)
     if kind == "avg":
         return jnp.mean(x, axis=3)
     raise ValueError(f"pooling over a window axis supports max and avg, not {kind!r}")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _window_max(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    """Max over the pooling window's `axes` with JAX's gradient (ties share it evenly: on an
+    image's constant background every position of a window ties), whose backward is one pass
+    that recomputes the maxima's positions from `x` instead of the generic rule's indicator array
+    written in the forward and read back: LeNet's step ~20% faster on CPU.
+
+    Only for an `x` that XLA recomputes bit for bit in every fusion (`window_max`): otherwise the
+    forward's maximum may match no position of the backward's `x` (count 0, an inf gradient)."""
+    return jnp.max(x, axis=axes)
+
+
+def _window_max_fwd(x: jax.Array, axes: tuple[int, ...]) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    y = jnp.max(x, axis=axes)
+    return y, (x, y)
+
+
+def _window_max_bwd(axes: tuple[int, ...], residuals: tuple[jax.Array, jax.Array], g: jax.Array
+                    ) -> tuple[jax.Array]:
+    x, y = residuals
+    at_max = x == jnp.expand_dims(y, axes)
+    share = g / jnp.sum(at_max, axis=axes).astype(g.dtype)
+    return (jnp.where(at_max, jnp.expand_dims(share, axes), jnp.zeros((), g.dtype)),)
+
+
+_window_max.defvjp(_window_max_fwd, _window_max_bwd)
+
+
+def window_max(x: jax.Array, axes: tuple[int, ...], exact_input: bool) -> jax.Array:
+    """Max over `axes`; with the one-pass backward (`_window_max`) when `exact_input` says XLA
+    recomputes `x` bit for bit in every fusion. Holds for an exactly rounded float32 activation
+    of a convolution plus bias (`EXACT_ACTIVATIONS`), dropout included; fails after batch norm,
+    whose affine map XLA contracts to fused multiply-adds in some fusions and not in others."""
+    return _window_max(x, axes) if exact_input else jnp.max(x, axis=axes)
 
 
 def global_avg_pool(x: jax.Array) -> jax.Array:
