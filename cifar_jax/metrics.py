@@ -44,10 +44,14 @@ def _layer_name(path: tuple) -> str:
     return "/".join(str(part) for part in path[:-1]) or "model"
 
 
-def dead_unit_fraction(intermediates: nnx.State) -> jax.Array:
-    """Mean over ReLU layers of the fraction of units dead on the whole batch (0 without ReLUs)."""
-    values = [jnp.asarray(v) for v in jax.tree.leaves(intermediates)]
-    return jnp.mean(jnp.stack(values)) if values else jnp.zeros(())
+def dead_channels(intermediates: nnx.State) -> list[jax.Array]:
+    """Per ReLU layer, 1.0 for each channel dead on the whole batch (`layers.sow_dead_channels`)."""
+    return [jnp.asarray(v, jnp.float32) for v in jax.tree.leaves(intermediates)]
+
+
+def dead_unit_fraction(dead: list[jax.Array]) -> jax.Array:
+    """Mean over ReLU layers of the fraction of channels dead on the whole batch (0 without ReLUs)."""
+    return jnp.mean(jnp.stack([jnp.mean(d) for d in dead])) if dead else jnp.zeros(())
 
 
 def classification_metrics(confusion: np.ndarray, loss_sum: np.ndarray) -> dict[str, np.ndarray]:

@@ -7,6 +7,7 @@ their own they are plain functions of one run's state, easy to test and to read.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -126,34 +127,89 @@ def batch_inputs(ctx: StepContext, data_key: jax.Array, step: jax.Array, hparams
     return Batch(standardize(x, hparams["mean"], hparams["std"]), y, targets)
 
 
-def train_step(ctx: StepContext, state: TrainState, hparams: dict, batch: Batch) -> tuple[TrainState, EpochSums]:
-    """One SGD step of one run on a prepared batch: forward, backward, update."""
+class Gradients(NamedTuple):
+    """One run's backward pass on a batch, before the update, in a form that adds up over
+    microbatches (`accumulate`)."""
 
+    loss: jax.Array  # mean over the batch (summed over microbatches)
+    correct: jax.Array
+    dead_channels: list[jax.Array]  # per ReLU layer, 1.0 where a channel is dead on every example
+    grads: nnx.State  # of the mean loss (summed over microbatches)
+    model_state: nnx.State
+
+
+def run_gradients(ctx: StepContext, params: nnx.State, model_state: nnx.State, batch: Batch) -> Gradients:
+    """Forward and backward pass of one run on `batch` (the whole batch or one microbatch)."""
     def loss_fn(params):
-        model = nnx.merge(ctx.train_graph, params, state.model_state, copy=True)
+        model = nnx.merge(ctx.train_graph, params, model_state, copy=True)
         logits, intermediates = nnx.capture(model, nnx.Intermediate)(batch.x)
         logits = logits.astype(jnp.float32)
-        new_model_state = nnx.state(model, nnx.Not(nnx.Param))
         loss = losses.softmax_cross_entropy(logits, batch.targets).mean()
-        return loss, (logits, new_model_state, metrics.dead_unit_fraction(intermediates))
+        return loss, (logits, nnx.state(model, nnx.Not(nnx.Param)), metrics.dead_channels(intermediates))
 
-    (loss, (logits, model_state, dead)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (logits, new_model_state, dead)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return Gradients(loss, jnp.sum(jnp.argmax(logits, -1) == batch.labels).astype(jnp.float32), dead, grads,
+                     new_model_state)
+
+
+def accumulate(total: Gradients, part: Gradients) -> Gradients:
+    """`total` and a further microbatch's `part`: sums add, a channel stays dead only if dead in both."""
+    return Gradients(total.loss + part.loss, total.correct + part.correct,
+                     [a * b for a, b in zip(total.dead_channels, part.dead_channels)],
+                     jax.tree.map(jnp.add, total.grads, part.grads), part.model_state)
+
+
+def microbatch_gradients(gradients: Callable[[Batch], Gradients], batch: Batch, microbatches: int,
+                         batch_axis: int = 0) -> Gradients:
+    """`gradients(batch)` computed on `microbatches` equal slices of `batch` along `batch_axis`,
+    one after another, and accumulated: the same sums as on the whole batch for a model whose
+    examples never interact (`execution.batch_separable`), in a working set `microbatches` times
+    smaller."""
+    if microbatches == 1:
+        return gradients(batch)
+
+    def sliced(v):
+        size = v.shape[batch_axis]
+        parts = v.reshape(*v.shape[:batch_axis], microbatches, size // microbatches, *v.shape[batch_axis + 1:])
+        return jnp.moveaxis(parts, batch_axis, 0)
+    slices = jax.tree.map(sliced, batch)
+    first = gradients(jax.tree.map(lambda v: v[0], slices))
+    rest = jax.tree.map(lambda v: v[1:], slices)
+    total, _ = jax.lax.scan(lambda total, part: (accumulate(total, gradients(part)), None), first, rest)
+    return total
+
+
+def apply_gradients(ctx: StepContext, state: TrainState, hparams: dict, gradients: Gradients,
+                    microbatches: int = 1) -> tuple[TrainState, EpochSums]:
+    """One SGD step of one run from its gradients accumulated over `microbatches` equal slices of
+    the batch: update and step metrics."""
+    batch_size = ctx.config.batch_size
+    loss, grads = gradients.loss, gradients.grads
+    if microbatches > 1:
+        loss, grads = loss / microbatches, jax.tree.map(lambda g: g / microbatches, grads)
     updates, opt_state = ctx.optimizer(hparams).update(grads, state.opt_state, state.params)
-    new_state = TrainState(params=optax.apply_updates(state.params, updates), model_state=model_state,
+    new_state = TrainState(params=optax.apply_updates(state.params, updates), model_state=gradients.model_state,
                            opt_state=opt_state, data_key=state.data_key, step=state.step + 1,
                            diverged=state.diverged | ~jnp.isfinite(loss))
-    batch_size = ctx.config.batch_size
-    step_sums = EpochSums(loss=loss * batch_size, correct=jnp.sum(jnp.argmax(logits, -1) == batch.labels),
-                          count=jnp.float32(batch_size), steps=jnp.float32(1), dead_fraction=dead,
+    step_sums = EpochSums(loss=loss * batch_size, correct=gradients.correct, count=jnp.float32(batch_size),
+                          steps=jnp.float32(1), dead_fraction=metrics.dead_unit_fraction(gradients.dead_channels),
                           grad_norm=metrics.layer_gradient_norms(grads))
     return new_state, step_sums
 
 
+def train_step(ctx: StepContext, state: TrainState, hparams: dict, batch: Batch, microbatches: int = 1
+               ) -> tuple[TrainState, EpochSums]:
+    """One SGD step of one run on a prepared batch: forward, backward (`microbatches` at a time), update."""
+    gradients = microbatch_gradients(lambda b: run_gradients(ctx, state.params, state.model_state, b), batch,
+                                     microbatches)
+    return apply_gradients(ctx, state, hparams, gradients, microbatches)
+
+
 def run_step(ctx: StepContext, state: TrainState, hparams: dict, images: jax.Array, labels: jax.Array,
-             batch_index: jax.Array) -> tuple[TrainState, EpochSums]:
+             batch_index: jax.Array, microbatches: int = 1) -> tuple[TrainState, EpochSums]:
     """One step of one run on its own data stream."""
     batch = batch_inputs(ctx, state.data_key, state.step, hparams, images, labels, batch_index)
-    return train_step(ctx, state, hparams, batch)
+    return train_step(ctx, state, hparams, batch, microbatches)
 
 
 # Traced hyperparameters that `batch_inputs` never reads: a grid over others makes the batch per run.
@@ -161,25 +217,39 @@ MODEL_ONLY_HPARAMS = frozenset({"learning_rate", "weight_decay", "momentum", "dr
 
 
 def stream_step(ctx: StepContext, states: TrainState, hparams: dict, images: jax.Array, labels: jax.Array,
-                batch_index: jax.Array, *, per_run: frozenset[str], runs_per_group: int | None
-                ) -> tuple[TrainState, EpochSums]:
+                batch_index: jax.Array, *, per_run: frozenset[str], runs_per_group: int | None,
+                microbatches: int = 1) -> tuple[TrainState, EpochSums]:
     """One step of the runs of one data stream (leading axis of `states`): the batch is prepared
     once from the stream's key and step, unless a grid value it reads differs per run, and the
     runs are mapped `runs_per_group` at a time (`execution.map_over_runs`; None: one vmap) with
     every hyperparameter outside `per_run` (the traced grid's) a shared constant, so whatever is
-    computed from the batch alone (e.g. the first layer's patches under vmap) is computed once."""
+    computed from the batch alone (e.g. the first layer's patches under vmap) is computed once.
+    With `microbatches`, every run's gradients on one slice of the batch come before the next
+    slice, so what is computed from a slice alone is still shared by the stream's runs."""
     constants = {name: value[0] for name, value in hparams.items() if name not in per_run}
     varying = {name: value for name, value in hparams.items() if name in per_run}
     data_key, step = states.data_key[0], states.step[0]  # equal for every run of the stream
     shared_batch = None if per_run - MODEL_ONLY_HPARAMS else batch_inputs(
         ctx, data_key, step, constants, images, labels, batch_index)
 
-    def one_run(state, run_varying):
-        run_hparams = {**constants, **run_varying}
-        batch = (batch_inputs(ctx, data_key, step, run_hparams, images, labels, batch_index)
-                 if shared_batch is None else shared_batch)
-        return train_step(ctx, state, run_hparams, batch)
-    return execution.map_over_runs(one_run, (0, 0), runs_per_group)(states, varying)
+    def run_batch(run_varying):
+        return batch_inputs(ctx, data_key, step, {**constants, **run_varying}, images, labels, batch_index)
+
+    if microbatches == 1:
+        def one_run(state, run_varying):
+            batch = run_batch(run_varying) if shared_batch is None else shared_batch
+            return train_step(ctx, state, {**constants, **run_varying}, batch)
+        return execution.map_over_runs(one_run, (0, 0), runs_per_group)(states, varying)
+
+    batch = jax.vmap(run_batch)(varying) if shared_batch is None else shared_batch
+    run_gradients_of = execution.map_over_runs(
+        functools.partial(run_gradients, ctx), (0, 0, None if shared_batch is not None else 0), runs_per_group)
+    gradients = microbatch_gradients(lambda part: run_gradients_of(states.params, states.model_state, part),
+                                     batch, microbatches, batch_axis=0 if shared_batch is not None else 1)
+
+    def update(state, run_varying, run_gradients):
+        return apply_gradients(ctx, state, {**constants, **run_varying}, run_gradients, microbatches)
+    return execution.map_over_runs(update, (0, 0, 0), runs_per_group)(states, varying, gradients)
 
 
 def train_chunk(step_fn: Callable[[TrainState, jax.Array], tuple[TrainState, EpochSums]], state: TrainState,

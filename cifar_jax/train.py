@@ -62,13 +62,15 @@ def _model_builder(config: ml_collections.ConfigDict, image_shape: tuple[int, in
 TRAIN_STEPS_AXES = (0, 0, None, None, 0, None, 0)
 
 
-def _local_train_steps(ctx: step.StepContext, layout: streams.StreamLayout | None, runs_per_group: int | None,
+def _local_train_steps(ctx: step.StepContext, layout: streams.StreamLayout | None, plan: execution.ExecutionPlan,
                        state, hparams, images, labels, batches, start, sums, *, length: int):
     """`length` steps of one device's runs: mapped over data streams (`streams.py`), each stream's
     runs mapped around its shared batch; without a layout every run is its own stream."""
+    runs_per_group = plan.runs_per_group
     if layout is None:
         def run_chunk(state, hparams, images, labels, batches, start, sums):
-            run = functools.partial(step.run_step, ctx, hparams=hparams, images=images, labels=labels)
+            run = functools.partial(step.run_step, ctx, hparams=hparams, images=images, labels=labels,
+                                    microbatches=plan.microbatches)
             return step.train_chunk(lambda s, b: run(s, batch_index=b), state, batches, start, sums, length=length)
         return execution.map_over_runs(run_chunk, TRAIN_STEPS_AXES, runs_per_group)(
             state, hparams, images, labels, batches, start, sums)
@@ -81,7 +83,8 @@ def _local_train_steps(ctx: step.StepContext, layout: streams.StreamLayout | Non
 
     def stream_chunk(states, hparams, images, labels, batches, start, sums):
         one = functools.partial(step.stream_step, ctx, hparams=hparams, images=images, labels=labels,
-                                per_run=per_run, runs_per_group=None if whole else runs_per_group)
+                                per_run=per_run, runs_per_group=None if whole else runs_per_group,
+                                microbatches=plan.microbatches)
         return step.train_chunk(lambda s, b: one(s, batch_index=b), states, batches[0], start, sums, length=length)
 
     mapped = execution.map_over_runs(stream_chunk, TRAIN_STEPS_AXES, streams_per_group)
@@ -101,7 +104,8 @@ def make_train(config: ml_collections.ConfigDict, image_shape: tuple[int, int, i
     plan = execution.plan(
         config, steps_per_epoch=steps_per_epoch, backend=backend,
         step_bytes=lambda p: execution.model_step_bytes(_model_builder(config, image_shape, num_classes, p),
-                                                        (config.batch_size, *image_shape)))
+                                                        (config.batch_size, *image_shape)),
+        batch_separable=lambda p: execution.batch_separable(_model_builder(config, image_shape, num_classes, p)))
     build = _model_builder(config, image_shape, num_classes, plan)
     abstract = nnx.eval_shape(lambda: build(jax.random.key(0), jax.random.key(0)))
     if "dropout_rate" in config.hparam_grid and not jax.tree.leaves(nnx.state(abstract, DropoutRate)):
@@ -119,7 +123,7 @@ def make_train(config: ml_collections.ConfigDict, image_shape: tuple[int, int, i
     layout = None if num_settings is None else streams.local_layout(config, num_settings, plan.num_devices)
 
     def train_steps(state, hparams, images, labels, batches, start, sums, *, length: int):
-        local = functools.partial(_local_train_steps, ctx, layout, plan.runs_per_group, length=length)
+        local = functools.partial(_local_train_steps, ctx, layout, plan, length=length)
         return execution.per_device(local, plan, TRAIN_STEPS_AXES)(
             state, hparams, images, labels, batches, start, sums)
 

@@ -99,6 +99,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.execution = ml_collections.ConfigDict()
     config.execution.steps_per_call = 0  # 0 = auto (backend dependent)
     config.execution.runs_per_group = 0  # runs vmapped together per step; 0 = auto (backend dependent)
+    # slices of a batch whose gradients are computed one after another (a smaller working set on
+    # CPU), for models without batch norm or dropout; 0 = auto (backend dependent)
+    config.execution.microbatches = 0
     config.execution.compute_dtype = "auto"  # auto | float32 | bfloat16 (auto: bfloat16 on GPU/TPU)
     # Several processes (hosts, or one process per GPU): jax.distributed.initialize(). Left empty,
     # the coordinator, process count and id are detected on TPU VM slices, SLURM and Open MPI.

@@ -11,8 +11,9 @@ and its runs: S seeds, or a grid of 4 learning rates x 2 seeds (`GRID_RATES`). P
   values do not change the work). cifar_jax runs what users run: `train.setup_runs` (the
   config's Program: all runs in one compiled program, runs of a data stream sharing its batch,
   the execution defaults of `cifar_jax.execution`) driven by `train.train_epoch`.
-- the group candidates: the same program with `execution.runs_per_group` = 1 and = every run
-  (the full run adds 2 and 4), so the auto choice is checked against them in the same cell; in a
+- the candidates: the same program with `execution.runs_per_group` = 1 and = every run (the full
+  run adds 2 and 4) and with the whole batch at once (`execution.microbatches` = 1; in --quick
+  only in one-run cells), so the auto choices are checked against them in the same cell; in a
   grid cell also the flat vmap (every run in one vmap on its own stream, as before streams).
 - PyTorch two ways: sequential (`torch_reference.ThroughputRunner`: the runs one after another,
   as the studies' code would; model-images/s is one model's images/s) and, for several runs,
@@ -285,22 +286,27 @@ def torch_ways(cell: Cell, threads: int, seconds: float, sequential: dict) -> di
     return ways
 
 
-def _program_variants(cell: Cell, quick: bool) -> dict[str, tuple[int, bool]]:
-    """cifar_jax programs to time in a cell: name -> (execution.runs_per_group, data streams).
-    'auto' is what users get; 'group=G' are the candidates the auto choice is checked against;
-    'flat vmap' (grid cells) is every run in one vmap, each on its own stream."""
-    variants = {"auto": (0, True)}
+def _program_variants(cell: Cell, quick: bool) -> dict[str, tuple[int, bool, int]]:
+    """cifar_jax programs to time in a cell: name -> (execution.runs_per_group, data streams,
+    execution.microbatches). 'auto' is what users get; 'group=G' and 'whole batch' (no
+    microbatches; in --quick only in one-run cells, to stay under 2 minutes) are the candidates
+    the auto choice is checked against; 'flat vmap' (grid cells) is every run in one vmap, each
+    on its own stream."""
+    variants = {"auto": (0, True, 0)}
     if cell.runs > 1:
         groups = (1, cell.runs) if quick else sorted({1, 2, 4, cell.runs} - {g for g in (2, 4) if g >= cell.runs})
-        variants.update({f"group={g}": (g, True) for g in groups})
+        variants.update({f"group={g}": (g, True, 0) for g in groups})
+    if not quick or cell.runs == 1:
+        variants["whole batch"] = (0, True, 1)
     if cell.rates:
-        variants["flat vmap"] = (cell.runs, False)
+        variants["flat vmap"] = (cell.runs, False, 0)
     return variants
 
 
-def _program(cell: Cell, runs_per_group: int, streams: bool, num_train: int):
+def _program(cell: Cell, runs_per_group: int, streams: bool, num_train: int, microbatches: int = 0):
     config = jax_config(cell.model, cell.batch_size, cell.seeds, cell.rates)
     config.execution.runs_per_group = runs_per_group
+    config.execution.microbatches = microbatches
     program, hparams, state = _setup(config, num_train)
     return (program if streams else train.make_train(config, (32, 32, 3), 10, num_train)), hparams, state
 
@@ -308,9 +314,10 @@ def _program(cell: Cell, runs_per_group: int, streams: bool, num_train: int):
 class _TimedProgram:
     """One compiled cifar_jax program of a cell, warmed up, timed one epoch at a time."""
 
-    def __init__(self, cell: Cell, runs_per_group: int, streams: bool, images: jax.Array, labels: jax.Array):
+    def __init__(self, cell: Cell, variant: tuple[int, bool, int], images: jax.Array, labels: jax.Array):
         self.images, self.labels = images, labels
-        self.program, self.hparams, self.state = _program(cell, runs_per_group, streams, images.shape[0])
+        runs_per_group, streams, microbatches = variant
+        self.program, self.hparams, self.state = _program(cell, runs_per_group, streams, images.shape[0], microbatches)
         self.runs_per_group = min(self.program.plan.runs_per_group or cell.runs, cell.runs)
         self.stream_size = None if self.program.stream_layout is None else self.program.stream_layout.stream_size
         self.epoch, self.walls, self.cpus = 1, [], []
@@ -349,17 +356,18 @@ def jax_cell(cell: Cell, steps: int, repeats: int, max_bytes: float, quick: bool
     num_train = steps * cell.batch_size
     images, labels = _synthetic(num_train)
     torch_since = {way: len(t.walls) for way, t in torch_cells.items()}
-    programs, timed, measured = {}, {}, {}  # measured: (runs per group, streams) -> the variant timed with it
-    for variant, (runs_per_group, streams) in _program_variants(cell, quick).items():
+    programs, timed, measured = {}, {}, {}  # measured: (runs per group, streams, microbatches) -> the variant
+    for variant, setting in _program_variants(cell, quick).items():
         with PeakRSS() as rss:
-            candidate = _TimedProgram(cell, runs_per_group, streams, images, labels)
-            same = (candidate.runs_per_group, candidate.stream_size is not None)
+            candidate = _TimedProgram(cell, setting, images, labels)
+            same = (candidate.runs_per_group, candidate.stream_size is not None, candidate.program.plan.microbatches)
             if same in measured:  # the same program as a variant already timed (e.g. auto = group=1)
                 programs[variant] = {"same_as": measured[same]}
                 continue
             candidate.compile()
             result = {"steps": steps, "steps_per_call": candidate.program.plan.steps_per_call,
                       "runs_per_group": candidate.runs_per_group, "streams": candidate.stream_size,
+                      "microbatches": candidate.program.plan.microbatches,
                       "compile_s": candidate.compile_s, "step_memory_gb": candidate.step_bytes / 2**30}
             if max_bytes and candidate.step_bytes > max_bytes:
                 result["skipped"] = (f"the compiled step needs {candidate.step_bytes / 2**30:.1f} GB > "
@@ -415,7 +423,7 @@ def best_candidate(row: dict) -> tuple[str, float]:
 
 def table(rows: list[dict], peak: float) -> str:
     head = ("| cell | cifar_jax model-img/s (auto) | runs/group | PyTorch sequential | torch.func | ratio to the faster "
-            "PyTorch | ratio (CPU time) | group candidates model-img/s | flat vmap | compile s | peak RSS MB | MFU |")
+            "PyTorch | ratio (CPU time) | candidates model-img/s (runs/group; whole batch) | flat vmap | compile s | peak RSS MB | MFU |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for row in rows:
         auto = row["jax"]["auto"]
@@ -426,7 +434,7 @@ def table(rows: list[dict], peak: float) -> str:
         ratio = auto["images_per_s"] / fastest[1] if fastest else None
         cpu_ratio = (auto["images_per_cpu_s"] / row["torch"][fastest[0]]["images_per_cpu_s"]) if fastest else None
         candidates = ", ".join(f"{name.removeprefix('group=')}: {_fmt(_rate(r))}" for name, r in row["jax"].items()
-                               if name.startswith("group="))
+                               if name not in ("auto", "flat vmap") and _rate(r))
         mfu = row["flops_per_image"] * auto["images_per_s"] / peak
         lines.append(
             f"| {row['cell']} | {_fmt(auto['images_per_s'])} | {auto['runs_per_group']} "
@@ -467,10 +475,11 @@ def targets(rows: list[dict], peak: float) -> list[str]:
         out.append(_verdict("LeNet grid (4 lr x 2 seeds), batch 128: >= 1.3x the flat vmap",
                             grid["jax"]["auto"]["images_per_s"] / grid["jax"]["flat vmap"]["images_per_s"], 1.3))
     grouped = [(row["jax"]["auto"]["images_per_s"] / best_candidate(row)[1], row["cell"]) for row in cells.values()
-               if any(name.startswith("group=") for name in row["jax"])]
+               if any(name not in ("auto", "flat vmap") and _rate(r) for name, r in row["jax"].items())]
     if grouped:
         worst, where = min(grouped)
-        out.append(_verdict(f"auto grouping within 10% of the best candidate in every cell (worst: {where})",
+        out.append(_verdict(f"auto grouping and microbatches within 10% of the best candidate in every cell "
+                            f"(worst: {where})",
                             worst, 0.9))
     one, many = cells.get(("lenet", 128, 1, False)), cells.get(("lenet", 128, 32, False))
     if one and many:
@@ -487,7 +496,7 @@ def _cell_line(row: dict) -> str:
     torch_side = "  ".join(f"{way} {_fmt(_rate(t))}" for way, t in row["torch"].items())
     return (f"  {row['cell']:32s} cifar_jax {jax_side} model-img/s ({auto['steps']} steps, "
             f"{auto['steps_per_call']}/call, {auto['runs_per_group']} runs/group, streams of "
-            f"{auto['streams'] or 1}, compile {auto['compile_s']:.1f} s)" + (f"  | pytorch {torch_side}" if torch_side else ""))
+            f"{auto['streams'] or 1}, {auto['microbatches']} microbatches, compile {auto['compile_s']:.1f} s)" + (f"  | pytorch {torch_side}" if torch_side else ""))
 
 
 def main(args, threads: int) -> dict:
@@ -510,7 +519,8 @@ def main(args, threads: int) -> dict:
           f"{threads} threads, {platform.processor() or platform.machine()}, python {platform.python_version()}")
     print(f"execution defaults: conv_impl={'patches' if jax.default_backend() == 'cpu' else 'xla'}, steps_per_call=auto "
           f"(CPU chunk {execution.CPU_STEPS_PER_CALL}), runs_per_group=auto (CPU: up to "
-          f"{execution.CPU_STEP_BYTES_PER_GROUP / 2**20:.0f} MiB of step activations), buffer donation on")
+          f"{execution.CPU_STEP_BYTES_PER_GROUP / 2**20:.0f} MiB of step activations), microbatches=auto (CPU: "
+          f"the same budget, models without batch norm or dropout), buffer donation on")
     peak = peak_matmul_flops()
     print(f"peak: {peak / 1e9:.1f} GFLOP/s (f32 2048^3 matmul, XLA, {threads} threads)", flush=True)
 

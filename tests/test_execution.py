@@ -56,7 +56,73 @@ def test_runs_per_group_rules():
     assert plan_for(config, "cpu", step_bytes=414 * mib).runs_per_group == 3
 
 
+def test_microbatch_rules():
+    """On CPU a separable model's batch is cut into the fewest equal slices whose activations fit
+    the cache budget (a divisor of the batch size); never with batch norm or dropout, never on
+    accelerators; a requested count is checked."""
+    config = tiny_config(batch_size=128)
+    mib = 2**20
+
+    def plan(backend="cpu", step_bytes=21 * mib, separable=True):
+        return execution.plan(config, steps_per_epoch=100, backend=backend, step_bytes=lambda _: step_bytes,
+                              batch_separable=lambda _: separable)
+    assert (plan().microbatches, plan().runs_per_group) == (2, 1)  # LeNet, batch 128: 2 x 10.5 MiB
+    assert plan(step_bytes=30 * mib).microbatches == 4  # 3 slices would fit, but 3 does not divide 128
+    assert plan(step_bytes=1.04 * mib).microbatches == 1 and plan(step_bytes=1.04 * mib).runs_per_group == 11
+    assert plan(separable=False).microbatches == 1
+    assert plan("gpu").microbatches == 1
+    config.execution.microbatches = 8
+    assert plan("gpu").microbatches == 8
+    config.execution.microbatches = 3
+    with pytest.raises(ConfigError, match="execution.microbatches=3 must divide batch_size=128"):
+        plan()
+    config.execution.microbatches = 2
+    with pytest.raises(ConfigError, match="needs a model whose examples never interact"):
+        plan(separable=False)
+
+
+@pytest.mark.parametrize("overrides, separable", [
+    ({"model.dropout_rate": 0.0}, True),
+    ({"model.dropout_rate": 0.2}, False),  # a random stream advanced per call
+    ({"model.dropout_rate": 0.0, "model.conv_batch_norm": True}, False),  # statistics of the batch
+])
+def test_batch_separable_means_no_state_besides_parameters(overrides, separable):
+    config = tiny_config(**overrides)
+    build = train._model_builder(config, (12, 12, 1), 10, plan_for(config, "cpu"))
+    assert execution.batch_separable(build) is separable
+
+
+@pytest.mark.parametrize("overrides", [
+    {"num_seeds": 2},  # every run on its own stream
+    {"hparam_grid": {"learning_rate": (0.05, 0.1)}},  # a stream's shared batch, runs vmapped
+    {"hparam_grid": {"learning_rate": (0.05, 0.1, 0.2)}, "execution.runs_per_group": 1},  # ... runs in turn
+    {"hparam_grid": {"label_smoothing": (0.0, 0.1)}, "augment.crop_padding": 2},  # a batch per run
+])
+def test_microbatched_training_equals_the_whole_batch(overrides):
+    """Gradients summed over 2 or 4 slices of the batch give the whole batch's training: after an
+    epoch, parameters and sums within float tolerance and the same dead-ReLU fractions (a channel
+    dead on the batch is dead on every slice)."""
+    splits = synthetic_splits()
+    results = {}
+    for microbatches in (1, 2, 4):
+        config = tiny_config(**{"model.dropout_rate": 0.0, "batch_size": 16, "execution.microbatches": microbatches,
+                                **overrides})
+        setup = train.setup_runs(config, splits.image_shape, 10, splits.num_train)
+        assert setup.program.plan.microbatches == microbatches
+        state, sums, _ = train.train_epoch(setup.program, setup.state, setup.hparams, *splits.train, 1)
+        results[microbatches] = (state.params, sums)
+    params, sums = results[1]
+    assert np.asarray(sums.dead_fraction).max() > 0  # the check below compares something
+    for microbatches in (2, 4):
+        other_params, other_sums = results[microbatches]
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5), params, other_params)
+        np.testing.assert_allclose(other_sums.loss, sums.loss, rtol=1e-5)
+        np.testing.assert_array_equal(other_sums.correct, sums.correct)
+        np.testing.assert_array_equal(other_sums.dead_fraction, sums.dead_fraction)
+
+
 @pytest.mark.parametrize("field, value", [("execution.steps_per_call", -1), ("execution.runs_per_group", -2),
+                                          ("execution.microbatches", -1),
                                           ("execution.compute_dtype", "float16"), ("model.conv_impl", "cudnn")])
 def test_bad_execution_fields_are_refused_by_name(field, value):
     config = tiny_config()

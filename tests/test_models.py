@@ -706,7 +706,7 @@ def test_study_configs_load_and_validate():
         validate_model_config(cfg.model, FASHION, 10)
 
 
-def test_relu_sows_dead_fraction_only_inside_capture():
+def test_relu_sows_dead_channels_only_inside_capture():
     """A channel that is zero for the whole batch counts as dead; the training step collects the
     fraction with `nnx.capture`, and a plain call (evaluation) leaves the module unchanged."""
 
@@ -717,7 +717,7 @@ def test_relu_sows_dead_fraction_only_inside_capture():
     x = jnp.stack([jnp.array([1.0, -1.0, -2.0, 3.0]), jnp.array([2.0, -3.0, 1.0, -1.0])])  # channel 1 dead
     probe = Probe()
     _, intermediates = nnx.capture(probe, nnx.Intermediate)(x)
-    np.testing.assert_allclose(metrics.dead_unit_fraction(intermediates), 0.25)
+    np.testing.assert_allclose(metrics.dead_unit_fraction(metrics.dead_channels(intermediates)), 0.25)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         probe(x)
@@ -743,4 +743,4 @@ def test_conv_stage_dead_fraction_equals_the_full_maps(conv_impl, image_size):
     _, intermediates = nnx.capture(stage, nnx.Intermediate)(x)
     full_map_dead = jnp.all(jax.nn.relu(stage.conv(x)) <= 0, axis=(0, 1, 2))
     np.testing.assert_array_equal(full_map_dead, [True, False, True, False, False, True, False, False])
-    np.testing.assert_allclose(metrics.dead_unit_fraction(intermediates), 3 / 8)
+    np.testing.assert_array_equal(metrics.dead_channels(intermediates), [full_map_dead])

@@ -124,7 +124,7 @@ class ConvStage(nnx.Module):
         x = (layers.pool2d(x, self.pool, self.pool_size, exact) if windows is None
              else layers.pool_window_axis(x, self.pool, exact))
         if dead_after_pool:
-            layers.sow_dead_fraction(self, x)
+            layers.sow_dead_channels(self, x)
         return x
 
 

@@ -436,19 +436,20 @@ def dropout_mask_shape(shape: Sequence[int], kind: str) -> tuple[int, ...]:
 
 
 def activate(module: nnx.Module, name: str, x: jax.Array, *, sow_dead: bool = True) -> jax.Array:
-    """Applies activation `name`; for ReLU also sows the fraction of dead units (`sow_dead_fraction`)
-    unless the caller sows it from a smaller tensor with the same dead channels."""
+    """Applies activation `name`; for ReLU also sows its dead channels (`sow_dead_channels`)
+    unless the caller sows them from a smaller tensor with the same dead channels."""
     y = ACTIVATIONS[name](x)
     if name == "relu" and sow_dead:
-        sow_dead_fraction(module, y)
+        sow_dead_channels(module, y)
     return y
 
 
-def sow_dead_fraction(module: nnx.Module, y: jax.Array) -> None:
-    """Sows the fraction of channels of ReLU output `y` that are zero for every example and
-    position of the batch, the dying-ReLU diagnostic of the studies (when training captures it)."""
+def sow_dead_channels(module: nnx.Module, y: jax.Array) -> None:
+    """Sows which channels of ReLU output `y` are zero for every example and position of the batch
+    (`metrics.dead_unit_fraction`, the dying-ReLU diagnostic of the studies) when training captures
+    it: per channel, so that microbatches combine into the whole batch's answer."""
     if _capturing(module):
-        module.sow(nnx.Intermediate, "dead_fraction", jnp.mean(jnp.all(y <= 0, axis=tuple(range(y.ndim - 1)))))
+        module.sow(nnx.Intermediate, "dead_channels", jnp.all(y <= 0, axis=tuple(range(y.ndim - 1))))
 
 
 def _capturing(module: nnx.Module) -> bool:
