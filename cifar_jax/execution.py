@@ -75,8 +75,8 @@ class ExecutionPlan:
     compute_dtype: str  # 'float32' | 'bfloat16'
     steps_per_call: int  # training steps per compiled call
     runs_per_group: int | None  # runs vmapped together per step on each device (None: all)
-    mesh: Mesh | None = None
-    microbatches: int = 1  # slices of a batch whose gradients are computed one after another  # 1-D ('runs',) over every device of every process; None: one device
+    mesh: Mesh | None = None  # 1-D ('runs',) over every device of every process; None: one device
+    microbatches: int = 1  # equal slices of a batch whose gradients are computed one after another
 
     @property
     def num_devices(self) -> int:

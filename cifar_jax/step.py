@@ -148,8 +148,7 @@ def run_gradients(ctx: StepContext, params: nnx.State, model_state: nnx.State, b
         return loss, (logits, nnx.state(model, nnx.Not(nnx.Param)), metrics.dead_channels(intermediates))
 
     (loss, (logits, new_model_state, dead)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    return Gradients(loss, jnp.sum(jnp.argmax(logits, -1) == batch.labels).astype(jnp.float32), dead, grads,
-                     new_model_state)
+    return Gradients(loss, jnp.sum(jnp.argmax(logits, -1) == batch.labels), dead, grads, new_model_state)
 
 
 def accumulate(total: Gradients, part: Gradients) -> Gradients:
@@ -247,8 +246,8 @@ def stream_step(ctx: StepContext, states: TrainState, hparams: dict, images: jax
     gradients = microbatch_gradients(lambda part: run_gradients_of(states.params, states.model_state, part),
                                      batch, microbatches, batch_axis=0 if shared_batch is not None else 1)
 
-    def update(state, run_varying, run_gradients):
-        return apply_gradients(ctx, state, {**constants, **run_varying}, run_gradients, microbatches)
+    def update(state, run_varying, gradients_of_run):
+        return apply_gradients(ctx, state, {**constants, **run_varying}, gradients_of_run, microbatches)
     return execution.map_over_runs(update, (0, 0, 0), runs_per_group)(states, varying, gradients)
 
 
