@@ -33,6 +33,7 @@ Why each choice, with the measurements behind it: README, "Performance".
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -121,10 +122,11 @@ def plan(config: ml_collections.ConfigDict, *, steps_per_epoch: int, step_bytes:
     dtype = ("float32" if backend == "cpu" else "bfloat16") if dtype == "auto" else dtype
     provisional = ExecutionPlan(backend, conv, dtype, _steps_per_call(config, steps_per_epoch, backend, conv), None,
                                 runs_mesh(devices))
-    microbatches = _microbatches(config, backend, provisional, step_bytes, batch_separable)
+    whole_batch_bytes = functools.cache(lambda: int(step_bytes(provisional)))  # traced once, if at all
+    microbatches = _microbatches(config, backend, provisional, lambda _: whole_batch_bytes(), batch_separable)
     with_microbatches = dataclasses.replace(provisional, microbatches=microbatches)
     return dataclasses.replace(with_microbatches, runs_per_group=_runs_per_group(
-        config, backend, with_microbatches, lambda p: step_bytes(p) // microbatches))
+        config, backend, with_microbatches, lambda _: whole_batch_bytes() // microbatches))
 
 
 def _chunk_length(steps_per_epoch: int, target: int) -> int:
@@ -188,8 +190,12 @@ def batch_separable(build: Callable[[jax.Array, jax.Array], Any]) -> bool:
     """Whether the model `build(params_key, dropout_key)` makes treats each example on its own in
     training: it carries no state besides its parameters. Batch norm (statistics of the batch)
     and dropout (a random stream advanced per call) do, so microbatches would change them."""
-    abstract = nnx.eval_shape(lambda: build(jax.random.key(0), jax.random.key(0)))
-    return not jax.tree.leaves(nnx.split(abstract, nnx.Param, ...)[2])
+    return not jax.tree.leaves(_abstract_split(build)[2])
+
+
+def _abstract_split(build: Callable[[jax.Array, jax.Array], Any]) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+    """(graph, parameters, other state) of the model `build` makes, from shapes alone."""
+    return nnx.split(nnx.eval_shape(lambda: build(jax.random.key(0), jax.random.key(0))), nnx.Param, ...)
 
 
 def residual_bytes(fn: Callable[..., Any], *args: Any, argnums: Sequence[int] = (0,)) -> int:
@@ -212,8 +218,7 @@ def residual_bytes(fn: Callable[..., Any], *args: Any, argnums: Sequence[int] = 
 def model_step_bytes(build: Callable[[jax.Array, jax.Array], Any], batch_shape: tuple[int, ...]) -> int:
     """Activations one run's training step keeps for its backward pass (`residual_bytes` of the
     model `build(params_key, dropout_key)` makes, in training mode), from shapes alone."""
-    abstract = nnx.eval_shape(lambda: build(jax.random.key(0), jax.random.key(0)))
-    train_graph, params, model_state = nnx.split(abstract, nnx.Param, ...)
+    train_graph, params, model_state = _abstract_split(build)
 
     def forward(params, model_state, images):
         return nnx.merge(train_graph, params, model_state, copy=True)(images).sum()

@@ -231,23 +231,27 @@ def stream_step(ctx: StepContext, states: TrainState, hparams: dict, images: jax
     shared_batch = None if per_run - MODEL_ONLY_HPARAMS else batch_inputs(
         ctx, data_key, step, constants, images, labels, batch_index)
 
-    def run_batch(run_varying):
-        return batch_inputs(ctx, data_key, step, {**constants, **run_varying}, images, labels, batch_index)
+    def run_hparams(run_varying):
+        return {**constants, **run_varying}
+
+    def run_batch(run_varying):  # the run's own batch when a grid value it reads differs per run
+        return batch_inputs(ctx, data_key, step, run_hparams(run_varying), images, labels, batch_index)
 
     if microbatches == 1:
         def one_run(state, run_varying):
             batch = run_batch(run_varying) if shared_batch is None else shared_batch
-            return train_step(ctx, state, {**constants, **run_varying}, batch)
+            return train_step(ctx, state, run_hparams(run_varying), batch)
         return execution.map_over_runs(one_run, (0, 0), runs_per_group)(states, varying)
 
-    batch = jax.vmap(run_batch)(varying) if shared_batch is None else shared_batch
+    per_run_batch = shared_batch is None
+    batch = jax.vmap(run_batch)(varying) if per_run_batch else shared_batch
     run_gradients_of = execution.map_over_runs(
-        functools.partial(run_gradients, ctx), (0, 0, None if shared_batch is not None else 0), runs_per_group)
+        functools.partial(run_gradients, ctx), (0, 0, 0 if per_run_batch else None), runs_per_group)
     gradients = microbatch_gradients(lambda part: run_gradients_of(states.params, states.model_state, part),
-                                     batch, microbatches, batch_axis=0 if shared_batch is not None else 1)
+                                     batch, microbatches, batch_axis=1 if per_run_batch else 0)
 
     def update(state, run_varying, gradients_of_run):
-        return apply_gradients(ctx, state, {**constants, **run_varying}, gradients_of_run, microbatches)
+        return apply_gradients(ctx, state, run_hparams(run_varying), gradients_of_run, microbatches)
     return execution.map_over_runs(update, (0, 0, 0), runs_per_group)(states, varying, gradients)
 
 
