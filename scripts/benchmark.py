@@ -10,7 +10,7 @@ and its runs: S seeds, or a grid of 4 learning rates x 2 seeds (`GRID_RATES`). P
   warm-up epoch), over a fixed number of steps on synthetic CIFAR-sized uint8 arrays (the data
   values do not change the work). cifar_jax runs what users run: `train.setup_runs` (the
   config's Program: all runs in one compiled program, runs of a data stream sharing its batch,
-  the execution defaults of `cifar_jax.execution`) driven by `train.train_epoch`.
+  the execution defaults of `cifar_jax.core.execution`) driven by `train.train_epoch`.
 - the candidates: the same program with `execution.runs_per_group` = 1 and = every run (the full
   run adds 2 and 4) and with the whole batch at once (`execution.microbatches` = 1; in --quick
   only in one-run cells), so the auto choices are checked against them in the same cell; in a
@@ -86,7 +86,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cifar_jax import execution, train  # noqa: E402
+from cifar_jax.core import execution
+from cifar_jax.job import train  # noqa: E402
 from configs import block_cnn, cnn_bn_dropout, lenet_tutorial  # noqa: E402
 
 # ----------------------------------------------------------------------------- models

@@ -14,8 +14,8 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from cifar_jax import train  # noqa: E402
-from cifar_jax.splits import Splits, prepare_splits  # noqa: E402
+from cifar_jax.job import train  # noqa: E402
+from cifar_jax.core.splits import Splits, prepare_splits  # noqa: E402
 from configs import lenet_tutorial  # noqa: E402
 
 

@@ -7,7 +7,7 @@ model under another learning rate, a repeated run), as the CLI subprocesses alre
 
 import pytest
 
-from cifar_jax import execution
+from cifar_jax.core import execution
 
 
 def pytest_configure(config: pytest.Config) -> None:

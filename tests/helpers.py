@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cifar_jax import train
-from cifar_jax.splits import Examples, Splits
+from cifar_jax.job import train
+from cifar_jax.core.splits import Examples, Splits
 from configs import test as test_config
 
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"

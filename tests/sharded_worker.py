@@ -11,7 +11,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from cifar_jax import execution, train
+from cifar_jax.core import execution
+from cifar_jax.job import train
 from helpers import synthetic_splits, tiny_config
 
 COLLECTIVES = ("all-reduce", "all-gather", "collective-permute", "all-to-all", "reduce-scatter")

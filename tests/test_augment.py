@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cifar_jax import augment
+from cifar_jax.core import augment
 from cifar_jax.errors import ConfigError
 from configs import default
 

@@ -14,8 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cifar_jax import data, evaluation, splits, workdir as workdir_lib
-from cifar_jax.checkpoint import Checkpoints
+from cifar_jax.data import datasets as data
+from cifar_jax.job import evaluation
+from cifar_jax.core import splits
+from cifar_jax.job import workdir as workdir_lib
+from cifar_jax.job.checkpoint import Checkpoints
 from cifar_jax.errors import CheckpointError
 from configs import test as test_config
 from helpers import FASHION_MNIST, REPO, needs_fashion_mnist, run_cli, synthetic_splits, tiny_config, train_runs
@@ -113,7 +116,7 @@ def test_best_checkpoint_is_the_best_validation_epoch(trained_workdir):
 @pytest.mark.slow
 @needs_fashion_mnist
 def test_eval_cli_on_a_test_npz_elsewhere(trained_workdir, tmp_path):
-    from cifar_jax import data
+    from cifar_jax.data import datasets as data
     dataset = data.load_local("fashion_mnist", FASHION_MNIST)
     test_dir = tmp_path / "other"
     test_dir.mkdir()

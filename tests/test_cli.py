@@ -12,9 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cifar_jax import data, dev_run, main, quiet, runs, sweep, validation
+from cifar_jax.data import datasets as data
+from cifar_jax.job import dev_run
+from cifar_jax.cli import main
+from cifar_jax.cli import quiet
+from cifar_jax.core import runs
+from cifar_jax.experiments import sweep
+from cifar_jax.job import validation
 from cifar_jax.errors import CheckpointError
-from cifar_jax.workdir import LOCK_FILE, workdir_lock
+from cifar_jax.job.workdir import LOCK_FILE, workdir_lock
 from helpers import REPO, needs_fashion_mnist, run_cli
 
 TINY = ["--config", "configs/test.py", "--config.data.train_limit=512", "--config.data.val_size=128",

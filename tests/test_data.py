@@ -1,4 +1,4 @@
-"""Tests for cifar_jax.data: every reader on tiny files written here, every bad input, splits,
+"""Tests for cifar_jax.data.datasets: every reader on tiny files written here, every bad input, splits,
 normalization, TFDS under mock_data, and the real Fashion-MNIST files where Debian installed them."""
 
 import gzip
@@ -16,7 +16,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cifar_jax import data, splits
+from cifar_jax.data import datasets as data
+from cifar_jax.core import splits
 from cifar_jax.errors import ConfigError, DataError
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")

@@ -1,4 +1,4 @@
-"""The fast paths of cifar_jax.execution give the plain path's results: scanned step chunks vs one
+"""The fast paths of cifar_jax.core.execution give the plain path's results: scanned step chunks vs one
 step per call, image patches (with space-to-depth blocks) vs XLA convolutions, runs mapped in
 groups vs one vmap; plus the per-backend rules and the persistent compilation cache.
 
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cifar_jax import execution, train
+from cifar_jax.core import execution
+from cifar_jax.job import train
 from cifar_jax.errors import ConfigError
 from cifar_jax.models import layers
 from helpers import assert_close_reassociated, synthetic_splits, tiny_config, train_runs

@@ -24,8 +24,8 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from cifar_jax import main
-from cifar_jax.workdir import LOCK_FILE, workdir_lock
+from cifar_jax.cli import main
+from cifar_jax.job.workdir import LOCK_FILE, workdir_lock
 from helpers import REPO, needs_fashion_mnist
 
 pytestmark = needs_fashion_mnist

@@ -22,7 +22,7 @@ import pytest
 from flax import nnx
 
 from helpers import assert_close_reassociated
-from cifar_jax import metrics
+from cifar_jax.core import metrics
 from cifar_jax.errors import ConfigError
 from cifar_jax.models import create_model, validate_model_config
 from cifar_jax.models import block as block_lib

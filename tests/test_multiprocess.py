@@ -13,8 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from cifar_jax import evaluation
-from cifar_jax import workdir as workdir_lib
+from cifar_jax.job import evaluation
+from cifar_jax.job import workdir as workdir_lib
 from helpers import REPO, needs_fashion_mnist, run_cli
 
 pytestmark = [pytest.mark.slow, needs_fashion_mnist]

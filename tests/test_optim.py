@@ -6,7 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cifar_jax import losses, optim, runs
+from cifar_jax.core import losses
+from cifar_jax.core import optim
+from cifar_jax.core import runs
 from cifar_jax.errors import ConfigError
 from configs import default
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from cifar_jax import report
+from cifar_jax.experiments import report
 
 A = [0.600, 0.612, 0.618, 0.605]  # the best
 B = [0.598, 0.615, 0.590, 0.611]  # close to A: not significantly different

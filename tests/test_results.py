@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from cifar_jax import metrics, results, runs
+from cifar_jax.core import metrics
+from cifar_jax.job import results
+from cifar_jax.core import runs
 from helpers import tiny_config
 
 

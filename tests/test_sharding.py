@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from cifar_jax import evaluation
+from cifar_jax.job import evaluation
 from helpers import REPO, needs_fashion_mnist, run_cli
 from sharded_worker import train_tiny
 

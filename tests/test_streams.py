@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cifar_jax import streams, train
+from cifar_jax.core import streams
+from cifar_jax.job import train
 from tests.helpers import synthetic_splits, tiny_config
 
 

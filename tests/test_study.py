@@ -14,7 +14,10 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from cifar_jax import analysis, report, study, train
+from cifar_jax.experiments import analysis
+from cifar_jax.experiments import report
+from cifar_jax.experiments import study
+from cifar_jax.job import train
 from cifar_jax.errors import ConfigError
 from tests.helpers import REPO, needs_fashion_mnist, run_cli, tiny_config
 

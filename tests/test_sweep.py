@@ -16,8 +16,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cifar_jax import report, runs, sweep, train
-from cifar_jax import workdir as workdir_lib
+from cifar_jax.experiments import report
+from cifar_jax.core import runs
+from cifar_jax.experiments import sweep
+from cifar_jax.job import train
+from cifar_jax.job import workdir as workdir_lib
 from cifar_jax.errors import CheckpointError, ConfigError
 from configs import default
 

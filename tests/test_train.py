@@ -11,8 +11,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cifar_jax import evaluation, results, runs, splits as splits_lib, step, train
-from cifar_jax import workdir as workdir_lib
+from cifar_jax.job import evaluation
+from cifar_jax.job import results
+from cifar_jax.core import runs
+from cifar_jax.core import splits as splits_lib
+from cifar_jax.core import step
+from cifar_jax.job import train
+from cifar_jax.job import workdir as workdir_lib
 from cifar_jax.errors import ConfigError
 from cifar_jax.models.layers import DropoutRate
 from configs import test as test_config
@@ -150,8 +155,8 @@ def test_init_from_starts_from_another_runs_final_weights(tmp_path):
     """A chain of one-fold jobs, fold 1 starting from fold 0's trained weights (study 002's leaky
     k-fold): its parameters and batch statistics are fold 0's final ones, its optimizer is fresh;
     a missing or ill-fitting source is a one-line CheckpointError."""
-    from cifar_jax import validation
-    from cifar_jax.checkpoint import Checkpoints
+    from cifar_jax.job import validation
+    from cifar_jax.job.checkpoint import Checkpoints
     from cifar_jax.errors import CheckpointError
 
     def fold_job(fold: int, **overrides):
@@ -188,7 +193,7 @@ def test_init_from_starts_from_another_runs_final_weights(tmp_path):
 def test_step_metrics_average_back_to_the_epoch_means(tmp_path):
     """log_step_metrics writes one steps.jsonl line per chunk of steps; weighted by the chunk lengths,
     the lines' dead-ReLU fractions and gradient norms give back the epoch means of metrics.jsonl."""
-    from cifar_jax import progress
+    from cifar_jax.job import progress
 
     config = small_test_config()
     config.num_seeds, config.num_epochs, config.log_step_metrics = 2, 2, True
@@ -347,7 +352,7 @@ def test_dropout_and_max_pool_train_finite_on_real_images(batch_norm):
     backward used after batch norm diverged here in the first steps: XLA rounds the batch-normed
     input differently in the fusions that count and that select the maxima (layers.window_max)."""
     from configs import cnn_bn_dropout
-    from cifar_jax import data
+    from cifar_jax.data import datasets as data
 
     dataset = data.load_local("fashion_mnist", FASHION_MNIST)
     images, labels = jnp.asarray(dataset.train_images[:1000]), jnp.asarray(dataset.train_labels[:1000])

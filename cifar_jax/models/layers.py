@@ -63,7 +63,7 @@ DTYPES = ("float32", "bfloat16")
 @dataclasses.dataclass(frozen=True)
 class Compute:
     """How a model's convolutions and matmuls compute, fixed at construction (chosen per backend
-    by `cifar_jax.execution.plan`): the convolution formulation and the arithmetic dtype.
+    by `cifar_jax.core.execution.plan`): the convolution formulation and the arithmetic dtype.
     Parameters, batch norm and the loss stay float32 whatever `dtype` is."""
 
     conv_impl: str = "xla"  # 'xla' | 'patches': the same numbers, different speed per backend

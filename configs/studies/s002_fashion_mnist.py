@@ -23,7 +23,7 @@ The recipe and the study's unstated values (n/s), as assumptions:
 - Train loss is the epoch mean (the study's "loss at epoch 1 / 10" is n/s: mean or last batch).
 """
 
-from cifar_jax.study import by_scale, claim, experiment, study_config
+from cifar_jax.experiments.study import by_scale, claim, experiment, study_config
 from configs import fashion_mnist
 
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"

@@ -26,7 +26,7 @@ The recipe and the study's unstated values (n/s), as assumptions:
 
 import pathlib
 
-from cifar_jax.study import by_scale, claim, experiment, study_config
+from cifar_jax.experiments.study import by_scale, claim, experiment, study_config
 from configs import block_cnn
 
 SHARED_CIFAR10 = str(pathlib.Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10-jpeg")

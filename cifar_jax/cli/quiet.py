@@ -10,6 +10,8 @@ import logging
 import os
 import re
 
+from cifar_jax.data import datasets
+
 # Set only where the user has not set them: an explicit environment always wins.
 QUIET_ENV = {
     "TF_CPP_MIN_LOG_LEVEL": "2",  # TensorFlow C++ INFO/WARNING: CPU-feature and CUDA-probe lines
@@ -21,7 +23,7 @@ QUIET_ENV = {
 }
 # Python loggers of libraries whose warnings are about themselves (deprecations, missing GPUs), and
 # asyncio's "Future exception was never retrieved" dumps of Orbax's reads of a damaged checkpoint
-# (reported once, in one line, by cifar_jax.checkpoint).
+# (reported once, in one line, by cifar_jax.job.checkpoint).
 QUIET_LOGGERS = {"tensorflow": logging.ERROR, "absl": logging.ERROR, "jax._src.xla_bridge": logging.ERROR,
                  "asyncio": logging.CRITICAL}
 VERBOSE_LEVEL = 1
@@ -51,11 +53,6 @@ def configure(argv: list[str]) -> bool:
         os.environ.setdefault(name, value)
     for name, level in QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(level)
+    datasets.tfds_progress_bars = False  # redrawn for minutes on a download
     active = True
     return True
-
-
-def silence_tfds(tfds) -> None:
-    """Turns TFDS's progress bars off when the start is quiet (they are redrawn for minutes)."""
-    if active:
-        tfds.disable_progress_bar()

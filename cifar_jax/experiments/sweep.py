@@ -25,7 +25,7 @@ swept, the config's elsewhere): comparisons, and/or/not, + - * / // %, numbers, 
 
 `run_sweep(config, workdir)` trains each group in `workdir/<group name>/` with
 `train.train_and_evaluate`, skips groups whose results.json is complete (resume), writes
-`workdir/sweep.json` and then the report (`cifar_jax.report`).
+`workdir/sweep.json` and then the report (`cifar_jax.experiments.report`).
 """
 
 from __future__ import annotations
@@ -42,8 +42,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 import ml_collections
 
-from cifar_jax import report, runs, train
-from cifar_jax import workdir as workdir_lib
+from cifar_jax.experiments import report
+from cifar_jax.core import runs
+from cifar_jax.job import train
+from cifar_jax.job import workdir as workdir_lib
 from cifar_jax.errors import CheckpointError, ConfigError, WorkdirInUse
 
 KINDS = ("grid", "zip", "one_factor")
@@ -512,7 +514,8 @@ def group_done(group: Group, group_dir: str) -> bool:
 def preflight(groups: Sequence[Group]) -> None:
     """Builds nothing, but checks every group's model against its data set's image shape, so a
     bad combination fails now rather than hours into the sweep."""
-    from cifar_jax import data, models
+    from cifar_jax.data import datasets as data
+    from cifar_jax import models
 
     for group in groups:
         name = group.config.data.name

@@ -16,9 +16,14 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from cifar_jax import data, metrics, runs, splits as splits_lib, step, train
-from cifar_jax import workdir as workdir_lib
-from cifar_jax.checkpoint import Checkpoints
+from cifar_jax.data import datasets as data
+from cifar_jax.core import metrics
+from cifar_jax.core import runs
+from cifar_jax.core import splits as splits_lib
+from cifar_jax.core import step
+from cifar_jax.job import train
+from cifar_jax.job import workdir as workdir_lib
+from cifar_jax.job.checkpoint import Checkpoints
 from cifar_jax.errors import CheckpointError
 
 

@@ -36,8 +36,11 @@ from typing import Any, Callable, Sequence
 import ml_collections
 import numpy as np
 
-from cifar_jax import metrics, progress, report, sweep
-from cifar_jax import workdir as workdir_lib
+from cifar_jax.core import metrics
+from cifar_jax.job import progress
+from cifar_jax.experiments import report
+from cifar_jax.experiments import sweep
+from cifar_jax.job import workdir as workdir_lib
 from cifar_jax.errors import ConfigError
 
 SCALES = ("full", "cpu", "smoke")
@@ -271,7 +274,8 @@ def check_group(group: sweep.Group) -> None:
     """Every static check a training job runs (`validation.validate_config`), now: a study must not
     fail in its twelfth experiment for a setting the first minute could have refused. The training
     set size is a lenient guess from data.train_limit (the data are not loaded here)."""
-    from cifar_jax import data, validation
+    from cifar_jax.data import datasets as data
+    from cifar_jax.job import validation
 
     config = group.config
     name = data.check_name(config.data.name)
@@ -584,10 +588,10 @@ def _mean_ci(stats: dict[str, Any]) -> str:
 
 
 def group_analysis(workdir: str, exp: Experiment, group: dict[str, Any]) -> dict[str, Any] | None:
-    """A finished group's `exp.analysis` (a function of `cifar_jax.analysis` on its best
+    """A finished group's `exp.analysis` (a function of `cifar_jax.experiments.analysis` on its best
     checkpoint), computed once and cached in workdir/analysis/<experiment>/<group>.json; None
     while the group has not finished."""
-    from cifar_jax import analysis
+    from cifar_jax.experiments import analysis
 
     group_dir = os.path.join(workdir, exp.key, group["name"])
     if not os.path.exists(os.path.join(group_dir, "results.json")):

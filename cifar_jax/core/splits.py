@@ -16,9 +16,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cifar_jax import data
+from cifar_jax.data import datasets as data
 from cifar_jax.errors import DataError
-from cifar_jax.runs import RunGrid
+from cifar_jax.core.runs import RunGrid
 
 SPLITS = ("test", "val", "train")
 

@@ -19,9 +19,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cifar_jax import metrics, results
-from cifar_jax.runs import RunGrid
-from cifar_jax.splits import Splits
+from cifar_jax.core import metrics
+from cifar_jax.job import results
+from cifar_jax.core.runs import RunGrid
+from cifar_jax.core.splits import Splits
 
 METRICS_FILE = "metrics.jsonl"
 STEPS_FILE = "steps.jsonl"  # with log_step_metrics: the dying-ReLU diagnostics per chunk of steps

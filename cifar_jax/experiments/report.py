@@ -1,6 +1,6 @@
 """Sweep results as tables and plots: every cell a distribution over seeds, every comparison a test.
 
-`write_report(workdir)` reads `workdir/sweep.json` (written by `cifar_jax.sweep`) and each group's
+`write_report(workdir)` reads `workdir/sweep.json` (written by `cifar_jax.experiments.sweep`) and each group's
 `results.json` / `metrics.jsonl`, and writes
 
     results.csv        one row per (stage, setting, metric): n, diverged, mean, std, 95% CI,
@@ -47,8 +47,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import scipy.stats
 
-from cifar_jax import metrics
-from cifar_jax import results as results_lib
+from cifar_jax.core import metrics
+from cifar_jax.job import results as results_lib
 
 SWEEP_FILE = "sweep.json"
 ALPHA = 0.05
@@ -181,7 +181,7 @@ class Setting:
     @property
     def kept(self) -> np.ndarray:
         """Mask of runs that enter the statistics: not diverged, and not marked collapsed (a study
-        report marks runs stuck at chance, `cifar_jax.study.annotate`)."""
+        report marks runs stuck at chance, `cifar_jax.experiments.study.annotate`)."""
         return np.array([not run.get("diverged") and not run.get("collapsed") for run in self.runs], dtype=bool)
 
     def sample(self, metric: str) -> np.ndarray:

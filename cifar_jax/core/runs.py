@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cifar_jax import checks, data
+from cifar_jax import checks
+from cifar_jax.data import datasets as data
 from cifar_jax.errors import ConfigError
 
 # Hyperparameters that are inputs of the compiled program (one value per run), not constants,

@@ -6,7 +6,7 @@ overrides apply to the config the run was trained with.
 
 import ml_collections
 
-from cifar_jax.workdir import load_config
+from cifar_jax.job.workdir import load_config
 
 
 def get_config(workdir: str) -> ml_collections.ConfigDict:

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from cifar_jax import metrics
-from cifar_jax.runs import RunGrid
+from cifar_jax.core import metrics
+from cifar_jax.core.runs import RunGrid
 
 RECORDED_EVAL_METRICS = ("loss", "accuracy", "macro_f1", "per_class_accuracy", "confusion")
 BEST_METRICS = ("val_accuracy", "val_loss", "val_macro_f1")  # reported at the best epoch

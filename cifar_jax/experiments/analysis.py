@@ -18,7 +18,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from cifar_jax import evaluation, splits as splits_lib
+from cifar_jax.job import evaluation
+from cifar_jax.core import splits as splits_lib
 from cifar_jax.errors import ConfigError
 
 GATE_IMAGES = 512  # validation images the gate coefficients are averaged over

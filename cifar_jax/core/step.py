@@ -18,9 +18,13 @@ import numpy as np
 import optax
 from flax import nnx
 
-from cifar_jax import augment, execution, losses, metrics, optim
+from cifar_jax.core import augment
+from cifar_jax.core import execution
+from cifar_jax.core import losses
+from cifar_jax.core import metrics
+from cifar_jax.core import optim
 from cifar_jax.models.layers import DropoutRate
-from cifar_jax.splits import standardize, to_unit
+from cifar_jax.core.splits import standardize, to_unit
 
 
 class TrainState(NamedTuple):

@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import ml_collections
 
-from cifar_jax import augment, checks, data, execution, models, optim, runs
+from cifar_jax.core import augment
+from cifar_jax import checks
+from cifar_jax.data import datasets as data
+from cifar_jax.core import execution
+from cifar_jax import models
+from cifar_jax.core import optim
+from cifar_jax.core import runs
 from cifar_jax.errors import ConfigError
-from cifar_jax.splits import Splits, prepare_splits
+from cifar_jax.core.splits import Splits, prepare_splits
 
 
 def validate_config(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], num_classes: int,

@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 
-from cifar_jax import quiet
 from cifar_jax.errors import ConfigError, DataError
 
 CLASS_NAMES: dict[str, tuple[str, ...]] = {
@@ -68,6 +67,8 @@ _TFDS_URLS = {
     "mnist": "https://storage.googleapis.com/cvdf-datasets/mnist/",
 }
 _PROBE_TIMEOUT_S = 5.0
+# Turned off by the command line's quiet start (cli.quiet): TFDS's bars are redrawn for minutes.
+tfds_progress_bars = True
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -525,7 +526,8 @@ def load_tfds(name: str, data_dir: str | None = None, download: bool = True) -> 
         import tensorflow_datasets as tfds
 
         _hide_gpus_from_tensorflow(tf)
-        quiet.silence_tfds(tfds)
+        if not tfds_progress_bars:
+            tfds.disable_progress_bar()
         try:
             splits = _tfds_splits(tfds, name, data_dir, download=False)
         except Exception:  # not prepared (or unreadable): download, if allowed

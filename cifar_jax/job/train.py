@@ -22,12 +22,21 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from cifar_jax import execution, interrupts, metrics, models, progress, results, runs, step, streams, validation
-from cifar_jax import workdir as workdir_lib
-from cifar_jax.checkpoint import Checkpoints, warm_start_state
+from cifar_jax.core import execution
+from cifar_jax.job import interrupts
+from cifar_jax.core import metrics
+from cifar_jax import models
+from cifar_jax.job import progress
+from cifar_jax.job import results
+from cifar_jax.core import runs
+from cifar_jax.core import step
+from cifar_jax.core import streams
+from cifar_jax.job import validation
+from cifar_jax.job import workdir as workdir_lib
+from cifar_jax.job.checkpoint import Checkpoints, warm_start_state
 from cifar_jax.errors import ConfigError, Interrupted
 from cifar_jax.models.layers import DropoutRate
-from cifar_jax.splits import examples_for, run_train_index
+from cifar_jax.core.splits import examples_for, run_train_index
 
 
 @dataclasses.dataclass(frozen=True)
