@@ -10,8 +10,10 @@ choice                                 CPU (2-core AVX2 machine)  GPU / TPU
 =====================================  =========================  ================================
 `model.conv_impl` (auto)               patches (im2col x matmul,  xla (cuDNN / TPU convolutions)
                                        space-to-depth blocks)
-`execution.steps_per_call` (0 = auto)  a `lax.scan` chunk of ~10  the whole epoch in one scan
-                                       steps (1 with XLA convs)
+`execution.steps_per_call` (0 = auto)  a `lax.scan` chunk of ~10  1 step, then a chunk sized to
+                                       steps (1 with XLA convs),  take ~`CHUNK_SECONDS` from the
+                                       fewer if that exceeds      first call's time (job/chunks.py)
+                                       `CHUNK_SECONDS`
 `execution.runs_per_group` (0 = auto)  runs whose activations     all runs in one vmap
                                        fit 12 MiB per step (LeNet
                                        b4: 11, b128: 1; CNN: 1)
@@ -53,6 +55,10 @@ from cifar_jax.errors import ConfigError
 # Target length of a scanned chunk of training steps on CPU: long enough to amortise dispatch
 # (~0.1-0.3 ms per call), short enough that progress and interruption stay responsive.
 CPU_STEPS_PER_CALL = 10
+# What one call of training steps should take when its length is automatic, on every backend:
+# progress lines, periodic checkpoints and a stop request (SIGTERM) act between calls, so a stop
+# waits for at most two calls (job/chunks.py); a few seconds amortise dispatch on any device.
+CHUNK_SECONDS = 2.0
 # Activations (VJP residuals) one vmapped training step may keep on CPU: runs are mapped in groups
 # of as many as fit, one group at a time. Measured (8 LeNet seeds, scripts/benchmark.py's group
 # candidates, quiet 2-core EPYC): the fastest group kept 8-12 MiB of activations in every batch
@@ -63,6 +69,9 @@ CPU_STEP_BYTES_PER_GROUP = 12 * 2**20
 
 _CACHE_ENV = "CIFAR_JAX_CACHE_DIR"
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
+# `execution.policy`: whose automatic choices apply. "accelerator" on a CPU runs the GPU/TPU
+# choices there (tests of the accelerator path on a machine without one).
+POLICIES = ("auto", "cpu", "accelerator")
 RUNS_AXIS = "runs"
 CONV_IMPLS = ("auto", "xla", "patches")
 
@@ -78,6 +87,8 @@ class ExecutionPlan:
     runs_per_group: int | None  # runs vmapped together per step on each device (None: all)
     mesh: Mesh | None = None  # 1-D ('runs',) over every device of every process; None: one device
     microbatches: int = 1  # equal slices of a batch whose gradients are computed one after another
+    policy: str = "cpu"  # whose automatic choices were made: 'cpu' | 'accelerator'
+    chunk_seconds: float | None = None  # steps_per_call re-sized to take this long (job/chunks.py); None: fixed
 
     @property
     def num_devices(self) -> int:
@@ -96,6 +107,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         lambda: checks.integer(config, "execution.runs_per_group", low=0, hint="0 picks per backend"),
         lambda: checks.integer(config, "execution.microbatches", low=0, hint="0 picks per backend"),
         lambda: checks.choice(config, "execution.compute_dtype", COMPUTE_DTYPES),
+        lambda: checks.choice(config, "execution.policy", POLICIES),
         lambda: checks.choice(config, "model.conv_impl", CONV_IMPLS),
     )
 
@@ -116,20 +128,28 @@ def plan(config: ml_collections.ConfigDict, *, steps_per_epoch: int, step_bytes:
     Both are only called when a CPU choice is made automatically, or to check a requested one."""
     validate(config)
     backend = backend or jax.default_backend()
+    policy = resolved_policy(config, backend)
     conv = config.model.conv_impl
-    conv = ("patches" if backend == "cpu" else "xla") if conv == "auto" else conv
+    conv = ("patches" if policy == "cpu" else "xla") if conv == "auto" else conv
     dtype = config.execution.compute_dtype
-    dtype = ("float32" if backend == "cpu" else "bfloat16") if dtype == "auto" else dtype
-    provisional = ExecutionPlan(backend, conv, dtype, _steps_per_call(config, steps_per_epoch, backend, conv), None,
-                                runs_mesh(devices))
+    dtype = ("float32" if policy == "cpu" else "bfloat16") if dtype == "auto" else dtype
+    provisional = ExecutionPlan(backend, conv, dtype, _steps_per_call(config, steps_per_epoch, policy, conv), None,
+                                runs_mesh(devices), policy=policy,
+                                chunk_seconds=None if int(config.execution.steps_per_call) else CHUNK_SECONDS)
     whole_batch_bytes = functools.cache(lambda: int(step_bytes(provisional)))  # traced once, if at all
-    microbatches = _microbatches(config, backend, provisional, lambda _: whole_batch_bytes(), batch_separable)
+    microbatches = _microbatches(config, policy, provisional, lambda _: whole_batch_bytes(), batch_separable)
     with_microbatches = dataclasses.replace(provisional, microbatches=microbatches)
     return dataclasses.replace(with_microbatches, runs_per_group=_runs_per_group(
-        config, backend, with_microbatches, lambda _: whole_batch_bytes() // microbatches))
+        config, policy, with_microbatches, lambda _: whole_batch_bytes() // microbatches))
 
 
-def _chunk_length(steps_per_epoch: int, target: int) -> int:
+def resolved_policy(config: ml_collections.ConfigDict, backend: str) -> str:
+    """'cpu' or 'accelerator': `execution.policy`, where auto follows the backend."""
+    policy = config.execution.get("policy", "auto")
+    return ("cpu" if backend == "cpu" else "accelerator") if policy == "auto" else policy
+
+
+def chunk_length(steps_per_epoch: int, target: int) -> int:
     """The largest divisor of `steps_per_epoch` in [target/2, target], else `target`: an epoch is
     then whole chunks of one length (one compiled program) whenever such a divisor exists."""
     target = max(1, min(target, steps_per_epoch))
@@ -139,31 +159,32 @@ def _chunk_length(steps_per_epoch: int, target: int) -> int:
     return target
 
 
-def _steps_per_call(config: ml_collections.ConfigDict, steps_per_epoch: int, backend: str, conv_impl: str) -> int:
-    """Auto (0): the whole epoch in one `lax.scan` on accelerators; on CPU a chunk of
+def _steps_per_call(config: ml_collections.ConfigDict, steps_per_epoch: int, policy: str, conv_impl: str) -> int:
+    """Auto (0): the first call's length, which job/chunks.py re-sizes from its time. On
+    accelerators 1 step (a probe; then up to the whole epoch in one `lax.scan`); on CPU a chunk of
     ~`CPU_STEPS_PER_CALL` steps, or 1 bare step per call when the model uses XLA's convolutions,
     which XLA:CPU runs several times slower inside loop bodies."""
     requested = int(config.execution.steps_per_call)
     if requested:
         return min(requested, steps_per_epoch)
-    if backend != "cpu":
-        return steps_per_epoch
-    return 1 if conv_impl == "xla" else _chunk_length(steps_per_epoch, CPU_STEPS_PER_CALL)
+    if policy != "cpu" or conv_impl == "xla":
+        return 1
+    return chunk_length(steps_per_epoch, CPU_STEPS_PER_CALL)
 
 
-def _runs_per_group(config: ml_collections.ConfigDict, backend: str, provisional: ExecutionPlan,
+def _runs_per_group(config: ml_collections.ConfigDict, policy: str, provisional: ExecutionPlan,
                     step_bytes: Callable[[ExecutionPlan], int]) -> int | None:
     """Auto (0): all runs on accelerators; on CPU as many runs as fit `CPU_STEP_BYTES_PER_GROUP`
     of activations kept for the backward pass."""
     requested = int(config.execution.runs_per_group)
     if requested:
         return requested
-    if backend != "cpu":
+    if policy != "cpu":
         return None
     return max(1, CPU_STEP_BYTES_PER_GROUP // max(int(step_bytes(provisional)), 1))
 
 
-def _microbatches(config: ml_collections.ConfigDict, backend: str, provisional: ExecutionPlan,
+def _microbatches(config: ml_collections.ConfigDict, policy: str, provisional: ExecutionPlan,
                   step_bytes: Callable[[ExecutionPlan], int], batch_separable: Callable[[ExecutionPlan], bool]) -> int:
     """Auto (0): on CPU, the fewest equal slices of the batch whose activations fit
     `CPU_STEP_BYTES_PER_GROUP`, for a model whose examples never interact (the gradients then sum
@@ -180,7 +201,7 @@ def _microbatches(config: ml_collections.ConfigDict, backend: str, provisional: 
                               f"but this one has batch norm or dropout; use 1, or 0 to pick automatically")
     if requested:
         return requested
-    if backend != "cpu" or not batch_separable(provisional):
+    if policy != "cpu" or not batch_separable(provisional):
         return 1
     needed = -(-int(step_bytes(provisional)) // CPU_STEP_BYTES_PER_GROUP)
     return next(m for m in range(max(needed, 1), batch_size + 1) if batch_size % m == 0)

@@ -23,6 +23,7 @@ import numpy as np
 from flax import nnx
 
 from cifar_jax.core import execution
+from cifar_jax.job import chunks
 from cifar_jax.job import interrupts
 from cifar_jax.core import metrics
 from cifar_jax import models
@@ -224,25 +225,32 @@ def zero_sums(num_runs: int, layer_names: tuple[str, ...]) -> step.EpochSums:
 def train_epoch(program: Program, state: step.TrainState, hparams: dict, images: jax.Array, labels: jax.Array,
                 epoch: int, train_index: jax.Array | None = None,
                 on_chunk: Callable[[int, step.TrainState, step.EpochSums], bool | None] | None = None,
-                start: int = 0, sums: step.EpochSums | None = None) -> tuple[step.TrainState, step.EpochSums, int]:
+                start: int = 0, sums: step.EpochSums | None = None, clock: chunks.ChunkClock | None = None
+                ) -> tuple[step.TrainState, step.EpochSums, int]:
     """Runs one epoch (from step `start`, adding to `sums` when resuming inside it) as calls of
-    the compiled step chunk; returns the state, the sums and the steps done.
+    the compiled step chunk, each bounded in time by `clock` (one per job; a fresh one by
+    default); returns the state, the sums and the steps done, all steps finished.
 
     `train_index` (runs, n) gives each run its own training examples (cross-validation folds);
     by default every run trains on all of `images`. `on_chunk(steps_done, state, sums)` runs
     between chunks (progress, mid-epoch checkpoints); returning True stops the epoch there."""
+    clock = clock or chunks.ChunkClock(program.plan, program.steps_per_epoch)
+    clock.start_epoch()
     num_runs = state.step.shape[0]
     if train_index is None:
         train_index = jnp.broadcast_to(jnp.arange(images.shape[0]), (num_runs, images.shape[0]))
     batches = program.epoch_batches(state, jnp.int32(epoch), train_index)  # a function of the data key and epoch
     sums = zero_sums(num_runs, program.layer_names) if sums is None else sums
     while start < program.steps_per_epoch:
-        length = min(program.plan.steps_per_call, program.steps_per_epoch - start)
+        length = clock.next_length(program.steps_per_epoch - start)
+        started = clock.before_call(length)
         state, sums = program.train_steps(state, hparams, images, labels, batches, jnp.int32(start), sums,
                                           length=length)
+        clock.after_call(length, started, state.step)
         start += length
         if on_chunk is not None and on_chunk(start, state, sums) and start < program.steps_per_epoch:
             break
+    clock.wait()
     return state, sums, start
 
 
@@ -360,11 +368,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     evals = {name: (execution.replicate(tuple(examples), plan), setup.on_devices(weights))
              for name, (examples, weights) in ((n, examples_for(splits, setup.grid, n)) for n in splits.eval)}
     resumed_epoch = len(history) + 1  # resume.step and resume.sums belong to it
+    clock = chunks.ChunkClock(plan, setup.program.steps_per_epoch)
+    loop.compiling(clock)
     with interrupts.stop_on_signals() as stop:
         for epoch in range(resumed_epoch, config.num_epochs + 1):
             start, sums = (resume.step, resume.sums) if epoch == resumed_epoch else (0, None)
             state, sums, done = train_epoch(setup.program, state, setup.hparams, images, labels, epoch, train_index,
-                                            _chunk_hook(setup, checkpoints, loop, stop, epoch, records), start, sums)
+                                            _chunk_hook(setup, checkpoints, loop, stop, epoch, records), start, sums,
+                                            clock)
+            loop.trained(clock)
             if done < setup.program.steps_per_epoch:
                 checkpoints.wait()
                 checkpoints.close()
