@@ -96,12 +96,14 @@ class ChunkClock:
         self._last_done = done
         self.train_s += seconds
         self.trained_steps += call.length
-        if self.target_s is not None and self.length in self.compiled and call.length == self.length:
-            self._resize(seconds / call.length)
+        if call.length == self.length:
+            self.resize(seconds / call.length)
 
-    def _resize(self, step_s: float) -> None:
-        """Once, after the first measured call of the plan's length: the chunk that takes about
-        `target_s` (on CPU never longer than the plan's, whose length was measured best there)."""
+    def resize(self, step_s: float) -> None:
+        """Once, after the first measured call of the plan's length (`step_s` a step): the chunk
+        that takes about `target_s` (on CPU never longer than the plan's, measured best there)."""
+        if self.target_s is None:
+            return
         wanted = max(1, int(self.target_s / max(step_s, 1e-9)))
         self.length = execution.chunk_length(self.steps_per_epoch, min(wanted, self.max_length))
         self.target_s = None
