@@ -89,6 +89,8 @@ class ExecutionPlan:
     microbatches: int = 1  # equal slices of a batch whose gradients are computed one after another
     policy: str = "cpu"  # whose automatic choices were made: 'cpu' | 'accelerator'
     chunk_seconds: float | None = None  # steps_per_call re-sized to take this long (job/chunks.py); None: fixed
+    eval_batch_size: int | None = None  # evaluation examples per batch, sized to memory; None: the config's
+    memory: Any = None  # memory.RunMemory of one run, where measured (accelerators)
 
     @property
     def num_devices(self) -> int:

@@ -40,14 +40,24 @@ def devices_line() -> str:
             f"process{'es' if processes > 1 else ''}")
 
 
-def describe_job(config: ml_collections.ConfigDict, grid: RunGrid, splits: Splits, workdir: str) -> str:
+def describe_job(config: ml_collections.ConfigDict, grid: RunGrid, splits: Splits, workdir: str,
+                 plan: Any = None) -> str:
     """The first line of a run: config, runs (seeds x settings x folds), devices, data, workdir."""
     parts = [f"{grid.num_seeds} seeds", f"{len(grid.settings)} settings"] + (
         [f"{grid.num_folds} folds"] if grid.num_folds > 1 else [])
     sizes = ", ".join(f"{name} {examples.images.shape[0]:,}" for name, examples in
                       {"train": splits.train, **splits.eval}.items())
     return (f"{config.get('name', '') or 'config'}: {grid.num_runs} runs ({' x '.join(parts)}) on "
-            f"{devices_line()}; {config.data.name} {sizes}; {config.num_epochs} epochs; workdir {workdir}")
+            f"{devices_line()}; {config.data.name} {sizes}; {config.num_epochs} epochs; workdir {workdir}"
+            + memory_text(plan))
+
+
+def memory_text(plan: Any) -> str:
+    """Where runs were sized to memory (accelerators): a run's bytes and how runs were grouped."""
+    if plan is None or plan.memory is None:
+        return ""
+    groups = "all runs at once" if plan.runs_per_group is None else f"{plan.runs_per_group} runs at a time"
+    return f"; {plan.memory.describe()}; {groups}, evaluation batch {plan.eval_batch_size}"
 
 
 def epoch_line(epoch: int, num_epochs: int, record: dict, diverged: np.ndarray, images_per_s: float,
@@ -122,7 +132,7 @@ class TrainingLog:
         self.is_primary = is_primary
         self.images_per_epoch = program.steps_per_epoch * config.batch_size
         self.steps_per_epoch = program.steps_per_epoch
-        self.first_line = describe_job(config, grid, splits, workdir)
+        self.first_line = describe_job(config, grid, splits, workdir, program.plan)
         self.line = ProgressLine(float(config.get("progress_every_s", 5.0)))
         self.writer = None
         self._step_sums: tuple[int, dict[str, np.ndarray]] | None = None  # (epoch, its sums at the last line)

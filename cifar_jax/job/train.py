@@ -23,6 +23,7 @@ import numpy as np
 from flax import nnx
 
 from cifar_jax.core import execution
+from cifar_jax.core import memory
 from cifar_jax.job import chunks
 from cifar_jax.job import interrupts
 from cifar_jax.core import metrics
@@ -103,12 +104,14 @@ def _local_train_steps(ctx: step.StepContext, layout: streams.StreamLayout | Non
 
 
 def make_train(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], num_classes: int,
-               num_train: int, backend: str | None = None, num_settings: int | None = None) -> Program:
+               num_train: int, backend: str | None = None, num_settings: int | None = None,
+               num_runs: int | None = None) -> Program:
     """Resolves the static parts of `config` and returns the jitted, run-vmapped functions.
 
     `num_settings` (the traced grid's size) says the runs are the config's whole run grid in run
     order, so runs sharing a data stream share its batch (`streams.py`); None trains every run
-    on its own (e.g. a chosen subset of seeds)."""
+    on its own (e.g. a chosen subset of seeds). `num_runs` sizes groups and the evaluation batch
+    to the device's memory under the accelerator policy (`memory.py`); None leaves them."""
     validation.validate_config(config, image_shape, num_classes, num_train)
     steps_per_epoch = num_train // config.batch_size
     plan = execution.plan(
@@ -126,6 +129,9 @@ def make_train(config: ml_collections.ConfigDict, image_shape: tuple[int, int, i
     abstract.eval()
     ctx = step.StepContext(config=config, build=build, train_graph=train_graph, eval_graph=nnx.split(abstract)[0],
                            num_classes=num_classes, num_train=num_train, steps_per_epoch=steps_per_epoch)
+
+    if num_runs is not None and plan.policy == "accelerator" and not int(config.execution.runs_per_group):
+        plan = _sized_to_memory(config, ctx, plan, num_runs, (num_train, *image_shape))
 
     def runs_mapped(fn, in_axes, group_size=None):  # each device maps its own runs: no collectives
         return execution.per_device(execution.map_over_runs(fn, in_axes, group_size), plan, in_axes)
@@ -154,6 +160,35 @@ def make_train(config: ml_collections.ConfigDict, image_shape: tuple[int, int, i
         plan=plan,
         stream_layout=layout,
     )
+
+
+def _sized_to_memory(config: ml_collections.ConfigDict, ctx: step.StepContext, plan: execution.ExecutionPlan,
+                     num_runs: int, data_shape: tuple[int, ...]) -> execution.ExecutionPlan:
+    """The plan with groups and evaluation batch from one run's compiled chunk and eval batch
+    (`memory.py`); unchanged where the device reports no limit and the config sets none."""
+    limit = memory.device_limit(config)
+    if limit is None:
+        return plan
+    one = dataclasses.replace(plan, mesh=None, runs_per_group=None)
+    hparams = {k: jnp.asarray(v[:1]) for k, v in runs.make_run_grid(config, data_shape[-1]).hparams.items()}
+    keys = jnp.stack([runs.run_keys(config.seed, np.zeros(1, int), np.zeros(1, int))] * 2, axis=1)
+    init = jax.vmap(functools.partial(step.init_run, ctx))
+    state = jax.eval_shape(init, keys, hparams)
+    images = jax.ShapeDtypeStruct(data_shape, jnp.uint8)
+    labels = jax.ShapeDtypeStruct(data_shape[:1], jnp.int32)
+    batches = jax.eval_shape(jax.vmap(functools.partial(step.epoch_batches, ctx), (0, None, 0)), state,
+                             jnp.int32(1), jax.ShapeDtypeStruct((1, data_shape[0]), jnp.int32))
+    sums = jax.eval_shape(lambda: zero_sums(1, tuple(metrics.layer_names(state.params))))
+    chunk = functools.partial(_local_train_steps, ctx, None, one, length=1)
+    args, step_bytes = memory.compiled_bytes(chunk, state, hparams, images, labels, batches, jnp.int32(0), sums,
+                                             donate_argnums=(0, 6))
+    shared = images.size + labels.size * 4
+    batch = int(config.eval_batch_size)
+    eval_fn = jax.vmap(functools.partial(step.eval_step, ctx), (0, 0, None, None, 0))
+    _, eval_bytes = memory.compiled_bytes(eval_fn, state, hparams, images.update(shape=(batch, *data_shape[1:])),
+                                          labels.update(shape=(batch,)), jax.ShapeDtypeStruct((1, batch), jnp.float32))
+    measured = memory.RunMemory(held=args - shared, step=step_bytes, eval_example=eval_bytes / batch, shared=shared)
+    return memory.sized(plan, measured, num_runs, limit, batch)
 
 
 class RunSetup(NamedTuple):
@@ -198,7 +233,8 @@ def setup_runs(config: ml_collections.ConfigDict, image_shape: tuple[int, int, i
     that compare a seed alone with the batch)."""
     grid = runs.make_run_grid(config, image_shape[-1])
     program = make_train(config, image_shape, num_classes, num_train,
-                         num_settings=len(grid.settings) if seed_index is None else None)
+                         num_settings=len(grid.settings) if seed_index is None else None,
+                         num_runs=grid.num_runs if seed_index is None else len(seed_index))
     if seed_index is None:
         seeds, folds, count = grid.seed_index, grid.fold_index, grid.num_runs
     else:
@@ -384,7 +420,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 raise Interrupted(f"{stop.reason()} at epoch {epoch} step {done}; rerun the same command to "
                                              "resume", stop.exit_code())
             scores = {name: setup.real_runs(score_split(setup.program, state, setup.hparams, *examples,
-                                                        config.eval_batch_size, weights=weights))
+                                                        plan.eval_batch_size or config.eval_batch_size,
+                                                        weights=weights))
                       for name, (examples, weights) in evals.items()}
             diverged = np.asarray(setup.real_runs(state.diverged))
             record = results.epoch_record(setup.real_runs(sums)._asdict(), scores, diverged)
