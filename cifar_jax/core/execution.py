@@ -145,6 +145,46 @@ def plan(config: ml_collections.ConfigDict, *, steps_per_epoch: int, step_bytes:
         config, policy, with_microbatches, lambda _: whole_batch_bytes() // microbatches))
 
 
+def plan_record(plan: ExecutionPlan) -> dict[str, Any]:
+    """What data.json and results.json record of how the runs were computed: a resume or a
+    comparison can then tell a bfloat16 GPU run from a float32 CPU one."""
+    device = (jax.devices() if plan.mesh is None else list(plan.mesh.devices.flat))[0]
+    return {"backend": plan.backend, "device_kind": device.device_kind, "device_count": plan.num_devices,
+            "policy": plan.policy, "compute_dtype": plan.compute_dtype, "matmul_precision": matmul_precision(plan),
+            "conv_impl": plan.conv_impl, "runs_per_group": plan.runs_per_group, "microbatches": plan.microbatches,
+            "eval_batch_size": plan.eval_batch_size, "deterministic": "--xla_gpu_deterministic_ops=true" in
+            os.environ.get("XLA_FLAGS", "")}
+
+
+def matmul_precision(plan: ExecutionPlan) -> str | None:
+    """'highest' where float32 must mean float32 on an accelerator (GPUs use TF32 and TPUs one
+    bfloat16 pass for float32 matmuls by default); None: JAX's default (exact float32 on CPU)."""
+    return "highest" if plan.compute_dtype == "float32" and plan.policy == "accelerator" else None
+
+
+def with_precision(fn: Callable[..., Any], plan: ExecutionPlan) -> Callable[..., Any]:
+    """`fn` traced under the plan's matmul precision (`matmul_precision`)."""
+    precision = matmul_precision(plan)
+    if precision is None:
+        return fn
+
+    @functools.wraps(fn)
+    def precise(*args, **kwargs):
+        with jax.default_matmul_precision(precision):
+            return fn(*args, **kwargs)
+    return precise
+
+
+def apply_xla_flags(config: ml_collections.ConfigDict) -> None:
+    """`execution.deterministic`: XLA's deterministic GPU kernels (no atomics in reductions and
+    scatters, fixed cuDNN algorithms), so a repeated or resumed GPU run gives identical numbers.
+    Must run before anything touches a JAX backend, which reads XLA_FLAGS once."""
+    flag = "--xla_gpu_deterministic_ops=true"
+    flags = os.environ.get("XLA_FLAGS", "")
+    if config.execution.get("deterministic", False) and flag not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} {flag}".strip()
+
+
 def resolved_policy(config: ml_collections.ConfigDict, backend: str) -> str:
     """'cpu' or 'accelerator': `execution.policy`, where auto follows the backend."""
     policy = config.execution.get("policy", "auto")

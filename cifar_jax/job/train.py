@@ -36,7 +36,7 @@ from cifar_jax.core import streams
 from cifar_jax.job import validation
 from cifar_jax.job import workdir as workdir_lib
 from cifar_jax.job.checkpoint import Checkpoints, warm_start_state
-from cifar_jax.errors import ConfigError, Interrupted
+from cifar_jax.errors import CheckpointError, ConfigError, Interrupted
 from cifar_jax.models.layers import DropoutRate
 from cifar_jax.core.splits import examples_for, run_train_index
 
@@ -149,11 +149,12 @@ def make_train(config: ml_collections.ConfigDict, image_shape: tuple[int, int, i
         init=jax.jit(runs_mapped(functools.partial(step.init_run, ctx), (0, 0)), compiler_options=run_once),
         epoch_batches=jax.jit(runs_mapped(functools.partial(step.epoch_batches, ctx), (0, None, 0)),
                               compiler_options=run_once),
-        train_steps=jax.jit(train_steps, static_argnames="length", donate_argnums=(0, 6)),
+        train_steps=jax.jit(execution.with_precision(train_steps, plan), static_argnames="length",
+                            donate_argnums=(0, 6)),
         # Evaluated in the same run groups as training: a whole eval batch of every run at once
         # exhausted 24 GB for 12 runs of the three-layer CNN (study 001 on CPU).
-        eval_batch=jax.jit(runs_mapped(functools.partial(step.eval_step, ctx), (0, 0, None, None, 0),
-                                       plan.runs_per_group)),
+        eval_batch=jax.jit(execution.with_precision(runs_mapped(
+            functools.partial(step.eval_step, ctx), (0, 0, None, None, 0), plan.runs_per_group), plan)),
         eval_graph=ctx.eval_graph,
         layer_names=tuple(metrics.layer_names(nnx.state(abstract, nnx.Param))),
         steps_per_epoch=steps_per_epoch,
@@ -377,6 +378,16 @@ def _chunk_hook(setup: RunSetup, checkpoints: Checkpoints, loop: progress.Traini
     return hook
 
 
+def _refuse_another_dtype(workdir: str, plan: execution.ExecutionPlan) -> None:
+    """A resume must compute in the dtype the run began with (e.g. not float32 on CPU, then
+    bfloat16 on a GPU), or its numbers belong to no one setting."""
+    stored = (workdir_lib.load_json(workdir, workdir_lib.DATA_FILE) or {}).get("plan") or {}
+    if stored.get("compute_dtype", plan.compute_dtype) != plan.compute_dtype:
+        raise CheckpointError(f"{workdir} was trained in {stored['compute_dtype']} ({stored.get('backend')}), this "
+                              f"job would resume it in {plan.compute_dtype} ({plan.backend}); set "
+                              f"--config.execution.compute_dtype={stored['compute_dtype']}, or use another --workdir")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains (or resumes) every run of `config`, evaluating each epoch, checkpointing, and writing
     metrics.jsonl, TensorBoard events and results.json into `workdir`. SIGTERM or Ctrl-C stop it
@@ -386,12 +397,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     primary = execution.is_primary()  # process 0 writes everything but the checkpoints
     if primary:
         workdir_lib.make_room(workdir, config)  # refuses a workdir of another config, writing nothing
+        _refuse_another_dtype(workdir, setup.program.plan)
     checkpoints = Checkpoints(workdir, keep=config.checkpoint.keep, best_metric=config.checkpoint.best_metric)
     # An unusable checkpoint (or init_from source) fails here, config.json untouched.
     resume = _resume_point(setup, checkpoints, lambda: _initial_state(setup, config, workdir))
     if primary:
         workdir_lib.write_run_files(workdir, config, {"image_shape": list(splits.image_shape), "num_train":
-                                                      splits.num_train, "class_names": list(splits.class_names)})
+                                                      splits.num_train, "class_names": list(splits.class_names),
+                                                      "plan": execution.plan_record(setup.program.plan)})
     loop = progress.TrainingLog(workdir, config, setup.grid, splits, setup.program, is_primary=primary)
     state, history, diverged_by_epoch = resume.state, resume.history, resume.diverged_by_epoch
     loop.start(resumed_after=len(history), step=resume.step)
@@ -436,6 +449,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     checkpoints.close()
     summary = results.summarize_results(config, setup.grid, history, np.asarray(diverged_by_epoch[-1]),
                                         records()["wall_time_s"])
+    summary["plan"] = execution.plan_record(plan)
     if primary:
         workdir_lib.write_json_atomic(os.path.join(workdir, "results.json"), summary)
     loop.finish(summary, checkpoints)

@@ -407,7 +407,8 @@ class Dropout(nnx.Module):
             return x
         mask, keep = keep_mask(self.rngs(), 1.0 - self.rate[...].astype(jnp.float32),
                                dropout_mask_shape(x.shape, self.kind))
-        return jnp.where(mask, x / keep.astype(x.dtype), jnp.zeros_like(x))
+        # Scaled in float32: bfloat16(0.9) is 0.8984, a 0.2% bias on the expectation.
+        return jnp.where(mask, (x.astype(jnp.float32) / keep).astype(x.dtype), jnp.zeros_like(x))
 
 
 def keep_mask(key: jax.Array, keep: jax.Array, shape: Sequence[int]) -> tuple[jax.Array, jax.Array]:
