@@ -1,10 +1,15 @@
 """cifar_jax vs PyTorch, side by side in one process: training throughput over runs.
 
     python scripts/benchmark.py --quick          # < 2 minutes on 2 cores: the target cells
-    python scripts/benchmark.py --json runs/benchmark.json   # the full table
+    python scripts/benchmark.py --models         # every study model at its study's batch sizes, 1 and 8 seeds
+    python scripts/benchmark.py --e2e            # each study model's recipe as a whole job (benchmark_e2e.py)
+    python scripts/benchmark.py                  # all of it; JSON in docs/benchmarks/<date>-full.json
+    python scripts/benchmark.py --models --e2e --tiny   # does every cell run? (1 step, tiny jobs)
 
-A cell is a model (the tutorial LeNet, the fifth study's CNN, a reduced block CNN), a batch size
-and its runs: S seeds, or a grid of 4 learning rates x 2 seeds (`GRID_RATES`). Per cell:
+A cell is a model (`configs/study_models.py`: the five studies' models, and a reduced block CNN),
+a batch size and its runs: S seeds, or a grid of 4 learning rates x 2 seeds (`GRID_RATES`). The
+full block CNN of study 003 (~2 GFLOP per training image) is timed over 1 step a round, 2 rounds,
+its auto program only. Per cell:
 
 - model-images/s = images x runs / second of training, steady state (after compilation and a
   warm-up epoch), over a fixed number of steps on synthetic CIFAR-sized uint8 arrays (the data
@@ -48,7 +53,6 @@ import platform
 import resource
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -95,6 +99,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import benchmark_e2e  # noqa: E402
+from benchmark_measure import PeakRSS, TorchCell, peak_matmul_flops  # noqa: E402
 import benchmark_report  # noqa: E402
 from cifar_jax.core import execution  # noqa: E402
 from cifar_jax.data.datasets import IMAGE_SHAPES  # noqa: E402
@@ -183,46 +188,6 @@ def timed_steps(model: str, batch_size: int, num_runs: int, quick: bool, scale: 
 # ----------------------------------------------------------------------------- measurement helpers
 
 
-class PeakRSS:
-    """Peak resident memory of this process while the block runs (sampled every 10 ms)."""
-
-    def __enter__(self):
-        import psutil
-        self._process = psutil.Process()
-        self.peak = self._process.memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self):
-        while not self._stop.wait(0.01):
-            self.peak = max(self.peak, self._process.memory_info().rss)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._process.memory_info().rss)
-
-    @property
-    def mb(self) -> float:
-        return self.peak / 2**20
-
-
-def peak_matmul_flops(n: int = 2048, repeats: int = 7) -> float:
-    """Best f32 FLOP/s of an n x n x n matmul in XLA: the ceiling for MFU."""
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-    mm = jax.jit(lambda a, b: a @ b)
-    mm(a, b).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        mm(a, b).block_until_ready()
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
-
-
 def _train_steps_call(program, state, hparams, images, labels):
     """The (abstract) arguments of the first `train_steps` call of an epoch, as `train_epoch` makes them."""
     num_runs = state.step.shape[0]
@@ -261,36 +226,6 @@ def train_flops_per_image(model: str, batch_size: int) -> float:
         cost = program.train_steps.lower(*args, **kwargs).cost_analysis()
         _FLOPS_CACHE[key] = float(cost["flops"]) / batch_size
     return _FLOPS_CACHE[key]
-
-
-class TorchCell:
-    """One PyTorch way of training a cell's runs, timed a few steps at a time (~`seconds` per
-    repeat) between cifar_jax's timed epochs, so both frameworks see the same machine load.
-    `runner` is a `torch_reference.ThroughputRunner` (one model: the runs train one after
-    another, so model-images/s is one model's images/s) or a `FuncThroughputRunner` (all runs at
-    once with torch.func); `models_per_step` is 1 or the number of stacked models."""
-
-    def __init__(self, way: str, runner, batch_size: int, models_per_step: int, seconds: float):
-        self.way, self.runner = way, runner
-        self.images_per_step = batch_size * models_per_step
-        self.runner.steps(1)  # warm-up: allocator, oneDNN primitives
-        wall, _ = self.runner.steps(1)
-        # At least 3 steps a round, or 1 where a step alone takes longer than a round should.
-        self.steps_per_repeat = int(min(2000, max(1 if wall > seconds else 3, seconds / wall)))
-        self.walls, self.cpus = [], []
-
-    def repeat(self):
-        wall, cpu = self.runner.steps(self.steps_per_repeat)
-        self.walls.append(wall)
-        self.cpus.append(cpu)
-
-    def result(self, since: int = 0) -> dict:
-        import torch
-        images = self.steps_per_repeat * self.images_per_step
-        walls, cpus = self.walls[since:], self.cpus[since:]
-        return {"framework": "pytorch", "way": self.way, "steps": self.steps_per_repeat, "repeats": len(walls),
-                "images_per_s": images / min(walls), "images_per_s_median": images / statistics.median(walls),
-                "images_per_cpu_s": images / statistics.median(cpus), "torch": torch.__version__}
 
 
 def torch_ways(cell: Cell, threads: int, seconds: float, sequential: dict) -> dict[str, TorchCell]:
@@ -489,6 +424,7 @@ def main(args, threads: int) -> dict:
     cells, e2e_models = plan_cells(args)
     peak = _header(threads)
     rows = throughput_rows(args, cells, threads)
+    start_s = benchmark_e2e.process_start_s(not args.no_torch) if e2e_models else 0.0
     e2e_rows = [benchmark_e2e.e2e_row(m, tiny=args.tiny, with_torch=not args.no_torch) for m in e2e_models]
     if rows:
         print("\nmodel-images/s = images x runs / second. PyTorch sequential trains the runs one after another (one "
@@ -497,7 +433,8 @@ def main(args, threads: int) -> dict:
               "(matmul peak, this run).")
         print(benchmark_report.table(rows, peak))
     if e2e_rows:
-        print("\n" + benchmark_e2e.table(e2e_rows))
+        print(f"\n{benchmark_e2e.table(e2e_rows)}\ncifar_jax's one-time imports (clu, TensorFlow), before the jobs "
+              f"and not in their times: {start_s:.1f} s")
     lines = benchmark_report.targets(rows) + benchmark_e2e.targets(e2e_rows)
     print("\n" + "\n".join(lines))
     elapsed = time.time() - start
@@ -506,7 +443,8 @@ def main(args, threads: int) -> dict:
     print(f"\n{kind} benchmark{' (--tiny: timings meaningless)' if args.tiny else ''}: {elapsed:.0f} s, "
           f"peak RSS of the process {peak_rss:,.0f} MB")
     result = {"kind": kind, "tiny": args.tiny, "threads": threads, "peak_flops": peak, "jax": jax.__version__,
-              "backend": jax.default_backend(), "rows": rows, "e2e": e2e_rows, "targets": lines,
+              "backend": jax.default_backend(), "rows": rows, "e2e": e2e_rows,
+              "e2e_process_start_s": start_s, "targets": lines,
               "seconds": elapsed, "load_average": os.getloadavg()}
     path = args.json or ("" if kind != "full" or args.tiny else
                          str(REPO / "docs" / "benchmarks" / f"{time.strftime('%Y-%m-%d')}-full.json"))
