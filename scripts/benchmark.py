@@ -231,8 +231,11 @@ def train_flops_per_image(model: str, batch_size: int) -> float:
 def torch_ways(cell: Cell, threads: int, seconds: float, sequential: dict) -> dict[str, TorchCell]:
     """PyTorch's ways of training the cell's runs: one after another (a runner shared by the cells
     of a model and batch size, in `sequential`) and, for several runs, torch.func."""
+    import torch
     import torch_reference
 
+    if jax.default_backend() == "gpu" and torch.cuda.is_available():  # both frameworks on the same device
+        torch_reference.DEVICE = torch.device("cuda")
     config = MODELS[cell.model].config(cell.batch_size)
     key = (cell.model, cell.batch_size)
     if key not in sequential:

@@ -7,7 +7,8 @@ Prints versions and devices; runs the device-relevant tests (full mode); trains 
 and the block CNN (16 seeds) on synthetic CIFAR-shaped data; compares XLA against patches
 convolutions under vmap and bfloat16 against float32; finds the largest block-CNN seed count
 whose batch-128 step fits the device (from the compiled step's memory analysis); saves a
-checkpoint trained on the device and evaluates it on the CPU (the numbers must agree). Writes
+checkpoint trained on the device and evaluates it on the CPU (the numbers must agree); times
+PyTorch's LeNet on the same GPU (sequential and torch.func) where a CUDA PyTorch is installed. Writes
 `<out>/device-check-<backend>-<date>.json` and `.md`.
 """
 
@@ -119,6 +120,30 @@ def checkpoint_on_cpu(result: dict, splits: Splits) -> dict:
             "equal_accuracy": bool(np.allclose(device_scores["accuracy"], cpu_scores["accuracy"], atol=2 / 512))}
 
 
+def torch_on_device(seeds: int, steps: int = 50) -> dict:
+    """PyTorch's LeNet at batch 128 on the GPU JAX uses: one seed's loop (sequential; the seeds'
+    time is that times `seeds`) and `seeds` models at once with torch.func, model-images/s."""
+    try:
+        import torch
+    except ImportError:
+        return {"note": "PyTorch is not installed"}
+    if jax.default_backend() != "gpu" or not torch.cuda.is_available():
+        return {"note": f"no CUDA PyTorch beside JAX's {jax.default_backend()} (torch {torch.__version__})"}
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    import torch_reference
+    from configs import study_models
+
+    torch_reference.DEVICE = torch.device("cuda")
+    config = study_models.MODELS["lenet"].config(128)
+    rates = {}
+    for name, runner, models in (("sequential", torch_reference.ThroughputRunner(config, 128), 1),
+                                 ("torch.func", torch_reference.FuncThroughputRunner(config, 128, seeds), seeds)):
+        runner.steps(5)  # warm-up: cuDNN autotuning, allocator
+        wall, _ = runner.steps(steps)
+        rates[name] = models * steps * 128 / wall
+    return {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "img_per_s": rates}
+
+
 def run_tests() -> dict:
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "not slow", *DEVICE_TESTS], cwd=REPO,
@@ -161,6 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
                                 if not args.smoke or dtype == "float32"}
     report["largest_block_cnn"] = largest_block_cnn(splits, shrink, 2**30 if args.smoke else None)
     report["checkpoint_on_cpu"] = checkpoint_on_cpu(report["train"]["lenet"], splits)
+    report["pytorch_same_device"] = torch_on_device(lenet_seeds)
     return write(report, args.out)
 
 
@@ -181,6 +207,7 @@ def write(report: dict, out: str) -> dict:
                       "| what | runs | dtype | conv | model-img/s | val acc | memory |", "|---|---|---|---|---|---|---|",
                       *rows, "", f"largest block CNN at batch 128: {json.dumps(report['largest_block_cnn'])}",
                       f"checkpoint evaluated on CPU: {json.dumps(report['checkpoint_on_cpu'])}",
+                      f"PyTorch on the same device: {json.dumps(report['pytorch_same_device'])}",
                       f"tests: {json.dumps(report.get('tests', 'not run (smoke)'))}", ""])
     with open(stem + ".md", "w") as f:
         f.write(text)

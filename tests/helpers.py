@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import jax.numpy as jnp
 import numpy as np
@@ -77,3 +78,11 @@ def assert_close_reassociated(actual, expected, err_msg=""):
     expected = np.asarray(expected)
     atol = 32 * np.finfo(np.float32).eps * float(np.abs(expected).max())
     np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=atol, err_msg=err_msg)
+
+
+def signal_and_wait(process: subprocess.Popen, sig: int, timeout: float = 60) -> tuple[str, float]:
+    """Sends `sig` to a running CLI job and waits for it to exit: (its stderr, seconds to exit)."""
+    process.send_signal(sig)
+    sent = time.time()
+    _, stderr = process.communicate(timeout=timeout)
+    return stderr, time.time() - sent

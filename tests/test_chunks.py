@@ -10,7 +10,7 @@ import pytest
 
 from cifar_jax.core import execution
 from cifar_jax.job import chunks
-from helpers import REPO, needs_fashion_mnist
+from helpers import REPO, needs_fashion_mnist, signal_and_wait
 
 
 def clock(policy: str, steps_per_call: int, steps_per_epoch: int = 100) -> chunks.ChunkClock:
@@ -67,11 +67,9 @@ def test_accelerator_policy_on_cpu_shows_progress_inside_an_epoch_and_stops_on_s
             if line.startswith("epoch 1/5  step ") and int(line.split()[3].split("/")[0]) > 1:
                 break  # a progress line inside the first epoch, after the probe step
         assert any(line.startswith("compiling the training step") for line in lines), lines
-        process.send_signal(signal.SIGTERM)
-        sent = time.time()
-        _, stderr = process.communicate(timeout=60)
+        stderr, seconds = signal_and_wait(process, signal.SIGTERM)
     finally:
         process.kill()
     assert process.returncode == 75, stderr[-2000:]
-    assert time.time() - sent < 10
+    assert seconds < 10
     assert "preempted at epoch 1 step" in stderr.strip().splitlines()[-1]

@@ -24,3 +24,4 @@ def test_device_check_smoke_trains_compares_sizes_and_evaluates_a_checkpoint_on_
     largest = report["largest_block_cnn"]
     assert 1 <= largest["all_at_once"] <= largest["one_at_a_time"], largest
     assert report["checkpoint_on_cpu"]["equal_accuracy"], report["checkpoint_on_cpu"]
+    assert "note" in report["pytorch_same_device"] or report["pytorch_same_device"]["img_per_s"]["torch.func"] > 0

@@ -21,11 +21,11 @@ from helpers import assert_close_reassociated, synthetic_splits, tiny_config, tr
 
 
 def test_chunk_length_divides_the_epoch_when_it_can():
-    assert execution._chunk_length(312, 10) == 8  # 312 = 39 x 8: one compiled chunk length
-    assert execution._chunk_length(10000, 10) == 10
-    assert execution._chunk_length(311, 10) == 10  # prime: a remainder chunk compiles once more
-    assert execution._chunk_length(3, 10) == 3
-    assert execution._chunk_length(1, 10) == 1
+    assert execution.chunk_length(312, 10) == 8  # 312 = 39 x 8: one compiled chunk length
+    assert execution.chunk_length(10000, 10) == 10
+    assert execution.chunk_length(311, 10) == 10  # prime: a remainder chunk compiles once more
+    assert execution.chunk_length(3, 10) == 3
+    assert execution.chunk_length(1, 10) == 1
 
 
 def plan_for(config, backend: str, steps_per_epoch: int = 312, step_bytes: int = 21 * 2**20):
@@ -36,11 +36,17 @@ def test_plan_rules_per_backend():
     config = tiny_config()
     cpu, gpu = plan_for(config, "cpu"), plan_for(config, "gpu")
     assert (cpu.conv_impl, cpu.compute_dtype, cpu.steps_per_call) == ("patches", "float32", 8)  # 312 = 39 x 8
-    assert (gpu.conv_impl, gpu.compute_dtype, gpu.steps_per_call, gpu.runs_per_group) == ("xla", "bfloat16", 312, None)
+    # one probe step, then job/chunks.py sizes calls to take CHUNK_SECONDS
+    assert (gpu.conv_impl, gpu.compute_dtype, gpu.steps_per_call, gpu.runs_per_group) == ("xla", "bfloat16", 1, None)
+    assert gpu.chunk_seconds == execution.CHUNK_SECONDS and gpu.policy == "accelerator"
+    config.execution.policy = "accelerator"  # the accelerator's choices on a CPU
+    assert plan_for(config, "cpu").conv_impl == "xla" and plan_for(config, "cpu").policy == "accelerator"
+    config.execution.policy = "auto"
     config.model.conv_impl = "xla"  # XLA:CPU convolutions are slow inside loop bodies
     assert plan_for(config, "cpu").steps_per_call == 1
     config.execution.steps_per_call = 7
     assert plan_for(config, "cpu", steps_per_epoch=100).steps_per_call == 7
+    assert plan_for(config, "cpu", steps_per_epoch=100).chunk_seconds is None  # asked for: a fixed length
     assert plan_for(config, "tpu", steps_per_epoch=5).steps_per_call == 5
     config.execution.compute_dtype = "float32"
     assert plan_for(config, "gpu").compute_dtype == "float32"

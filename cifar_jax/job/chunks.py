@@ -21,6 +21,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
 
 from cifar_jax.core import execution
 
@@ -105,5 +107,7 @@ class ChunkClock:
         if self.target_s is None:
             return
         wanted = max(1, int(self.target_s / max(step_s, 1e-9)))
+        if jax.process_count() > 1:  # every process must run the same programs: process 0's choice
+            wanted = int(multihost_utils.broadcast_one_to_all(np.int32(wanted)))
         self.length = execution.chunk_length(self.steps_per_epoch, min(wanted, self.max_length))
         self.target_s = None

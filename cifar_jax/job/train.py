@@ -131,6 +131,7 @@ def make_train(config: ml_collections.ConfigDict, image_shape: tuple[int, int, i
 
     if num_runs is not None and plan.policy == "accelerator" and not int(config.execution.runs_per_group):
         plan = _sized_to_memory(config, ctx, plan, num_runs, (num_train, *image_shape))
+    plan = dataclasses.replace(plan, eval_batch_size=plan.eval_batch_size or int(config.eval_batch_size))
 
     def runs_mapped(fn, in_axes, group_size=None):  # each device maps its own runs: no collectives
         return execution.per_device(execution.map_over_runs(fn, in_axes, group_size), plan, in_axes)
@@ -399,6 +400,33 @@ def _best_runs(config: ml_collections.ConfigDict, setup: RunSetup, checkpoints: 
     return best
 
 
+def _claim(config: ml_collections.ConfigDict, workdir: str, setup: RunSetup, splits: Any,
+           primary: bool) -> tuple[Checkpoints, ResumePoint]:
+    """Takes the workdir: refuses another config's run or another dtype (writing nothing), finds
+    where to resume (an unusable checkpoint or init_from source fails here, config.json
+    untouched), then writes config.json and data.json (with the resolved plan)."""
+    if primary:
+        workdir_lib.make_room(workdir, config)  # refuses a workdir of another config, writing nothing
+        _refuse_another_dtype(workdir, setup.program.plan)
+    checkpoints = Checkpoints(workdir, keep=config.checkpoint.keep, best_metric=config.checkpoint.best_metric)
+    resume = _resume_point(setup, checkpoints, lambda: _initial_state(setup, config, workdir))
+    if primary:
+        workdir_lib.write_run_files(workdir, config, {"image_shape": list(splits.image_shape), "num_train":
+                                                      splits.num_train, "class_names": list(splits.class_names),
+                                                      "plan": execution.plan_record(setup.program.plan)})
+    return checkpoints, resume
+
+
+def _placed_data(splits: Any, setup: RunSetup) -> tuple[jax.Array, jax.Array, jax.Array, dict]:
+    """Training images and labels, each run's training index and the evaluation splits (examples,
+    per-run weights), on the devices."""
+    plan = setup.program.plan
+    images, labels = execution.replicate(tuple(splits.train), plan)
+    evals = {name: (execution.replicate(tuple(examples), plan), setup.on_devices(weights))
+             for name, (examples, weights) in ((n, examples_for(splits, setup.grid, n)) for n in splits.eval)}
+    return images, labels, setup.on_devices(run_train_index(splits, setup.grid)), evals
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains (or resumes) every run of `config`, evaluating each epoch, checkpointing, and writing
     metrics.jsonl, TensorBoard events and results.json into `workdir`. SIGTERM or Ctrl-C stop it
@@ -406,16 +434,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     splits = validation.load_checked_splits(config)  # before touching the workdir: a bad start changes nothing
     setup = setup_runs(config, splits.image_shape, len(splits.class_names), splits.num_train, abstract=True)
     primary = execution.is_primary()  # process 0 writes everything but the checkpoints
-    if primary:
-        workdir_lib.make_room(workdir, config)  # refuses a workdir of another config, writing nothing
-        _refuse_another_dtype(workdir, setup.program.plan)
-    checkpoints = Checkpoints(workdir, keep=config.checkpoint.keep, best_metric=config.checkpoint.best_metric)
-    # An unusable checkpoint (or init_from source) fails here, config.json untouched.
-    resume = _resume_point(setup, checkpoints, lambda: _initial_state(setup, config, workdir))
-    if primary:
-        workdir_lib.write_run_files(workdir, config, {"image_shape": list(splits.image_shape), "num_train":
-                                                      splits.num_train, "class_names": list(splits.class_names),
-                                                      "plan": execution.plan_record(setup.program.plan)})
+    checkpoints, resume = _claim(config, workdir, setup, splits, primary)
     loop = progress.TrainingLog(workdir, config, setup.grid, splits, setup.program, is_primary=primary)
     state, history, diverged_by_epoch = resume.state, resume.history, resume.diverged_by_epoch
     loop.start(resumed_after=len(history), step=resume.step)
@@ -423,12 +442,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     records = lambda: {"history": history, "diverged": diverged_by_epoch,  # noqa: E731
                        "wall_time_s": resume.wall_time_s + time.time() - session_start}
     plan = setup.program.plan
-    images, labels = execution.replicate(tuple(splits.train), plan)
-    train_index = setup.on_devices(run_train_index(splits, setup.grid))
-    evals = {name: (execution.replicate(tuple(examples), plan), setup.on_devices(weights))
-             for name, (examples, weights) in ((n, examples_for(splits, setup.grid, n)) for n in splits.eval)}
+    images, labels, train_index, evals = _placed_data(splits, setup)
     resumed_epoch = len(history) + 1  # resume.step and resume.sums belong to it
-    eval_batch = plan.eval_batch_size or config.eval_batch_size  # sized to memory on accelerators
     clock = chunks.ChunkClock(plan, setup.program.steps_per_epoch)
     loop.compiling(clock)
     best = _best_runs(config, setup, checkpoints, evals, history, state)
@@ -446,7 +461,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 raise Interrupted(f"{stop.reason()} at epoch {epoch} step {done}; rerun the same command to "
                                              "resume", stop.exit_code())
             scores = {name: setup.real_runs(score_split(setup.program, state, setup.hparams, *evals[name][0],
-                                                        eval_batch, weights=evals[name][1]))
+                                                        plan.eval_batch_size, weights=evals[name][1]))
                       for name in best_runs.splits_to_score(config, evals, epoch)}
             diverged = np.asarray(setup.real_runs(state.diverged))
             record = results.epoch_record(setup.real_runs(sums)._asdict(), scores, diverged)
@@ -464,7 +479,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     best_test = None if best is None else best.best_scores(
         config.num_epochs, {name: history[-1][f"test_{name}"] for name in results.RECORDED_EVAL_METRICS},
         lambda: setup.real_runs(score_split(setup.program, best.state(state), setup.hparams, *evals["test"][0],
-                                            eval_batch, weights=evals["test"][1])))
+                                            plan.eval_batch_size, weights=evals["test"][1])))
     summary = results.summarize_results(config, setup.grid, history, np.asarray(diverged_by_epoch[-1]),
                                         records()["wall_time_s"], best_test)
     summary["plan"] = execution.plan_record(plan)
