@@ -109,7 +109,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         lambda: checks.integer(config, "execution.runs_per_group", low=0, hint="0 picks per backend"),
         lambda: checks.integer(config, "execution.microbatches", low=0, hint="0 picks per backend"),
         lambda: checks.choice(config, "execution.compute_dtype", COMPUTE_DTYPES),
-        lambda: checks.choice(config, "execution.policy", POLICIES),
+        # Fields newer than some workdirs' config.json: checked where present.
+        lambda: "policy" not in config.execution or checks.choice(config, "execution.policy", POLICIES),
+        lambda: "memory_limit_bytes" not in config.execution or checks.integer(
+            config, "execution.memory_limit_bytes", low=0, hint="0 takes the device's own limit"),
         lambda: checks.choice(config, "model.conv_impl", CONV_IMPLS),
     )
 
