@@ -11,9 +11,9 @@ choice                                 CPU (2-core AVX2 machine)  GPU / TPU
 `model.conv_impl` (auto)               patches (im2col x matmul,  xla (cuDNN / TPU convolutions)
                                        space-to-depth blocks)
 `execution.steps_per_call` (0 = auto)  a `lax.scan` chunk of ~10  1 step, then a chunk sized to
-                                       steps (1 with XLA convs),  take ~`CHUNK_SECONDS` from the
-                                       fewer if that exceeds      first call's time (job/chunks.py)
-                                       `CHUNK_SECONDS`
+                                       steps (1 with XLA convs):  take ~`CHUNK_SECONDS` from the
+                                       fixed, so that a resume    first call's time (job/chunks.py)
+                                       runs the same programs
 `execution.runs_per_group` (0 = auto)  runs whose activations     all runs in one vmap
                                        fit 12 MiB per step (LeNet
                                        b4: 11, b128: 1; CNN: 1)
@@ -55,7 +55,7 @@ from cifar_jax.errors import ConfigError
 # Target length of a scanned chunk of training steps on CPU: long enough to amortise dispatch
 # (~0.1-0.3 ms per call), short enough that progress and interruption stay responsive.
 CPU_STEPS_PER_CALL = 10
-# What one call of training steps should take when its length is automatic, on every backend:
+# What one call of training steps should take when its length is automatic on an accelerator:
 # progress lines, periodic checkpoints and a stop request (SIGTERM) act between calls, so a stop
 # waits for at most two calls (job/chunks.py); a few seconds amortise dispatch on any device.
 CHUNK_SECONDS = 2.0
@@ -140,7 +140,8 @@ def plan(config: ml_collections.ConfigDict, *, steps_per_epoch: int, step_bytes:
     dtype = ("float32" if policy == "cpu" else "bfloat16") if dtype == "auto" else dtype
     provisional = ExecutionPlan(backend, conv, dtype, _steps_per_call(config, steps_per_epoch, policy, conv), None,
                                 runs_mesh(devices), policy=policy,
-                                chunk_seconds=None if int(config.execution.steps_per_call) else CHUNK_SECONDS)
+                                chunk_seconds=None if int(config.execution.steps_per_call) or policy == "cpu"
+                                else CHUNK_SECONDS)
     whole_batch_bytes = functools.cache(lambda: int(step_bytes(provisional)))  # traced once, if at all
     microbatches = _microbatches(config, policy, provisional, lambda _: whole_batch_bytes(), batch_separable)
     with_microbatches = dataclasses.replace(provisional, microbatches=microbatches)

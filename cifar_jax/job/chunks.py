@@ -3,9 +3,12 @@
 A call of `length` steps is one `lax.scan` the host waits on only at chunk boundaries: progress
 lines, periodic checkpoints and SIGTERM act between calls, so a call must stay short (a few
 seconds) on every backend, while long enough to amortise dispatch. The plan gives the first
-length and, for an automatic choice, a target duration; the clock measures the first call that
-did not compile and re-sizes the chunk once, to the largest divisor of the epoch near the target
-(one more compile, then one program per epoch).
+length and, for an automatic choice on an accelerator, a target duration; the clock measures the
+first call and re-sizes the chunk once, to the largest divisor of the epoch near the target (one
+more compile, then one program per epoch). On CPU the plan's ~10-step chunk stays fixed: a length
+chosen from timings could differ between a run and its resume, and XLA:CPU compiles a bare step
+(length 1) differently from a scan, so the numbers would no longer be bit-identical (a two-process
+resume test failed that way under load).
 
 The host runs at most one call ahead of the device (it waits for call k-1 after queueing call k),
 so a stop request waits for at most two calls. Compile time (spent inside the dispatching call)
@@ -40,8 +43,6 @@ class ChunkClock:
     def __init__(self, plan: execution.ExecutionPlan, steps_per_epoch: int):
         self.plan, self.steps_per_epoch = plan, steps_per_epoch
         self.length = plan.steps_per_call
-        # On CPU the plan's length is the measured best one (dispatch vs. cache): only ever shorter.
-        self.max_length = plan.steps_per_call if plan.policy == "cpu" else steps_per_epoch
         self.target_s = plan.chunk_seconds  # None: a fixed length (asked for in the config)
         self.compiled: set[int] = set()
         self.compile_s = 0.0
@@ -103,11 +104,11 @@ class ChunkClock:
 
     def resize(self, step_s: float) -> None:
         """Once, after the first measured call of the plan's length (`step_s` a step): the chunk
-        that takes about `target_s` (on CPU never longer than the plan's, measured best there)."""
+        that takes about `target_s`."""
         if self.target_s is None:
             return
         wanted = max(1, int(self.target_s / max(step_s, 1e-9)))
         if jax.process_count() > 1:  # every process must run the same programs: process 0's choice
             wanted = int(multihost_utils.broadcast_one_to_all(np.int32(wanted)))
-        self.length = execution.chunk_length(self.steps_per_epoch, min(wanted, self.max_length))
+        self.length = execution.chunk_length(self.steps_per_epoch, min(wanted, self.steps_per_epoch))
         self.target_s = None
