@@ -222,10 +222,15 @@ def dispatch(config: ml_collections.ConfigDict, workdir: str, mode: str) -> Any:
     execution.enable_compilation_cache(workdir)
     if mode == "sweep":  # several workers may share a sweep's workdir: each group is locked instead
         return sweep.run_sweep(config, workdir)
-    if mode == "report":  # reads what has finished, also while a study is running in the workdir
-        path = study.write_study_report(config, workdir)
-        print(f"study: {path}", flush=True)
-        return path
+    if mode == "report":  # reads what has finished, also while a study or sweep is running in the workdir
+        if config.get("experiments"):
+            path = study.write_study_report(config, workdir)
+            print(f"study: {path}", flush=True)
+            return path
+        if config.get("sweep"):
+            return sweep.write_sweep_report(workdir)
+        raise UsageError("--mode=report rebuilds a study's report.md or a sweep's results.md; give the study "
+                         "config (configs/studies/) or the sweep config (configs/sweeps/) the workdir was run with")
     with workdir_lib.workdir_lock(workdir, create=mode != "eval", is_primary=execution.is_primary()):
         if mode == "train":
             return train.train_and_evaluate(config, workdir)

@@ -99,8 +99,8 @@ def check_trained_config(workdir: str, config: ml_collections.ConfigDict) -> Non
     differing = workdir_lib.differing_fields(stored, current)
     if differing:
         raise ConfigError(f"--config differs from {os.path.join(workdir, workdir_lib.CONFIG_FILE)} in "
-                          f"{workdir_lib.describe_differences(stored, current, differing, shown=3)}; drop --config "
-                          "to evaluate with the run's own config (eval.* overrides still apply)")
+                          f"{workdir_lib.describe_differences(stored, current, differing, shown=3)}; evaluate "
+                          "with the run's own config: drop --config and any override outside eval.*")
 
 
 def load(workdir: str, checkpoint: str = "latest", config: ml_collections.ConfigDict | None = None) -> LoadedRun:
