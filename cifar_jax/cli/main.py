@@ -37,7 +37,8 @@ def make_flags(argv: list[str]) -> flags.FlagValues:
     config_flags.DEFINE_config_file(
         "config", None, "Config file (configs/*.py[:arg]); override fields with --config.a.b=v. With "
         "--mode=eval it defaults to the workdir's own config.", flag_values=values, lock_config=True, sys_argv=argv)
-    flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.", flag_values=values)
+    flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results (default: runs/<config "
+                        "file name>[_<argument>]).", flag_values=values)
     flags.DEFINE_enum("mode", "train", ["train", "eval", "sweep", "study", "report"],
                       "train (or resume); eval a checkpoint of --workdir; sweep the config's `sweep` spec; study: "
                       "every experiment of a study config (configs/studies/) and its report.md; report: rebuild it.",
@@ -67,9 +68,11 @@ def _flag_value(argv: list[str], name: str) -> str | None:
 def with_workdir_config(argv: list[str]) -> list[str]:
     """For `--mode=eval` without `--config`, reads the config the workdir was trained with."""
     workdir = _flag_value(argv, "workdir")
-    if _flag_value(argv, "mode") != "eval" or _flag_value(argv, "config") is not None or workdir is None:
+    if _flag_value(argv, "mode") != "eval" or _flag_value(argv, "config") is not None:
         return argv
-    return [argv[0], f"--config={WORKDIR_CONFIG_FILE}:{workdir}", *argv[1:]]
+    if workdir is None and not {"--help", "-h"} & set(argv):
+        raise UsageError("--mode=eval needs --workdir (the run to evaluate), e.g. --workdir runs/test")
+    return argv if workdir is None else [argv[0], f"--config={WORKDIR_CONFIG_FILE}:{workdir}", *argv[1:]]
 
 
 def split_grid_flags(argv: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -135,19 +138,29 @@ def parse(argv: list[str]) -> tuple[ml_collections.ConfigDict, str, str, int] | 
     except Exception as error:  # noqa: BLE001 -- the config file, or an override of it, failed to load
         raise ConfigError(_config_error(error, argv)) from None
     if values.help:
-        print(f"usage: cifar-jax --config FILE[:ARG] --workdir DIR [--mode=train|eval|sweep|study|report] "
+        print(f"usage: cifar-jax --config FILE[:ARG] [--workdir DIR] [--mode=train|eval|sweep|study|report] "
               f"[--config.a.b=v]\n"
               f"{values.get_help(include_special_flags=False)}")
         return None
     if len(extra) > 1:
         raise UsageError(f"unexpected arguments: {' '.join(extra[1:])}; flags are --name=value")
-    if values.workdir is None:
-        raise UsageError("--workdir is required, e.g. --workdir runs/quickstart")
     config = load_config(values, argv)
     apply_grid(config, grid)
     if config.get("dev_run", False) and values.mode != "eval":  # eval restores the trained runs as they are
         config = dev_run.apply_dev_run(config)
-    return config, values.workdir, values.mode, values.verbosity
+    workdir = values.workdir
+    if workdir is None:
+        workdir = default_workdir(_flag_value(argv, "config") or "")
+        print(f"workdir: {workdir} (the default for this config; choose another with --workdir)", flush=True)
+    return config, workdir, values.mode, values.verbosity
+
+
+def default_workdir(config_flag: str) -> str:
+    """runs/<config file name>[_<argument>], relative to the working directory: where a job
+    goes when --workdir is not given (configs/block_cnn.py -> runs/block_cnn)."""
+    path, _, argument = config_flag.partition(":")
+    name = Path(path).stem + (f"_{argument}" if argument else "")
+    return os.path.join("runs", re.sub(r"[^\w.-]+", "_", name))
 
 
 def load_config(values: flags.FlagValues, argv: list[str]) -> ml_collections.ConfigDict:

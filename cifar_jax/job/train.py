@@ -193,10 +193,11 @@ def setup_runs(config: ml_collections.ConfigDict, image_shape: tuple[int, int, i
                num_train: int, *, abstract: bool = False, seed_index: np.ndarray | None = None) -> RunSetup:
     """The one place that turns a config into runs: grid, program, per-run hparams and keys (folds
     included). `abstract=True` only traces `init` (validating the optimizer chain) and returns
-    the state's shapes (`trace_job` then traces a step and an eval); `seed_index` trains just those seeds of the first setting and fold (tests
-    that compare a seed alone with the batch)."""
+    the state's shapes (`trace_job` then traces a step and an eval); `seed_index` trains just
+    those seeds of the first setting and fold (tests that compare a seed alone with the batch)."""
     grid = runs.make_run_grid(config, image_shape[-1])
-    program = make_train(config, image_shape, num_classes, num_train, grid=grid if seed_index is None else None)
+    program = make_train(config, image_shape, num_classes, num_train,
+                         grid=grid if seed_index is None else None)
     if seed_index is None:
         seeds, folds, count = grid.seed_index, grid.fold_index, grid.num_runs
     else:
