@@ -254,10 +254,18 @@ def dispatch(config: ml_collections.ConfigDict, workdir: str, mode: str) -> Any:
 
 def error_line(message: str) -> str:
     """A user error as one `error:` line of at most MAX_ERROR_CHARS characters; several problems
-    reported at once (one per line) are joined with '; '."""
-    problems = [" ".join(line.split()) for line in str(message).splitlines() if line.strip()]
-    text = "error: " + "; ".join(problems)
-    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
+    reported at once (one per line) are joined with '; ', as many whole ones as fit, then how many
+    more there are (never a problem cut in the middle: the rerun reports the rest)."""
+    problems = [" ".join(line.split()) for line in str(message).splitlines() if line.strip()] or [""]
+
+    def more(count: int) -> str:
+        return f" (+{count} more problem{'s' if count > 1 else ''}: fix these and rerun to see them)" if count else ""
+    for shown in range(len(problems), 0, -1):
+        text = "error: " + "; ".join(problems[:shown])
+        if len(text) + len(more(len(problems) - shown)) <= MAX_ERROR_CHARS:
+            return text + more(len(problems) - shown)
+    tail = "..." + more(len(problems) - 1)
+    return text[: MAX_ERROR_CHARS - len(tail)] + tail
 
 
 def cli(argv: list[str]) -> int:
