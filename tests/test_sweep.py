@@ -24,8 +24,8 @@ from cifar_jax.job import workdir as workdir_lib
 from cifar_jax.cli import main
 from cifar_jax.errors import CheckpointError, ConfigError, UsageError
 from configs import default
+from helpers import needs_fashion_mnist
 
-FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
 
 def base_config(kind="grid", axes=(), constraints=(), **sweep_fields) -> ml_collections.ConfigDict:
@@ -356,7 +356,7 @@ def test_run_sweep_uses_the_training_core_by_default(tmp_path, no_report, monkey
 
 # ----------------------------------------------------------------------------- one real sweep
 
-@pytest.mark.skipif(not os.path.isdir(FASHION_MNIST), reason="apt-get install dataset-fashion-mnist")
+@needs_fashion_mnist
 def test_real_traced_sweep_compiles_the_training_step_once(tmp_path):
     """Two learning rates x two seeds on real Fashion-MNIST: one group, one `train_steps` program."""
     config = importlib.import_module("configs.test").get_config()
