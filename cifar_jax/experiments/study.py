@@ -382,13 +382,17 @@ def is_collapsed(run: dict[str, Any]) -> bool:
 
 def annotate(setting: report.Setting) -> None:
     """Marks collapsed runs (report.Setting.kept then leaves them out) and adds each run's test
-    metrics at its epoch of best validation accuracy (`test_*_at_best`)."""
+    metrics at its epoch of best validation accuracy (`test_*_at_best`): results.json's
+    `best_test_*` (the job scores test on each run's best weights), or the test curve at that
+    epoch for jobs that scored test every epoch before results.json held it."""
     for i, run in enumerate(setting.runs):
         run["collapsed"] = is_collapsed(run)
         epoch = run.get("best_epoch")
         for name in ("test_accuracy", "test_loss"):
             curve = setting.curves.get(name)
-            if epoch is not None and curve is not None and curve.shape[0] >= epoch:
+            if f"best_{name}" in run:
+                run[f"{name}_at_best"] = run[f"best_{name}"]
+            elif epoch is not None and curve is not None and curve.shape[0] >= epoch:
                 run[f"{name}_at_best"] = float(curve[int(epoch) - 1, i])
 
 
