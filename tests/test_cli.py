@@ -235,3 +235,12 @@ def test_error_line_keeps_whole_problems_and_counts_the_rest():
     assert line.endswith(f"(+{len(problems) - len(shown)} more problems: fix these and rerun to see them)")
     long = main.error_line("y" * 500 + "\nsecond=1 is wrong")
     assert len(long) == main.MAX_ERROR_CHARS and long.endswith("... (+1 more problem: fix these and rerun to see them)")
+
+
+def test_workdir_defaults_to_runs_and_the_config_name(capsys):
+    config, workdir, mode, _ = main.parse(["prog", "--config", "configs/test.py", "--config.num_epochs=2"])
+    assert (workdir, mode, config.num_epochs) == ("runs/test", "train", 2)
+    assert capsys.readouterr().out.splitlines()[0].startswith("workdir: runs/test ")
+    assert main.default_workdir("configs/fashion_mnist.py:resnet18") == "runs/fashion_mnist_resnet18"
+    assert main.default_workdir("configs/studies/s000_lenet.py:cpu") == "runs/s000_lenet_cpu"
+    assert main.parse(["prog", "--config", "configs/test.py", "--workdir", "elsewhere"])[1] == "elsewhere"

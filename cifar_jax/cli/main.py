@@ -1,4 +1,4 @@
-"""Command-line entry point: `cifar-jax` or `python -m cifar_jax.main --config configs/x.py --workdir DIR [--mode ...]`.
+"""Command-line entry point: `cifar-jax` or `python -m cifar_jax.main --config configs/x.py [--workdir DIR] [--mode ...]`.
 
 Only parses flags and dispatches; every mistake the user can fix ends in one `error:` line. jax,
 Flax and TensorFlow are imported only once the command line is valid, so a mistyped flag or config
@@ -41,7 +41,8 @@ def make_flags(argv: list[str]) -> flags.FlagValues:
                         "file name>[_<argument>]).", flag_values=values)
     flags.DEFINE_enum("mode", "train", ["train", "eval", "sweep", "study", "report"],
                       "train (or resume); eval a checkpoint of --workdir; sweep the config's `sweep` spec; study: "
-                      "every experiment of a study config (configs/studies/) and its report.md; report: rebuild it.",
+                      "every experiment of a study config (configs/studies/) and its report.md; report: rebuild a "
+                      "study's report.md or a sweep's results.md.",
                       flag_values=values)
     flags.DEFINE_integer("verbosity", -1, "1 or more: keep TensorFlow/absl/XLA start-up logs and library warnings "
                          "(debugging an installation).", short_name="v", flag_values=values)
