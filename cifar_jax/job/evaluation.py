@@ -87,16 +87,21 @@ class FloatInputModel(nnx.Module):
         return self.model(images)
 
 
+# Data fields that only choose the images an evaluation scores (another test set), never the
+# run's own carve: eval may change them besides the resumable fields.
+EVAL_DATA_FIELDS = ("data.test_limit",)
+
+
 def check_trained_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     """Refuses a config that differs from the run's own config.json in anything but fields that
-    may change after training (eval.*, execution.*, num_epochs, data.dir, ...): another
+    may change after training (eval.*, execution.*, num_epochs, data.dir, data.test_limit, ...): another
     data.val_size or data.seed would score "val" on training images, other normalization
     constants would score another input."""
     stored = workdir_lib.load_json(workdir, workdir_lib.CONFIG_FILE)
     if stored is None:
         return  # `load` reports the missing run
     current = workdir_lib.config_to_dict(config)
-    differing = workdir_lib.differing_fields(stored, current)
+    differing = [name for name in workdir_lib.differing_fields(stored, current) if name not in EVAL_DATA_FIELDS]
     if differing:
         raise ConfigError(f"--config differs from {os.path.join(workdir, workdir_lib.CONFIG_FILE)} in "
                           f"{workdir_lib.describe_differences(stored, current, differing, shown=3)}; evaluate "
