@@ -51,7 +51,7 @@ def mini_study() -> ml_collections.ConfigDict:
     config.claims.C1_01 = study.claim("lr 0.05 beats 0.01", "A_lr:learning_rate=0.05", "A_lr:learning_rate=0.01",
                                       expect="greater")
     config.claims.C1_02 = study.claim("the narrow net is as good", "B_width:narrow", "A_lr:learning_rate=0.05",
-                                      expect="equal")
+                                      expect="equal", margin=5.0)
     config.claims.C1_03 = study.claim("big is better", "C_full:baseline", "A_lr:learning_rate=0.05",
                                       expect="greater")
     return config
