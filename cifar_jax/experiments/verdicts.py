@@ -221,6 +221,10 @@ def judge_best(result: ClaimResult, ctx: Context, entry: ml_collections.ConfigDi
     field, title = resolve_metric(entry.metric, [s for s in map(lambda r: _find(ctx, r), refs(entry)) if s])
     a = sample(_find(ctx, entry.a), field)
     tests = [(ref, stats.difference(stats.welch_parts(a, sample(_find(ctx, ref), field)))) for ref in entry.others]
+    tests = [(ref, t) for ref, t in tests if math.isfinite(t["p"])]  # an alternative whose runs all failed lost
+    if not tests:
+        result.level, result.detail = "inconclusive", "fewer than 2 kept runs on a side"
+        return
     sign = result.sign
     closest_ref, closest = min(tests, key=lambda t: sign * t[1]["diff"] if math.isfinite(t[1]["diff"]) else -math.inf)
     result.diff = closest
