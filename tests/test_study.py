@@ -128,7 +128,7 @@ def test_mini_study_report_matches_results_and_resumes(tmp_path):
     assert second["skipped"] == ["A_lr"] and second["trained"] == ["B_width"]
     assert calls == ["B_width/narrow"]
     assert len(json.loads((tmp_path / "study.json").read_text())["sessions"]) == 2
-    assert "over 2 session(s)" in (tmp_path / "report.md").read_text().split("\n")[2]  # the header line
+    assert "at commit" in (tmp_path / "report.md").read_text().split("\n")[2]  # the header line names the commit
 
 
 def _fold_setting(label: str, accuracy: dict[tuple[int, int], float]) -> "report.Setting":
