@@ -43,6 +43,7 @@ from typing import Any, Callable, Mapping, Sequence
 import ml_collections
 
 from cifar_jax.experiments import report
+from cifar_jax.experiments import stats
 from cifar_jax.core import runs
 from cifar_jax.job import train
 from cifar_jax.job import workdir as workdir_lib
@@ -529,7 +530,7 @@ def preflight(groups: Sequence[Group]) -> None:
 
 def choose(settings: Sequence[report.Setting], field: str, metric: str) -> Any:
     """one_factor: the value of `field` in the setting with the best mean `metric` (first on ties)."""
-    means = [report.mean(s.sample(metric)) for s in settings]
+    means = [stats.mean(s.sample(metric)) for s in settings]
     scored = [(m if report.minimize(metric) else -m, i) for i, m in enumerate(means) if not math.isnan(m)]
     if not scored:
         raise ConfigError(f"sweep.axes {field}: no run of this stage has a finite {metric} "
