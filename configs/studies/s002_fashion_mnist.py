@@ -143,6 +143,14 @@ def get_config(scale: str = "cpu"):
               "pretrained weights needed (the study: 512 ImageNet features, mean 0.0221, sd 0.1641)",
         torch_images_per_s=TORCH_A1)
 
+    final = base(scale)
+    final.model.init = "kaiming_normal"
+    final.batch_size = 64
+    E.F2_7_final = experiment(
+        final, ids=("F2.7",), title="the study's chosen settings combined in one final run (A1, lr 0.01, Kaiming "
+                                    "normal, batch 64, no augmentation), test read at the val-selected epoch",
+        torch_images_per_s=TORCH_A1)
+
     C = config.claims
     C.C2_01 = claim("the conv+FC hybrid A1 beats the others (here: A2, the runner-up)", "E2_1_arch:A1_conv_conv_fc",
                     "E2_1_arch:A2_conv_fc_fc", expect="greater", metric="test_accuracy")
