@@ -185,19 +185,14 @@ def judge_failures(result: ClaimResult, entry: ml_collections.ConfigDict, a: rep
                                                    "this scale"}.get(level, level)
 
 
-def _parts(ctx: Context, entry: ml_collections.ConfigDict, field: str) -> tuple[Any, str] | None:
-    """The Welch parts of the claim's difference and a description; None when a setting is missing."""
-    found = {ref: _find(ctx, ref) for ref in refs(entry)}
-    if any(s is None for s in found.values()):
-        return None
-    pair = lambda x, y: stats.welch_parts(sample(found[x], field), sample(found[y], field))
-    if entry.get("c"):
-        first, second = pair(entry.a, entry.b), pair(entry.c, entry.d)
-        if first is None or second is None:
-            return (None, "")
-        return stats.combined_parts([first, second], [1, -1]), (
-            f"interaction: (`{entry.a}` − `{entry.b}`) − (`{entry.c}` − `{entry.d}`)")
-    return pair(entry.a, entry.b), f"`{entry.a}` − `{entry.b}`"
+def _parts(ctx: Context, entry: ml_collections.ConfigDict, field: str) -> tuple[Any, str]:
+    """The Welch parts of the claim's difference (None below 2 kept runs a side) and a description."""
+    pair = lambda x, y: stats.welch_parts(sample(_find(ctx, x), field), sample(_find(ctx, y), field))
+    if not entry.get("c"):
+        return pair(entry.a, entry.b), f"`{entry.a}` − `{entry.b}`"
+    first, second = pair(entry.a, entry.b), pair(entry.c, entry.d)
+    described = f"interaction: (`{entry.a}` − `{entry.b}`) − (`{entry.c}` − `{entry.d}`)"
+    return (None if first is None or second is None else stats.combined_parts([first, second], [1, -1])), described
 
 
 def judge_difference(result: ClaimResult, ctx: Context, entry: ml_collections.ConfigDict) -> None:
