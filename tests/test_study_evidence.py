@@ -82,7 +82,8 @@ def test_a_report_rebuilt_from_its_evidence_alone_is_the_same(tmp_path):
     assert calls == [] and again["skipped"] == ["A_lr", "B_width"]
 
 
-def test_every_committed_report_is_rebuilt_from_its_committed_evidence(tmp_path):
+def test_every_committed_report_is_rebuilt_from_its_committed_evidence(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)  # config.study.evidence_dir is relative to the repository root
     for path in sorted(glob.glob(os.path.join(REPO, "configs", "studies", "s*.py"))):
         config = load_study(path, "cpu")
         evidence_dir = os.path.join(REPO, config.study.evidence_dir)

@@ -1,6 +1,7 @@
-"""Statistics over seeds, in one place: summaries and CIs, Welch's test and the CI of a difference,
-Holm's adjustment, the smallest effect a test could detect, equivalence (TOST), prediction
-intervals, and which metrics are better when lower.
+"""Statistics over seeds, in one place: summaries and CIs (`summarize`, shared with the job's
+results), Welch's test and the CI of a difference, differences combined into an interaction,
+Holm's adjustment, the smallest effect a test detects with 80% power, equivalence (TOST),
+prediction intervals, Fisher's exact test for failure counts, and which metrics are better lower.
 
 Every function takes plain samples (NaN entries, i.e. diverged runs, are dropped) and returns
 plain numbers, so reports and tests can call them on anything.
