@@ -66,6 +66,10 @@ def plot_learning_curves(path: str, settings: Sequence[Any], title: str, metric:
                 line.set_xdata(epochs + (i - (len(settings) - 1) / 2) * 0.04 if overlay else epochs)
                 ax.errorbar(line.get_xdata(), mean_line, yerr=[mean_line - low, high - mean_line], capsize=4,
                             color=line.get_color())
+        elif curves.shape[1]:  # every run failed (left out of the means): say so instead of an empty panel
+            ax.plot([], [], linestyle="none", label=f"{setting.label}: all {curves.shape[1]} runs failed")
+            if not overlay:
+                ax.text(0.5, 0.5, "all runs failed", transform=ax.transAxes, ha="center", fontsize=7)
         if not overlay:
             ax.set_title(setting.label, fontsize=7)
     for ax in axes[len(settings):] if not overlay else ():
