@@ -202,6 +202,9 @@ def judge_difference(result: ClaimResult, ctx: Context, entry: ml_collections.Co
     result.diff = stats.difference(parts)
     kind = "TOST within ±" + f"{entry.margin:g}{_unit(field)}" if entry.expect == "equal" else "Welch"
     result.test = f"{kind}, {title}: {described}"
+    smallest = min(stats.finite(sample(_find(ctx, ref), field)).size for ref in refs(entry))
+    if smallest < 3:
+        result.test += f" (n = {smallest} on a side: a weak test)"
     if parts is None:
         result.level, result.detail = "inconclusive", "fewer than 2 kept runs on a side"
     elif entry.expect == "equal":
