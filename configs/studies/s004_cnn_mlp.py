@@ -8,7 +8,8 @@ sweeps, 5 seeds; real CIFAR-10 from TFDS unless --config.data.dir is set); `:cpu
 and 4,000 validation images of the shared JPEG copy, 3 epochs (ablations) / 2 (sweeps), 3 seeds:
 about 35 minutes on a quiet 2-core CPU (490k CNN training images at the ~270-360 images/s of the
 README benchmark, 330k evaluated, 160k MLP images at ~8,500/s, ~10 compiles; under the load of
-other jobs the CNN measured 170-190 images/s here: ~55 minutes); `:smoke` 1,000 / 200 images,
+other jobs the CNN measured 170-190 images/s here: ~55 minutes), plus E4.7c's equal-step runs (batch
+100 x 2 epochs and 1,000 x 20: 396k CNN images, ~20 more minutes); `:smoke` 1,000 / 200 images,
 1 epoch, 2 seeds.
 
 The recipe, with the study's unstated values (n/s) as assumptions:
