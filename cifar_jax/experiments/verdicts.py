@@ -284,7 +284,7 @@ def judge_claim(key: str, entry: ml_collections.ConfigDict, ctx: Context) -> Cla
         judge_best(result, ctx, entry)
     else:
         judge_difference(result, ctx, entry)
-    if entry.note and entry.expect != "untested":
+    if entry.note and entry.expect != "untested" and result.test != "–":
         result.test += f" ({entry.note})"
     if result.level == "not reproduced at this scale" and result.horizon:
         result.detail = f"{result.detail + ', ' if result.detail else ''}at {result.horizon}"
