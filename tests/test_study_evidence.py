@@ -94,3 +94,20 @@ def test_every_committed_report_is_rebuilt_from_its_committed_evidence(tmp_path,
         config = load_study(path, scale)
         text = _rebuilt(config, config.study.evidence_dir, str(tmp_path / config.study.name))
         assert text == open(report_path).read(), config.study.name
+
+
+def test_evidence_matches_a_config_on_what_it_trained_not_where():
+    from cifar_jax.experiments import evidence
+    from cifar_jax.job import workdir as workdir_lib
+
+    exp = study.experiments(mini_study())[0]
+    config = workdir_lib.config_to_dict(exp.config)
+    stored = {"format": evidence.FORMAT, "complete": True, "config": evidence.compact(config)}
+    moved = workdir_lib.config_to_dict(exp.config)
+    moved["data"]["dir"], moved["execution"]["microbatches"] = "/elsewhere", 4  # another machine
+    assert evidence.matches(stored, moved)
+    changed = workdir_lib.config_to_dict(exp.config)
+    changed["optim"]["learning_rate"] = 0.5
+    assert not evidence.matches(stored, changed)
+    assert not evidence.matches({**stored, "complete": False}, config)
+    assert evidence.compact({"x": [0.123456789, 2], "y": 1 / 3}) == {"x": [0.1234568, 2], "y": 0.3333333}

@@ -155,7 +155,7 @@ def plot_axis(path: str, settings: Sequence[Any], rows: Sequence[dict[str, Any]]
     ax.set_xlabel(field)
     ax.set_ylabel(f"{metric}{' (%)' if scale > 1 else ''}")
     ax.set_title(f"{metric} vs {field}: mean ± 95% CI over seeds\n★ best   ● not significantly different "
-                 f"(Welch p ≥ {alpha})   ○ significantly worse", fontsize=8)
+                 f"(Welch p ≥ {alpha} against the best, unadjusted)   ○ significantly worse", fontsize=8)
     if legend_rows:
         fig.legend(loc="outside lower center", ncols=legend_cols, fontsize=6, frameon=False)
     fig.savefig(path)

@@ -68,7 +68,12 @@ def get_config(scale: str = "cpu"):
         config_path="configs/studies/s000_lenet.py", source="STUDIES.md §2 (report 000, student 181334, 2021)",
         execution=lenet_tutorial.get_config().execution, num_seeds=by_scale(scale, 5, 5, 2),
         data_dir=by_scale(scale, "", SHARED_CIFAR10, SHARED_CIFAR10),
-        train_limit=by_scale(scale, 0, 13000, 1200), val_size=by_scale(scale, 10000, 5000, 200))
+        train_limit=by_scale(scale, 0, 13000, 1200), val_size=by_scale(scale, 10000, 5000, 200),
+        deviations=("E0.11: the study's RMSprop settings are not stated; we train lr 1e-3 (its Adam's) and PyTorch's "
+                    "default lr 1e-2, with and without the walk's momentum 0.9 (C0.9 is judged at lr 1e-2).",
+                    "E0.12: He init keeps PyTorch's default bias; whether the study zeroed the biases is not stated.",
+                    "The study chose every value on the test split; we select on validation and, where the data have "
+                    "no test split (the shared JPEG copy), report final-epoch validation accuracy in its place."))
     rate = TORCH_LENET_SMALL_BATCH
     t5 = TEST.format(e=5)
     E = config.experiments
