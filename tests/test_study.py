@@ -256,7 +256,8 @@ def test_claim_verdicts_by_scale(scale):
     claims = {c.key: c for c in verdicts.judge_claims(_claims_config(scale), ctx)}
     full = scale == "full"
     assert claims["C_01"].level == ("supported" if full else "consistent")
-    assert claims["C_01"].diff["diff"] == pytest.approx(10.0) and claims["C_01"].diff["low"] < 10 < claims["C_01"].diff["high"]
+    diff = claims["C_01"].diff
+    assert diff["diff"] == pytest.approx(10.0) and diff["low"] < 10 < diff["high"] and diff["mde"] > 0
     assert claims["C_02"].level == ("supported" if full else "consistent") and math.isnan(claims["C_02"].p_holm)
     assert claims["C_03"].level == ("refuted" if full else "not reproduced at this scale")
     assert full or "2 epochs × 8,000 images" in claims["C_03"].verdict

@@ -270,7 +270,7 @@ def _number(value: float, metric: str, digits: int = 2) -> str:
     return f"{value * display_scale(metric):.{digits if display_scale(metric) > 1 else 4}f}"
 
 
-def _p(value: float) -> str:
+def format_p(value: float) -> str:
     return "–" if math.isnan(value) else (f"{value:.3f}" if value >= 1e-3 else f"{value:.1e}")
 
 
@@ -299,7 +299,7 @@ def markdown_stage(settings: Sequence[Setting], primary: str, alpha: float) -> l
     for row in rows:
         ci = f"[{_number(row['ci_low'], primary)}, {_number(row['ci_high'], primary)}]"
         lines.append(f"| {row['setting']} | {row['n']} | {row['diverged']} | {_number(row['mean'], primary)} | "
-                     f"{_number(row['std'], primary)} | {ci} | {_p(row['p'])} | {_p(row['p_holm'])} | "
+                     f"{_number(row['std'], primary)} | {ci} | {format_p(row['p'])} | {format_p(row['p_holm'])} | "
                      f"{row['mark']} |")
     epochs = max((c.shape[0] for s in settings for c in s.curves.values()), default=0)
     names = [n for n in metric_names(settings) if epochs > 1 or not n.startswith("best_")]  # 1 epoch: same

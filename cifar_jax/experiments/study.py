@@ -22,7 +22,6 @@ from typing import Any, Callable
 import ml_collections
 
 from cifar_jax.errors import ConfigError
-from cifar_jax.experiments import dsl
 from cifar_jax.experiments import evidence as evidence_lib
 from cifar_jax.experiments import study_report
 from cifar_jax.experiments import sweep

@@ -194,7 +194,7 @@ def claims_table(claims: Sequence[verdicts.ClaimResult]) -> list[str]:
         p = c.p if np.isfinite(c.p) else c.p_other
         mde = f"{abs(c.diff['mde']):.2f}" if np.isfinite(c.diff["mde"]) else "–"
         lines.append(f"| {dsl.display_id(c.key)} | {c.text} | {c.test} | {_diff_cell(c)} | {mde} | "
-                     f"{verdicts._p(p)} | {verdicts._p(c.p_holm)} | {c.verdict} | {c.figure or '–'} |")
+                     f"{report.format_p(p)} | {report.format_p(c.p_holm)} | {c.verdict} | {c.figure or '–'} |")
     return lines
 
 

@@ -21,10 +21,6 @@ def _fmt(value: float, digits: int = 2) -> str:
     return "–" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
-def _p(value: float) -> str:
-    return "–" if math.isnan(value) else (f"{value:.3f}" if value >= 1e-3 else f"{value:.1e}")
-
-
 def experiment_table(exp: Any, settings: Sequence[report.Setting]) -> list[str]:
     """setting | the study's number | ours | failed | verdict | exp.columns; one row per reported
     number (settings the study did not report get one row on the experiment's metric)."""
@@ -189,17 +185,18 @@ def protocol_section(config: ml_collections.ConfigDict, exps: Sequence[Any],
              "accuracy; test metrics are read only at that validation-selected epoch. Where the data have no test "
              "split (the shared CIFAR-10 JPEG images), test columns fall back to the final-epoch validation metric "
              "and say so.",
-             f"- **Failed runs**: a NaN/diverged loss, a final train loss at ln 10 = {verdicts.LN10:.3f} or above, or a "
-             f"final validation accuracy within {verdicts.NEAR_CHANCE:.0%} of chance; counted in the `failed` column, "
-             "never averaged; claims that predict a failure count them as their outcome.",
+             f"- **Failed runs**: a NaN/diverged loss, a final train loss at ln 10 = {verdicts.LN10:.3f} or above, "
+             f"or a final validation accuracy within {verdicts.NEAR_CHANCE:.0%} of chance; counted in the `failed` "
+             "column, never averaged; claims that predict a failure count them as their outcome.",
              "- **Claims**: Welch's t-test of a − b (of an interaction (a − b) − (c − d) where the claim is one; for "
              "'best', of a against every alternative, the largest p deciding), Holm-adjusted over the study's "
              "directional claims; 'no difference' claims by two one-sided tests (TOST) against the margin stated in "
              "the config, outside Holm's family; failure claims count failed runs (Fisher's exact test against a "
              "reference). Cross-validation runs are averaged per seed first. `detectable` is the smallest true "
              f"difference the test finds with 80% power; α = {stats.ALPHA}.",
-             "- **Per-row comparisons**: the study's single run against our 95% prediction interval (t · s · √(1 + 1/n)), "
-             "where one more of our runs would fall; at a reduced scale the two are different trainings.",
+             "- **Per-row comparisons**: the study's single run against our 95% prediction interval "
+             "(t · s · √(1 + 1/n)), where one more of our runs would fall; at a reduced scale the two are different "
+             "trainings.",
              f"- **Hardware**: {hardware.get('platform', '?')}, {hardware.get('cpu_count', '?')} CPUs, JAX devices "
              f"{', '.join(hardware.get('devices', ['?']))}; commits {', '.join(_commits(evidence)) or '–'}.",
              f"- **Wall time**: {_duration(total_wall)} of training (compiles and evaluation included) over the "

@@ -179,7 +179,7 @@ def judge_failures(result: ClaimResult, entry: ml_collections.ConfigDict, a: rep
     if b is not None:
         failed_b = sum(bool(r.get("collapsed")) for r in b.runs)
         result.p_other = stats.fisher_greater(failed, len(a.runs), failed_b, len(b.runs))
-        result.evidence += f" vs {failed_b}/{len(b.runs)}, p = {_p(result.p_other)}"
+        result.evidence += f" vs {failed_b}/{len(b.runs)}, p = {report.format_p(result.p_other)}"
     level = "supported" if failed == len(a.runs) else "refuted" if failed == 0 else "partly supported"
     result.level = level if result.any_scale else {"supported": "consistent", "refuted": "not reproduced at "
                                                    "this scale"}.get(level, level)
@@ -241,13 +241,14 @@ def _equal_level(result: ClaimResult, margin: float) -> None:
     d = result.diff
     if result.p_other < dsl.ALPHA:
         result.level = "supported" if result.any_scale else "consistent"
-        result.detail = f"equivalent within ±{margin:g} (TOST p = {_p(result.p_other)})"
+        result.detail = f"equivalent within ±{margin:g} (TOST p = {report.format_p(result.p_other)})"
     elif d["low"] > margin or d["high"] < -margin:
         result.level = "refuted" if result.any_scale else "not reproduced at this scale"
         result.detail = f"the difference's CI lies outside ±{margin:g}"
     else:
         result.level = "inconclusive"
-        result.detail = f"neither equivalent within ±{margin:g} nor outside it (TOST p = {_p(result.p_other)})"
+        result.detail = (f"neither equivalent within ±{margin:g} nor outside it "
+                         f"(TOST p = {report.format_p(result.p_other)})")
 
 
 def directional_level(result: ClaimResult, alpha: float = dsl.ALPHA) -> None:
@@ -311,5 +312,3 @@ def verdict_counts(claims: Sequence[ClaimResult], scale: str) -> str:
     return f"Claims at `:{scale}`: " + ", ".join(f"{n} {level}" for level, n in counts.items() if n) + "."
 
 
-def _p(value: float) -> str:
-    return "–" if math.isnan(value) else (f"{value:.3f}" if value >= 1e-3 else f"{value:.1e}")

@@ -6,8 +6,8 @@ Scales: `:full` the study's own (40k train / 10k val carved from train, the offi
 when the data have one; 5 epochs per table, 10-50 for the epoch tables; 5 seeds); `:cpu` 8,000
 training and 5,000 validation images of the shared JPEG copy, epochs x 0.4 (5 -> 2, 15 -> 6),
 5 seeds, fewer values in E0.16/E0.17, E0.8 (BN x width) at width 240 only, E0.14 at 2-20 epochs
-(2.2M more images, ~8 minutes; C0.15 needs its long runs): about 55 minutes on 2 cores (6.3M training images at the ~5,200
-LeNet model-images/s measured here at batch 6 with 5 seeds, and an assumed ~800 at batch 1
+(2.2M more images, ~8 minutes; C0.15 needs its long runs): about 55 minutes on 2 cores (6.3M
+training images at the ~5,200 LeNet model-images/s measured here at batch 6 with 5 seeds, and an assumed ~800 at batch 1
 (STUDIES.md §2.7); 3.9M evaluated images; ~50 compiles); `:smoke` 1,000 / 200 images, 1 epoch
 (1-5 on the epoch axes), 2 seeds.
 

@@ -163,7 +163,8 @@ def get_config(scale: str = "cpu"):
                                 any_scale=False,  # batch 1,000 takes few steps in a short run: a horizon effect
                                 note="the drop at batch 1,000 is a failure (near chance): failed runs counted")
     config.claims.C4_04b = claim("… because a big batch 'uses too much storage' (so more steps via a scaled lr "
-                                 "would not recover it, nor more steps)", "E4_7c_equal_steps:batch_size=100,equal_steps",
+                                 "would not recover it, nor more steps)",
+                                 "E4_7c_equal_steps:batch_size=100,equal_steps",
                                  "E4_7c_equal_steps:batch_size=1000,equal_steps", expect="greater",
                                  metric="best_val_accuracy",
                                  note="at an equal number of Adam steps (E4.7c): a scaled lr adds no steps, and "
