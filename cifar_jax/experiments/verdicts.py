@@ -52,13 +52,17 @@ def is_failed(run: dict[str, Any], num_classes: int = 10) -> bool:
 
 def annotate(setting: report.Setting, num_classes: int = 10) -> None:
     """Marks failed runs (`collapsed`: report.Setting.kept leaves them out) and adds each run's test
-    metrics at its epoch of best validation accuracy (`test_*_at_best`)."""
+    metrics at its epoch of best validation accuracy (`test_*_at_best`): results.json's
+    `best_test_*` (the job scores test on each run's best weights), or the test curve at that
+    epoch for jobs that scored test every epoch before results.json held it."""
     for i, run in enumerate(setting.runs):
         run["collapsed"] = is_failed(run, num_classes)
         epoch = run.get("best_epoch")
         for name in ("test_accuracy", "test_loss"):
             curve = setting.curves.get(name)
-            if epoch is not None and curve is not None and curve.shape[0] >= epoch:
+            if f"best_{name}" in run:
+                run[f"{name}_at_best"] = run[f"best_{name}"]
+            elif epoch is not None and curve is not None and curve.shape[0] >= epoch:
                 run[f"{name}_at_best"] = float(curve[int(epoch) - 1, i])
 
 
