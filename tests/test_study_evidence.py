@@ -108,4 +108,10 @@ def test_evidence_matches_a_config_on_what_it_trained_not_where():
     changed["optim"]["learning_rate"] = 0.5
     assert not evidence.matches(stored, changed)
     assert not evidence.matches({**stored, "complete": False}, config)
+    longer = workdir_lib.config_to_dict(exp.config)
+    longer["num_epochs"] += 1
+    assert not evidence.matches(stored, longer)
+    older = evidence.compact(workdir_lib.config_to_dict(exp.config))
+    assert older["eval"].pop("test_every_epoch") is False  # written before the field existed
+    assert evidence.matches({**stored, "config": older}, config)
     assert evidence.compact({"x": [0.123456789, 2], "y": 1 / 3}) == {"x": [0.1234568, 2], "y": 0.3333333}

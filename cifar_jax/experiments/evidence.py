@@ -28,12 +28,6 @@ from cifar_jax.job import workdir as workdir_lib
 FORMAT = 1
 DIR = "evidence"
 MAX_STEP_RECORDS = 100
-# Fields of a config that say where and how fast it ran, not what it trained: they may differ
-# between the machine that produced the evidence and the one that reuses it.
-RUNTIME_FIELDS = ("execution", "checkpoint", "progress_every_s", "eval_batch_size")
-RUNTIME_DATA_FIELDS = ("dir", "source", "tfds_data_dir")
-
-
 def compact(value: Any) -> Any:
     """Floats rounded to 7 significant digits, lists and dicts recursively; other values as they are."""
     if isinstance(value, float):
@@ -50,17 +44,18 @@ def _scalars(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if not isinstance(v, (list, dict))}
 
 
-def comparable(config: dict[str, Any]) -> dict[str, Any]:
-    """A config's JSON form without RUNTIME_FIELDS: what must match for evidence to be reused."""
-    out = {k: v for k, v in config.items() if k not in RUNTIME_FIELDS}
-    out["data"] = {k: v for k, v in config.get("data", {}).items() if k not in RUNTIME_DATA_FIELDS}
-    return out
+def differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The fields in which two experiment configs differ in what they train: the workdir's resume
+    rule (`workdir.differing_fields`: where and how fast a job runs may differ, a field added
+    later matches at its old behaviour) plus the number of epochs, which a resume may extend."""
+    fields = workdir_lib.differing_fields(stored, current)
+    return fields + (["num_epochs"] if stored.get("num_epochs") != current.get("num_epochs") else [])
 
 
 def matches(evidence: dict[str, Any] | None, config_dict: dict[str, Any]) -> bool:
     """Whether `evidence` is complete and was trained with this experiment config."""
     return bool(evidence and evidence.get("complete") and evidence.get("format") == FORMAT
-                and comparable(evidence["config"]) == comparable(compact(config_dict)))
+                and not differences(evidence["config"], compact(config_dict)))
 
 
 def _curves(group_dir: str) -> dict[str, Any]:
