@@ -68,6 +68,14 @@ def differing_fields(stored: dict[str, Any], current: dict[str, Any]) -> list[st
     return sorted(name for name in set(old) | set(new) if differs(name) and not name.startswith(RESUMABLE_FIELDS))
 
 
+def describe_differences(stored: dict[str, Any], current: dict[str, Any], differing: list[str],
+                         shown: int = 4) -> str:
+    """'field (old -> new), ...' for the first `shown` differing fields, then how many more."""
+    old, new = _flat(stored), _flat(current)
+    text = ", ".join(f"{name} ({old.get(name)!r} -> {new.get(name)!r})" for name in differing[:shown])
+    return text + (f" and {len(differing) - shown} more" if len(differing) > shown else "")
+
+
 def load_json(workdir: str, name: str) -> Any:
     """A JSON file of the workdir, or None when it does not exist."""
     path = os.path.join(workdir, name)
@@ -104,11 +112,9 @@ def make_room(workdir: str, config: ml_collections.ConfigDict) -> None:
     if stored is not None:
         differing = differing_fields(stored, current)
         if differing and not config.checkpoint.overwrite:
-            shown = ", ".join(f"{name} ({_flat(stored).get(name)!r} -> {_flat(current).get(name)!r})"
-                              for name in differing[:4])
-            more = f" and {len(differing) - 4} more" if len(differing) > 4 else ""
             raise CheckpointError(
-                f"{workdir} holds a run of another config: {shown}{more}; use another --workdir, the "
+                f"{workdir} holds a run of another config: {describe_differences(stored, current, differing)}; "
+                "use another --workdir, the "
                 "original config, or --config.checkpoint.overwrite=True to move the old run aside")
         if differing:
             _move_aside(workdir)
