@@ -15,10 +15,14 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-import jax
-import ml_collections
+import functools
 
-from cifar_jax.core import execution
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from cifar_jax.core import execution, metrics, runs, step
 from cifar_jax.errors import ConfigError
 
 # A device's reported limit is not all usable: XLA's allocator fragments, and the runtime holds
@@ -49,6 +53,29 @@ def compiled_bytes(fn: Callable[..., Any], *args: Any, donate_argnums: tuple[int
     stats = jax.jit(fn, donate_argnums=donate_argnums).lower(*args).compile().memory_analysis()
     extra = stats.temp_size_in_bytes + max(stats.output_size_in_bytes - stats.alias_size_in_bytes, 0)
     return int(stats.argument_size_in_bytes), int(extra)
+
+
+def measure(config: ml_collections.ConfigDict, ctx: step.StepContext, data_shape: tuple[int, ...],
+            chunk: Callable[..., Any], zero_sums: Callable[[int, tuple[str, ...]], step.EpochSums]) -> RunMemory:
+    """What one run needs: `chunk` (one run's training call: state, hparams, images, labels,
+    batches, start, sums) and one run's evaluation batch, compiled on `data_shape` (the training
+    set's) and read from XLA's memory analysis."""
+    hparams = {k: jnp.asarray(v[:1]) for k, v in runs.make_run_grid(config, data_shape[-1]).hparams.items()}
+    keys = jnp.stack([runs.run_keys(config.seed, np.zeros(1, int), np.zeros(1, int))] * 2, axis=1)
+    state = jax.eval_shape(jax.vmap(functools.partial(step.init_run, ctx)), keys, hparams)
+    images = jax.ShapeDtypeStruct(data_shape, jnp.uint8)
+    labels = jax.ShapeDtypeStruct(data_shape[:1], jnp.int32)
+    batches = jax.eval_shape(jax.vmap(functools.partial(step.epoch_batches, ctx), (0, None, 0)), state,
+                             jnp.int32(1), jax.ShapeDtypeStruct((1, data_shape[0]), jnp.int32))
+    sums = jax.eval_shape(lambda: zero_sums(1, tuple(metrics.layer_names(state.params))))
+    args, step_bytes = compiled_bytes(chunk, state, hparams, images, labels, batches, jnp.int32(0), sums,
+                                      donate_argnums=(0, 6))
+    shared = images.size + labels.size * 4
+    batch = int(config.eval_batch_size)
+    _, eval_bytes = compiled_bytes(jax.vmap(functools.partial(step.eval_step, ctx), (0, 0, None, None, 0)), state,
+                                   hparams, images.update(shape=(batch, *data_shape[1:])), labels.update(shape=(batch,)),
+                                   jax.ShapeDtypeStruct((1, batch), jnp.float32))
+    return RunMemory(held=args - shared, step=step_bytes, eval_example=eval_bytes / batch, shared=shared)
 
 
 def device_limit(config: ml_collections.ConfigDict, device: jax.Device | None = None) -> int | None:

@@ -171,26 +171,10 @@ def _sized_to_memory(config: ml_collections.ConfigDict, ctx: step.StepContext, p
     limit = memory.device_limit(config)
     if limit is None:
         return plan
-    one = dataclasses.replace(plan, mesh=None, runs_per_group=None)
-    hparams = {k: jnp.asarray(v[:1]) for k, v in runs.make_run_grid(config, data_shape[-1]).hparams.items()}
-    keys = jnp.stack([runs.run_keys(config.seed, np.zeros(1, int), np.zeros(1, int))] * 2, axis=1)
-    init = jax.vmap(functools.partial(step.init_run, ctx))
-    state = jax.eval_shape(init, keys, hparams)
-    images = jax.ShapeDtypeStruct(data_shape, jnp.uint8)
-    labels = jax.ShapeDtypeStruct(data_shape[:1], jnp.int32)
-    batches = jax.eval_shape(jax.vmap(functools.partial(step.epoch_batches, ctx), (0, None, 0)), state,
-                             jnp.int32(1), jax.ShapeDtypeStruct((1, data_shape[0]), jnp.int32))
-    sums = jax.eval_shape(lambda: zero_sums(1, tuple(metrics.layer_names(state.params))))
-    chunk = functools.partial(_local_train_steps, ctx, None, one, length=1)
-    args, step_bytes = memory.compiled_bytes(chunk, state, hparams, images, labels, batches, jnp.int32(0), sums,
-                                             donate_argnums=(0, 6))
-    shared = images.size + labels.size * 4
-    batch = int(config.eval_batch_size)
-    eval_fn = jax.vmap(functools.partial(step.eval_step, ctx), (0, 0, None, None, 0))
-    _, eval_bytes = memory.compiled_bytes(eval_fn, state, hparams, images.update(shape=(batch, *data_shape[1:])),
-                                          labels.update(shape=(batch,)), jax.ShapeDtypeStruct((1, batch), jnp.float32))
-    measured = memory.RunMemory(held=args - shared, step=step_bytes, eval_example=eval_bytes / batch, shared=shared)
-    return memory.sized(plan, measured, num_runs, limit, batch)
+    chunk = functools.partial(_local_train_steps, ctx, None, dataclasses.replace(plan, mesh=None, runs_per_group=None),
+                              length=1)
+    measured = memory.measure(config, ctx, data_shape, chunk, zero_sums)
+    return memory.sized(plan, measured, num_runs, limit, int(config.eval_batch_size))
 
 
 class RunSetup(NamedTuple):
