@@ -4,7 +4,7 @@ A plain PyTorch loop (no Lightning, no compile): the model built after `torch.ma
 a DataLoader-like shuffle (`torch.randperm` from a `torch.Generator` seeded per seed, every
 batch kept), per-batch `uint8 -> float / 255`, `Normalize(mean, std)`, CrossEntropyLoss,
 `zero_grad / backward / step`. The data are the same arrays cifar_jax trains on:
-`cifar_jax.data.datasets.load_dataset` and `validation_split(labels, 10000, seed=0)`, so both frameworks
+`cifar_jax.data.datasets.load_dataset` and `holdout.validation_split(labels, 10000, seed=0)`, so both frameworks
 see the same 40,000 / 10,000 split of the shared CIFAR-10 images.
 
 Recipes (`RECIPES`):
@@ -161,14 +161,14 @@ def load_cifar(data_dir: str = DEFAULT_DATA_DIR, train_limit: int = 0):
     """(train_images, train_labels, val_images, val_labels): uint8 NHWC numpy arrays and int64
     labels, the same 40,000 / 10,000 split cifar_jax's configs use (val_size 10000, seed 0)."""
     sys.path.insert(0, str(REPO))
-    from cifar_jax.data import datasets as data_lib
+    from cifar_jax.data import datasets, holdout
     from configs import lenet_tutorial
 
     data_config = lenet_tutorial.get_config().data
     data_config.dir = data_dir
     data_config.train_limit = int(train_limit)
-    dataset = data_lib.load_dataset(data_config)
-    train_idx, val_idx = data_lib.validation_split(dataset.train_labels, 10000, seed=0)
+    dataset = datasets.load_dataset(data_config)
+    train_idx, val_idx = holdout.validation_split(dataset.train_labels, 10000, seed=0)
     images, labels = dataset.train_images, dataset.train_labels.astype(np.int64)
     return images[train_idx], labels[train_idx], images[val_idx], labels[val_idx]
 

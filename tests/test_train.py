@@ -352,9 +352,9 @@ def test_dropout_and_max_pool_train_finite_on_real_images(batch_norm):
     backward used after batch norm diverged here in the first steps: XLA rounds the batch-normed
     input differently in the fusions that count and that select the maxima (layers.window_max)."""
     from configs import cnn_bn_dropout
-    from cifar_jax.data import datasets as data
+    from cifar_jax.data import local_files
 
-    dataset = data.load_local("fashion_mnist", FASHION_MNIST)
+    dataset = local_files.load_local("fashion_mnist", FASHION_MNIST)
     images, labels = jnp.asarray(dataset.train_images[:1000]), jnp.asarray(dataset.train_labels[:1000])
     config = cnn_bn_dropout.get_config()
     config.num_seeds, config.batch_size, config.execution.steps_per_call = 1, 50, 1

@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 
 from cifar_jax import checks
-from cifar_jax.data import datasets as data
+from cifar_jax.data.normalization import normalization_constants
 from cifar_jax.errors import ConfigError
 
 # Hyperparameters that are inputs of the compiled program (one value per run), not constants,
@@ -89,7 +89,7 @@ def traced_values(config: ml_collections.ConfigDict) -> dict[str, float]:
 
 def run_hparams(config: ml_collections.ConfigDict, num_channels: int) -> dict[str, Any]:
     """A run's traced inputs: the hyperparameters plus the normalization constants."""
-    mean, std = data.normalization_constants(config.data.mean, config.data.std, num_channels)
+    mean, std = normalization_constants(config.data.mean, config.data.std, num_channels)
     return {**traced_values(config), "mean": mean, "std": std}
 
 

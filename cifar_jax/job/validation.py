@@ -11,7 +11,7 @@ import ml_collections
 
 from cifar_jax.core import augment
 from cifar_jax import checks
-from cifar_jax.data import datasets as data
+from cifar_jax.data import catalog
 from cifar_jax.core import execution
 from cifar_jax import models
 from cifar_jax.core import optim
@@ -50,12 +50,12 @@ def load_checked_splits(config: ml_collections.ConfigDict) -> Splits:
     try:
         splits = prepare_splits(config.data)
     except ConfigError as data_problem:
-        name = data.check_name(config.data.name)
+        name = catalog.check_name(config.data.name)
         guess = max(int(config.data.train_limit or 0), int(config.batch_size or 1) if
                     isinstance(config.batch_size, int) else 1)
         problems = [str(data_problem)]
         try:
-            validate_config(config, data.IMAGE_SHAPES[name], len(data.CLASS_NAMES[name]), guess)
+            validate_config(config, catalog.IMAGE_SHAPES[name], len(catalog.CLASS_NAMES[name]), guess)
         except ConfigError as others:
             problems.append(str(others))
         raise ConfigError("\n".join(problems)) from None
