@@ -609,7 +609,7 @@ def test_normalization_constants_broadcast_and_errors():
     np.testing.assert_array_equal(std, [0.25, 0.25, 0.25])
     mean, _ = normalization.normalization_constants((0.5, 0.5, 0.5), 0.5, 1)  # equal values fit 1 channel
     np.testing.assert_array_equal(mean, [0.5])
-    with pytest.raises(ConfigError, match="data.mean has 3 values"):
+    with pytest.raises(ConfigError, match=r"^data\.mean=\(0\.49, 0\.48, 0\.45\) must have 1 value or one per channel"):
         normalization.normalization_constants((0.49, 0.48, 0.45), 0.5, 1)
     with pytest.raises(ConfigError, match="data.std"):
         normalization.normalization_constants(0.5, (0.2, 0.0, 0.2), 3)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from cifar_jax import config_paths
 from cifar_jax.job import evaluation
 from cifar_jax.job import results
 from cifar_jax.core import runs
@@ -274,8 +275,7 @@ def test_bad_static_fields_leave_the_workdir_untouched_and_the_fix_runs(tmp_path
     for field, value in STATIC_TYPOS:
         config = small_test_config()
         config.optim.schedule = "warmup_cosine" if field == "optim.warmup_epochs" else config.optim.schedule
-        section, name = field.split(".")
-        config[section][name] = value
+        config_paths.assign(config, field, value)
         with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
             train.train_and_evaluate(config, workdir)
         assert not os.path.exists(workdir), field
@@ -350,7 +350,7 @@ def test_dropout_and_max_pool_train_finite_on_real_images(batch_norm):
     """The fifth study's CNN (batch norm, dropout, max pool) on 1,000 Fashion-MNIST images, and
     the same without batch norm (the pool's one-pass backward): every step stays finite. That
     backward used after batch norm diverged here in the first steps: XLA rounds the batch-normed
-    input differently in the fusions that count and that select the maxima (layers.window_max)."""
+    input differently in the fusions that count and that select the maxima (models.pooling.window_max)."""
     from configs import cnn_bn_dropout
     from cifar_jax.data import local_files
 

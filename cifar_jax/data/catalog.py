@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from cifar_jax.errors import ConfigError, DataError
+from cifar_jax import checks
+from cifar_jax.errors import DataError
 
 CLASS_NAMES: dict[str, tuple[str, ...]] = {
     "cifar10": (
@@ -55,9 +56,7 @@ class Dataset:
 
 def check_name(name: str) -> str:
     """Returns `name` if it is a supported data set, else a ConfigError listing the choices."""
-    if name not in IMAGE_SHAPES:
-        raise ConfigError(f"data.name={name!r} is not one of {', '.join(IMAGE_SHAPES)}")
-    return name
+    return checks.one_of("data.name", name, tuple(IMAGE_SHAPES))
 
 
 def _validated(

@@ -14,6 +14,7 @@ from typing import Any
 
 from cifar_jax.data import local_files, tfds_source
 from cifar_jax.data.catalog import Dataset, check_name
+from cifar_jax import checks
 from cifar_jax.errors import ConfigError
 
 SOURCES = ("auto", "local", "tfds")
@@ -30,8 +31,7 @@ def load_dataset(data_config: Any) -> Dataset:
     source = data_config.source
     local_dir = str(data_config.dir or "")
     tfds_dir = str(data_config.tfds_data_dir or "") or None
-    if source not in SOURCES:
-        raise ConfigError(f"data.source={source!r} is not one of {', '.join(SOURCES)}")
+    checks.one_of("data.source", source, SOURCES)
     if source == "local" and not local_dir:
         raise ConfigError(
             f"data.source='local' needs --config.data.dir=DIR, a directory with the {name} files "
@@ -48,8 +48,7 @@ def _apply_limits(dataset: Dataset, train_limit: int, test_limit: int) -> Datase
     """Keeps the first N images of each split; copies so the untrimmed arrays can be freed."""
     train_limit, test_limit = int(train_limit), int(test_limit)
     for field, limit in (("train_limit", train_limit), ("test_limit", test_limit)):
-        if limit < 0:
-            raise ConfigError(f"data.{field}={limit} must be >= 0 (0 = all images)")
+        checks.whole(f"data.{field}", limit, low=0, hint="0 = all images")
     changes = {}
     if train_limit and train_limit < len(dataset.train_labels):
         changes["train_images"] = dataset.train_images[:train_limit].copy()

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from cifar_jax.errors import ConfigError
+from cifar_jax import checks
 
 
 def validation_split(labels: np.ndarray, val_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -38,7 +38,7 @@ def validation_split(labels: np.ndarray, val_size: float, seed: int) -> tuple[np
 def _val_count(val_size: float, n: int) -> int:
     val_size = float(val_size)
     if not math.isfinite(val_size) or val_size < 0:
-        raise ConfigError(f"data.val_size={val_size} must be >= 0 (count >= 1, fraction in (0, 1), 0 = none)")
+        raise checks.fail("data.val_size", val_size, "must be >= 0", "a count >= 1, a fraction in (0, 1), 0 = none")
     if val_size == 0:
         return 0
     if val_size < 1:
@@ -46,12 +46,10 @@ def _val_count(val_size: float, n: int) -> int:
     elif val_size.is_integer():
         count = int(val_size)
     else:
-        raise ConfigError(f"data.val_size={val_size} must be a whole count (>= 1) or a fraction in (0, 1)")
+        raise checks.fail("data.val_size", val_size, "must be a whole count (>= 1) or a fraction in (0, 1)")
     if count >= n:
-        raise ConfigError(
-            f"data.val_size={val_size} asks for {count} of {n} training images, leaving none to train on; "
-            "lower --config.data.val_size (or raise data.train_limit)"
-        )
+        raise checks.fail("data.val_size", val_size, f"must leave images to train on (asks for {count} of {n})",
+                          "lower --config.data.val_size (or raise data.train_limit)")
     return count
 
 
@@ -64,7 +62,7 @@ def kfold_indices(labels: np.ndarray, num_folds: int, seed: int) -> list[tuple[n
     labels = _check_labels(labels)
     n = len(labels)
     if int(num_folds) != num_folds or not 2 <= num_folds <= n:
-        raise ConfigError(f"num_folds={num_folds} must be a whole number in 2..{n} (the number of images)")
+        raise checks.fail("data.num_folds", num_folds, f"must be a whole number in 2..{n} (the number of images)")
     rng = np.random.default_rng(seed)
     order = np.lexsort((rng.permutation(n), labels))  # by class, random within a class
     fold_of = np.empty(n, np.int64)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from cifar_jax.errors import ConfigError
+from cifar_jax import checks
 
 
 def normalization_constants(
@@ -21,15 +21,13 @@ def normalization_constants(
     for field, value in (("mean", mean), ("std", std)):
         values = np.atleast_1d(np.asarray(value, np.float64)).ravel()
         if not np.all(np.isfinite(values)):
-            raise ConfigError(f"data.{field}={value} must be finite numbers")
+            raise checks.fail(f"data.{field}", value, "must be finite numbers")
         if len(values) != num_channels:
             if len(values) == 0 or not np.all(values == values[0]):
-                raise ConfigError(
-                    f"data.{field} has {len(values)} values {tuple(values.tolist())} but the images have "
-                    f"{num_channels} channel(s): give {'1 value' if num_channels == 1 else f'1 or {num_channels} values'}"
-                )
+                raise checks.fail(f"data.{field}", value, f"must have 1 value or one per channel ({num_channels})",
+                                  f"the images have {num_channels} channel(s)")
             values = np.full(num_channels, values[0])
         if field == "std" and np.any(values <= 0):
-            raise ConfigError(f"data.std={value} must be > 0 in every channel")
+            raise checks.fail("data.std", value, "must be > 0 in every channel")
         constants.append(values.astype(np.float32))
     return constants[0], constants[1]

@@ -62,7 +62,7 @@ def _model_builder(config: ml_collections.ConfigDict, image_shape: tuple[int, in
     def build(params_key: jax.Array, dropout_key: jax.Array) -> nnx.Module:
         return models.create_model(model_config, input_shape=image_shape, num_classes=num_classes,
                                    rngs=nnx.Rngs(params=params_key, dropout=dropout_key),
-                                   conv_impl=plan.conv_impl, dtype=plan.compute_dtype)
+                                   compute=plan.compute)
     return build
 
 
