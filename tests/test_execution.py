@@ -132,7 +132,7 @@ def test_bad_execution_fields_are_refused_by_name(field, value):
     config = tiny_config()
     config_paths.assign(config, field, value)
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
-        plan_for(config, "cpu")
+        execution.validate(config)
 
 
 def test_residual_bytes_counts_what_the_backward_pass_keeps():
@@ -156,9 +156,9 @@ def test_program_sizes_run_groups_from_its_step_activations():
         groups[name] = train.make_train(config, (32, 32, 3), 10, num_train=1024, backend="cpu").plan.runs_per_group
     assert 8 <= groups["lenet4"] <= 16  # 12 MiB / 0.75-1.5 MiB
     assert groups["lenet128"] == groups["cnn"] == 1
-    config.execution.runs_per_group = -1  # refused when the program is built, before any training
+    config.execution.runs_per_group = -1  # refused by the job's validation pass, before any program is built
     with pytest.raises(ConfigError, match="runs_per_group"):
-        train.make_train(config, (32, 32, 3), 10, num_train=1024)
+        train.setup_runs(config, (32, 32, 3), 10, num_train=1024, abstract=True)
 
 
 # ----------------------------------------------------------------------------- equivalences

@@ -435,8 +435,8 @@ def test_init_schemes_std():
     def draw():
         out = {}
         for i, scheme in enumerate(layers.INIT_SCHEMES):
-            conv = conv.Conv2d(cin, cout, k, init=scheme, rngs=rbg_rngs(i))
-            out[scheme] = (conv.kernel[...], conv.bias[...])
+            layer = conv.Conv2d(cin, cout, k, init=scheme, rngs=rbg_rngs(i))
+            out[scheme] = (layer.kernel[...], layer.bias[...])
         return out
 
     fan_in, fan_out = k * k * cin, k * k * cout

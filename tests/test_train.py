@@ -166,8 +166,8 @@ def test_init_from_starts_from_another_runs_final_weights(tmp_path):
 
     train.train_and_evaluate(fold_job(0), str(tmp_path / "fold0"))
     chained = fold_job(1, init_from="../fold0")
-    splits = validation.load_checked_splits(chained)
-    setup = train.setup_runs(chained, splits.image_shape, len(splits.class_names), splits.num_train)
+    splits, grid = validation.load_checked_splits(chained)
+    setup = train.setup_runs(chained, splits.image_shape, len(splits.class_names), splits.num_train, grid=grid)
     start = train._initial_state(setup, chained, str(tmp_path / "fold1"))
     _, trained, _ = Checkpoints(str(tmp_path / "fold0"), keep=1, best_metric="val_accuracy").restore(setup.real_like())
     for got, want in zip(jax.tree.leaves((start.params, nnx.filter_state(start.model_state, nnx.BatchStat))),

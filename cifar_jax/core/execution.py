@@ -122,8 +122,8 @@ def plan(config: ml_collections.ConfigDict, *, steps_per_epoch: int, step_bytes:
     """The execution plan of one program on `backend` (default: JAX's) over `devices` (default:
     all). `step_bytes(plan)` gives the activations one run's step keeps for backward on the whole
     batch; `batch_separable(plan)` whether the model's examples never interact (`batch_separable`).
-    Both are only called when a CPU choice is made automatically, or to check a requested one."""
-    validate(config)
+    Both are only called when a CPU choice is made automatically, or to check a requested one.
+    The config's execution fields have passed `validate` (the job's one validation pass)."""
     backend = backend or jax.default_backend()
     conv = config.model.conv_impl
     conv = ("patches" if backend == "cpu" else "xla") if conv == "auto" else conv

@@ -1,11 +1,14 @@
 """Everything a config must satisfy before a job touches its workdir, reported in one round.
 
-Static checks run here; checks that need a trace (augmentation on these image sizes, the
-optimizer chain) run when `train.setup_runs` evaluates the program abstractly, still before the
-workdir is claimed. A failed start therefore never leaves anything that blocks the fixed rerun.
+Static checks run here, once per job, and hand on what they built (the run grid); later code
+trusts them instead of re-checking. Checks that need a trace (augmentation on these image sizes,
+the optimizer chain) run when `train.setup_runs` evaluates the program abstractly, still before
+the workdir is claimed. A failed start therefore never leaves anything that blocks the fixed rerun.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import ml_collections
 
@@ -21,9 +24,11 @@ from cifar_jax.core.splits import Splits, prepare_splits
 
 
 def validate_config(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], num_classes: int,
-                    num_train: int) -> None:
-    """Every static check of a config, reporting all failures at once; traced checks (augmentation
-    on these image sizes, the optimizer chain) run in `setup_runs` by abstract evaluation."""
+                    num_train: int) -> runs.RunGrid:
+    """Every static check of a config, reporting all failures at once, and the run grid they
+    built; traced checks (augmentation on these image sizes, the optimizer chain) run in
+    `setup_runs` by abstract evaluation."""
+    grid: list[runs.RunGrid] = []
     checks.all_of(
         lambda: models.validate_model_config(config.model, image_shape, num_classes),
         *(lambda f=f: checks.positive_int(config, f) for f in ("num_epochs", "checkpoint_every_epochs",
@@ -33,9 +38,10 @@ def validate_config(config: ml_collections.ConfigDict, image_shape: tuple[int, i
         lambda: optim.check_config(config.optim, steps_per_epoch=max(num_train // config.batch_size, 1),
                                    num_epochs=max(int(config.num_epochs), 1)),
         lambda: augment.check_config(config.augment),
-        lambda: runs.make_run_grid(config, image_shape[-1]),
+        lambda: grid.append(runs.make_run_grid(config, image_shape[-1])),
         lambda: execution.validate(config),
     )
+    return grid[0]
 
 
 def _check_batch_fits(config: ml_collections.ConfigDict, num_train: int) -> None:
@@ -44,9 +50,16 @@ def _check_batch_fits(config: ml_collections.ConfigDict, num_train: int) -> None
                           "lower batch_size or raise data.train_limit")
 
 
-def load_checked_splits(config: ml_collections.ConfigDict) -> Splits:
-    """The job's data, and every config problem reported in one round: a data-size refusal (e.g.
-    val_size larger than train_limit) comes together with the config's other problems."""
+class CheckedJob(NamedTuple):
+    """A job's data and the run grid of its validated config."""
+
+    splits: Splits
+    grid: runs.RunGrid
+
+
+def load_checked_splits(config: ml_collections.ConfigDict) -> CheckedJob:
+    """The job's data and its validated run grid, every config problem reported in one round: a
+    data-size refusal (e.g. val_size larger than train_limit) comes with the config's others."""
     try:
         splits = prepare_splits(config.data)
     except ConfigError as data_problem:
@@ -59,5 +72,4 @@ def load_checked_splits(config: ml_collections.ConfigDict) -> Splits:
         except ConfigError as others:
             problems.append(str(others))
         raise ConfigError("\n".join(problems)) from None
-    validate_config(config, splits.image_shape, len(splits.class_names), splits.num_train)
-    return splits
+    return CheckedJob(splits, validate_config(config, splits.image_shape, len(splits.class_names), splits.num_train))
