@@ -23,6 +23,9 @@ choice                                 CPU (2-core AVX2 machine)  GPU / TPU
                                        or dropout: 1)
 `execution.compute_dtype` (auto)       float32                    bfloat16 matmuls/convs,
                                                                   float32 parameters, BN, loss
+max-pool backward (not configurable)   one pass, if the pool's    JAX's own max gradient
+                                       input is recomputed bit
+                                       for bit (`stage_form`)
 buffer donation                        on (state and sums)        on
 compilation cache                      `enable_compilation_cache`, the same on every backend
 =====================================  =========================  ================================
