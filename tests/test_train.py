@@ -237,6 +237,21 @@ def test_dropout_rate_grid_builds_dropout_layers_and_rejects_models_without_them
         train.make_train(config, splits.image_shape, 10, 256)
 
 
+def test_setup_runs_trusts_the_checked_config_it_is_given(monkeypatch):
+    """One validation pass per job: given the grid `validate_config` built, setting up the runs
+    neither re-validates the config, nor rebuilds the grid, nor re-checks the execution fields."""
+    from cifar_jax.core import execution
+    from cifar_jax.job import validation
+
+    config = tiny_config()
+    grid = validation.validate_config(config, (12, 12, 1), 10, 256)
+    repeated = []
+    for module, name in ((validation, "validate_config"), (runs, "make_run_grid"), (execution, "validate")):
+        monkeypatch.setattr(module, name, lambda *args, name=name, **kwargs: repeated.append(name))
+    setup = train.setup_runs(config, (12, 12, 1), 10, 256, grid=grid, abstract=True)
+    assert setup.grid is grid and not repeated, repeated
+
+
 def test_grid_values_get_the_config_checks():
     config = tiny_config()
     config.hparam_grid.learning_rate = (0.1, -1.0)

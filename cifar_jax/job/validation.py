@@ -46,7 +46,7 @@ def validate_config(config: ml_collections.ConfigDict, image_shape: tuple[int, i
 
 def _check_batch_fits(config: ml_collections.ConfigDict, num_train: int) -> None:
     if isinstance(config.batch_size, int) and config.batch_size > num_train:
-        raise ConfigError(f"batch_size={config.batch_size} exceeds the {num_train} training images of one run; "
+        raise checks.fail("batch_size", config.batch_size, f"must be <= the {num_train} training images of one run",
                           "lower batch_size or raise data.train_limit")
 
 
