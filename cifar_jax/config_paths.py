@@ -22,15 +22,24 @@ def parse(path: str) -> tuple[str, int | None]:
     return match.group(1), None if match.group(2) is None else int(match.group(2))
 
 
-def get(config: Any, path: str) -> Any:
-    """The value at `path` (a tuple element with '[i]'); a ConfigError naming it when absent."""
-    dotted, index = parse(path)
+def _node(config: Any, dotted: str, path: str) -> Any:
+    """What `dotted` names in `config`: a value or a group of fields."""
     node = config
     for part in dotted.split("."):
         try:
             node = node[part]
         except (KeyError, AttributeError, TypeError):
             raise ConfigError(f"{path!r} is not a field of the config") from None
+    return node
+
+
+def get(config: Any, path: str) -> Any:
+    """The value at `path` (a tuple element with '[i]'); a ConfigError naming it when absent or
+    when it names a group of fields."""
+    dotted, index = parse(path)
+    node = _node(config, dotted, path)
+    if isinstance(node, ml_collections.ConfigDict):
+        raise ConfigError(f"{path!r} is a group of fields, not a value")
     if index is None:
         return node
     if not isinstance(node, (tuple, list)) or index >= len(node):
@@ -48,7 +57,7 @@ def assign(config: Any, path: str, value: Any) -> None:
     that does not fit the field's type is a ConfigError naming it."""
     dotted, index = parse(path)
     *parents, leaf = dotted.split(".")
-    node = get(config, ".".join(parents)) if parents else config
+    node = _node(config, ".".join(parents), path) if parents else config
     value = as_config_value(value)
     if index is not None:
         elements = list(get(config, dotted))
