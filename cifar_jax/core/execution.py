@@ -23,6 +23,9 @@ choice                                 CPU (2-core AVX2 machine)  GPU / TPU
                                        or dropout: 1)
 `execution.compute_dtype` (auto)       float32                    bfloat16 matmuls/convs,
                                                                   float32 parameters, BN, loss
+max-pool backward (not configurable)   one pass, if the pool's    JAX's own max gradient
+                                       input is recomputed bit
+                                       for bit (`stage_form`)
 buffer donation                        on (state and sums)        on
 compilation cache                      `enable_compilation_cache`, the same on every backend
 =====================================  =========================  ================================
@@ -49,6 +52,7 @@ from jax.sharding import PartitionSpec as P
 
 from cifar_jax import checks
 from cifar_jax.errors import ConfigError
+from cifar_jax.models.layers import Compute
 
 # Target length of a scanned chunk of training steps on CPU: long enough to amortise dispatch
 # (~0.1-0.3 ms per call), short enough that progress and interruption stay responsive.
@@ -78,6 +82,9 @@ class ExecutionPlan:
     runs_per_group: int | None  # runs vmapped together per step on each device (None: all)
     mesh: Mesh | None = None  # 1-D ('runs',) over every device of every process; None: one device
     microbatches: int = 1  # equal slices of a batch whose gradients are computed one after another
+    # 'one_pass': max pools may use their one-pass backward, whose exactness was only verified on
+    # XLA:CPU (`models.pooling.window_max`); 'jax': JAX's own max gradient, on every other backend.
+    pool_backward: str = "jax"
 
     @property
     def num_devices(self) -> int:
@@ -87,6 +94,11 @@ class ExecutionPlan:
         """Runs the program trains: `num_runs` rounded up to a multiple of the device count (the
         padding runs are trained and dropped, never reported or checkpointed)."""
         return -(-num_runs // self.num_devices) * self.num_devices
+
+    @property
+    def compute(self) -> Compute:
+        """How the models of this program compute (`models.layers.Compute`)."""
+        return Compute(self.conv_impl, self.compute_dtype, self.pool_backward)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -113,15 +125,15 @@ def plan(config: ml_collections.ConfigDict, *, steps_per_epoch: int, step_bytes:
     """The execution plan of one program on `backend` (default: JAX's) over `devices` (default:
     all). `step_bytes(plan)` gives the activations one run's step keeps for backward on the whole
     batch; `batch_separable(plan)` whether the model's examples never interact (`batch_separable`).
-    Both are only called when a CPU choice is made automatically, or to check a requested one."""
-    validate(config)
+    Both are only called when a CPU choice is made automatically, or to check a requested one.
+    The config's execution fields have passed `validate` (the job's one validation pass)."""
     backend = backend or jax.default_backend()
     conv = config.model.conv_impl
     conv = ("patches" if backend == "cpu" else "xla") if conv == "auto" else conv
     dtype = config.execution.compute_dtype
     dtype = ("float32" if backend == "cpu" else "bfloat16") if dtype == "auto" else dtype
     provisional = ExecutionPlan(backend, conv, dtype, _steps_per_call(config, steps_per_epoch, backend, conv), None,
-                                runs_mesh(devices))
+                                runs_mesh(devices), pool_backward="one_pass" if backend == "cpu" else "jax")
     whole_batch_bytes = functools.cache(lambda: int(step_bytes(provisional)))  # traced once, if at all
     microbatches = _microbatches(config, backend, provisional, lambda _: whole_batch_bytes(), batch_separable)
     with_microbatches = dataclasses.replace(provisional, microbatches=microbatches)
