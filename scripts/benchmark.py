@@ -102,7 +102,7 @@ import benchmark_e2e  # noqa: E402
 from benchmark_measure import PeakRSS, TorchCell, peak_matmul_flops  # noqa: E402
 import benchmark_report  # noqa: E402
 from cifar_jax.core import execution  # noqa: E402
-from cifar_jax.data.datasets import IMAGE_SHAPES  # noqa: E402
+from cifar_jax.data.catalog import IMAGE_SHAPES  # noqa: E402
 from cifar_jax.job import train  # noqa: E402
 from configs import block_cnn, study_models  # noqa: E402
 

@@ -167,7 +167,7 @@ def build_model(model_config, input_shape: tuple[int, int, int], num_classes: in
 
 
 def input_shape(config) -> tuple[int, int, int]:
-    from cifar_jax.data.datasets import IMAGE_SHAPES
+    from cifar_jax.data.catalog import IMAGE_SHAPES
 
     return IMAGE_SHAPES[config.data.name]
 
@@ -212,7 +212,7 @@ def parameter_count(model: nn.Module) -> int:
 def load_splits(config, data_dir: str = "", train_limit: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{'train', 'val', 'test'?: (uint8 NHWC images, int64 labels)}: the config's data set and
     validation split (data.val_size, data.seed), as cifar_jax carves them."""
-    from cifar_jax.data import datasets as data_lib
+    from cifar_jax.data import datasets, holdout
 
     data_config = config.data.copy_and_resolve_references()
     if data_dir:
@@ -220,8 +220,8 @@ def load_splits(config, data_dir: str = "", train_limit: int = 0) -> dict[str, t
     elif not data_config.dir and data_config.name == "cifar10":
         data_config.dir = DEFAULT_CIFAR_DIR
     data_config.train_limit = int(train_limit or data_config.train_limit)
-    dataset = data_lib.load_dataset(data_config)
-    train_idx, val_idx = data_lib.validation_split(dataset.train_labels, data_config.val_size, data_config.seed)
+    dataset = datasets.load_dataset(data_config)
+    train_idx, val_idx = holdout.validation_split(dataset.train_labels, data_config.val_size, data_config.seed)
     images, labels = dataset.train_images, dataset.train_labels.astype(np.int64)
     out = {"train": (images[train_idx], labels[train_idx])}
     if len(val_idx):

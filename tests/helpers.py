@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cifar_jax import config_paths
 from cifar_jax.job import train
 from cifar_jax.core.splits import Examples, Splits
 from configs import test as test_config
@@ -45,12 +46,8 @@ def tiny_config(**overrides):
     config.model.strides = (1,)
     config.model.dense_features = (16,)
     config.model.dropout_rate = 0.2
-    for key, value in overrides.items():
-        target = config
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            target = target[parent]
-        target[leaf] = value
+    for path, value in overrides.items():
+        config_paths.assign(config, path, value)
     return config
 
 

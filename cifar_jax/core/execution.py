@@ -25,6 +25,9 @@ choice                                 CPU (2-core AVX2 machine)  GPU / TPU
                                        or dropout: 1)
 `execution.compute_dtype` (auto)       float32                    bfloat16 matmuls/convs,
                                                                   float32 parameters, BN, loss
+max-pool backward (not configurable)   one pass, if the pool's    JAX's own max gradient
+                                       input is recomputed bit
+                                       for bit (`stage_form`)
 buffer donation                        on (state and sums)        on
 compilation cache                      `enable_compilation_cache`, the same on every backend
 =====================================  =========================  ================================
@@ -51,6 +54,7 @@ from jax.sharding import PartitionSpec as P
 
 from cifar_jax import checks
 from cifar_jax.errors import ConfigError
+from cifar_jax.models.layers import Compute
 
 # Target length of a scanned chunk of training steps on CPU: long enough to amortise dispatch
 # (~0.1-0.3 ms per call), short enough that progress and interruption stay responsive.
@@ -91,6 +95,9 @@ class ExecutionPlan:
     chunk_seconds: float | None = None  # steps_per_call re-sized to take this long (job/chunks.py); None: fixed
     eval_batch_size: int | None = None  # evaluation examples per batch, sized to memory; None: the config's
     memory: Any = None  # memory.RunMemory of one run, where measured (accelerators)
+    # 'one_pass': max pools may use their one-pass backward, whose exactness was only verified on
+    # XLA:CPU (`models.pooling.window_max`); 'jax': JAX's own max gradient, on every other backend.
+    pool_backward: str = "jax"
 
     @property
     def num_devices(self) -> int:
@@ -100,6 +107,11 @@ class ExecutionPlan:
         """Runs the program trains: `num_runs` rounded up to a multiple of the device count (the
         padding runs are trained and dropped, never reported or checkpointed)."""
         return -(-num_runs // self.num_devices) * self.num_devices
+
+    @property
+    def compute(self) -> Compute:
+        """How the models of this program compute (`models.layers.Compute`)."""
+        return Compute(self.conv_impl, self.compute_dtype, self.pool_backward)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -130,8 +142,8 @@ def plan(config: ml_collections.ConfigDict, *, steps_per_epoch: int, step_bytes:
     """The execution plan of one program on `backend` (default: JAX's) over `devices` (default:
     all). `step_bytes(plan)` gives the activations one run's step keeps for backward on the whole
     batch; `batch_separable(plan)` whether the model's examples never interact (`batch_separable`).
-    Both are only called when a CPU choice is made automatically, or to check a requested one."""
-    validate(config)
+    Both are only called when a CPU choice is made automatically, or to check a requested one.
+    The config's execution fields have passed `validate` (the job's one validation pass)."""
     backend = backend or jax.default_backend()
     policy = resolved_policy(config, backend)
     conv = config.model.conv_impl
@@ -141,7 +153,8 @@ def plan(config: ml_collections.ConfigDict, *, steps_per_epoch: int, step_bytes:
     provisional = ExecutionPlan(backend, conv, dtype, _steps_per_call(config, steps_per_epoch, policy, conv), None,
                                 runs_mesh(devices), policy=policy,
                                 chunk_seconds=None if int(config.execution.steps_per_call) or policy == "cpu"
-                                else CHUNK_SECONDS)
+                                else CHUNK_SECONDS,
+                                pool_backward="one_pass" if backend == "cpu" else "jax")
     whole_batch_bytes = functools.cache(lambda: int(step_bytes(provisional)))  # traced once, if at all
     microbatches = _microbatches(config, policy, provisional, lambda _: whole_batch_bytes(), batch_separable)
     with_microbatches = dataclasses.replace(provisional, microbatches=microbatches)

@@ -27,7 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from cifar_jax.errors import CheckpointError
+from cifar_jax.errors import CheckpointError, brief
 
 
 def _flatten(tree: Any) -> dict[str, np.ndarray]:
@@ -72,11 +72,6 @@ def state_digest(flat: dict[str, Any]) -> str:
         digest.update(f"{path}|{array.dtype.str}|{array.shape}".encode())
         digest.update(array.tobytes())
     return digest.hexdigest()
-
-
-def _brief(error: BaseException) -> str:
-    text = " ".join(f"{type(error).__name__}: {error}".split())
-    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def _abstract_flat(like: Any) -> dict[str, jax.ShapeDtypeStruct]:
@@ -189,7 +184,7 @@ class Checkpoints:
             which = f"epoch {epoch}" if epoch is not None else "a checkpoint"
             intact = [step for step in self.latest.all_steps() if step != epoch]
             kept = f"epochs {sorted(intact)} are intact" if intact else "no earlier checkpoint exists"
-            raise CheckpointError(f"cannot save {which} in {self.root} ({_brief(error)}); free disk space or fix "
+            raise CheckpointError(f"cannot save {which} in {self.root} ({brief(error, 160)}); free disk space or fix "
                                   f"the permissions, then rerun to resume ({kept})") from None
 
     def close(self) -> None:
@@ -244,7 +239,7 @@ class Checkpoints:
             restored = manager.restore(epoch, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
         except Exception as error:  # noqa: BLE001 -- any read failure means "not usable"
-            raise _Unusable(f"cannot be read ({_brief(error)})") from None
+            raise _Unusable(f"cannot be read ({brief(error, 160)})") from None
         flat, meta = dict(restored["state"]), dict(restored["meta"])
         expected = meta.pop(DIGEST_KEY, None)  # None: written before checksums existed
         if expected is not None and state_digest(flat) != expected:

@@ -63,7 +63,7 @@ def _model_builder(config: ml_collections.ConfigDict, image_shape: tuple[int, in
     def build(params_key: jax.Array, dropout_key: jax.Array) -> nnx.Module:
         return models.create_model(model_config, input_shape=image_shape, num_classes=num_classes,
                                    rngs=nnx.Rngs(params=params_key, dropout=dropout_key),
-                                   conv_impl=plan.conv_impl, dtype=plan.compute_dtype)
+                                   compute=plan.compute)
     return build
 
 
@@ -107,11 +107,12 @@ def make_train(config: ml_collections.ConfigDict, image_shape: tuple[int, int, i
                num_runs: int | None = None) -> Program:
     """Resolves the static parts of `config` and returns the jitted, run-vmapped functions.
 
-    `grid` says the runs are that whole run grid in run order, so runs sharing a data stream share
-    its batch (`streams.py`); None trains every run on its own (e.g. a chosen subset of seeds).
+    `config` has passed `validation.validate_config` (`setup_runs` sees to it): nothing here
+    re-checks it, and the execution plan is decided here, once. `grid` says the runs are that whole
+    run grid in run order, so runs sharing a data stream share its batch (`streams.py`); None
+    trains every run on its own (e.g. a chosen subset of seeds).
     `num_runs` sizes groups and the evaluation batch to the device's memory under the accelerator
     policy (`memory.py`); None leaves them."""
-    validation.validate_config(config, image_shape, num_classes, num_train)
     steps_per_epoch = num_train // config.batch_size
     plan = execution.plan(
         config, steps_per_epoch=steps_per_epoch, backend=backend,
@@ -212,12 +213,15 @@ class RunSetup(NamedTuple):
 
 
 def setup_runs(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], num_classes: int,
-               num_train: int, *, abstract: bool = False, seed_index: np.ndarray | None = None) -> RunSetup:
+               num_train: int, *, grid: runs.RunGrid | None = None, abstract: bool = False,
+               seed_index: np.ndarray | None = None) -> RunSetup:
     """The one place that turns a config into runs: grid, program, per-run hparams and keys (folds
-    included). `abstract=True` only traces `init` (validating the optimizer chain) and returns
-    the state's shapes (`trace_job` then traces a step and an eval); `seed_index` trains just
-    those seeds of the first setting and fold (tests that compare a seed alone with the batch)."""
-    grid = runs.make_run_grid(config, image_shape[-1])
+    included). `grid`: the run grid `validation.validate_config` built for this config (None:
+    validate it here). `abstract=True` only traces `init` (validating the optimizer chain) and
+    returns the state's shapes (`trace_job` then traces a step and an eval); `seed_index` trains
+    just those seeds of the first setting and fold (tests that compare a seed alone with the batch)."""
+    if grid is None:
+        grid = validation.validate_config(config, image_shape, num_classes, num_train)
     program = make_train(config, image_shape, num_classes, num_train,
                          grid=grid if seed_index is None else None,
                          num_runs=grid.num_runs if seed_index is None else len(seed_index))
@@ -435,8 +439,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """Trains (or resumes) every run of `config`, evaluating each epoch, checkpointing, and writing
     metrics.jsonl, TensorBoard events and results.json into `workdir`. SIGTERM or Ctrl-C stop it
     at the next step boundary with a checkpoint (`errors.Interrupted`)."""
-    splits = validation.load_checked_splits(config)  # before touching the workdir: a bad start changes nothing
-    setup = setup_runs(config, splits.image_shape, len(splits.class_names), splits.num_train, abstract=True)
+    splits, grid = validation.load_checked_splits(config)  # before touching the workdir: a bad start changes nothing
+    setup = setup_runs(config, splits.image_shape, len(splits.class_names), splits.num_train, grid=grid,
+                       abstract=True)
     trace_job(setup, splits.image_shape, splits.num_train, setup.program.plan.eval_batch_size)
     primary = execution.is_primary()  # process 0 writes everything but the checkpoints
     checkpoints, resume = _claim(config, workdir, setup, splits, primary)
