@@ -40,6 +40,13 @@ def start_job(workdir, *extra: str) -> list[subprocess.Popen]:
             for i in range(2)]
 
 
+def run_alone(*args: str, devices: int) -> subprocess.CompletedProcess:
+    """The command line in one process on `devices` CPU devices, within a deadline."""
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    return subprocess.run([sys.executable, "-m", "cifar_jax.main", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=240)
+
+
 def finish(processes) -> list[str]:
     outputs = [p.communicate(timeout=300) for p in processes]
     for p, (_, err) in zip(processes, outputs):
@@ -73,6 +80,22 @@ def test_two_processes_train_one_job_like_one_process(tmp_path):
     report = evaluation.run_eval(workdir_lib.load_config(str(together)), str(together))
     np.testing.assert_allclose([r["accuracy"] for r in report["runs"]],
                                [r["test_accuracy"] for r in final_runs(together)], atol=1e-6)
+    # ... and from the command line by one process on 1 and 4 devices: config.json holds no launch
+    # fields, so nothing waits for the (gone) coordinator.
+    assert json.loads((together / "config.json").read_text())["execution"]["distributed"] is False
+    for devices in (1, 4):
+        evaluated = run_alone("--mode=eval", "--workdir", str(together), devices=devices)
+        assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+        report = json.loads((together / "eval" / "latest-epoch2-test.json").read_text())
+        np.testing.assert_allclose([r["accuracy"] for r in report["runs"]],
+                                   [r["test_accuracy"] for r in final_runs(together)], atol=1e-6)
+    # One process on 4 devices resumes the two processes' run to a third epoch, as one process alone.
+    for workdir, devices in ((together, 4), (alone, 1)):
+        resumed = run_alone(*JOB, "--workdir", str(workdir), "--config.num_epochs=3", devices=devices)
+        assert resumed.returncode == 0 and "resuming" in resumed.stdout, resumed.stderr[-3000:]
+    for metric in ("val_accuracy", "test_accuracy", "train_loss"):
+        np.testing.assert_allclose([r[metric] for r in final_runs(together)], [r[metric] for r in final_runs(alone)],
+                                   rtol=1e-5, atol=1e-6, err_msg=metric)
 
 
 def test_two_processes_resume_after_sigkill(tmp_path):

@@ -226,7 +226,8 @@ def dispatch(config: ml_collections.ConfigDict, workdir: str, mode: str) -> Any:
         path = study.write_study_report(config, workdir)
         print(f"study: {path}", flush=True)
         return path
-    with workdir_lib.workdir_lock(workdir, create=mode != "eval", is_primary=execution.is_primary()):
+    # Taken by process 0 alone; a refusal (another job holds it) ends every process with its line.
+    with execution.on_primary(workdir_lib.workdir_lock(workdir, create=mode != "eval")):
         if mode == "train":
             return train.train_and_evaluate(config, workdir)
         if mode == "study":

@@ -36,6 +36,7 @@ from typing import Any, Callable, Sequence
 import ml_collections
 import numpy as np
 
+from cifar_jax.core import execution
 from cifar_jax.core import metrics
 from cifar_jax.job import progress
 from cifar_jax.experiments import report
@@ -344,26 +345,29 @@ def run_study(config: ml_collections.ConfigDict, workdir: str,
 
     def save_session() -> None:  # after every experiment (a SIGKILL loses one at most) and on any exit
         session["wall_s"] = time.time() - start
-        workdir_lib.write_json_atomic(os.path.join(workdir, STUDY_FILE), state)
+        if execution.is_primary():
+            workdir_lib.write_json_atomic(os.path.join(workdir, STUDY_FILE), state)
 
+    say = execution.primary_print
     try:
         for i, exp in enumerate(exps, start=1):
             exp_dir = os.path.join(workdir, exp.key)
             head = f"study: {i}/{len(exps)} {exp.key} ({exp.name})"
             if not exp.runnable:
-                print(f"{head}: not run ({exp.skip_reason})", flush=True)
-            elif experiment_done(exp, exp_dir):
-                print(f"{head}: finished earlier, skipped", flush=True)
+                say(f"{head}: not run ({exp.skip_reason})")
+            elif execution.primary_decides(lambda: experiment_done(exp, exp_dir)):
+                say(f"{head}: finished earlier, skipped")
                 skipped.append(exp.key)
             else:
-                print(f"{head}", flush=True)
+                say(head)
                 sweep.run_sweep(exp.config, exp_dir, train_fn=train_fn)
                 trained.append(exp.key)
             save_session()
     finally:  # an interrupted session's time counts too (the report sums the sessions)
         save_session()
-    path = write_study_report(config, workdir)
-    print(f"study: {path}", flush=True)
+    execution.primary_decides(lambda: write_study_report(config, workdir) and 0)  # the same refusal everywhere
+    path = os.path.join(workdir, REPORT_FILE)
+    say(f"study: {path}")
     return {"trained": trained, "skipped": skipped, "report": path}
 
 

@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from cifar_jax.data import datasets as data
+from cifar_jax.core import execution
 from cifar_jax.core import metrics
 from cifar_jax.core import runs
 from cifar_jax.core import splits as splits_lib
@@ -164,6 +165,8 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     examples, weights = splits_lib.eval_examples(config.data, grid, split)  # a missing data set fails first
     loaded = load(workdir, str(config.eval.checkpoint), config)
     report = evaluate(loaded, *examples, weights)
+    if not execution.is_primary():  # every process evaluates (collectives); process 0 prints and writes
+        return report
     print(format_report(report, split), flush=True)
     os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
     workdir_lib.write_json_atomic(

@@ -340,8 +340,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     splits = validation.load_checked_splits(config)  # before touching the workdir: a bad start changes nothing
     setup = setup_runs(config, splits.image_shape, len(splits.class_names), splits.num_train, abstract=True)
     primary = execution.is_primary()  # process 0 writes everything but the checkpoints
-    if primary:
-        workdir_lib.make_room(workdir, config)  # refuses a workdir of another config, writing nothing
+    # Refuses a workdir of another config, writing nothing; every process ends with the refusal.
+    execution.primary_decides(lambda: workdir_lib.make_room(workdir, config))
     checkpoints = Checkpoints(workdir, keep=config.checkpoint.keep, best_metric=config.checkpoint.best_metric)
     # An unusable checkpoint (or init_from source) fails here, config.json untouched.
     resume = _resume_point(setup, checkpoints, lambda: _initial_state(setup, config, workdir))
@@ -360,7 +360,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     evals = {name: (execution.replicate(tuple(examples), plan), setup.on_devices(weights))
              for name, (examples, weights) in ((n, examples_for(splits, setup.grid, n)) for n in splits.eval)}
     resumed_epoch = len(history) + 1  # resume.step and resume.sums belong to it
-    with interrupts.stop_on_signals() as stop:
+    with interrupts.stop_on_signals(float(config.execution.get("stop_grace_s", interrupts.DEFAULT_GRACE_S))) as stop:
         for epoch in range(resumed_epoch, config.num_epochs + 1):
             start, sums = (resume.step, resume.sums) if epoch == resumed_epoch else (0, None)
             state, sums, done = train_epoch(setup.program, state, setup.hparams, images, labels, epoch, train_index,

@@ -30,6 +30,12 @@ DATA_FILE = "data.json"  # image shape, class names, train size: what rebuilding
 RESUMABLE_FIELDS = ("num_epochs", "progress_every_s", "log_step_metrics", "log_every_epochs", "checkpoint_every_epochs",
                     "eval_batch_size", "dev_run", "data.dir", "data.source", "data.tfds_data_dir", "eval.", "execution.",
                     "checkpoint.keep", "checkpoint.overwrite", "checkpoint.every_minutes")
+# How this process was launched, not what it trains: stored at these defaults, so they are never
+# inherited from config.json (a laptop evaluating a pod's run must not wait for the pod's
+# coordinator) and never block a resume on another launch (one process resuming two's run).
+PER_LAUNCH_DEFAULTS = {"execution.distributed": False, "execution.coordinator_address": "",
+                       "execution.num_processes": 0, "execution.process_id": -1,
+                       "sweep.worker_index": -1, "sweep.num_workers": 0}
 # Fields added by a later version whose default is not "off": the value that reproduces what
 # earlier versions did, so a workdir they wrote still resumes under it.
 ADDED_DEFAULTS = {"model.dropout_kind": "element"}
@@ -41,8 +47,19 @@ RUN_FILES = (CONFIG_FILE, DATA_FILE, "checkpoints", "metrics.jsonl", "steps.json
 
 
 def config_to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The JSON form of a config (tuples become lists), as stored in the workdir."""
-    return json.loads(config.to_json_best_effort())
+    """The JSON form of a config (tuples become lists) as stored in the workdir: the per-launch
+    fields it has are at their defaults."""
+    return without_launch(json.loads(config.to_json_best_effort()))
+
+
+def without_launch(tree: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `tree` (a config's JSON form) with the PER_LAUNCH_DEFAULTS fields it holds reset."""
+    tree = {key: dict(value) if isinstance(value, dict) else value for key, value in tree.items()}
+    for name, default in PER_LAUNCH_DEFAULTS.items():
+        section, _, field = name.partition(".")
+        if isinstance(tree.get(section), dict) and field in tree[section]:
+            tree[section][field] = default
+    return tree
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -59,7 +76,7 @@ def differing_fields(stored: dict[str, Any], current: dict[str, Any]) -> list[st
     """Dotted names of the fields that differ and matter for resuming. A field the stored config
     lacks (added by a later version, like data.shared_order) matches while it is off (False, 0,
     empty) or at its ADDED_DEFAULTS value: what the older version did."""
-    old, new = _flat(stored), _flat(current)
+    old, new = _flat(without_launch(stored)), _flat(without_launch(current))
 
     def differs(name: str) -> bool:
         if name not in old:
@@ -87,7 +104,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     if stored is None:
         raise CheckpointError(f"{workdir} holds no trained run (no {CONFIG_FILE}); "
                               "train first with --mode=train or point --workdir at a run")
-    return ml_collections.ConfigDict(stored)
+    return ml_collections.ConfigDict(without_launch(stored))  # written by an earlier version: launch fields kept
 
 
 def claim(workdir: str, config: ml_collections.ConfigDict, data_meta: dict[str, Any]) -> None:
@@ -152,19 +169,19 @@ def write_json_atomic(path: str, payload: Any) -> None:
 
 
 @contextlib.contextmanager
-def workdir_lock(workdir: str, *, is_primary: bool = True, create: bool = True) -> Iterator[None]:
+def workdir_lock(workdir: str, *, create: bool = True) -> Iterator[None]:
     """Makes this process the one writer of `workdir` while the block runs.
 
     Two processes writing one workdir (a second terminal, a re-sent job) would interleave
     checkpoints and metrics, so a second one is refused at once, naming the holder. The lock is
     an flock on WORKDIR/.lock, which exists only while held: the OS releases the flock when its
     holder dies, so a lock file left by a killed process is taken over with a warning. Of a
-    multi-process job only the primary process (`is_primary`, process 0) takes it. With
+    multi-process job only the primary process takes it (`execution.on_primary`). With
     `create=False` a missing workdir is left missing (evaluation reports that itself). A workdir
     this call created and nothing wrote into (a start that failed) is removed again, so a
     mistyped --workdir leaves no stray directory.
     """
-    if not is_primary or (not create and not os.path.isdir(workdir)):
+    if not create and not os.path.isdir(workdir):
         yield
         return
     created = not os.path.exists(workdir)
