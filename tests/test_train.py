@@ -296,7 +296,7 @@ def test_every_inconsistent_field_is_reported_in_one_round(tmp_path):
 
 
 def test_config_loader_imports_neither_clu_nor_tensorflow():
-    code = ("import sys; from cifar_jax import workdir_config, workdir; from configs import block_cnn; "
+    code = ("import sys; from cifar_jax.cli import workdir_config; from cifar_jax.job import workdir; from configs import block_cnn; "
             "block_cnn.get_config(); print(sorted(m for m in ('clu', 'tensorflow') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "[]", out.stderr[-2000:]
