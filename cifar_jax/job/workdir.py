@@ -15,12 +15,13 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import ml_collections
 
 from cifar_jax.errors import CheckpointError, WorkdirInUse
+from cifar_jax.job import lease
 
 CONFIG_FILE = "config.json"
 DATA_FILE = "data.json"  # image shape, class names, train size: what rebuilding the program needs
@@ -141,9 +142,10 @@ def write_run_files(workdir: str, config: ml_collections.ConfigDict, data_meta: 
 
 
 def _move_aside(workdir: str) -> str:
-    """Moves the previous run's files into `replaced-<time>/`: an overwrite never deletes results."""
-    target = os.path.join(workdir, time.strftime("replaced-%Y%m%d-%H%M%S"))
-    os.makedirs(target)
+    """Moves the previous run's files into a new `replaced-<time>-<unique>/`: an overwrite never
+    deletes results, and two overwrites within a second never collide."""
+    target = tempfile.mkdtemp(prefix=time.strftime("replaced-%Y%m%d-%H%M%S-"), dir=workdir)
+    os.chmod(target, 0o755)  # mkdtemp's 0700 would hide the old run from the rest of a group
     for name in RUN_FILES:
         if os.path.exists(os.path.join(workdir, name)):
             shutil.move(os.path.join(workdir, name), os.path.join(target, name))
@@ -175,7 +177,8 @@ def workdir_lock(workdir: str, *, create: bool = True) -> Iterator[None]:
     Two processes writing one workdir (a second terminal, a re-sent job) would interleave
     checkpoints and metrics, so a second one is refused at once, naming the holder. The lock is
     an flock on WORKDIR/.lock, which exists only while held: the OS releases the flock when its
-    holder dies, so a lock file left by a killed process is taken over with a warning. Of a
+    holder dies, so a lock file left by a killed process is taken over with a warning. Where the
+    file system has no flock, a lease with holder and age stands in for it (`lease`). Of a
     multi-process job only the primary process takes it (`execution.on_primary`). With
     `create=False` a missing workdir is left missing (evaluation reports that itself). A workdir
     this call created and nothing wrote into (a start that failed) is removed again, so a
@@ -185,20 +188,38 @@ def workdir_lock(workdir: str, *, create: bool = True) -> Iterator[None]:
         yield
         return
     created = not os.path.exists(workdir)
-    fd, holder = _lock(workdir)
+    release = _take(workdir)
     try:
-        if holder:
-            logging.warning("%s: taking over the lock of process %s on %s (started %s), which ended without "
-                            "releasing it", workdir, holder.get("pid"), holder.get("host"), holder.get("start"))
-        _write_holder(fd, {"pid": os.getpid(), "host": socket.gethostname(),
-                           "start": time.strftime("%Y-%m-%d %H:%M:%S")})
         yield
     finally:
-        # Removed while still locked: a process that opened it meanwhile finds it gone (see `_lock`).
-        os.unlink(os.path.join(workdir, LOCK_FILE))
+        release()
         if created and not os.listdir(workdir):
             os.rmdir(workdir)
+
+
+def _take(workdir: str) -> Callable[[], None]:
+    """Takes the flock on WORKDIR/.lock, or where the file system has no flock the lease
+    (`lease.take`); returns the function that releases it."""
+    try:
+        fd, holder = _lock(workdir)
+    except _NoFlock:
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(workdir, LOCK_FILE))  # the empty file `_lock` created; a lease is used instead
+        return lease.take(workdir)
+    if holder:
+        logging.warning("%s: taking over the lock of process %s on %s (started %s), which ended without "
+                        "releasing it", workdir, holder.get("pid"), holder.get("host"), holder.get("start"))
+    _write_holder(fd, {"pid": os.getpid(), "host": socket.gethostname(), "start": time.strftime("%Y-%m-%d %H:%M:%S")})
+
+    def release() -> None:
+        # Removed while still locked: a process that opened it meanwhile finds it gone (see `_lock`).
+        os.unlink(os.path.join(workdir, LOCK_FILE))
         os.close(fd)  # releases the flock
+    return release
+
+
+class _NoFlock(Exception):
+    """The workdir's file system does not support flock."""
 
 
 def _lock(workdir: str) -> tuple[int, dict[str, Any]]:
@@ -233,7 +254,7 @@ def _open_lock(workdir: str) -> int:
 
 
 def _acquire(fd: int, workdir: str, holder: dict[str, Any]) -> None:
-    """flock, or (on file systems without it) the recorded holder's liveness on this host."""
+    """The flock; _NoFlock on file systems without it."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return
@@ -242,23 +263,10 @@ def _acquire(fd: int, workdir: str, holder: dict[str, Any]) -> None:
     except OSError as error:
         if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP):
             raise
-        if not _alive_here(holder):
-            return
+        raise _NoFlock() from None
     raise WorkdirInUse(
         f"{workdir} is in use by process {holder.get('pid', '?')} on {holder.get('host', '?')} (since "
         f"{holder.get('start', '?')}); wait for it to finish, stop it, or pass another --workdir")
-
-
-def _alive_here(holder: dict[str, Any]) -> bool:
-    if not holder or holder.get("host") != socket.gethostname():
-        return bool(holder)  # another host's process cannot be checked: assume it runs
-    try:
-        os.kill(int(holder["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, KeyError, ValueError, TypeError):
-        return True
-    return True
 
 
 def _read_holder(fd: int) -> dict[str, Any]:
