@@ -362,3 +362,19 @@ def test_a_field_added_by_a_later_version_does_not_block_a_resume_while_off():
     # A later field whose old behaviour is not "off" matches at that value (ADDED_DEFAULTS).
     assert workdir_lib.differing_fields(stored, {**stored, "model": {"dropout_kind": "element"}}) == []
     assert workdir_lib.differing_fields(stored, {**stored, "model": {"dropout_kind": "channel"}}) == ["model.dropout_kind"]
+
+
+@pytest.mark.slow
+@needs_fashion_mnist
+def test_checkpoint_meta_holds_what_resume_needs_and_does_not_grow_with_the_epochs(tmp_path):
+    """The history lives in metrics.jsonl; a checkpoint's meta stays the same size (issue 22)."""
+    result = run_cli("--config", "configs/test.py", "--config.data.train_limit=96", "--config.data.val_size=32",
+                     "--config.data.test_limit=32", "--config.num_epochs=20", "--config.checkpoint.keep=20",
+                     "--config.progress_every_s=0", "--workdir", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    def meta_bytes(epoch: int) -> int:
+        return sum(f.stat().st_size for f in (tmp_path / "checkpoints" / "latest" / str(epoch) / "meta").rglob("*")
+                   if f.is_file())
+    assert meta_bytes(2) > 0 and abs(meta_bytes(20) - meta_bytes(2)) <= 0.1 * meta_bytes(2), (meta_bytes(2),
+                                                                                               meta_bytes(20))

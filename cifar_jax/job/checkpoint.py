@@ -1,8 +1,9 @@
 """Orbax checkpoints of all runs at once: save, resume, restore for evaluation.
 
 A checkpoint is the whole `TrainState` of every run (parameters, batch statistics, dropout
-streams, optimizer state, data keys, step, divergence flags) plus the epoch and the metrics
-history, so a killed run resumes to bit-identical results. The state is stored as a flat dict
+streams, optimizer state, data keys, step, divergence flags) plus a small meta (epochs done, wall
+time; the metrics history stays in metrics.jsonl, so the meta does not grow with the epochs), so a
+killed run resumes to bit-identical results. The state is stored as a flat dict
 keyed by pytree path, with random keys as raw key data: it restores into any process that
 builds the same program, whatever its device count.
 

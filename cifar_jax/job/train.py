@@ -297,20 +297,34 @@ def _initial_state(setup: RunSetup, config: ml_collections.ConfigDict, workdir: 
     return state._replace(params=source.params, model_state=batch_stats)
 
 
-def _resume_point(setup: RunSetup, checkpoints: Checkpoints, fresh: Callable[[], step.TrainState]) -> ResumePoint:
-    """The newest usable checkpoint, a whole epoch's or a mid-epoch one, placed on the devices;
-    `fresh()` when there is none."""
+def _resume_point(setup: RunSetup, checkpoints: Checkpoints, workdir: str,
+                  fresh: Callable[[], step.TrainState]) -> ResumePoint:
+    """The newest usable checkpoint, a whole epoch's or a mid-epoch one, placed on the devices,
+    with the records of its epochs (from metrics.jsonl); `fresh()` when there is none."""
     restored = checkpoints.restore(setup.real_like())
     partial = checkpoints.restore_partial(setup.real_like())
-    whole_epochs = 0 if restored is None else len(restored[2]["history"])
+    whole_epochs = 0 if restored is None else _epochs_done(restored[2])
     if partial is not None and partial[1]["epoch"] > whole_epochs:
         state, meta = partial
-        return ResumePoint(setup.on_devices(state), meta["history"], meta["diverged"], meta["wall_time_s"],
+        return ResumePoint(setup.on_devices(state), *_history(meta, workdir, setup.grid), meta["wall_time_s"],
                            meta["step"], setup.on_devices(step.EpochSums.from_json(meta["sums"])))
     if restored is None:
         return ResumePoint(fresh(), [], [], 0.0)
     _, state, meta = restored
-    return ResumePoint(setup.on_devices(state), meta["history"], meta["diverged"], meta["wall_time_s"])
+    return ResumePoint(setup.on_devices(state), *_history(meta, workdir, setup.grid), meta["wall_time_s"])
+
+
+def _epochs_done(meta: dict) -> int:
+    """Whole epochs a checkpoint holds ('history' in the meta of earlier versions' checkpoints)."""
+    return int(meta["epochs_done"]) if "epochs_done" in meta else len(meta["history"])
+
+
+def _history(meta: dict, workdir: str, grid: runs.RunGrid) -> tuple[list[dict], list[list[bool]]]:
+    """(records, diverged per epoch) of the whole epochs before a checkpoint: read back from
+    metrics.jsonl, so a checkpoint's meta stays the same size however many epochs ran."""
+    if "history" in meta:  # written by an earlier version
+        return meta["history"], meta["diverged"]
+    return progress.read_history(workdir, int(meta["epochs_done"]), grid.ids())
 
 
 def _chunk_hook(setup: RunSetup, checkpoints: Checkpoints, loop: progress.TrainingLog, stop: interrupts.StopFlag,
@@ -344,7 +358,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     execution.primary_decides(lambda: workdir_lib.make_room(workdir, config))
     checkpoints = Checkpoints(workdir, keep=config.checkpoint.keep, best_metric=config.checkpoint.best_metric)
     # An unusable checkpoint (or init_from source) fails here, config.json untouched.
-    resume = _resume_point(setup, checkpoints, lambda: _initial_state(setup, config, workdir))
+    resume = _resume_point(setup, checkpoints, workdir, lambda: _initial_state(setup, config, workdir))
     if primary:
         workdir_lib.write_run_files(workdir, config, {"image_shape": list(splits.image_shape), "num_train":
                                                       splits.num_train, "class_names": list(splits.class_names)})
@@ -352,7 +366,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state, history, diverged_by_epoch = resume.state, resume.history, resume.diverged_by_epoch
     loop.start(resumed_after=len(history), step=resume.step)
     session_start = time.time()
-    records = lambda: {"history": history, "diverged": diverged_by_epoch,  # noqa: E731
+    # What resume needs besides metrics.jsonl (written before each checkpoint): constant in size.
+    records = lambda: {"epochs_done": len(history),  # noqa: E731
                        "wall_time_s": resume.wall_time_s + time.time() - session_start}
     plan = setup.program.plan
     images, labels = execution.replicate(tuple(splits.train), plan)
@@ -378,11 +393,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             record = results.epoch_record(setup.real_runs(sums)._asdict(), scores, diverged)
             history.append(results.jsonable(record))
             diverged_by_epoch.append(diverged.tolist())
+            loop.end_epoch(epoch, record, history, diverged_by_epoch)  # metrics.jsonl before the checkpoint
             if epoch % config.checkpoint_every_epochs == 0 or epoch == config.num_epochs:
                 checkpoints.save(epoch, setup.real_runs(state), records(),
                                  results.mean_over_runs(record, config.checkpoint.best_metric))
                 checkpoints.drop_partial()
-            loop.end_epoch(epoch, record, history, diverged_by_epoch)
     checkpoints.wait()
     checkpoints.close()
     summary = results.summarize_results(config, setup.grid, history, np.asarray(diverged_by_epoch[-1]),
