@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from cifar_jax.errors import WorkdirInUse
+from cifar_jax.errors import UsageError, WorkdirInUse
 from cifar_jax.job import lease
 from cifar_jax.job import workdir as workdir_lib
 
@@ -80,3 +80,10 @@ def test_two_overwrites_within_a_second_move_the_old_runs_aside_under_distinct_n
         names.add(os.path.basename(workdir_lib._move_aside(str(tmp_path))))
     assert len(names) == 2 and all(name.startswith("replaced-") for name in names)
     assert all((tmp_path / name / workdir_lib.CONFIG_FILE).exists() for name in names)
+
+
+@pytest.mark.parametrize("uri", ["gs://bucket/runs/x", "s3://bucket/x"])
+def test_an_object_store_workdir_is_refused_in_one_line_instead_of_becoming_a_local_path(uri):
+    with pytest.raises(UsageError, match=r"workdirs are not supported .*NFS"):
+        workdir_lib.check_local(uri)
+    workdir_lib.check_local("runs/gs:x")  # a local name with a colon is a local name

@@ -218,6 +218,7 @@ def dispatch(config: ml_collections.ConfigDict, workdir: str, mode: str) -> Any:
     from cifar_jax.experiments import sweep
     from cifar_jax.job import train
 
+    workdir_lib.check_local(workdir)
     execution.initialize_distributed(config)  # before anything touches a JAX backend
     execution.enable_compilation_cache(workdir)
     if mode == "sweep":  # several workers may share a sweep's workdir: each group is locked instead

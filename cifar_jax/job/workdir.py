@@ -11,6 +11,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -20,7 +21,7 @@ from typing import Any
 
 import ml_collections
 
-from cifar_jax.errors import CheckpointError, WorkdirInUse
+from cifar_jax.errors import CheckpointError, UsageError, WorkdirInUse
 from cifar_jax.job import lease
 
 CONFIG_FILE = "config.json"
@@ -84,6 +85,16 @@ def differing_fields(stored: dict[str, Any], current: dict[str, Any]) -> list[st
             return bool(new[name]) and new[name] != ADDED_DEFAULTS.get(name)
         return old[name] != new.get(name)
     return sorted(name for name in set(old) | set(new) if differs(name) and not name.startswith(RESUMABLE_FIELDS))
+
+
+def check_local(workdir: str) -> None:
+    """Refuses an object-store URI (gs://, s3://) as --workdir: its lock, metrics.jsonl and results
+    are POSIX files (appends, renames, flock or an exclusive-create lease), and os.path would
+    silently make `gs://b/x` a local `./gs:/b/x` on every host."""
+    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", workdir)
+    if scheme:
+        raise UsageError(f"--workdir {workdir}: {scheme.group(1)}:// workdirs are not supported (a workdir needs a "
+                         "POSIX file system); on several hosts use a directory they all mount (NFS, Filestore)")
 
 
 def load_json(workdir: str, name: str) -> Any:
