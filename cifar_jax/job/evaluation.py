@@ -98,7 +98,7 @@ def load(workdir: str, checkpoint: str = "latest", config: ml_collections.Config
                              data_meta["num_train"], abstract=True)
     checkpoints = Checkpoints(workdir, keep=config.checkpoint.keep, best_metric=config.checkpoint.best_metric,
                               read_only=True)
-    restored = checkpoints.restore(setup.real_like(), which=str(checkpoint))
+    restored = checkpoints.restore(setup.checkpoint_like(), which=str(checkpoint), num_runs=setup.num_runs)
     checkpoints.close()
     if restored is None:
         raise CheckpointError(f"{workdir} has no readable '{checkpoint}' checkpoint")

@@ -171,13 +171,14 @@ class RunSetup(NamedTuple):
     def init(self) -> step.TrainState:
         return self.program.init(self.keys, self.hparams)
 
-    def real_like(self) -> Any:
-        """The abstract state of the real runs: what a checkpoint holds, whatever the device count
-        (restored onto every device of this job's mesh, then `on_devices` splits it)."""
+    def checkpoint_like(self) -> Any:
+        """The abstract state a checkpoint restores into: this job's padded runs, split over its
+        mesh like the state, so each process reads only its own devices' shards (a checkpoint
+        saved on another device count is cut or padded to this one's; see `Checkpoints.restore`)."""
         mesh = self.program.plan.mesh
-        sharding = None if mesh is None else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct((self.num_runs, *leaf.shape[1:]), leaf.dtype,
-                                                              sharding=sharding), self.state)
+        sharding = (jax.sharding.SingleDeviceSharding(jax.devices()[0]) if mesh is None
+                    else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(execution.RUNS_AXIS)))
+        return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), self.state)
 
     def on_devices(self, tree: Any) -> Any:
         """Per-run arrays of the real runs (or None), padded and sharded like the state."""
@@ -291,7 +292,8 @@ def _initial_state(setup: RunSetup, config: ml_collections.ConfigDict, workdir: 
     if not config.get("init_from"):
         return state
     path = os.path.normpath(os.path.join(workdir, config.init_from))  # relative: to this run's workdir
-    source = setup.on_devices(warm_start_state(path, setup.real_like(), config.checkpoint.best_metric))
+    source = setup.on_devices(warm_start_state(path, setup.checkpoint_like(), config.checkpoint.best_metric,
+                                               setup.num_runs))
     batch_stats = jax.tree.map(lambda fresh, old: old if isinstance(fresh, nnx.BatchStat) else fresh,
                                state.model_state, source.model_state, is_leaf=lambda v: isinstance(v, nnx.Variable))
     return state._replace(params=source.params, model_state=batch_stats)
@@ -301,8 +303,8 @@ def _resume_point(setup: RunSetup, checkpoints: Checkpoints, workdir: str,
                   fresh: Callable[[], step.TrainState]) -> ResumePoint:
     """The newest usable checkpoint, a whole epoch's or a mid-epoch one, placed on the devices,
     with the records of its epochs (from metrics.jsonl); `fresh()` when there is none."""
-    restored = checkpoints.restore(setup.real_like())
-    partial = checkpoints.restore_partial(setup.real_like())
+    restored = checkpoints.restore(setup.checkpoint_like(), num_runs=setup.num_runs)
+    partial = checkpoints.restore_partial(setup.checkpoint_like(), num_runs=setup.num_runs)
     whole_epochs = 0 if restored is None else _epochs_done(restored[2])
     if partial is not None and partial[1]["epoch"] > whole_epochs:
         state, meta = partial
@@ -340,9 +342,9 @@ def _chunk_hook(setup: RunSetup, checkpoints: Checkpoints, loop: progress.Traini
             loop.step_metrics(epoch, done, setup.real_runs(sums))
         halt, save = stop.poll(save_due=0 < every_s <= time.time() - checkpoints.last_save_time)
         if halt or save:
-            checkpoints.save_partial((epoch - 1) * setup.program.steps_per_epoch + done, setup.real_runs(state),
+            checkpoints.save_partial((epoch - 1) * setup.program.steps_per_epoch + done, state,
                                      {**records(), "epoch": epoch, "step": done,
-                                      "sums": setup.real_runs(sums).to_json()})
+                                      "sums": setup.real_runs(sums).to_json()}, num_runs=setup.num_runs)
         return halt
     return hook
 
@@ -395,8 +397,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             diverged_by_epoch.append(diverged.tolist())
             loop.end_epoch(epoch, record, history, diverged_by_epoch)  # metrics.jsonl before the checkpoint
             if epoch % config.checkpoint_every_epochs == 0 or epoch == config.num_epochs:
-                checkpoints.save(epoch, setup.real_runs(state), records(),
-                                 results.mean_over_runs(record, config.checkpoint.best_metric))
+                checkpoints.save(epoch, state, records(), results.mean_over_runs(record, config.checkpoint.best_metric),
+                                 num_runs=setup.num_runs)  # sharded and padded as trained: nothing gathered
                 checkpoints.drop_partial()
     checkpoints.wait()
     checkpoints.close()
