@@ -116,6 +116,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval = ml_collections.ConfigDict()
     config.eval.checkpoint = "latest"  # latest | best | step number
     config.eval.split = "test"  # test | val | train
+    # Training scores validation every epoch and the test split at the final epoch and at each run's
+    # best epoch (its best weights kept meanwhile: results.json's best_test_*); True: test every epoch.
+    config.eval.test_every_epoch = False
     config.checkpoint = ml_collections.ConfigDict()
     config.checkpoint.keep = 2
     # Also save inside an epoch every this many minutes (0 = only at epoch ends and on SIGTERM /

@@ -1,10 +1,15 @@
 """cifar_jax vs PyTorch, side by side in one process: training throughput over runs.
 
     python scripts/benchmark.py --quick          # < 2 minutes on 2 cores: the target cells
-    python scripts/benchmark.py --json runs/benchmark.json   # the full table
+    python scripts/benchmark.py --models         # every study model at its study's batch sizes, 1 and 8 seeds
+    python scripts/benchmark.py --e2e            # each study model's recipe as a whole job (benchmark_e2e.py)
+    python scripts/benchmark.py                  # all of it; JSON in docs/benchmarks/<date>-full.json
+    python scripts/benchmark.py --models --e2e --tiny   # does every cell run? (1 step, tiny jobs)
 
-A cell is a model (the tutorial LeNet, the fifth study's CNN, a reduced block CNN), a batch size
-and its runs: S seeds, or a grid of 4 learning rates x 2 seeds (`GRID_RATES`). Per cell:
+A cell is a model (`configs/study_models.py`: the five studies' models, and a reduced block CNN),
+a batch size and its runs: S seeds, or a grid of 4 learning rates x 2 seeds (`GRID_RATES`). The
+full block CNN of study 003 (~2 GFLOP per training image) is timed over 1 step a round, 2 rounds,
+its auto program only. Per cell:
 
 - model-images/s = images x runs / second of training, steady state (after compilation and a
   warm-up epoch), over a fixed number of steps on synthetic CIFAR-sized uint8 arrays (the data
@@ -48,7 +53,6 @@ import platform
 import resource
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -67,16 +71,24 @@ def _pin_threads(threads: int) -> int:
 # Parsed before JAX is imported: the affinity decides XLA:CPU's thread pool size.
 PARSER = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 PARSER.add_argument("--quick", action="store_true", help="the target cells only, few steps (< 2 min on 2 cores)")
+PARSER.add_argument("--models", nargs="?", const="all", default=None,
+                    help="only the study models' cells (comma list of configs/study_models.py names; default all)")
+PARSER.add_argument("--e2e", nargs="?", const="all", default=None,
+                    help="only the end-to-end cells: each study model's recipe as a whole job (comma list or all)")
+PARSER.add_argument("--tiny", action="store_true",
+                    help="a check that every cell runs: 1-2 steps, 1 round, tiny jobs (timings meaningless)")
 PARSER.add_argument("--threads", type=int, default=0, help="cores for both frameworks (0 = all)")
-PARSER.add_argument("--models", default="lenet,cnn_bn_dropout,block_small")
-PARSER.add_argument("--batch_sizes", default="4,128")
-PARSER.add_argument("--seeds", default="1,8,32")
+PARSER.add_argument("--grid_models", default="lenet,cnn_bn_dropout,block_small",
+                    help="the full run's seed and grid cells for these models")
+PARSER.add_argument("--batch_sizes", default="4,128", help="the full run's batch sizes for --grid_models")
+PARSER.add_argument("--seeds", default="1,8,32", help="the full run's seed counts for --grid_models")
 PARSER.add_argument("--repeats", type=int, default=5, help="timed rounds per cell (best and median kept)")
 PARSER.add_argument("--scale", type=float, default=1.0, help="multiplies the timed steps per cell")
 PARSER.add_argument("--max_memory_gb", type=float, default=0.0,
                     help="skip a cell whose compiled step needs more (0 = 40%% of RAM)")
 PARSER.add_argument("--no_torch", action="store_true", help="cifar_jax only")
-PARSER.add_argument("--json", default="", help="write the results here (full run default: benchmark.json)")
+PARSER.add_argument("--json", default="",
+                    help="write the results here (full run default: docs/benchmarks/<date>-full.json)")
 
 if __name__ == "__main__":
     ARGS = PARSER.parse_args()
@@ -86,9 +98,13 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cifar_jax.core import execution
+import benchmark_e2e  # noqa: E402
+from benchmark_measure import PeakRSS, TorchCell, peak_matmul_flops  # noqa: E402
+import benchmark_report  # noqa: E402
+from cifar_jax.core import execution  # noqa: E402
+from cifar_jax.data.datasets import IMAGE_SHAPES  # noqa: E402
 from cifar_jax.job import train  # noqa: E402
-from configs import block_cnn, cnn_bn_dropout, lenet_tutorial  # noqa: E402
+from configs import block_cnn, study_models  # noqa: E402
 
 # ----------------------------------------------------------------------------- models
 
@@ -100,17 +116,20 @@ def _block_small():
     return config
 
 
-MODELS = {
-    # name: (cifar_jax config, torch_reference model name, its kwargs, description)
-    "lenet": (lenet_tutorial.get_config, "lenet", {}, "tutorial LeNet (62k params)"),
-    "cnn_bn_dropout": (cnn_bn_dropout.get_config, "cnn_bn_dropout", {}, "fifth study's CNN, BN + dropout (158k)"),
-    "block_small": (_block_small, "block_cnn", dict(channels=(16, 32, 64), branches=2),
-                    "block CNN 3-16-32-64, 2 branches (106k)"),
-}
-# Model-images per timed epoch (full run), so every cell takes a few seconds.
-IMAGES_PER_EPOCH = {"lenet": 24_000, "cnn_bn_dropout": 2_000, "block_small": 8_000}
+# The studies' models (configs/study_models.py) and the reduced block CNN of the earlier tables.
+MODELS = {**study_models.MODELS, "block_small": study_models.StudyModel(
+    "003", "block CNN 3-16-32-64, 2 branches", _block_small, (128,),
+    study_models.block(3, 16, 2) + study_models.block(16, 32, 2) + study_models.block(32, 64, 2)
+    + study_models.mlp_params((64, 256, 128, 64, 10)))}
+# Model-images per timed epoch (full run), so every cell takes a few seconds; the full block CNN
+# (~2 GFLOP per training image, ~15 s a step at batch 128 on 2 cores) gets one step per run.
+IMAGES_PER_EPOCH = {"lenet": 24_000, "cnn3": 1_500, "fmnist_a1": 8_000, "fmnist_a2": 16_000, "fmnist_a3": 100_000,
+                    "fmnist_a4": 6_000, "block_full": 128, "block_reduced": 16_000, "cnn_bn_dropout": 2_000,
+                    "mlp": 40_000, "block_small": 8_000}
+HEAVY = {"block_full"}  # few timed steps, 2 rounds, the auto program only
 # A grid cell: 4 learning rates x 2 seeds, one program (runs of a seed share their data stream).
 GRID_RATES = (5e-4, 1e-3, 2e-3, 4e-3)
+MODEL_SEEDS = (1, 8)  # the --models cells: every study model at its batch sizes with 1 and 8 seeds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,9 +153,17 @@ QUICK_CELLS = [Cell("lenet", 128, 1), Cell("lenet", 128, 8), Cell("lenet", 128, 
                Cell("lenet", 4, 8), Cell("lenet", 4, 2, GRID_RATES), Cell("cnn_bn_dropout", 128, 1)]
 
 
+def model_cells(names: list[str]) -> list[Cell]:
+    """Every named study model at each of its study's batch sizes, 1 and 8 seeds."""
+    return [Cell(m, b, s) for m in names for b in MODELS[m].batch_sizes for s in MODEL_SEEDS]
+
+
+def image_shape(model: str) -> tuple[int, int, int]:
+    return IMAGE_SHAPES[MODELS[model].make_config().data.name]
+
+
 def jax_config(model: str, batch_size: int, num_seeds: int, rates: tuple[float, ...] = ()):
-    config = MODELS[model][0]()
-    config.batch_size = batch_size
+    config = MODELS[model].config(batch_size)
     config.num_seeds = num_seeds
     if rates:
         config.hparam_grid.learning_rate = tuple(rates)
@@ -150,52 +177,15 @@ def timed_steps(model: str, batch_size: int, num_runs: int, quick: bool, scale: 
     """Steps per timed epoch for about IMAGES_PER_EPOCH model-images: a multiple of 10 (CPU's
     automatic step chunks then divide the epoch: one compiled program), at least 10, and at least
     20 for several runs: a timed epoch starts with caches the other framework's turn evicted,
-    which cost LeNet's 8-run, 10-step epochs (0.3 s) ~4% against a following epoch."""
+    which cost LeNet's 8-run, 10-step epochs (0.3 s) ~4% against a following epoch. A HEAVY
+    model: at least 1 step, no rounding (a step there is seconds)."""
     steps = IMAGES_PER_EPOCH[model] * (0.3 if quick else 1.0) * scale / (batch_size * num_runs)
+    if model in HEAVY:
+        return max(1, int(round(steps)))
     return min(2000, max(10 if num_runs == 1 else 20, int(round(steps / 10.0)) * 10))
 
 
 # ----------------------------------------------------------------------------- measurement helpers
-
-
-class PeakRSS:
-    """Peak resident memory of this process while the block runs (sampled every 10 ms)."""
-
-    def __enter__(self):
-        import psutil
-        self._process = psutil.Process()
-        self.peak = self._process.memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self):
-        while not self._stop.wait(0.01):
-            self.peak = max(self.peak, self._process.memory_info().rss)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._process.memory_info().rss)
-
-    @property
-    def mb(self) -> float:
-        return self.peak / 2**20
-
-
-def peak_matmul_flops(n: int = 2048, repeats: int = 7) -> float:
-    """Best f32 FLOP/s of an n x n x n matmul in XLA: the ceiling for MFU."""
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-    mm = jax.jit(lambda a, b: a @ b)
-    mm(a, b).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        mm(a, b).block_until_ready()
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
 
 
 def _train_steps_call(program, state, hparams, images, labels):
@@ -207,15 +197,15 @@ def _train_steps_call(program, state, hparams, images, labels):
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args), {"length": program.plan.steps_per_call}
 
 
-def _synthetic(num_images: int, seed: int = 0):
+def _synthetic(num_images: int, shape: tuple[int, int, int], seed: int = 0):
     rng = np.random.default_rng(seed)
-    images = jnp.asarray(rng.integers(0, 256, (num_images, 32, 32, 3), dtype=np.uint8))
+    images = jnp.asarray(rng.integers(0, 256, (num_images, *shape), dtype=np.uint8))
     labels = jnp.asarray(rng.integers(0, 10, num_images).astype(np.int32))
     return images, labels
 
 
 def _setup(config, num_train: int):
-    setup = train.setup_runs(config, (32, 32, 3), 10, num_train)
+    setup = train.setup_runs(config, IMAGE_SHAPES[config.data.name], 10, num_train)
     return setup.program, setup.hparams, setup.state
 
 
@@ -230,7 +220,7 @@ def train_flops_per_image(model: str, batch_size: int) -> float:
         config = jax_config(model, batch_size, 1)
         config.model.conv_impl = "xla"
         config.execution.steps_per_call = 1
-        images, labels = _synthetic(2 * batch_size)
+        images, labels = _synthetic(2 * batch_size, image_shape(model))
         program, hparams, state = _setup(config, 2 * batch_size)
         args, kwargs = _train_steps_call(program, state, hparams, images, labels)
         cost = program.train_steps.lower(*args, **kwargs).cost_analysis()
@@ -238,51 +228,22 @@ def train_flops_per_image(model: str, batch_size: int) -> float:
     return _FLOPS_CACHE[key]
 
 
-class TorchCell:
-    """One PyTorch way of training a cell's runs, timed a few steps at a time (~`seconds` per
-    repeat) between cifar_jax's timed epochs, so both frameworks see the same machine load.
-    `runner` is a `torch_reference.ThroughputRunner` (one model: the runs train one after
-    another, so model-images/s is one model's images/s) or a `FuncThroughputRunner` (all runs at
-    once with torch.func); `models_per_step` is 1 or the number of stacked models."""
-
-    def __init__(self, way: str, runner, batch_size: int, models_per_step: int, seconds: float):
-        self.way, self.runner = way, runner
-        self.images_per_step = batch_size * models_per_step
-        self.runner.steps(2)  # warm-up: allocator, oneDNN primitives
-        wall, _ = self.runner.steps(2)
-        self.steps_per_repeat = int(min(2000, max(3, seconds * 2 / wall)))
-        self.walls, self.cpus = [], []
-
-    def repeat(self):
-        wall, cpu = self.runner.steps(self.steps_per_repeat)
-        self.walls.append(wall)
-        self.cpus.append(cpu)
-
-    def result(self, since: int = 0) -> dict:
-        import torch
-        images = self.steps_per_repeat * self.images_per_step
-        walls, cpus = self.walls[since:], self.cpus[since:]
-        return {"framework": "pytorch", "way": self.way, "steps": self.steps_per_repeat, "repeats": len(walls),
-                "images_per_s": images / min(walls), "images_per_s_median": images / statistics.median(walls),
-                "images_per_cpu_s": images / statistics.median(cpus), "torch": torch.__version__}
-
-
 def torch_ways(cell: Cell, threads: int, seconds: float, sequential: dict) -> dict[str, TorchCell]:
     """PyTorch's ways of training the cell's runs: one after another (a runner shared by the cells
     of a model and batch size, in `sequential`) and, for several runs, torch.func."""
     import torch_reference
 
-    _, name, kwargs, _ = MODELS[cell.model]
+    config = MODELS[cell.model].config(cell.batch_size)
     key = (cell.model, cell.batch_size)
     if key not in sequential:
         sequential[key] = TorchCell("sequential", torch_reference.ThroughputRunner(
-            name, cell.batch_size, threads=threads, **kwargs), cell.batch_size, 1, seconds)
+            config, cell.batch_size, threads=threads), cell.batch_size, 1, seconds)
     ways = {"sequential": sequential[key]}
     if cell.runs > 1:
-        base_rate = torch_reference.RECIPES[name]["lr"]
+        base_rate = config.optim.learning_rate
         scales = [rate / base_rate for rate in cell.rates for _ in range(cell.seeds)] if cell.rates else None
         ways["torch.func"] = TorchCell("torch.func", torch_reference.FuncThroughputRunner(
-            name, cell.batch_size, cell.runs, threads=threads, lr_scales=scales, **kwargs),
+            config, cell.batch_size, cell.runs, threads=threads, lr_scales=scales),
             cell.batch_size, cell.runs, seconds)
     return ways
 
@@ -294,6 +255,8 @@ def _program_variants(cell: Cell, quick: bool) -> dict[str, tuple[int, bool, int
     the auto choice is checked against; 'flat vmap' (grid cells) is every run in one vmap, each
     on its own stream."""
     variants = {"auto": (0, True, 0)}
+    if cell.model in HEAVY:
+        return variants
     if cell.runs > 1:
         groups = (1, cell.runs) if quick else sorted({1, 2, 4, cell.runs} - {g for g in (2, 4) if g >= cell.runs})
         variants.update({f"group={g}": (g, True, 0) for g in groups})
@@ -309,7 +272,8 @@ def _program(cell: Cell, runs_per_group: int, streams: bool, num_train: int, mic
     config.execution.runs_per_group = runs_per_group
     config.execution.microbatches = microbatches
     program, hparams, state = _setup(config, num_train)
-    return (program if streams else train.make_train(config, (32, 32, 3), 10, num_train)), hparams, state
+    shape = IMAGE_SHAPES[config.data.name]
+    return (program if streams else train.make_train(config, shape, 10, num_train)), hparams, state
 
 
 class _TimedProgram:
@@ -355,7 +319,7 @@ def jax_cell(cell: Cell, steps: int, repeats: int, max_bytes: float, quick: bool
     costs every column, not one). Returns the cell's row: per program and per PyTorch way,
     model-images/s, best and median over the rounds."""
     num_train = steps * cell.batch_size
-    images, labels = _synthetic(num_train)
+    images, labels = _synthetic(num_train, image_shape(cell.model))
     torch_since = {way: len(t.walls) for way, t in torch_cells.items()}
     programs, timed, measured = {}, {}, {}  # measured: (runs per group, streams, microbatches) -> the variant
     for variant, setting in _program_variants(cell, quick).items():
@@ -399,123 +363,33 @@ def jax_cell(cell: Cell, steps: int, repeats: int, max_bytes: float, quick: bool
     return row
 
 
-# ----------------------------------------------------------------------------- report
+def _names(text: str | None, known) -> list[str]:
+    """A comma list of names ('all': every one of `known`), each checked."""
+    names = list(known) if text in (None, "all") else [m for m in text.split(",") if m]
+    unknown = [m for m in names if m not in known]
+    if unknown:
+        raise SystemExit(f"error: unknown model {unknown[0]!r}; use one of {', '.join(known)}")
+    return names
 
 
-def _fmt(value, spec=",.0f", missing="-"):
-    return missing if value is None else format(value, spec)
-
-
-def _rate(result: dict | None) -> float | None:
-    return None if result is None or "skipped" in result else result["images_per_s"]
-
-
-def best_torch(row: dict) -> tuple[str, float] | None:
-    """PyTorch's faster way in the cell (model-images/s), or None without PyTorch."""
-    ways = [(way, t["images_per_s"]) for way, t in row["torch"].items()]
-    return max(ways, key=lambda w: w[1]) if ways else None
-
-
-def best_candidate(row: dict) -> tuple[str, float]:
-    """The fastest measured grouping of the streamed program (the auto choice among them)."""
-    timed = [(name, _rate(r)) for name, r in row["jax"].items() if name != "flat vmap" and _rate(r)]
-    return max(timed, key=lambda c: c[1])
-
-
-def table(rows: list[dict], peak: float) -> str:
-    head = ("| cell | cifar_jax model-img/s (auto) | runs/group | PyTorch sequential | torch.func | ratio to the faster "
-            "PyTorch | ratio (CPU time) | candidates model-img/s (runs/group; whole batch) | flat vmap | compile s | peak RSS MB | MFU |")
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for row in rows:
-        auto = row["jax"]["auto"]
-        if "skipped" in auto:
-            lines.append(f"| {row['cell']} | skipped: {auto['skipped']} |" + " |" * (head.count("|") - 3))
-            continue
-        fastest = best_torch(row)
-        ratio = auto["images_per_s"] / fastest[1] if fastest else None
-        cpu_ratio = (auto["images_per_cpu_s"] / row["torch"][fastest[0]]["images_per_cpu_s"]) if fastest else None
-        candidates = ", ".join(f"{name.removeprefix('group=')}: {_fmt(_rate(r))}" for name, r in row["jax"].items()
-                               if name not in ("auto", "flat vmap") and _rate(r))
-        mfu = row["flops_per_image"] * auto["images_per_s"] / peak
-        lines.append(
-            f"| {row['cell']} | {_fmt(auto['images_per_s'])} | {auto['runs_per_group']} "
-            f"| {_fmt(_rate(row['torch'].get('sequential')))} | {_fmt(_rate(row['torch'].get('torch.func')))} "
-            f"| {_fmt(ratio, '.2f')} | {_fmt(cpu_ratio, '.2f')} | {candidates or '-'} "
-            f"| {_fmt(_rate(row['jax'].get('flat vmap')))} | {auto['compile_s']:.1f} | {auto['peak_rss_mb']:,.0f} "
-            f"| {100 * mfu:.0f}% |")
-    return "\n".join(lines)
-
-
-def _verdict(text: str, value: float, goal: float) -> str:
-    return f"{text}: {value:.2f}x  {'met' if value >= goal else 'MISSED'}"
-
-
-def targets(rows: list[dict], peak: float) -> list[str]:
-    """One line per target of the performance issue that this run's cells can check."""
-    cells = {(r["model"], r["batch_size"], r["seeds"], bool(r["rates"])): r for r in rows
-             if "skipped" not in r["jax"]["auto"]}
-    out = []
-
-    def to_torch(key):
-        row = cells.get(key)
-        fastest = row and best_torch(row)
-        return row["jax"]["auto"]["images_per_s"] / fastest[1] if fastest else None
-
-    for key, goal, text in [
-            (("lenet", 128, 2, True), 1.5, "LeNet grid (4 lr x 2 seeds), batch 128: >= 1.5x PyTorch"),
-            (("lenet", 128, 8, False), 1.0, "LeNet, batch 128, 8 seeds: >= 1x PyTorch"),
-            (("lenet", 128, 1, False), 1.0, "LeNet, batch 128, 1 seed: >= 1x PyTorch"),
-            (("cnn_bn_dropout", 128, 1, False), 1.0, "fifth study's CNN, batch 128, 1 seed: >= 1x PyTorch"),
-            (("lenet", 4, 8, False), 2.0, "LeNet, batch 4, 8 seeds: >= 2x PyTorch"),
-            (("lenet", 4, 2, True), 2.0, "LeNet grid (4 lr x 2 seeds), batch 4: >= 2x PyTorch")]:
-        value = to_torch(key)
-        if value is not None:
-            out.append(_verdict(text, value, goal))
-    grid = cells.get(("lenet", 128, 2, True))
-    if grid and _rate(grid["jax"].get("flat vmap")):
-        out.append(_verdict("LeNet grid (4 lr x 2 seeds), batch 128: >= 1.3x the flat vmap",
-                            grid["jax"]["auto"]["images_per_s"] / grid["jax"]["flat vmap"]["images_per_s"], 1.3))
-    grouped = [(row["jax"]["auto"]["images_per_s"] / best_candidate(row)[1], row["cell"]) for row in cells.values()
-               if any(name not in ("auto", "flat vmap") and _rate(r) for name, r in row["jax"].items())]
-    if grouped:
-        worst, where = min(grouped)
-        out.append(_verdict(f"auto grouping and microbatches within 10% of the best candidate in every cell "
-                            f"(worst: {where})",
-                            worst, 0.9))
-    one, many = cells.get(("lenet", 128, 1, False)), cells.get(("lenet", 128, 32, False))
-    if one and many:
-        out.append(_verdict("LeNet, batch 128, 32 seeds >= 1.5x the 1-seed model-img/s",
-                            many["jax"]["auto"]["images_per_s"] / one["jax"]["auto"]["images_per_s"], 1.5))
-    return out
-
-
-def _cell_line(row: dict) -> str:
-    auto = row["jax"]["auto"]
-    if "skipped" in auto:
-        return f"  {row['cell']:32s} skipped: {auto['skipped']}"
-    jax_side = "  ".join(f"{name} {_fmt(_rate(r))}" for name, r in row["jax"].items())
-    torch_side = "  ".join(f"{way} {_fmt(_rate(t))}" for way, t in row["torch"].items())
-    return (f"  {row['cell']:32s} cifar_jax {jax_side} model-img/s ({auto['steps']} steps, "
-            f"{auto['steps_per_call']}/call, {auto['runs_per_group']} runs/group, streams of "
-            f"{auto['streams'] or 1}, {auto['microbatches']} microbatches, compile {auto['compile_s']:.1f} s)" + (f"  | pytorch {torch_side}" if torch_side else ""))
-
-
-def main(args, threads: int) -> dict:
-    start = time.time()
-    models = [m for m in args.models.split(",") if m]
-    for m in models:
-        if m not in MODELS:
-            raise SystemExit(f"unknown model {m!r}; use {', '.join(MODELS)}")
+def plan_cells(args) -> tuple[list[Cell], list[str]]:
+    """(the throughput cells, the models of the end-to-end cells) this invocation runs: --quick the
+    target cells; --models / --e2e only those parts; the full run all three."""
     if args.quick:
-        cells = [c for c in QUICK_CELLS if c.model in models]
-    else:
-        cells = [Cell(m, int(b), int(s)) for m in models for b in args.batch_sizes.split(",")
-                 for s in args.seeds.split(",")]
-        cells += [Cell(m, int(b), 2, GRID_RATES) for m in models for b in args.batch_sizes.split(",")]
-    repeats = 4 if args.quick else args.repeats  # best of 4 rounds: the shared machine has slow spells
-    total_ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    max_bytes = args.max_memory_gb * 2**30 if args.max_memory_gb else 0.4 * total_ram
+        return QUICK_CELLS, []
+    if args.models is not None or args.e2e is not None:
+        cells = [] if args.models is None else model_cells(_names(args.models, study_models.MODELS))
+        return cells, [] if args.e2e is None else _names(args.e2e, study_models.MODELS)
+    grid_models = _names(args.grid_models, MODELS)
+    sizes, seeds = [int(b) for b in args.batch_sizes.split(",")], [int(s) for s in args.seeds.split(",")]
+    cells = [Cell(m, b, s) for m in grid_models for b in sizes for s in seeds]
+    cells += [Cell(m, b, 2, GRID_RATES) for m in grid_models for b in sizes]
+    cells += [c for c in model_cells(list(study_models.MODELS)) if c not in cells]
+    return cells, list(study_models.MODELS)
 
+
+def _header(threads: int) -> float:
+    """Prints the machine and the execution defaults; returns the matmul peak FLOP/s."""
     print(f"cifar_jax benchmark: jax {jax.__version__} ({jax.default_backend()}, {jax.devices()[0].device_kind}), "
           f"{threads} threads, {platform.processor() or platform.machine()}, python {platform.python_version()}")
     print(f"execution defaults: conv_impl={'patches' if jax.default_backend() == 'cpu' else 'xla'}, steps_per_call=auto "
@@ -524,32 +398,56 @@ def main(args, threads: int) -> dict:
           f"the same budget, models without batch norm or dropout), buffer donation on")
     peak = peak_matmul_flops()
     print(f"peak: {peak / 1e9:.1f} GFLOP/s (f32 2048^3 matmul, XLA, {threads} threads)", flush=True)
+    return peak
 
+
+def throughput_rows(args, cells: list[Cell], threads: int) -> list[dict]:
+    total_ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    max_bytes = args.max_memory_gb * 2**30 if args.max_memory_gb else 0.4 * total_ram
+    few = args.quick or args.models is not None  # the candidates of --quick, not every grouping
     sequential: dict[tuple[str, int], TorchCell] = {}
     rows = []
     for cell in cells:
-        ways = {} if args.no_torch else torch_ways(cell, threads, 0.5 if args.quick else 1.5, sequential)
-        steps = timed_steps(cell.model, cell.batch_size, cell.runs, args.quick, args.scale)
-        row = jax_cell(cell, steps, repeats, max_bytes, args.quick, ways)
-        print(_cell_line(row), flush=True)
+        seconds = 0.01 if args.tiny else 0.5 if args.quick else 1.5
+        ways = {} if args.no_torch else torch_ways(cell, threads, seconds, sequential)
+        steps = 1 if args.tiny else timed_steps(cell.model, cell.batch_size, cell.runs, args.quick, args.scale)
+        # best of 4 rounds in --quick: the shared machine has slow spells; 2 for a HEAVY model's long steps
+        repeats = 1 if args.tiny else 2 if cell.model in HEAVY else 4 if args.quick else args.repeats
+        row = jax_cell(cell, steps, repeats, max_bytes, few, ways)
+        print(benchmark_report.cell_line(row), flush=True)
         rows.append(row)
+    return rows
 
-    print()
-    print("model-images/s = images x runs / second. PyTorch sequential trains the runs one after another (one "
-          "model's images/s); torch.func trains them at once on a shared batch. Ratios are to the faster of the two.")
-    print(f"MFU = XLA's training FLOPs per image x cifar_jax model-img/s / {peak / 1e9:.1f} GFLOP/s "
-          "(matmul peak, this run).")
-    print(table(rows, peak))
-    print()
-    for line in targets(rows, peak):
-        print(line)
+
+def main(args, threads: int) -> dict:
+    start = time.time()
+    cells, e2e_models = plan_cells(args)
+    peak = _header(threads)
+    rows = throughput_rows(args, cells, threads)
+    start_s = benchmark_e2e.process_start_s(not args.no_torch) if e2e_models else 0.0
+    e2e_rows = [benchmark_e2e.e2e_row(m, tiny=args.tiny, with_torch=not args.no_torch) for m in e2e_models]
+    if rows:
+        print("\nmodel-images/s = images x runs / second. PyTorch sequential trains the runs one after another (one "
+              "model's images/s); torch.func trains them at once on a shared batch. Ratios are to the faster of the "
+              f"two.\nMFU = XLA's training FLOPs per image x cifar_jax model-img/s / {peak / 1e9:.1f} GFLOP/s "
+              "(matmul peak, this run).")
+        print(benchmark_report.table(rows, peak))
+    if e2e_rows:
+        print(f"\n{benchmark_e2e.table(e2e_rows)}\ncifar_jax's one-time imports (clu, TensorFlow), before the jobs "
+              f"and not in their times: {start_s:.1f} s")
+    lines = benchmark_report.targets(rows) + benchmark_e2e.targets(e2e_rows)
+    print("\n" + "\n".join(lines))
     elapsed = time.time() - start
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"\n{'quick' if args.quick else 'full'} benchmark: {elapsed:.0f} s, peak RSS of the process {peak_rss:,.0f} MB")
-    result = {"quick": args.quick, "threads": threads, "peak_flops": peak, "jax": jax.__version__,
-              "backend": jax.default_backend(), "rows": rows, "targets": targets(rows, peak),
+    kind = "quick" if args.quick else "models" if args.models is not None else "e2e" if args.e2e is not None else "full"
+    print(f"\n{kind} benchmark{' (--tiny: timings meaningless)' if args.tiny else ''}: {elapsed:.0f} s, "
+          f"peak RSS of the process {peak_rss:,.0f} MB")
+    result = {"kind": kind, "tiny": args.tiny, "threads": threads, "peak_flops": peak, "jax": jax.__version__,
+              "backend": jax.default_backend(), "rows": rows, "e2e": e2e_rows,
+              "e2e_process_start_s": start_s, "targets": lines,
               "seconds": elapsed, "load_average": os.getloadavg()}
-    path = args.json or ("" if args.quick else "benchmark.json")
+    path = args.json or ("" if kind != "full" or args.tiny else
+                         str(REPO / "docs" / "benchmarks" / f"{time.strftime('%Y-%m-%d')}-full.json"))
     if path:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "w") as f:

@@ -1,36 +1,32 @@
-"""PyTorch reference implementations of the studies' recipes, written the way the studies did.
+"""PyTorch reference implementations of the studies' models and recipes, written the way the studies did.
 
 A plain PyTorch loop (no Lightning, no compile): the model built after `torch.manual_seed(seed)`,
-a DataLoader-like shuffle (`torch.randperm` from a `torch.Generator` seeded per seed, every
-batch kept), per-batch `uint8 -> float / 255`, `Normalize(mean, std)`, CrossEntropyLoss,
-`zero_grad / backward / step`. The data are the same arrays cifar_jax trains on:
-`cifar_jax.data.datasets.load_dataset` and `validation_split(labels, 10000, seed=0)`, so both frameworks
-see the same 40,000 / 10,000 split of the shared CIFAR-10 images.
+a DataLoader-like shuffle (`torch.randperm` from a `torch.Generator` seeded per seed, the last
+partial batch dropped as cifar_jax does), per-batch `uint8 -> float / 255`, `Normalize(mean, std)`,
+CrossEntropyLoss, `zero_grad / backward / step`, the recipe's learning-rate schedule per step.
 
-Recipes (`RECIPES`):
-  lenet           the PyTorch tutorial: conv 6@5x5 -> maxpool 2 -> conv 16@5x5 -> maxpool 2 ->
-                  120 -> 84 -> 10 (ReLU, VALID), SGD lr 1e-3 momentum 0.9, batch 4, 2 epochs,
-                  Normalize(0.5, 0.5).
-  cnn_bn_dropout  the fifth study: [conv 3x3 (padding 1) -> BatchNorm2d -> ReLU -> Dropout(0.5) ->
-                  maxpool 2] x (64, 128) -> Linear(8*8*128, 10); Adam lr 1e-3, batch 100,
-                  5 epochs, Normalize(0.5, 0.5).
-  block_cnn       the fourth study's adaptive block CNN (k parallel conv branches mixed by a
-                  gate, BatchNorm2d, global average pool, MLP 256-128-64), Adam(weight_decay=
-                  5e-4); reduced sizes via `make_model('block_cnn', channels=..., branches=...)`
-                  for CPU benchmarks (scripts/benchmark.py), no schedule or augmentation here.
+The models are the studies' (`configs/study_models.py`: LeNet, study 001's three-layer CNN, study
+002's four Fashion-MNIST networks, study 003's block CNN full and reduced, study 004's CNN and MLP),
+built by `build_model` from the same config fields cifar_jax builds its own from, with PyTorch's
+layers (nn.Conv2d, nn.BatchNorm2d/1d, nn.Dropout/Dropout2d, nn.MaxPool2d/AvgPool2d/LPPool2d,
+nn.Linear): the parameter counts are equal (tests/test_torch_reference.py). The data are the arrays
+cifar_jax trains on (`load_dataset` and `validation_split` of the config's data section).
+
+A job (`train_job`, the CLI): each seed trained one after another, validation scored every epoch,
+the best epoch's weights kept (by validation accuracy, earliest on ties), the test split scored
+at the final and the best epoch: the evaluations cifar_jax's job does.
 
 Usage (torch is in the optional extra: pip install -e .[bench]):
   python scripts/torch_reference.py --model lenet --seeds 3 --threads 2
   python scripts/torch_reference.py --model cnn_bn_dropout --seeds 1 --json runs/torch_cnn.json
 
-Prints each seed's validation accuracy, mean +- std over seeds and training images/s.
-`scripts/benchmark.py` imports `make_model`, `make_optimizer`, `RECIPES` and
-`train_steps_per_second` from here.
+Augmentation is not reproduced (the benchmark turns it off on both sides).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -43,191 +39,292 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA_DIR = str((REPO / ".." / "shared" / "data" / "cifar10-jpeg").resolve())
+sys.path.insert(0, str(REPO))
 
-RECIPES = {
-    "lenet": dict(batch_size=4, epochs=2, optimizer="sgd", lr=1e-3, momentum=0.9, weight_decay=0.0),
-    "cnn_bn_dropout": dict(batch_size=100, epochs=5, optimizer="adam", lr=1e-3, weight_decay=0.0),
-    "block_cnn": dict(batch_size=128, epochs=50, optimizer="adam", lr=1e-3, weight_decay=5e-4),
-}
-MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+from configs import study_models  # noqa: E402
+
+DEFAULT_CIFAR_DIR = str((REPO / ".." / "shared" / "data" / "cifar10-jpeg").resolve())
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "elu": nn.ELU, "leaky_relu": nn.LeakyReLU,
+               "sigmoid": nn.Sigmoid, "silu": nn.SiLU}
+GATES = {"none": lambda g: g, "softmax": lambda g: g.softmax(-1), "sigmoid": torch.sigmoid, "relu": F.relu}
 
 
 # ----------------------------------------------------------------------------- models
 
 
-class LeNet(nn.Module):
-    """The CIFAR-10 tutorial network: 62,006 parameters."""
-
-    def __init__(self, num_classes: int = 10):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 6, 5)
-        self.pool = nn.MaxPool2d(2, 2)
-        self.conv2 = nn.Conv2d(6, 16, 5)
-        self.fc1 = nn.Linear(16 * 5 * 5, 120)
-        self.fc2 = nn.Linear(120, 84)
-        self.fc3 = nn.Linear(84, num_classes)
-
-    def forward(self, x):
-        x = self.pool(F.relu(self.conv1(x)))
-        x = self.pool(F.relu(self.conv2(x)))
-        x = torch.flatten(x, 1)
-        x = F.relu(self.fc1(x))
-        x = F.relu(self.fc2(x))
-        return self.fc3(x)
+def _field(cfg, name: str, default):
+    return cfg.get(name, default)
 
 
-class CNNBatchNormDropout(nn.Module):
-    """The fifth study's CNN: 157,962 parameters."""
+def _pool(kind: str, size: int) -> list[nn.Module]:
+    return {"max": [nn.MaxPool2d(size)], "avg": [nn.AvgPool2d(size)], "lp": [nn.LPPool2d(2, size)],
+            "none": []}[kind]
 
-    def __init__(self, num_classes: int = 10, channels=(64, 128), dropout: float = 0.5):
-        super().__init__()
-        layers, c = [], 3
-        for f in channels:
-            layers += [nn.Conv2d(c, f, 3, padding=1), nn.BatchNorm2d(f), nn.ReLU(), nn.Dropout(dropout),
-                       nn.MaxPool2d(2)]
-            c = f
-        self.features = nn.Sequential(*layers)
-        side = 32 // 2 ** len(channels)
-        self.classifier = nn.Linear(c * side * side, num_classes)
 
-    def forward(self, x):
-        return self.classifier(torch.flatten(self.features(x), 1))
+def _dense_layers(cfg, widths, c: int, bn_momentum: float) -> tuple[list[nn.Module], int]:
+    """Hidden Linear -> BatchNorm1d? -> activation -> Dropout? layers, as cifar_jax's dense head."""
+    rate, placement = float(_field(cfg, "dropout_rate", 0.0)), _field(cfg, "dropout_placement", "none")
+    layers = []
+    for f in widths:
+        layers.append(nn.Linear(c, int(f)))
+        if _field(cfg, "dense_batch_norm", False):
+            layers.append(nn.BatchNorm1d(int(f), momentum=bn_momentum))
+        layers.append(ACTIVATIONS[_field(cfg, "activation", "relu")]())
+        if rate > 0 and placement in ("dense", "all"):
+            layers.append(nn.Dropout(rate))
+        c = int(f)
+    if rate > 0 and placement == "head":
+        layers.append(nn.Dropout(rate))
+    return layers, c
+
+
+def configurable_cnn(cfg, input_shape: tuple[int, int, int], num_classes: int) -> nn.Sequential:
+    """[conv -> BatchNorm2d? -> activation -> dropout? -> pool] * stages -> flatten -> dense
+    head: the studies' LeNet, CNNs and MLPs (`model.name` 'cnn' or 'mlp')."""
+    h, w, c = input_shape
+    features = () if cfg.name == "mlp" else tuple(cfg.conv_features)
+    n = len(features)
+    kernels = tuple(cfg.kernel_size) if n else ()
+    strides = tuple(cfg.strides) if n else ()
+    kernels, strides = (kernels * n if len(kernels) == 1 else kernels), (strides * n if len(strides) == 1 else strides)
+    rate, placement = float(_field(cfg, "dropout_rate", 0.0)), _field(cfg, "dropout_placement", "none")
+    bn_momentum = 1.0 - float(_field(cfg, "bn_momentum", 0.9))  # Flax's 0.9 is PyTorch's 0.1
+    pool, pool_size = _field(cfg, "pool", "max"), int(_field(cfg, "pool_size", 2))
+    layers = []
+    for f, k, s in zip(features, kernels, strides):
+        pad = k // 2 if cfg.padding == "SAME" else 0
+        layers.append(nn.Conv2d(c, f, k, stride=s, padding=pad))
+        if _field(cfg, "conv_batch_norm", False):
+            layers.append(nn.BatchNorm2d(f, momentum=bn_momentum))
+        layers.append(ACTIVATIONS[_field(cfg, "activation", "relu")]())
+        if rate > 0 and placement in ("conv", "all"):
+            layers.append(nn.Dropout2d(rate) if _field(cfg, "dropout_kind", "element") == "channel" else nn.Dropout(rate))
+        layers += _pool(pool, pool_size)
+        h, w, c = (h + 2 * pad - k) // s + 1, (w + 2 * pad - k) // s + 1, f
+        if pool != "none":
+            h, w = h // pool_size, w // pool_size
+    head, width = _dense_layers(cfg, _field(cfg, "dense_features", ()), h * w * c, bn_momentum)
+    return nn.Sequential(*layers, nn.Flatten(), *head, nn.Linear(width, num_classes))
 
 
 class Block(nn.Module):
-    """k conv branches (one conv with k*C_out channels, as in cifar_jax) -> ReLU -> dropout ->
-    maxpool 2, mixed by a gate (global average pool -> Linear(C_in, k), no nonlinearity),
-    then BatchNorm2d."""
+    """k conv branches (one conv with k*C_out channels, as in cifar_jax) -> activation -> dropout
+    -> maxpool 2, mixed by a gate (global average pool -> Linear(C_in, k) -> gate function, or
+    fixed weights 1/k), then BatchNorm2d."""
 
-    def __init__(self, c_in: int, c_out: int, branches: int, dropout: float):
+    def __init__(self, c_in: int, c_out: int, branches: int, dropout: float, gate: str, activation: str,
+                 bn_momentum: float):
         super().__init__()
-        self.branches, self.c_out = branches, c_out
+        self.branches, self.c_out, self.gate_fn = branches, c_out, gate
         self.conv = nn.Conv2d(c_in, branches * c_out, 3, padding=1)
-        self.dropout = nn.Dropout(dropout)
-        self.gate = nn.Linear(c_in, branches)
-        self.bn = nn.BatchNorm2d(c_out)
+        self.activation = ACTIVATIONS[activation]()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.gate = None if gate == "uniform" else nn.Linear(c_in, branches)
+        self.bn = nn.BatchNorm2d(c_out, momentum=bn_momentum)
 
     def forward(self, x):
-        g = self.gate(x.mean(dim=(2, 3)))  # (N, k)
-        y = F.max_pool2d(self.dropout(F.relu(self.conv(x))), 2)
+        if self.gate is None:
+            g = x.new_full((x.shape[0], self.branches), 1.0 / self.branches)
+        else:
+            g = GATES[self.gate_fn](self.gate(x.mean(dim=(2, 3))))  # (N, k)
+        y = F.max_pool2d(self.dropout(self.activation(self.conv(x))), 2)
         n, _, h, w = y.shape
         y = y.view(n, self.branches, self.c_out, h, w)
         return self.bn(torch.einsum("nkchw,nk->nchw", y, g))
 
 
 class BlockCNN(nn.Module):
-    def __init__(self, num_classes: int = 10, channels=(64, 128, 256, 512), branches: int = 6,
-                 classifier=(256, 128, 64), dropout: float = 0.1):
+    """Study 003's adaptive block CNN: blocks, global average pool, MLP classifier."""
+
+    def __init__(self, cfg, input_shape: tuple[int, int, int], num_classes: int):
         super().__init__()
-        blocks, c = [], 3
-        for f in channels:
-            blocks.append(Block(c, f, branches, dropout))
-            c = f
+        rate, placement = float(_field(cfg, "dropout_rate", 0.0)), _field(cfg, "dropout_placement", "none")
+        bn_momentum = 1.0 - float(_field(cfg, "bn_momentum", 0.9))
+        blocks, c = [], input_shape[2]
+        for f in cfg.block_channels:
+            blocks.append(Block(c, int(f), int(cfg.num_branches), rate if placement in ("conv", "all") else 0.0,
+                                _field(cfg, "gate", "none"), _field(cfg, "activation", "relu"), bn_momentum))
+            c = int(f)
         self.blocks = nn.Sequential(*blocks)
-        head = []
-        for f in classifier:
-            head += [nn.Linear(c, f), nn.ReLU()]
-            c = f
-        self.head = nn.Sequential(*head, nn.Linear(c, num_classes))
+        head, width = _dense_layers(cfg, cfg.classifier_features, c, bn_momentum)
+        self.head = nn.Sequential(*head, nn.Linear(width, num_classes))
 
     def forward(self, x):
         return self.head(self.blocks(x).mean(dim=(2, 3)))
 
 
-def make_model(name: str, **kwargs) -> nn.Module:
-    """'lenet' | 'cnn_bn_dropout' | 'block_cnn' (kwargs: channels, branches, classifier, dropout)."""
-    if name == "lenet":
-        return LeNet(**kwargs)
-    if name == "cnn_bn_dropout":
-        return CNNBatchNormDropout(**kwargs)
-    if name == "block_cnn":
-        return BlockCNN(**kwargs)
-    raise ValueError(f"unknown model {name!r}; use one of {', '.join(RECIPES)}")
+def build_model(model_config, input_shape: tuple[int, int, int], num_classes: int = 10) -> nn.Module:
+    """The PyTorch network of a cifar_jax model config ('cnn', 'mlp' or 'block_cnn')."""
+    if model_config.name in ("cnn", "mlp"):
+        return configurable_cnn(model_config, tuple(input_shape), num_classes)
+    if model_config.name == "block_cnn":
+        return BlockCNN(model_config, tuple(input_shape), num_classes)
+    raise ValueError(f"model.name={model_config.name!r} has no PyTorch reference; use cnn, mlp or block_cnn")
 
 
-def make_optimizer(name: str, model: nn.Module) -> torch.optim.Optimizer:
-    recipe = RECIPES[name]
-    if recipe["optimizer"] == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=recipe["lr"], momentum=recipe["momentum"],
-                               weight_decay=recipe["weight_decay"])
-    return torch.optim.Adam(model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
+def input_shape(config) -> tuple[int, int, int]:
+    from cifar_jax.data.datasets import IMAGE_SHAPES
+
+    return IMAGE_SHAPES[config.data.name]
 
 
-# ----------------------------------------------------------------------------- data and loop
+def make_model(config) -> nn.Module:
+    """The config's network on its data's image shape (10 classes)."""
+    return build_model(config.model, input_shape(config))
 
 
-def load_cifar(data_dir: str = DEFAULT_DATA_DIR, train_limit: int = 0):
-    """(train_images, train_labels, val_images, val_labels): uint8 NHWC numpy arrays and int64
-    labels, the same 40,000 / 10,000 split cifar_jax's configs use (val_size 10000, seed 0)."""
-    sys.path.insert(0, str(REPO))
+def make_optimizer(optim_config, params) -> torch.optim.Optimizer:
+    """torch.optim's optimizer for `config.optim` (coupled weight decay; AdamW decoupled)."""
+    name, lr, wd = optim_config.name, optim_config.learning_rate, optim_config.weight_decay
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=optim_config.momentum, nesterov=optim_config.nesterov,
+                               weight_decay=wd)
+    if name in ("adam", "adamw"):
+        decoupled = name == "adamw" or optim_config.weight_decay_mode == "decoupled"
+        return (torch.optim.AdamW if decoupled else torch.optim.Adam)(params, lr=lr, weight_decay=wd)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, momentum=optim_config.momentum, weight_decay=wd)
+    raise ValueError(f"optim.name={name!r} has no PyTorch reference")
+
+
+def lr_multipliers(optim_config, steps_per_epoch: int, num_epochs: int) -> np.ndarray:
+    """The schedule's factor at every step: cifar_jax's own schedule function, evaluated once."""
+    import jax
+    import jax.numpy as jnp
+
+    from cifar_jax.core import optim
+
+    schedule = optim.make_schedule(optim_config, steps_per_epoch=steps_per_epoch, num_epochs=num_epochs)
+    return np.asarray(jax.vmap(schedule)(jnp.arange(steps_per_epoch * num_epochs)), np.float64)
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------- data and the job loop
+
+
+def load_splits(config, data_dir: str = "", train_limit: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{'train', 'val', 'test'?: (uint8 NHWC images, int64 labels)}: the config's data set and
+    validation split (data.val_size, data.seed), as cifar_jax carves them."""
     from cifar_jax.data import datasets as data_lib
-    from configs import lenet_tutorial
 
-    data_config = lenet_tutorial.get_config().data
-    data_config.dir = data_dir
-    data_config.train_limit = int(train_limit)
+    data_config = config.data.copy_and_resolve_references()
+    if data_dir:
+        data_config.dir = data_dir
+    elif not data_config.dir and data_config.name == "cifar10":
+        data_config.dir = DEFAULT_CIFAR_DIR
+    data_config.train_limit = int(train_limit or data_config.train_limit)
     dataset = data_lib.load_dataset(data_config)
-    train_idx, val_idx = data_lib.validation_split(dataset.train_labels, 10000, seed=0)
+    train_idx, val_idx = data_lib.validation_split(dataset.train_labels, data_config.val_size, data_config.seed)
     images, labels = dataset.train_images, dataset.train_labels.astype(np.int64)
-    return images[train_idx], labels[train_idx], images[val_idx], labels[val_idx]
+    out = {"train": (images[train_idx], labels[train_idx])}
+    if len(val_idx):
+        out["val"] = (images[val_idx], labels[val_idx])
+    if dataset.test_images is not None and len(dataset.test_images):
+        out["test"] = (dataset.test_images, dataset.test_labels.astype(np.int64))
+    return out
 
 
-def to_input(images_uint8: torch.Tensor) -> torch.Tensor:
-    """uint8 NHWC -> normalised float NCHW (ToTensor + Normalize(0.5, 0.5)), per batch."""
+def to_input(images_uint8: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 NHWC -> normalised float NCHW (ToTensor + Normalize(mean, std)), per batch."""
     x = images_uint8.permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(STD).view(1, 3, 1, 1)
+    channels = x.shape[1]
+    mean = torch.tensor(tuple(mean) * (channels if len(mean) == 1 else 1)).view(1, -1, 1, 1)
+    std = torch.tensor(tuple(std) * (channels if len(std) == 1 else 1)).view(1, -1, 1, 1)
     return x.sub_(mean).div_(std)
 
 
-def train_one_seed(name: str, seed: int, train_x: np.ndarray, train_y: np.ndarray, epochs: int,
-                   batch_size: int, log=print, **model_kwargs):
-    """Trains one model; returns (model, training seconds, images trained)."""
+@torch.no_grad()
+def score(model: nn.Module, images: np.ndarray, labels: np.ndarray, mean, std, batch_size: int = 1000) -> dict:
+    """Accuracy and mean cross-entropy of `model` in eval mode."""
+    model.eval()
+    correct, loss = 0, 0.0
+    for i in range(0, len(labels), batch_size):
+        logits = model(to_input(torch.from_numpy(images[i:i + batch_size]), mean, std))
+        targets = torch.from_numpy(labels[i:i + batch_size])
+        correct += int((logits.argmax(1) == targets).sum())
+        loss += float(F.cross_entropy(logits, targets, reduction="sum"))
+    return {"accuracy": correct / len(labels), "loss": loss / len(labels)}
+
+
+def _better(value: float, best: float, metric: str) -> bool:
+    """Strictly better (ties keep the earlier epoch), as cifar_jax's best epoch."""
+    return value < best if "loss" in metric else value > best
+
+
+def train_seed(config, seed: int, splits: dict, log=print) -> dict:
+    """One seed's job: train `config.num_epochs` epochs, score validation each epoch, keep the best
+    epoch's weights (by `checkpoint.best_metric`), score test at the final and the best epoch. Returns its metrics and seconds
+    (training and evaluation apart)."""
     torch.manual_seed(seed)
-    model = make_model(name, **model_kwargs)
-    optimizer = make_optimizer(name, model)
+    model = make_model(config)
+    optimizer = make_optimizer(config.optim, model.parameters())
+    train_x, train_y = (torch.from_numpy(a) for a in splits["train"])
+    steps = len(train_y) // config.batch_size
+    factors = lr_multipliers(config.optim, steps, config.num_epochs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: factors[min(step, len(factors) - 1)])
     criterion = nn.CrossEntropyLoss()
-    generator = torch.Generator().manual_seed(seed)  # DataLoader(shuffle=True, generator=...)
-    images, labels = torch.from_numpy(train_x), torch.from_numpy(train_y)
-    n, seen, start = len(labels), 0, time.perf_counter()
-    for epoch in range(epochs):
+    generator = torch.Generator().manual_seed(seed)  # DataLoader(shuffle=True, drop_last=True, generator=...)
+    mean, std, metric = config.data.mean, config.data.std, config.checkpoint.best_metric
+    best, best_state, history, train_s, eval_s = None, None, [], 0.0, 0.0
+    for epoch in range(1, config.num_epochs + 1):
+        start = time.perf_counter()
         model.train()
-        order = torch.randperm(n, generator=generator)
-        running = 0.0
-        for i in range(0, n, batch_size):
-            idx = order[i:i + batch_size]
-            inputs, targets = to_input(images[idx]), labels[idx]
+        order, running = torch.randperm(len(train_y), generator=generator), 0.0
+        for i in range(steps):
+            idx = order[i * config.batch_size:(i + 1) * config.batch_size]
             optimizer.zero_grad()
-            loss = criterion(model(inputs), targets)
+            loss = criterion(model(to_input(train_x[idx], mean, std)), train_y[idx])
             loss.backward()
             optimizer.step()
-            running += loss.item() * len(idx)
-            seen += len(idx)
-        log(f"  seed {seed} epoch {epoch + 1}/{epochs} train loss {running / n:.3f}")
-    return model, time.perf_counter() - start, seen
+            scheduler.step()
+            running += loss.item()
+        train_s += time.perf_counter() - start
+        start = time.perf_counter()
+        record = {"epoch": epoch, "train_loss": running / steps}
+        if "val" in splits:
+            record.update({f"val_{k}": v for k, v in score(model, *splits["val"], mean, std).items()})
+            if best is None or _better(record[metric], best[metric], metric):
+                best, best_state = record, copy.deepcopy(model.state_dict())
+        history.append(record)
+        eval_s += time.perf_counter() - start
+        log(f"  seed {seed} epoch {epoch}/{config.num_epochs} " + " ".join(
+            f"{k} {v:.4f}" for k, v in record.items() if k != "epoch"))
+    start = time.perf_counter()
+    result = {"seed": seed, **history[-1], "images": steps * config.batch_size * config.num_epochs}
+    if "test" in splits:
+        result.update({f"test_{k}": v for k, v in score(model, *splits["test"], mean, std).items()})
+        if best is not None:
+            model.load_state_dict(best_state)
+            result.update({f"best_test_{k}": v for k, v in score(model, *splits["test"], mean, std).items()})
+    if best is not None:
+        result.update(best_epoch=best["epoch"], **{f"best_{metric}": best[metric]})
+    eval_s += time.perf_counter() - start
+    return {**result, "train_s": train_s, "eval_s": eval_s}
 
 
-@torch.no_grad()
-def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray, batch_size: int = 1000) -> float:
-    model.eval()
-    correct = 0
-    for i in range(0, len(labels), batch_size):
-        logits = model(to_input(torch.from_numpy(images[i:i + batch_size])))
-        correct += int((logits.argmax(1) == torch.from_numpy(labels[i:i + batch_size])).sum())
-    return correct / len(labels)
+def train_job(config, seeds: int, splits: dict, log=print) -> dict:
+    """Every seed's job one after another, as the studies ran them; wall seconds of the whole."""
+    start = time.perf_counter()
+    runs = [train_seed(config, seed, splits, log) for seed in range(seeds)]
+    return {"runs": runs, "wall_s": time.perf_counter() - start, "torch": torch.__version__}
+
+
+# ----------------------------------------------------------------------------- throughput
 
 
 class _SyntheticRunner:
-    """Training steps on random batches of synthetic CIFAR-sized uint8 data, timed a few at a
-    time so a benchmark can interleave them with other measurements; `step(x, y)` is the loop's."""
+    """Training steps on random batches of synthetic uint8 images of the config's shape, timed a
+    few at a time so a benchmark can interleave them with other measurements."""
 
-    def __init__(self, batch_size: int, threads: int, seed: int, num_images: int):
+    def __init__(self, config, batch_size: int, threads: int, seed: int, num_images: int):
         torch.set_num_threads(threads)
         torch.manual_seed(seed)
-        self.batch_size, self.threads = batch_size, threads
+        self.config, self.batch_size, self.threads = config, batch_size, threads
         rng = np.random.default_rng(seed)
-        self.images = torch.from_numpy(rng.integers(0, 256, (num_images, 32, 32, 3), dtype=np.uint8))
+        self.images = torch.from_numpy(rng.integers(0, 256, (num_images, *input_shape(config)), dtype=np.uint8))
         self.labels = torch.from_numpy(rng.integers(0, 10, num_images).astype(np.int64))
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -239,21 +336,18 @@ class _SyntheticRunner:
         wall, cpu = time.perf_counter(), time.process_time()
         for _ in range(count):
             idx = torch.randint(0, len(self.labels), (self.batch_size,), generator=self.generator)
-            self.step(to_input(self.images[idx]), self.labels[idx])
+            self.step(to_input(self.images[idx], self.config.data.mean, self.config.data.std), self.labels[idx])
         return time.perf_counter() - wall, time.process_time() - cpu
 
 
 class ThroughputRunner(_SyntheticRunner):
-    """One seed's training loop on synthetic CIFAR-sized uint8 data, the same loop as
-    `train_one_seed` (random batches, per-batch normalisation, zero_grad/backward/step), timed
-    a few steps at a time so a benchmark can interleave it with other measurements."""
+    """One seed's training loop (per-batch normalisation, zero_grad/backward/step) on synthetic data."""
 
-    def __init__(self, name: str, batch_size: int, *, threads: int = 2, seed: int = 0, num_images: int = 4096,
-                 **model_kwargs):
-        super().__init__(batch_size, threads, seed, num_images)
-        self.model = make_model(name, **model_kwargs)
+    def __init__(self, config, batch_size: int, *, threads: int = 2, seed: int = 0, num_images: int = 4096):
+        super().__init__(config, batch_size, threads, seed, num_images)
+        self.model = make_model(config)
         self.model.train()
-        self.optimizer = make_optimizer(name, self.model)
+        self.optimizer = make_optimizer(config.optim, self.model.parameters())
         self.criterion = nn.CrossEntropyLoss()
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -272,14 +366,12 @@ class FuncThroughputRunner(_SyntheticRunner):
     for Adam. Batch norm keeps no running statistics under vmap (`replace_all_batch_norm_modules_`):
     less work than the models it stands for."""
 
-    def __init__(self, name: str, batch_size: int, num_models: int, *, threads: int = 2, seed: int = 0,
-                 num_images: int = 4096, lr_scales: list[float] | None = None, **model_kwargs):
-        import copy
-
+    def __init__(self, config, batch_size: int, num_models: int, *, threads: int = 2, seed: int = 0,
+                 num_images: int = 4096, lr_scales: list[float] | None = None):
         from torch import func
 
-        super().__init__(batch_size, threads, seed, num_images)
-        models = [make_model(name, **model_kwargs) for _ in range(num_models)]
+        super().__init__(config, batch_size, threads, seed, num_images)
+        models = [make_model(config) for _ in range(num_models)]
         for model in models:
             func.replace_all_batch_norm_modules_(model)
             model.train()
@@ -290,10 +382,8 @@ class FuncThroughputRunner(_SyntheticRunner):
             return F.cross_entropy(func.functional_call(base, (params, buffers), (x,)), y)
 
         self.grads = func.vmap(func.grad(loss), in_dims=(0, 0, None, None), randomness="different")
-        holder = nn.Module()  # make_optimizer reads the recipe's hyperparameters from a module's parameters
-        holder.params = nn.ParameterList(list(params.values()))
-        self.params = dict(zip(params, holder.params))  # the tensors the optimizer steps
-        self.optimizer = make_optimizer(name, holder)
+        self.params = {k: nn.Parameter(v) for k, v in params.items()}  # the tensors the optimizer steps
+        self.optimizer = make_optimizer(config.optim, list(self.params.values()))
         scales = torch.tensor(lr_scales or [1.0] * num_models, dtype=torch.float32)
         self.scales = {k: scales.view(-1, *([1] * (v.ndim - 1))) for k, v in self.params.items()}
 
@@ -304,56 +394,36 @@ class FuncThroughputRunner(_SyntheticRunner):
         self.optimizer.step()
 
 
-def train_steps_per_second(name: str, batch_size: int, steps: int, *, warmup: int = 3, threads: int = 2,
-                           seed: int = 0, repeats: int = 3, **model_kwargs) -> dict:
-    """Training throughput of one seed (`ThroughputRunner`): `steps` timed steps after `warmup`,
-    best and median of `repeats`. Returns images/s (wall) and images per CPU-second (process
-    time, all threads), a measure that is robust to other processes sharing the cores."""
-    runner = ThroughputRunner(name, batch_size, threads=threads, seed=seed, **model_kwargs)
-    runner.steps(warmup)
-    walls, cpus = zip(*(runner.steps(steps) for _ in range(repeats)))
-    images_done = steps * batch_size
-    return {"images_per_s": images_done / min(walls), "images_per_s_median": images_done / float(np.median(walls)),
-            "images_per_cpu_s": images_done / float(np.median(cpus)), "threads": threads}
-
-
 # ----------------------------------------------------------------------------- CLI
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="lenet", choices=["lenet", "cnn_bn_dropout"])
+    parser.add_argument("--model", default="lenet", choices=list(study_models.MODELS))
     parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1, trained one after another")
     parser.add_argument("--epochs", type=int, default=None, help="default: the recipe's")
-    parser.add_argument("--batch_size", type=int, default=None, help="default: the recipe's")
+    parser.add_argument("--batch_size", type=int, default=None, help="default: the study's first")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    parser.add_argument("--train_limit", type=int, default=0, help="first N training images (0 = all)")
-    parser.add_argument("--data_dir", default=DEFAULT_DATA_DIR)
+    parser.add_argument("--train_limit", type=int, default=0, help="first N training images (0 = the recipe's)")
+    parser.add_argument("--data_dir", default="", help="default: the config's (CIFAR-10: the shared copy)")
     parser.add_argument("--json", default="", help="write the results here")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    recipe = RECIPES[args.model]
-    epochs = args.epochs or recipe["epochs"]
-    batch_size = args.batch_size or recipe["batch_size"]
-    train_x, train_y, val_x, val_y = load_cifar(args.data_dir, args.train_limit)
-    print(f"{args.model}: {len(train_y)} train / {len(val_y)} val images, batch {batch_size}, {epochs} epochs, "
-          f"{args.threads} threads, torch {torch.__version__}", flush=True)
-    accuracies, speeds = [], []
-    for seed in range(args.seeds):
-        model, seconds, seen = train_one_seed(args.model, seed, train_x, train_y, epochs, batch_size,
-                                              log=lambda line: print(line, flush=True))
-        accuracies.append(accuracy(model, val_x, val_y))
-        speeds.append(seen / seconds)
-        print(f"seed {seed}: val accuracy {100 * accuracies[-1]:.2f}%  {speeds[-1]:,.0f} images/s", flush=True)
-    mean = float(np.mean(accuracies))
-    std = float(np.std(accuracies, ddof=1)) if len(accuracies) > 1 else 0.0
-    print(f"{args.model} over {args.seeds} seeds: val accuracy {100 * mean:.2f} +- {100 * std:.2f}% "
-          f"(std over seeds), {np.mean(speeds):,.0f} training images/s per seed")
-    result = {"model": args.model, "seeds": list(range(args.seeds)), "epochs": epochs, "batch_size": batch_size,
-              "threads": args.threads, "train_images": int(len(train_y)), "val_images": int(len(val_y)),
-              "val_accuracy": accuracies, "mean": mean, "std": std, "images_per_s": speeds,
-              "torch": torch.__version__}
+    config = study_models.MODELS[args.model].config(args.batch_size)
+    config.num_epochs = args.epochs or config.num_epochs
+    splits = load_splits(config, args.data_dir, args.train_limit)
+    print(f"{args.model}: {len(splits['train'][1])} train / {len(splits.get('val', (0, []))[1])} val images, batch "
+          f"{config.batch_size}, {config.num_epochs} epochs, {args.threads} threads, torch {torch.__version__}",
+          flush=True)
+    job = train_job(config, args.seeds, splits, log=lambda line: print(line, flush=True))
+    for run in job["runs"]:
+        print(f"seed {run['seed']}: " + "  ".join(f"{k} {v:.4f}" for k, v in run.items()
+                                                   if k not in ("seed", "epoch", "images")), flush=True)
+    print(f"{args.model}, {args.seeds} seeds: {job['wall_s']:.1f} s, "
+          f"{sum(r['images'] for r in job['runs']) / sum(r['train_s'] for r in job['runs']):,.0f} training images/s")
+    result = {"model": args.model, "batch_size": config.batch_size, "epochs": config.num_epochs,
+              "threads": args.threads, **job}
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

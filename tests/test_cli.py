@@ -64,8 +64,8 @@ def test_a_normal_run_prints_no_library_chatter(tmp_path):
 
 def test_console_script_is_declared_and_prints_help():
     scripts = tomllib.loads((Path(REPO) / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts == {"cifar-jax": "cifar_jax.main:run"}
-    code = "import sys; from cifar_jax.main import run; sys.argv = ['cifar-jax', '--help']; run()"
+    assert scripts == {"cifar-jax": "cifar_jax.cli.main:run"}
+    code = "import sys; from cifar_jax.cli.main import run; sys.argv = ['cifar-jax', '--help']; run()"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("usage: cifar-jax") and "--workdir" in result.stdout

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import scipy.stats
 
+from cifar_jax.experiments import plots
 from cifar_jax.experiments import report
+from cifar_jax.experiments import stats
 
 A = [0.600, 0.612, 0.618, 0.605]  # the best
 B = [0.598, 0.615, 0.590, 0.611]  # close to A: not significantly different
@@ -17,17 +19,17 @@ C = [0.400, 0.420, 0.410, 0.405]  # clearly worse
 
 
 def test_welch_p_is_scipys_welch_test():
-    assert report.welch_p(A, B) == pytest.approx(scipy.stats.ttest_ind(A, B, equal_var=False).pvalue, rel=1e-12)
-    assert report.welch_p(A, C) == pytest.approx(scipy.stats.ttest_ind(A, C, equal_var=False).pvalue, rel=1e-12)
-    assert report.welch_p(A + [math.nan], B) == report.welch_p(A, B)  # NaN (diverged) runs do not count
-    assert math.isnan(report.welch_p(A, [0.5]))  # one run: nothing to test
-    assert report.welch_p([0.5, 0.5], [0.5, 0.5]) == 1.0 and report.welch_p([0.5, 0.5], [0.6, 0.6]) == 0.0
+    assert stats.welch_p(A, B) == pytest.approx(scipy.stats.ttest_ind(A, B, equal_var=False).pvalue, rel=1e-12)
+    assert stats.welch_p(A, C) == pytest.approx(scipy.stats.ttest_ind(A, C, equal_var=False).pvalue, rel=1e-12)
+    assert stats.welch_p(A + [math.nan], B) == stats.welch_p(A, B)  # NaN (diverged) runs do not count
+    assert math.isnan(stats.welch_p(A, [0.5]))  # one run: nothing to test
+    assert stats.welch_p([0.5, 0.5], [0.5, 0.5]) == 1.0 and stats.welch_p([0.5, 0.5], [0.6, 0.6]) == 0.0
 
 
 def test_holm_adjustment():
-    adjusted = report.holm([0.01, 0.04, 0.03, math.nan])
+    adjusted = stats.holm([0.01, 0.04, 0.03, math.nan])
     assert adjusted[:3] == pytest.approx([0.03, 0.06, 0.06]) and math.isnan(adjusted[3])
-    assert report.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    assert stats.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
 
 
 def test_compare_to_best_marks_and_direction():
@@ -147,7 +149,7 @@ def test_folds_get_a_per_fold_table(tmp_path):
 def test_small_multiples_for_many_settings(tmp_path):
     settings = [make_setting(f"s{i}", [0.5 + i / 100, 0.51 + i / 100], epochs=[[0.4, 0.41], [0.5, 0.52]])
                 for i in range(12)]
-    assert report.plot_learning_curves(str(tmp_path / "c.png"), settings, "many")
+    assert plots.plot_learning_curves(str(tmp_path / "c.png"), settings, "many")
     assert (tmp_path / "c.png").stat().st_size > 0
 
 

@@ -17,6 +17,8 @@ import scipy.stats
 from cifar_jax.experiments import analysis
 from cifar_jax.experiments import report
 from cifar_jax.experiments import study
+from cifar_jax.experiments import study_tables
+from cifar_jax.experiments import verdicts
 from cifar_jax.job import train
 from cifar_jax.errors import ConfigError
 from tests.helpers import REPO, needs_fashion_mnist, run_cli, tiny_config
@@ -51,7 +53,7 @@ def mini_study() -> ml_collections.ConfigDict:
     config.claims.C1_01 = study.claim("lr 0.05 beats 0.01", "A_lr:learning_rate=0.05", "A_lr:learning_rate=0.01",
                                       expect="greater")
     config.claims.C1_02 = study.claim("the narrow net is as good", "B_width:narrow", "A_lr:learning_rate=0.05",
-                                      expect="equal")
+                                      expect="equal", margin=5.0)
     config.claims.C1_03 = study.claim("big is better", "C_full:baseline", "A_lr:learning_rate=0.05",
                                       expect="greater")
     return config
@@ -87,7 +89,7 @@ def test_mini_study_report_matches_results_and_resumes(tmp_path):
     with open(tmp_path / "A_lr" / "all" / "results.json") as f:
         results = json.load(f)
     for s, label in enumerate(("learning_rate=0.01", "learning_rate=0.05")):
-        runs = [r for r in results["runs"] if r["setting"] == s and not study.is_collapsed(r)]
+        runs = [r for r in results["runs"] if r["setting"] == s and not verdicts.is_failed(r)]
         (cells,) = table_cells(markdown, label)
         mean, half, n = ours(cells[2])
         # Fashion-MNIST has a test split: it is read at each run's val-selected epoch (here the only one)
@@ -101,11 +103,11 @@ def test_mini_study_report_matches_results_and_resumes(tmp_path):
             assert half == pytest.approx(expected, abs=0.006)
     narrow, _correlations = table_cells(markdown, "narrow")  # the experiment's row, then its analysis row
     with open(tmp_path / "B_width" / "narrow" / "results.json") as f:
-        b_losses = [r["train_loss"] for r in json.load(f)["runs"] if not study.is_collapsed(r)]
+        b_losses = [r["train_loss"] for r in json.load(f)["runs"] if not verdicts.is_failed(r)]
     assert ours(narrow[2])[2] == len(b_losses)
     if b_losses:
         assert ours(narrow[2])[0] == pytest.approx(np.mean(b_losses), abs=0.006)
-    assert "the study's number was a collapse" in table_cells(markdown, "learning_rate=0.01")[0][4]
+    assert "the study's run failed" in table_cells(markdown, "learning_rate=0.01")[0][4]
     assert "needs :full scale" in markdown and "C1.3" in markdown
     assert "## Protocol" in markdown and "PyTorch" in markdown and "cpu" in markdown.lower()
     # 4 runs x 1 epoch x 400 training images (600 - 200 validation) at PyTorch's 1,000 images/s: 1.6 s
@@ -126,7 +128,7 @@ def test_mini_study_report_matches_results_and_resumes(tmp_path):
     assert second["skipped"] == ["A_lr"] and second["trained"] == ["B_width"]
     assert calls == ["B_width/narrow"]
     assert len(json.loads((tmp_path / "study.json").read_text())["sessions"]) == 2
-    assert "over 2 session(s)" in (tmp_path / "report.md").read_text().split("\n")[2]  # the header line
+    assert "at commit" in (tmp_path / "report.md").read_text().split("\n")[2]  # the header line names the commit
 
 
 def _fold_setting(label: str, accuracy: dict[tuple[int, int], float]) -> "report.Setting":
@@ -139,7 +141,7 @@ def test_leak_table_pairs_each_seed_over_folds():
     rng = np.random.default_rng(0)
     correct = {(f, s): 0.8 + 0.01 * rng.normal() for f in range(3) for s in range(4)}
     leaky = {(f, s): correct[(f, s)] + 0.05 * f + 0.002 * s for f in range(3) for s in range(4)}
-    lines = study.leak_table([_fold_setting(f"fold_{f + 1}", {k: v for k, v in leaky.items() if k[0] == f})
+    lines = study_tables.leak_table([_fold_setting(f"fold_{f + 1}", {k: v for k, v in leaky.items() if k[0] == f})
                               for f in range(3)], [_fold_setting("baseline", correct)], "K")
     (leak,) = table_cells("\n".join(lines), "**leak** (leaky − correct, paired by seed)")
     per_seed = [100 * np.mean([leaky[(f, s)] - correct[(f, s)] for f in range(3)]) for s in range(4)]
@@ -213,25 +215,67 @@ def test_correlation_statistics_with_and_without_the_diagonal():
     assert abs(stats["off_diagonal_mean"]) < 0.01 and stats["mean"] == pytest.approx(0.1, abs=0.01)
 
 
-def test_collapse_and_verdict_rules():
-    assert study.is_collapsed({"train_loss": math.log(10) + 0.01})
-    assert study.is_collapsed({"train_loss": float("nan")})
-    assert study.is_collapsed({"train_loss": 0.5, "diverged": True})
-    assert not study.is_collapsed({"train_loss": 1.2})
-    assert not study.is_collapsed({"train_loss": 2.28, "val_accuracy": 0.25})  # slow, not collapsed
-    assert study.is_collapsed({"train_loss": 14.0, "val_accuracy": 0.05})  # blown up but finite
-    stats = {"mean": 60.0, "ci_low": 59.0, "ci_high": 61.0, "n": 5, "collapsed": 0, "runs": 5}
-    assert study.row_verdict(60.5, "val_accuracy", stats) == "within our CI"
-    assert study.row_verdict(64.0, "val_accuracy", stats) == "outside our CI (study higher)"
-    assert study.row_verdict(9.0, "val_accuracy", stats).startswith("the study's number was a collapse")
-    assert study.compare_verdict("greater", 2.0, 0.01) == "supported"
-    assert study.compare_verdict("greater", -2.0, 0.01).startswith("refuted")
-    assert study.compare_verdict("less", -2.0, 0.2) == "not distinguishable from seed noise"
-    assert study.compare_verdict("equal", 2.0, 0.01).startswith("refuted")
-    verdicts = [study.compare_verdict("equal", 0.5, 0.4), study.compare_verdict("greater", 2.0, 0.01), "not tested: x"]
-    claims = [study.ClaimResult(key=str(i), text="", expect="", verdict=v) for i, v in enumerate(verdicts)]
-    assert study.verdict_counts(claims) == ("Claims: 1 weakly supported (no difference found), 1 supported, "
-                                            "1 not tested.")
+def test_failure_and_row_rules():
+    assert verdicts.is_failed({"train_loss": math.log(10) + 0.01})
+    assert verdicts.is_failed({"train_loss": float("nan")})
+    assert verdicts.is_failed({"train_loss": 0.5, "diverged": True})
+    assert not verdicts.is_failed({"train_loss": 1.2})
+    assert not verdicts.is_failed({"train_loss": 2.28, "val_accuracy": 0.25})  # slow, not failed
+    assert verdicts.is_failed({"train_loss": 14.0, "val_accuracy": 0.05})  # blown up but finite
+    assert verdicts.is_failed({"train_loss": 2.2, "val_accuracy": 0.1148})  # near chance (000 E0.8 bs 1)
+    assert not verdicts.is_failed({"train_loss": 2.2, "val_accuracy": 0.13})
+    summ = {"mean": 60.0, "ci_low": 59.0, "ci_high": 61.0, "pi": 2.5, "n": 5, "collapsed": 0, "runs": 5}
+    assert verdicts.row_verdict(62.0, "val_accuracy", summ) == "within our 95% PI"  # outside the CI, inside the PI
+    assert verdicts.row_verdict(64.0, "val_accuracy", summ) == "outside our 95% PI (study higher)"
+    assert verdicts.row_verdict(9.0, "val_accuracy", summ).startswith("the study's run failed")
+
+
+def _claims_config(scale: str) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict({"study": {"scale": scale}, "claims": {}})
+    config.claims.C_01 = study.claim("a beats b", "E:a", "E:b", expect="greater")
+    config.claims.C_02 = study.claim("a equals c", "E:a", "E:c", expect="equal", margin=5.0)
+    config.claims.C_03 = study.claim("b beats a", "E:b", "E:a", expect="greater")
+    config.claims.C_04 = study.claim("a is best", "E:a", expect="best", others=("E:b", "E:c"))
+    config.claims.C_05 = study.claim("the gap grows", "E:a", "E:b", c="E:c", d="E:b", expect="greater")
+    config.claims.C_06 = study.claim("f fails", "E:f", "E:a", expect="collapsed")
+    return config
+
+
+def _setting(label: str, values: list[float]) -> "report.Setting":
+    runs = [{"val_accuracy": v, "train_loss": 1.0} for v in values]
+    setting = report.Setting(label=label, group=label, stage=0, values={}, runs=runs, curves={})
+    verdicts.annotate(setting)
+    return setting
+
+
+@pytest.mark.parametrize("scale", ["cpu", "full"])
+def test_claim_verdicts_by_scale(scale):
+    loaded = {"E": [_setting("a", [0.60, 0.61, 0.62]), _setting("b", [0.50, 0.51, 0.52]),
+                    _setting("c", [0.600, 0.605, 0.61]), _setting("f", [0.10, 0.10, 0.30])]}
+    ctx = verdicts.Context(loaded=loaded, skipped={}, scale=scale, horizon={"E": "2 epochs × 8,000 images"})
+    claims = {c.key: c for c in verdicts.judge_claims(_claims_config(scale), ctx)}
+    full = scale == "full"
+    assert claims["C_01"].level == ("supported" if full else "consistent")
+    diff = claims["C_01"].diff
+    assert diff["diff"] == pytest.approx(10.0) and diff["low"] < 10 < diff["high"] and diff["mde"] > 0
+    assert claims["C_02"].level == ("supported" if full else "consistent") and math.isnan(claims["C_02"].p_holm)
+    assert claims["C_03"].level == ("refuted" if full else "not reproduced at this scale")
+    assert full or "2 epochs × 8,000 images" in claims["C_03"].verdict
+    assert claims["C_04"].level == "inconclusive"  # a vs c: no significant difference
+    assert claims["C_05"].diff["diff"] == pytest.approx(10.0 - 9.5)  # (a - b) - (c - b)
+    assert claims["C_06"].level == "partly supported" and claims["C_06"].evidence.startswith("2/3 runs failed")
+    assert verdicts.verdict_counts(list(claims.values()), scale).startswith(f"Claims at `:{scale}`: ")
+
+
+def test_claim_checks():
+    config = mini_study()
+    config.claims.C1_02.margin = 0.0
+    with pytest.raises(ConfigError, match="margin > 0"):
+        study.validate(config)
+    config = mini_study()
+    config.claims.C1_04 = study.claim("best", "A_lr:learning_rate=0.05", expect="best", others=("A_lr:nope",))
+    with pytest.raises(ConfigError, match="names no setting"):
+        study.validate(config)
 
 
 def test_step_curves_need_step_metrics():

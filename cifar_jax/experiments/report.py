@@ -40,14 +40,12 @@ import math
 import os
 import re
 import shutil
-import textwrap
-import warnings
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
-import scipy.stats
 
-from cifar_jax.core import metrics
+from cifar_jax.experiments import plots
+from cifar_jax.experiments import stats
 from cifar_jax.job import results as results_lib
 
 SWEEP_FILE = "sweep.json"
@@ -72,15 +70,7 @@ MARK_BEST, MARK_SAME, MARK_UNTESTED = "★", "≈", "?"
 
 # ----------------------------------------------------------------------------- values and names
 
-def format_value(value: Any) -> str:
-    """A short, stable text for a swept value: 0.001, 1e-05, 32-64 for (32, 64), none for ()."""
-    if isinstance(value, bool) or value is None:
-        return str(value)
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (tuple, list)):
-        return "-".join(format_value(v) for v in value) if value else "none"
-    return str(value)
+format_value = plots.format_value
 
 
 def path_name(text: str) -> str:
@@ -88,56 +78,24 @@ def path_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._,=+-]", "_", text.replace("[", "").replace("]", "")) or "_"
 
 
-def minimize(metric: str) -> bool:
-    """Losses are better when lower; everything else when higher."""
-    return "loss" in metric
+minimize = stats.lower_is_better
 
 
-def _scale(metric: str) -> float:
-    return 1.0 if minimize(metric) or metric.endswith("epoch") else 100.0
+display_scale = plots.display_scale
 
 
 # ----------------------------------------------------------------------------- statistics
 
-def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
-    """Two-sided Welch t-test p-value; NaN when a side has fewer than two finite runs.
-
-    Two constant samples (zero variance, where scipy returns NaN) give 1.0 when their means are
-    equal and 0.0 when they differ: no spread at all means any difference is real.
-    """
-    a, b = _finite(a), _finite(b)
-    if a.size < 2 or b.size < 2:
-        return math.nan
-    if np.ptp(a) == 0 and np.ptp(b) == 0:
-        return 1.0 if a[0] == b[0] else 0.0
-    with warnings.catch_warnings():  # near-identical samples: scipy warns, the p-value is still right
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return float(scipy.stats.ttest_ind(a, b, equal_var=False).pvalue)
-
-
-def holm(pvalues: Sequence[float]) -> list[float]:
-    """Holm-Bonferroni adjusted p-values (NaN entries stay NaN and do not count in the family)."""
-    p = np.asarray(pvalues, dtype=np.float64)
-    adjusted = np.full(p.shape, math.nan)
-    valid = np.flatnonzero(np.isfinite(p))
-    order = valid[np.argsort(p[valid], kind="stable")]
-    running = 0.0
-    for rank, index in enumerate(order):
-        running = max(running, min(1.0, (len(order) - rank) * p[index]))
-        adjusted[index] = running
-    return adjusted.tolist()
-
-
 def compare_to_best(samples: Sequence[Sequence[float]], lower_is_better: bool,
                     alpha: float = ALPHA) -> list[dict[str, Any]]:
     """Per sample: is it the best (by mean), Welch p against the best, Holm p, and its mark."""
-    means = [mean(s) for s in samples]
+    means = [stats.mean(s) for s in samples]
     scores = [-m if lower_is_better else m for m in means]
     if all(math.isnan(m) for m in scores):
         return [{"best": False, "p": math.nan, "p_holm": math.nan, "mark": ""} for _ in samples]
     best = int(np.nanargmax(scores))
-    p = [math.nan if i == best else welch_p(s, samples[best]) for i, s in enumerate(samples)]
-    p_holm = holm(p)
+    p = [math.nan if i == best else stats.welch_p(s, samples[best]) for i, s in enumerate(samples)]
+    p_holm = stats.holm(p)
     out = []
     for i in range(len(samples)):
         if i == best:
@@ -148,17 +106,6 @@ def compare_to_best(samples: Sequence[Sequence[float]], lower_is_better: bool,
             mark = MARK_SAME if p[i] >= alpha else ""
         out.append({"best": i == best, "p": p[i], "p_holm": p_holm[i], "mark": mark})
     return out
-
-
-def mean(values: Iterable[float]) -> float:
-    """Mean of the finite values; NaN when there are none."""
-    finite = _finite(values)
-    return float(finite.mean()) if finite.size else math.nan
-
-
-def _finite(values: Iterable[float]) -> np.ndarray:
-    array = np.asarray(list(values), dtype=np.float64)
-    return array[np.isfinite(array)]
 
 
 # ----------------------------------------------------------------------------- loading results
@@ -195,7 +142,7 @@ def _matches(grid: dict[str, Any], stored: dict[str, Any]) -> bool:
         math.isclose(float(stored[k]), float(v), rel_tol=1e-9, abs_tol=0.0) for k, v in grid.items())
 
 
-def _read_jsonl(path: str) -> list[dict[str, Any]]:
+def read_jsonl(path: str) -> list[dict[str, Any]]:
     if not os.path.exists(path):
         return []
     with open(path) as f:
@@ -242,8 +189,12 @@ def load_group(workdir: str, group: dict[str, Any]) -> list[Setting] | None:
         return None
     with open(results_path) as f:
         results = json.load(f)
+    return group_settings(group, results, read_jsonl(os.path.join(group_dir, "metrics.jsonl")))
+
+
+def group_settings(group: dict[str, Any], results: dict[str, Any], rows: list[dict[str, Any]]) -> list[Setting]:
+    """A group's settings from its results.json and metrics.jsonl rows (as files or as evidence)."""
     stored_settings = results.get("settings") or [{}]
-    rows = _read_jsonl(os.path.join(group_dir, "metrics.jsonl"))
     settings = []
     for spec in group["settings"]:
         indices = [i for i, stored in enumerate(stored_settings) if _matches(spec["grid"], stored)]
@@ -280,11 +231,11 @@ def stage_rows(settings: Sequence[Setting], metric: str, alpha: float = ALPHA) -
     comparison = compare_to_best(samples, minimize(metric), alpha)
     rows = []
     for setting, sample, cmp in zip(settings, samples, comparison):
-        stats = metrics.summarize(sample)
+        summary = stats.summarize(sample)
         rows.append({"stage": setting.stage, "setting": setting.label, "group": setting.group,
-                     "metric": metric, "n": stats["n"], "diverged": setting.num_diverged,
-                     "mean": stats["mean"], "std": stats["std"], "ci_low": stats["ci_low"],
-                     "ci_high": stats["ci_high"], **cmp, "not_different": cmp["mark"] == MARK_SAME})
+                     "metric": metric, "n": summary["n"], "diverged": setting.num_diverged,
+                     "mean": summary["mean"], "std": summary["std"], "ci_low": summary["ci_low"],
+                     "ci_high": summary["ci_high"], **cmp, "not_different": cmp["mark"] == MARK_SAME})
     return rows
 
 
@@ -316,10 +267,10 @@ def write_csv(path: str, rows: list[dict[str, Any]], settings: Sequence[Setting]
 def _number(value: float, metric: str, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
-    return f"{value * _scale(metric):.{digits if _scale(metric) > 1 else 4}f}"
+    return f"{value * display_scale(metric):.{digits if display_scale(metric) > 1 else 4}f}"
 
 
-def _p(value: float) -> str:
+def format_p(value: float) -> str:
     return "–" if math.isnan(value) else (f"{value:.3f}" if value >= 1e-3 else f"{value:.1e}")
 
 
@@ -348,7 +299,7 @@ def markdown_stage(settings: Sequence[Setting], primary: str, alpha: float) -> l
     for row in rows:
         ci = f"[{_number(row['ci_low'], primary)}, {_number(row['ci_high'], primary)}]"
         lines.append(f"| {row['setting']} | {row['n']} | {row['diverged']} | {_number(row['mean'], primary)} | "
-                     f"{_number(row['std'], primary)} | {ci} | {_p(row['p'])} | {_p(row['p_holm'])} | "
+                     f"{_number(row['std'], primary)} | {ci} | {format_p(row['p'])} | {format_p(row['p_holm'])} | "
                      f"{row['mark']} |")
     epochs = max((c.shape[0] for s in settings for c in s.curves.values()), default=0)
     names = [n for n in metric_names(settings) if epochs > 1 or not n.startswith("best_")]  # 1 epoch: same
@@ -374,7 +325,7 @@ def fold_table(settings: Sequence[Setting], metric: str) -> list[str]:
     for s in settings:
         cells = []
         for k in folds:
-            values = _finite(run.get(metric, math.nan) for run in s.runs if run.get("fold") == k and not run.get("diverged"))
+            values = stats.finite(run.get(metric, math.nan) for run in s.runs if run.get("fold") == k and not run.get("diverged"))
             cells.append(_number(float(values.mean()), metric) if values.size else "–")
         lines.append(f"| {s.label} | " + " | ".join(cells) + " |")
     return lines
@@ -404,139 +355,6 @@ def render_markdown(sweep: dict[str, Any], settings: Sequence[Setting], pending:
     if pending:
         lines += ["Not finished yet: " + ", ".join(f"`{name}`" for name in pending), ""]
     return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------- plots
-
-def _figure(width: float, height: float):
-    from matplotlib.figure import Figure  # no pyplot: no global backend or state to disturb
-
-    return Figure(figsize=(width, height), dpi=100, layout="constrained")
-
-
-def curve_metric(settings: Sequence[Setting]) -> str | None:
-    for name in ("val_accuracy", "test_accuracy", "train_accuracy"):
-        if any(name in s.curves for s in settings):
-            return name
-    return None
-
-
-def plot_learning_curves(path: str, settings: Sequence[Setting], title: str, metric: str | None = None) -> bool:
-    """Mean over kept runs per epoch with a min-max band; small multiples beyond 8 settings.
-    `metric` defaults to the first accuracy the runs report (`curve_metric`)."""
-    metric = metric or curve_metric(settings)
-    if metric is None or not any(metric in s.curves for s in settings):
-        return False
-    overlay = len(settings) <= 8
-    cols = 1 if overlay else min(4, len(settings))
-    rows = 1 if overlay else math.ceil(len(settings) / cols)
-    fig = _figure(7 if overlay else 3 * cols, 4.5 if overlay else 2.4 * rows)
-    axes = fig.subplots(rows, cols, squeeze=False, sharex=True, sharey=True).ravel()
-    for i, setting in enumerate(settings):
-        ax = axes[0 if overlay else i]
-        curves = setting.curves.get(metric)
-        if curves is None or not curves.size:
-            continue
-        kept = curves[:, setting.kept] * _scale(metric)
-        epochs = np.arange(1, curves.shape[0] + 1)
-        if kept.shape[1] and not np.all(np.isnan(kept)):
-            mean_line, low, high = np.nanmean(kept, axis=1), np.nanmin(kept, axis=1), np.nanmax(kept, axis=1)
-            line, = ax.plot(epochs, mean_line, marker="o", markersize=3, label=setting.label)
-            if len(epochs) > 1:
-                ax.fill_between(epochs, low, high, alpha=0.2, color=line.get_color())
-            else:  # one epoch: no curve, so the band is drawn as a bar
-                line.set_xdata(epochs + (i - (len(settings) - 1) / 2) * 0.04 if overlay else epochs)
-                ax.errorbar(line.get_xdata(), mean_line, yerr=[mean_line - low, high - mean_line], capsize=4,
-                            color=line.get_color())
-        if not overlay:
-            ax.set_title(setting.label, fontsize=7)
-    for ax in axes[len(settings):] if not overlay else ():
-        ax.set_visible(False)
-    if overlay:
-        axes[0].legend(fontsize=7)
-    from matplotlib.ticker import MaxNLocator
-
-    num_epochs = max((s.curves[metric].shape[0] for s in settings if metric in s.curves), default=1)
-    axes[0].set_xlim(0.5, num_epochs + 0.5)
-    axes[0].xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
-    fig.supxlabel("epoch")
-    fig.supylabel(f"{metric}{' (%)' if _scale(metric) > 1 else ''}")
-    fig.suptitle(f"{title}: mean over seeds, band = min–max", fontsize=9)
-    fig.savefig(path)
-    return True
-
-
-def plot_step_panels(path: str, panels: dict[str, list[tuple[str, np.ndarray, np.ndarray, bool]]], ylabel: str,
-                     title: str, log: bool = False) -> bool:
-    """One panel per entry of `panels` (e.g. per layer), each overlaying settings as (label, steps,
-    values (records, runs), dashed): the mean over runs against the training step, band = min–max."""
-    panels = {name: series for name, series in panels.items() if series}
-    if not panels:
-        return False
-    cols = min(3, len(panels))
-    rows = math.ceil(len(panels) / cols)
-    width = 7 if cols == 1 else 4 * cols
-    fig = _figure(width, 4.5 if rows == 1 else 3 * rows)
-    axes = fig.subplots(rows, cols, squeeze=False, sharex=True).ravel()
-    for ax, (name, series) in zip(axes, panels.items()):
-        for label, steps, values, dashed in series:
-            line, = ax.plot(steps, np.nanmean(values, axis=1), label=label, linewidth=1,
-                            linestyle="--" if dashed else "-")
-            ax.fill_between(steps, np.nanmin(values, axis=1), np.nanmax(values, axis=1), alpha=0.2,
-                            color=line.get_color())
-        if log:
-            ax.set_yscale("log")
-        if len(panels) > 1:
-            ax.set_title(name, fontsize=8)
-        ax.tick_params(labelbottom=True)  # panels without one below them keep their step axis
-    for ax in axes[len(panels):]:
-        ax.set_visible(False)
-    axes[0].legend(fontsize=6)
-    fig.supxlabel("training step")
-    fig.supylabel(ylabel)
-    fig.suptitle(textwrap.fill(f"{title}: mean over seeds, band = min–max", 15 * width), fontsize=9)
-    fig.savefig(path)
-    return True
-
-
-def plot_axis(path: str, settings: Sequence[Setting], field: str, metric: str, alpha: float) -> bool:
-    """`metric` against the values of `field`: mean with 95% CI bars, one series per combination
-    of the other swept fields; best = star, not significantly different = filled, worse = hollow."""
-    rows = stage_rows(settings, metric, alpha)
-    ticks = list(dict.fromkeys(format_value(s.values.get(field)) for s in settings))
-    others = lambda s: ", ".join(f"{k.rsplit('.', 1)[-1]}={format_value(v)}" for k, v in s.values.items()
-                                 if k != field)
-    series = list(dict.fromkeys(others(s) for s in settings))
-    legend_cols = 2 if max(map(len, series)) <= 45 else 1
-    legend_rows = math.ceil(len(series) / legend_cols) if 1 < len(series) <= 16 else 0
-    fig = _figure(max(6.5, 0.6 * len(ticks) + 2), 4 + 0.15 * legend_rows)
-    ax = fig.subplots()
-    scale = _scale(metric)
-    for j, name in enumerate(series):
-        offset = (j - (len(series) - 1) / 2) * min(0.3 / max(len(series), 1), 0.08)
-        members = [(s, r) for s, r in zip(settings, rows) if others(s) == name and not math.isnan(r["mean"])]
-        if not members:
-            continue
-        x = np.array([ticks.index(format_value(s.values.get(field))) + offset for s, _ in members])
-        y = np.array([r["mean"] for _, r in members]) * scale
-        err = np.array([0.0 if math.isnan(r["ci_high"]) else r["ci_high"] - r["mean"] for _, r in members]) * scale
-        bars = ax.errorbar(x, y, yerr=err, capsize=3, linestyle="-" if len(members) > 1 else "none",
-                           label=name or None)
-        color = bars[0].get_color()
-        for xi, yi, (_, r) in zip(x, y, members):
-            marker = "*" if r["best"] else "o"
-            filled = r["best"] or r["not_different"]
-            ax.plot([xi], [yi], marker=marker, markersize=12 if r["best"] else 6, color=color,
-                    markerfacecolor=color if filled else "white", linestyle="none")
-    ax.set_xticks(range(len(ticks)), ticks, rotation=30 if max(map(len, ticks)) > 6 else 0)
-    ax.set_xlabel(field)
-    ax.set_ylabel(f"{metric}{' (%)' if scale > 1 else ''}")
-    ax.set_title(f"{metric} vs {field}: mean ± 95% CI over seeds\n★ best   ● not significantly different "
-                 f"(Welch p ≥ {alpha})   ○ significantly worse", fontsize=8)
-    if legend_rows:
-        fig.legend(loc="outside lower center", ncols=legend_cols, fontsize=6, frameon=False)
-    fig.savefig(path)
-    return True
 
 
 # ----------------------------------------------------------------------------- tensorboard
@@ -585,13 +403,13 @@ def write_report(workdir: str, *, tensorboard: bool = True) -> dict[str, Any]:
         suffix = f"_stage{stage + 1}" if len(stages) > 1 or sweep["kind"] == "one_factor" else ""
         curves_path = os.path.join(plot_dir, f"learning_curves{suffix}.png")
         title = sweep.get("name", "") + (f", stage {stage + 1}" if suffix else "")
-        if plot_learning_curves(curves_path, members, title):
+        if plots.plot_learning_curves(curves_path, members, title):
             paths["plots"].append(curves_path)
         fields = [sweep["axes"][stage][0]] if sweep["kind"] == "one_factor" else [f for f, _ in sweep["axes"]]
         for field in fields:
             if primary in metric_names(members):
                 axis_path = os.path.join(plot_dir, f"sweep_{path_name(field)}.png")
-                plot_axis(axis_path, members, field, primary, alpha)
+                plots.plot_axis(axis_path, members, stage_rows(members, primary, alpha), field, primary, alpha)
                 paths["plots"].append(axis_path)
     if tensorboard and settings:
         paths["tensorboard"] = write_tensorboard(os.path.join(workdir, "tensorboard"), settings)

@@ -200,9 +200,10 @@ class Checkpoints:
         """(state, meta) of the mid-epoch checkpoint, or None when there is none or it is unusable
         (then training resumes from the last whole epoch, with a warning)."""
         abstract = _abstract_flat(like)
+        num_runs = _leading(abstract) if num_runs is None else num_runs
         for step in sorted(self.partial.all_steps(), reverse=True):
             try:
-                flat, meta = self._read(self.partial, step, abstract, _leading(abstract) if num_runs is None else num_runs)
+                flat, meta = self._read(self.partial, step, abstract, num_runs)
             except _Unusable as problem:
                 logging.warning("mid-epoch checkpoint %d %s; resuming from the last whole epoch", step, problem)
                 return None

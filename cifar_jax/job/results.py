@@ -86,15 +86,30 @@ def setting_summaries(values: np.ndarray, setting_index: np.ndarray, num_setting
     return [metrics.summarize(np.asarray(values)[setting_index == s]) for s in range(num_settings)]
 
 
+def test_at_best_epoch(history: list[dict], best_epoch: np.ndarray) -> dict[str, np.ndarray]:
+    """`best_test_*` per run from a history that scored the test split every epoch (else empty)."""
+    if not best_epoch.size or any(f"test_{name}" not in h for h in history for name in RECORDED_EVAL_METRICS):
+        return {}
+    rows = best_epoch.astype(int) - 1
+    return {f"best_test_{name}": np.stack([np.asarray(history[e][f"test_{name}"], dtype=np.float64)[r]
+                                           for r, e in enumerate(rows)])
+            for name in RECORDED_EVAL_METRICS}
+
+
 def summarize_results(config: Any, grid: RunGrid, history: list[dict], diverged: np.ndarray,
-                      wall_time_s: float) -> dict[str, Any]:
-    """results.json: per-run final and best-epoch metrics, and per-setting statistics over seeds."""
+                      wall_time_s: float, best_test: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """results.json: per-run final and best-epoch metrics (test at the best epoch: `best_test`, as
+    `job/best_runs.py` scored it, or read from a history that scored test every epoch), and
+    per-setting statistics over seeds."""
     final = {name: np.asarray(values, dtype=np.float64) for name, values in history[-1].items()}
     curves = {name: np.stack([np.asarray(h[name], dtype=np.float64) for h in history])
               for name in BEST_METRICS if name in final}
     best_metric = config.checkpoint.best_metric
     best = best_epoch_metrics(curves, best_metric if best_metric in curves else "val_accuracy")
-    final.update({name: np.where(diverged, np.nan, v) if name != "best_epoch" else v for name, v in best.items()})
+    if best:
+        best.update(test_at_best_epoch(history, best["best_epoch"]) if best_test is None else best_test)
+    final.update({name: v if name == "best_epoch" else np.where(diverged.reshape((-1,) + (1,) * (np.ndim(v) - 1)),
+                                                                  np.nan, v) for name, v in best.items()})
     return {
         "config_name": config.get("name", ""),
         "num_runs": grid.num_runs,

@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 
 from cifar_jax.core import execution
-from cifar_jax.job import interrupts
+from cifar_jax.job import best_runs, interrupts
 from cifar_jax.core import metrics
 from cifar_jax import models
 from cifar_jax.job import progress
@@ -349,6 +349,19 @@ def _chunk_hook(setup: RunSetup, checkpoints: Checkpoints, loop: progress.Traini
     return hook
 
 
+def _best_runs(config: ml_collections.ConfigDict, setup: RunSetup, checkpoints: Checkpoints, evals: dict,
+               history: list[dict], state: step.TrainState) -> best_runs.BestRuns | None:
+    """Each run's best weights, kept while the test split waits for the end of the job (None when
+    test is scored every epoch, or there is none); a resumed job's from its checkpoints."""
+    if "test" not in evals or best_runs.test_every_epoch(config, evals):
+        return None
+    metric = config.checkpoint.best_metric
+    best = best_runs.BestRuns(metric if metric in results.BEST_METRICS else "val_accuracy", setup.on_devices)
+    best.resume(history, state, lambda epoch: checkpoints.restore(setup.checkpoint_like(), which=str(epoch),
+                                                                  num_runs=setup.num_runs)[1])
+    return best
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains (or resumes) every run of `config`, evaluating each epoch, checkpointing, and writing
     metrics.jsonl, TensorBoard events and results.json into `workdir`. SIGTERM or Ctrl-C stop it
@@ -377,7 +390,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     evals = {name: (execution.replicate(tuple(examples), plan), setup.on_devices(weights))
              for name, (examples, weights) in ((n, examples_for(splits, setup.grid, n)) for n in splits.eval)}
     resumed_epoch = len(history) + 1  # resume.step and resume.sums belong to it
-    with interrupts.stop_on_signals(float(config.execution.get("stop_grace_s", interrupts.DEFAULT_GRACE_S))) as stop:
+    best = _best_runs(config, setup, checkpoints, evals, history, state)
+    grace_s = float(config.execution.get("stop_grace_s", interrupts.DEFAULT_GRACE_S))
+    with interrupts.stop_on_signals(grace_s) as stop:
         for epoch in range(resumed_epoch, config.num_epochs + 1):
             start, sums = (resume.step, resume.sums) if epoch == resumed_epoch else (0, None)
             state, sums, done = train_epoch(setup.program, state, setup.hparams, images, labels, epoch, train_index,
@@ -388,13 +403,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 loop.close()
                 raise Interrupted(f"{stop.reason()} at epoch {epoch} step {done}; rerun the same command to "
                                              "resume", stop.exit_code())
-            scores = {name: setup.real_runs(score_split(setup.program, state, setup.hparams, *examples,
-                                                        config.eval_batch_size, weights=weights))
-                      for name, (examples, weights) in evals.items()}
+            scores = {name: setup.real_runs(score_split(setup.program, state, setup.hparams, *evals[name][0],
+                                                        config.eval_batch_size, weights=evals[name][1]))
+                      for name in best_runs.splits_to_score(config, evals, epoch)}
             diverged = np.asarray(setup.real_runs(state.diverged))
             record = results.epoch_record(setup.real_runs(sums)._asdict(), scores, diverged)
             history.append(results.jsonable(record))
             diverged_by_epoch.append(diverged.tolist())
+            if best is not None:
+                best.update(epoch, record, state)
             loop.end_epoch(epoch, record, history, diverged_by_epoch)  # metrics.jsonl before the checkpoint
             if epoch % config.checkpoint_every_epochs == 0 or epoch == config.num_epochs:
                 checkpoints.save(epoch, state, records(), results.mean_over_runs(record, config.checkpoint.best_metric),
@@ -402,8 +419,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 checkpoints.drop_partial()
     checkpoints.wait()
     checkpoints.close()
+    best_test = None if best is None else best.best_scores(
+        config.num_epochs, {name: history[-1][f"test_{name}"] for name in results.RECORDED_EVAL_METRICS},
+        lambda: setup.real_runs(score_split(setup.program, best.state(state), setup.hparams, *evals["test"][0],
+                                            config.eval_batch_size, weights=evals["test"][1])))
     summary = results.summarize_results(config, setup.grid, history, np.asarray(diverged_by_epoch[-1]),
-                                        records()["wall_time_s"])
+                                        records()["wall_time_s"], best_test)
     if primary:
         workdir_lib.write_json_atomic(os.path.join(workdir, "results.json"), summary)
     loop.finish(summary, checkpoints)

@@ -23,7 +23,7 @@ The recipe and the study's unstated values (n/s), as assumptions:
 - Train loss is the epoch mean (the study's "loss at epoch 1 / 10" is n/s: mean or last batch).
 """
 
-from cifar_jax.experiments.study import by_scale, claim, experiment, study_config
+from cifar_jax.experiments.dsl import by_scale, claim, experiment, study_config
 from configs import fashion_mnist
 
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
@@ -60,7 +60,9 @@ def get_config(scale: str = "cpu"):
         config_path="configs/studies/s002_fashion_mnist.py", source="STUDIES.md §4 (report 002, student 234591)",
         execution=fashion_mnist.get_config().execution, num_seeds=by_scale(scale, 5, 3, 2), data_dir=FASHION_MNIST,
         train_limit=by_scale(scale, 0, 10000, 1200), val_size=by_scale(scale, 10000, 2000, 200),
-        test_limit=by_scale(scale, 0, 2000, 200))
+        test_limit=by_scale(scale, 0, 2000, 200),
+        deviations=("A1 and A4 (E2.1) are not the study's networks: our CNN pools after every conv, so A1 has 0.42 M "
+                    "parameters against the study's 1.63 M and A4 pools three times; C2.1 compares our versions.",))
     E = config.experiments
     names = tuple(ARCHS)
     E.E2_1_arch = experiment(
@@ -141,11 +143,20 @@ def get_config(scale: str = "cpu"):
               "pretrained weights needed (the study: 512 ImageNet features, mean 0.0221, sd 0.1641)",
         torch_images_per_s=TORCH_A1)
 
+    final = base(scale)
+    final.model.init = "kaiming_normal"
+    final.batch_size = 64
+    E.F2_7_final = experiment(
+        final, ids=("F2.7",), title="the study's chosen settings combined in one final run (A1, lr 0.01, Kaiming "
+                                    "normal, batch 64, no augmentation), test read at the val-selected epoch",
+        torch_images_per_s=TORCH_A1)
+
     C = config.claims
     C.C2_01 = claim("the conv+FC hybrid A1 beats the others (here: A2, the runner-up)", "E2_1_arch:A1_conv_conv_fc",
                     "E2_1_arch:A2_conv_fc_fc", expect="greater", metric="test_accuracy")
-    C.C2_02 = claim("lr 0.01 is best (beats 1e-3)", "E2_2_lr:learning_rate=0.01", "E2_2_lr:learning_rate=0.001",
-                    expect="greater", metric="test_accuracy")
+    C.C2_02 = claim("lr 0.01 is best", "E2_2_lr:learning_rate=0.01", expect="best", metric="test_accuracy",
+                    others=tuple(f"E2_2_lr:learning_rate={lr:g}" for lr in rates if lr != 0.01),
+                    note="'best' means better than every other lr tried")
     C.C2_03 = claim("Kaiming beats Xavier (normal: +1.4 pts)", "E2_4_init:init=kaiming_normal",
                     "E2_4_init:init=xavier_normal", expect="greater", metric="test_accuracy")
     C.C2_03b = claim("Kaiming normal beats Kaiming uniform (+0.18)", "E2_4_init:init=kaiming_normal",
@@ -153,16 +164,19 @@ def get_config(scale: str = "cpu"):
     C.C2_04 = claim("smaller batch is better (64 beats 512 at a fixed lr)", "E2_3_batch:batch_size=64",
                     "E2_3_batch:batch_size=512", expect="greater", metric="test_accuracy")
     C.C2_04b = claim("… also when the lr is scaled with the batch (the study's reading: the batch itself)",
-                     "E2_3_batch:batch_size=64", "E2_3b_batch_lr_scaled:batch_size=512,lr_scaled", expect="greater",
+                     "E2_3b_batch_lr_scaled:batch_size=64,lr_scaled", "E2_3b_batch_lr_scaled:batch_size=512,lr_scaled",
+                     expect="greater",
                      metric="test_accuracy")
     C.C2_04c = claim("… also at an equal number of steps", "E2_3c_batch_equal_steps:batch_size=64,equal_steps",
                      "E2_3c_batch_equal_steps:batch_size=512,equal_steps", expect="greater", metric="test_accuracy")
-    C.C2_05 = claim("augmentation has minor impact; none is best (none vs rotation)", "E2_5_augment:none",
-                    "E2_5_augment:rotation_10", expect="greater", metric="test_accuracy")
+    C.C2_05 = claim("augmentation has minor impact (none vs rotation)", "E2_5_augment:none",
+                    "E2_5_augment:rotation_10", expect="equal", margin=1.0, metric="test_accuracy",
+                    note="'minor': equivalence within 1 point, the study's spread being 0.8")
     C.C2_06 = claim("5-fold CV shows good generalisation (fold accuracy 95.6% > single split)",
                     "E2_6_kfold:baseline", "E2_2_lr:learning_rate=0.01", expect="greater", metric="val_accuracy")
     C.C2_06b = claim("the climbing fold accuracies are real (fold 5 at 99.07% vs fold 1 at 91.33%), not leakage",
-                     "F2_1_leaky_kfold:fold_5", "E2_6_kfold:baseline", expect="equal", metric="val_accuracy",
+                     "F2_1_leaky_kfold:fold_5", "E2_6_kfold:baseline", expect="equal", margin=1.0, any_scale=True,
+                     metric="val_accuracy",
                      note="the last leaky fold against the fresh folds; the leak table gives the paired difference")
     C.C2_07 = claim("higher output-neuron correlation than ResNet-18 means less diverse neurons, over-fitting",
                     expect="untested", note="not a two-setting test: E2.7's tables give both networks' statistics "

@@ -1,0 +1,282 @@
+"""A study's report, built from evidence alone (`cifar_jax.experiments.evidence`).
+
+`write_study_report(config, workdir)` gathers each experiment's evidence -- extracted from
+WORKDIR/<experiment>/ where it trained, else WORKDIR/evidence/, else the committed
+`config.study.evidence_dir` when it matches the experiment's config -- writes the extracted files to
+WORKDIR/evidence/, and renders WORKDIR/report.md and WORKDIR/plots/ from those files only, so a
+fresh clone rebuilds the same text from the committed evidence (`--mode=report`, any workdir).
+`publish(config, workdir, root)` copies report, plots and evidence to ROOT/<name>.md, ROOT/<name>/.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any, Sequence
+
+import ml_collections
+import numpy as np
+
+from cifar_jax.experiments import dsl
+from cifar_jax.experiments import evidence as evidence_lib
+from cifar_jax.experiments import plots
+from cifar_jax.experiments import report
+from cifar_jax.experiments import stats
+from cifar_jax.experiments import study_tables
+from cifar_jax.experiments import verdicts
+from cifar_jax.experiments.verdicts import GRAD_NORMS
+from cifar_jax.job import workdir as workdir_lib
+
+REPORT_FILE = "report.md"
+PLOTS = "plots"
+
+
+# ----------------------------------------------------------------------------- evidence
+
+def group_analysis(workdir: str, exp: Any, group: dict[str, Any]) -> dict[str, Any] | None:
+    """A finished group's `exp.analysis` (a function of `cifar_jax.experiments.analysis` on its best
+    checkpoint), computed once and cached in workdir/analysis/<experiment>/<group>.json; None
+    while the group has not finished."""
+    from cifar_jax.experiments import analysis
+
+    group_dir = os.path.join(workdir, exp.key, group["name"])
+    if not os.path.exists(os.path.join(group_dir, "results.json")):
+        return None
+    cache = os.path.join(workdir, "analysis", exp.key, f"{report.path_name(group['name'])}.json")
+    cached = workdir_lib.load_json(*os.path.split(cache))
+    if cached is None:
+        run = {"gates": analysis.gate_weights, "output_correlation": analysis.output_correlation}[exp.analysis]
+        cached = run(group_dir)
+        os.makedirs(os.path.dirname(cache), exist_ok=True)
+        workdir_lib.write_json_atomic(cache, cached)
+    return cached
+
+
+def gather(config: ml_collections.ConfigDict, workdir: str, exp: Any) -> dict[str, Any] | None:
+    """One experiment's evidence: extracted from the workdir (and written to WORKDIR/evidence/), else
+    a file there, else the committed one when it matches the experiment's config; None without any."""
+    analyse = (lambda exp_dir, group: group_analysis(workdir, exp, group)) if exp.analysis else None
+    extracted = evidence_lib.extract(workdir, exp, config.study.scale, analyse)
+    own_dir = os.path.join(workdir, evidence_lib.DIR)
+    if extracted is not None:
+        evidence_lib.write(own_dir, extracted)
+        return extracted
+    config_dict = workdir_lib.config_to_dict(exp.config)
+    for directory in (own_dir, config.study.evidence_dir):
+        found = evidence_lib.read(directory, exp.key) if directory else None
+        if found is not None and (directory == own_dir or evidence_lib.matches(found, config_dict)):
+            return found
+    return None
+
+
+def loaded_settings(ev: dict[str, Any]) -> list[report.Setting]:
+    """The settings of an experiment's evidence, failed runs marked."""
+    classes = {g["name"]: g.get("num_classes", 10) for g in ev["groups"]}
+    settings = evidence_lib.settings(ev)
+    for setting in settings:
+        verdicts.annotate(setting, classes.get(setting.group, 10))
+    return settings
+
+
+# ----------------------------------------------------------------------------- plots
+
+def axis_fields(plan: dict[str, Any]) -> list[str]:
+    """The swept fields worth a metric-vs-value chart: every axis of a grid; of a zip, the first
+    axis when its values tell the settings apart (batch sizes, widths; not a BN on/off ablation)."""
+    axes = plan.get("axes", [])
+    if plan.get("kind") == "grid":
+        return [field for field, _ in axes]
+    if plan.get("kind") == "zip" and axes and len({repr(v) for v in axes[0][1]}) == len(axes[0][1]) > 1:
+        return [axes[0][0]]
+    return []
+
+
+def experiment_plots(workdir: str, exp: Any, settings: Sequence[report.Setting], ev: dict[str, Any]) -> list[str]:
+    """Learning curves, step curves and metric-vs-value charts, paths relative to workdir."""
+    plan = ev["plan"]
+    plot_dir = os.path.join(workdir, "plots")
+    os.makedirs(plot_dir, exist_ok=True)
+    written = []
+    for curve in (None, *exp.curves):
+        name = f"plots/{exp.key}_{curve + '_' if curve else ''}curves.png"
+        if plots.plot_learning_curves(os.path.join(workdir, name), settings, exp.name, metric=curve):
+            written.append(name)
+    for curve in exp.step_curves:
+        name = f"plots/{exp.key}_{'grad_norm' if curve == GRAD_NORMS else curve}_steps.png"
+        if plot_steps(os.path.join(workdir, name), ev, settings, curve, exp.name):
+            written.append(name)
+    metric = plan.get("metric", "val_accuracy")
+    if any(s.sample(metric).size for s in settings):
+        for field in axis_fields(plan):
+            name = f"plots/{exp.key}_{report.path_name(field)}.png"
+            rows = report.stage_rows(settings, metric, plan.get("alpha", stats.ALPHA))
+            plots.plot_axis(os.path.join(workdir, name), settings, rows, field, metric, plan.get("alpha", stats.ALPHA))
+            written.append(name)
+    return written
+
+
+def step_series(ev: dict[str, Any], setting: report.Setting, metric: str, collapsed: bool = False
+                ) -> tuple[np.ndarray, np.ndarray] | None:
+    """(training steps, values (records, runs)) of one setting's steps.jsonl metric over its kept
+    runs, or over its failed ones; None without them."""
+    group = next((g for g in ev["groups"] if g["name"] == setting.group), {})
+    records = [r for r in group.get("steps", []) if metric in r]
+    columns = [run["run"] for run, kept in zip(setting.runs, setting.kept) if kept != collapsed]
+    if not records or not columns:
+        return None
+    return (np.array([r["step"] for r in records]),
+            np.array([[r[metric][c] for c in columns] for r in records], np.float64) * verdicts.scale_of(metric))
+
+
+def plot_steps(path: str, ev: dict[str, Any], settings: Sequence[report.Setting], curve: str, title: str) -> bool:
+    """The dead-ReLU fraction (one panel), or every layer's gradient norm (a log panel per layer),
+    against the training step, one line per setting. Collapsed runs, left out of every mean, are
+    dashed lines of their own: where units die they are the diagnosis."""
+    def series(name: str) -> list[tuple[str, np.ndarray, np.ndarray, bool]]:
+        out = []
+        for s in settings:
+            for collapsed in (False, True):
+                found = step_series(ev, s, name, collapsed)
+                if found:
+                    label = f"{s.label}, failed ({found[1].shape[1]})" if collapsed else s.label
+                    out.append((label, *found, collapsed))
+        return out
+
+    panels = {name: series(name) for name in study_tables.expand_columns((curve,), settings)}
+    ylabel = "dead ReLU units (%)" if curve == "dead_relu_fraction" else "‖grad‖ (per layer)"
+    return plots.plot_step_panels(path, panels, ylabel, title, log=curve == GRAD_NORMS)
+
+
+
+
+# ----------------------------------------------------------------------------- sections
+
+def experiment_section(workdir: str, exp: Any, ev: dict[str, Any] | None, settings: Sequence[report.Setting],
+                       loaded: dict[str, list[report.Setting]]) -> tuple[list[str], list[str]]:
+    """(markdown lines, plot paths) of one experiment that was run."""
+    head = [f"## {exp.name}", "", f"Directory `{exp.key}/`.", ""]
+    written = experiment_plots(workdir, exp, settings, ev) if settings else []
+    lines = head + ([f"The study showed: {exp.figure}.", ""] if exp.figure else [])
+    lines += study_tables.experiment_table(exp, settings) if settings else ["No finished runs yet."]
+    if not exp.fold_reference and any("fold" in run for s in settings for run in s.runs):
+        lines += ["", "Validation accuracy (%) per fold:", ""] + report.fold_table(settings, "val_accuracy")
+    if exp.analysis and ev:
+        table = {"gates": study_tables.gate_table, "output_correlation": study_tables.correlation_table}[exp.analysis]
+        lines += [""] + table(ev)
+    if exp.fold_reference and settings and loaded.get(exp.fold_reference):
+        lines += [""] + study_tables.leak_table(settings, loaded[exp.fold_reference], exp.fold_reference)
+    waiting = evidence_lib.pending(ev) if ev else []
+    if waiting:
+        lines += ["", "Not finished yet: " + ", ".join(f"`{p}`" for p in waiting)]
+    return lines + [""] + [f"![{exp.key}]({p})" for p in written] + [""], written
+
+
+def skipped_section(config: ml_collections.ConfigDict, exp: Any) -> list[str]:
+    lines = [f"## {exp.name}", "", f"Directory `{exp.key}/`.", "",
+             f"**Not run at `:{config.study.scale}`: {exp.skip_reason}.**", ""]
+    if exp.reported:
+        lines += ["The study reported: " + "; ".join(f"{r[0]}: {r[1]:g} ({r[2]})" for r in exp.reported), ""]
+    return lines
+
+
+def _diff_cell(claim: verdicts.ClaimResult) -> str:
+    d = claim.diff
+    if not np.isfinite(d["diff"]):
+        return "–"
+    return f"{d['diff']:+.2f} [{d['low']:.2f}, {d['high']:.2f}]"
+
+
+def claims_table(claims: Sequence[verdicts.ClaimResult]) -> list[str]:
+    """One row per claim: its test, difference with CI, detectable effect, p-values and verdict."""
+    lines = ["| claim | what the study said | test | ours: difference [95% CI] | detectable (80% power) | p | "
+             "p (Holm) | verdict | figure |", "|---|---|---|---:|---:|---:|---:|---|---|"]
+    for c in claims:
+        p = c.p if np.isfinite(c.p) else c.p_other
+        mde = f"{abs(c.diff['mde']):.2f}" if np.isfinite(c.diff["mde"]) else "–"
+        lines.append(f"| {dsl.display_id(c.key)} | {c.text} | {c.test} | {_diff_cell(c)} | {mde} | "
+                     f"{report.format_p(p)} | {report.format_p(c.p_holm)} | {c.verdict} | {c.figure or '–'} |")
+    return lines
+
+
+def what_holds(claims: Sequence[verdicts.ClaimResult]) -> list[str]:
+    """One plain sentence per claim: its evidence level and the number it rests on."""
+    lines = ["## What holds", ""]
+    for c in claims:
+        basis = c.evidence or c.detail
+        lines.append(f"- **{dsl.display_id(c.key)}** {c.text}: **{c.level}**" + (f" ({basis})" if basis else "")
+                     + ("; the test holds at any scale" if c.any_scale and c.level in ("supported", "refuted") else "")
+                     + ".")
+    return lines + [""]
+
+
+def header(config: ml_collections.ConfigDict, evidence: dict[str, dict[str, Any]],
+           claims: Sequence[verdicts.ClaimResult]) -> list[str]:
+    study = config.study
+    commits = study_tables._commits(evidence)
+    scale_note = ("" if study.scale == "full" else
+                  f" At `:{study.scale}` the runs train on fewer images for fewer epochs than the study: a claim "
+                  "about the study's full training is *consistent*, *not reproduced at this scale* or "
+                  "*inconclusive* here; *supported* and *refuted* are kept for tests that hold at any scale "
+                  "(failures, a no-op layer, a leak).")
+    lines = [f"# Study {study.name}: {study.title}", "",
+             f"Trained with `python -m cifar_jax.main --mode=study --config {study.config_path}:{study.scale} "
+             f"--workdir WORKDIR` at commit {', '.join(commits) or '–'}; every number and plot below is rebuilt from "
+             f"the per-run evidence in `{study.evidence_dir}/` by `--mode=report` (any workdir). Source of the "
+             f"study's numbers and claims: {study.source}.", "",
+             "Each of our cells is a mean over seeds with a Student-t 95% CI; the study's single runs are compared "
+             "with our 95% prediction interval." + scale_note, ""]
+    lines += what_holds(claims)
+    if study.get("deviations"):
+        lines += ["## Where our runs differ from the study's", ""] + [f"- {d}" for d in study.deviations] + [""]
+    return lines + ["## Claims", "", verdicts.verdict_counts(claims, study.scale), ""] + claims_table(claims) + [""]
+
+
+# ----------------------------------------------------------------------------- the report
+
+def write_study_report(config: ml_collections.ConfigDict, workdir: str, exps: Sequence[Any]) -> str:
+    """Writes WORKDIR/report.md, plots/ and evidence/ from the experiments' evidence; returns the path."""
+    os.makedirs(workdir, exist_ok=True)
+    evidence, loaded, skipped, figures, horizons, sections = {}, {}, {}, {}, {}, []
+    for exp in exps:
+        if not exp.runnable:
+            skipped[exp.key] = exp.skip_reason
+            sections += skipped_section(config, exp)
+            continue
+        ev = gather(config, workdir, exp)
+        if ev is not None:
+            evidence[exp.key] = ev
+            horizons[exp.key] = study_tables.horizon(ev)
+        loaded[exp.key] = loaded_settings(ev) if ev else []
+        lines, written = experiment_section(workdir, exp, ev, loaded[exp.key], loaded)
+        sections += lines
+        if written:
+            figures[exp.key] = f"[{os.path.basename(written[0])}]({written[0]})"
+    ctx = verdicts.Context(loaded=loaded, skipped=skipped, scale=config.study.scale, horizon=horizons)
+    claims = verdicts.judge_claims(config, ctx)
+    for c, entry in zip(claims, config.get("claims", {}).values()):
+        keys = dict.fromkeys(r.partition(":")[0] for r in verdicts.refs(entry))
+        c.figure = ", ".join(figures[k] for k in keys if k in figures)
+    lines = header(config, evidence, claims) + sections + study_tables.protocol_section(config, exps, evidence)
+    path = os.path.join(workdir, REPORT_FILE)
+    workdir_lib.write_text_atomic(path, "\n".join(lines))
+    return path
+
+
+def published_text(text: str, name: str) -> str:
+    """The report as it reads from ROOT/<name>.md: plots linked in ROOT/<name>/."""
+    return text.replace(f"]({PLOTS}/", f"]({name}/")
+
+
+def publish(config: ml_collections.ConfigDict, workdir: str, root: str = "docs/studies") -> str:
+    """Copies WORKDIR's report, plots and evidence to ROOT/<name>.md and ROOT/<name>/ (the layout
+    `config.study.evidence_dir` expects by default); returns the report's path."""
+    name = config.study.name
+    target = os.path.join(root, name)
+    os.makedirs(os.path.join(target, evidence_lib.DIR), exist_ok=True)
+    with open(os.path.join(workdir, REPORT_FILE)) as f:
+        workdir_lib.write_text_atomic(os.path.join(root, f"{name}.md"), published_text(f.read(), name))
+    for folder, destination in ((PLOTS, target), (evidence_lib.DIR, os.path.join(target, evidence_lib.DIR))):
+        source = os.path.join(workdir, folder)
+        for file in sorted(os.listdir(source)) if os.path.isdir(source) else []:
+            shutil.copyfile(os.path.join(source, file), os.path.join(destination, file))
+    return os.path.join(root, f"{name}.md")

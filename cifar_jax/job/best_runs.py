@@ -1,0 +1,120 @@
+"""Which splits a job scores at which epoch, and each run's weights at its best epoch.
+
+Validation is scored every epoch: it selects each run's best epoch (`checkpoint.best_metric`).
+The test split is only reported at the final epoch and at each run's best epoch, so it is scored
+then, not every epoch (a third of an epoch's time for the fifth study's CNN on 2 cores): at the
+final epoch with the rest, and at the end of the job on the weights each run had at its best
+epoch, which `BestRuns` keeps on the devices as training goes (a copy of the parameters and batch
+statistics, per run). `eval.test_every_epoch=True` scores it every epoch as before, and so does a
+job without a validation split (no best epoch to choose).
+
+A resumed job gets the best weights of epochs before the resume back from the kept checkpoints
+(`checkpoint.keep`); a run whose best epoch's checkpoint is gone reports NaN test metrics at its
+best epoch, with a warning, never another epoch's numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from cifar_jax.errors import CheckpointError
+from cifar_jax.job import results
+
+
+def test_every_epoch(config: ml_collections.ConfigDict, eval_splits) -> bool:
+    """Whether the test split is scored every epoch (asked for, or no validation split to select on)."""
+    return bool(config.eval.get("test_every_epoch", False)) or "val" not in eval_splits
+
+
+def splits_to_score(config: ml_collections.ConfigDict, eval_splits, epoch: int) -> list[str]:
+    """The held-out splits scored after `epoch`: validation always, test every epoch or at the last."""
+    every = test_every_epoch(config, eval_splits)
+    return [name for name in eval_splits if name != "test" or every or epoch == config.num_epochs]
+
+
+@jax.jit
+def _select(improved: jax.Array, new: Any, old: Any) -> Any:
+    """Per run (leading axis), `new` where it improved, else `old`: new arrays, never aliases of
+    the state that the next training call donates."""
+    return jax.tree.map(lambda n, o: jnp.where(improved.reshape((-1,) + (1,) * (n.ndim - 1)), n, o), new, old)
+
+
+class BestRuns:
+    """Each run's best value of `metric` so far, its epoch, and its weights then (padded and
+    sharded like the state). The rule is `results.best_epoch_index`'s: NaN never wins, ties keep
+    the earlier epoch."""
+
+    def __init__(self, metric: str, on_devices):
+        self.metric, self.on_devices = metric, on_devices
+        self.values: np.ndarray | None = None
+        self.epochs: np.ndarray | None = None
+        self.weights: Any = None
+        self.missing: np.ndarray | None = None  # runs whose best weights were not recovered on resume
+
+    def _filled(self, values) -> np.ndarray:
+        worst = np.inf if results.lower_is_better(self.metric) else -np.inf
+        values = np.asarray(values, np.float64)
+        return np.where(np.isnan(values), worst, values)
+
+    def _improved(self, filled: np.ndarray) -> np.ndarray:
+        if self.values is None:
+            return np.ones(filled.shape, bool)
+        return filled < self.values if results.lower_is_better(self.metric) else filled > self.values
+
+    def update(self, epoch: int, record: dict, state) -> None:
+        """After an epoch: runs whose `metric` improved take this epoch's weights."""
+        filled = self._filled(record[self.metric])
+        improved = self._improved(filled)
+        weights = (state.params, state.model_state)
+        self.weights = _select(self.on_devices(jnp.asarray(improved)), weights,
+                               weights if self.weights is None else self.weights)
+        self.values = np.where(improved, filled, filled if self.values is None else self.values)
+        self.epochs = np.where(improved, epoch, 0 if self.epochs is None else self.epochs)
+        if self.missing is not None:
+            self.missing &= ~improved
+
+    def state(self, state):
+        """`state` with each run's best weights."""
+        params, model_state = self.weights
+        return state._replace(params=params, model_state=model_state)
+
+    def resume(self, history: list[dict], state, restore) -> None:
+        """Rebuilds the best epochs from the history and their weights from the checkpoints:
+        `restore(epoch)` is that epoch's (real-run) state or raises CheckpointError."""
+        for epoch, record in enumerate(history, start=1):
+            filled = self._filled(record[self.metric])
+            improved = self._improved(filled)
+            self.values = np.where(improved, filled, filled if self.values is None else self.values)
+            self.epochs = np.where(improved, epoch, 0 if self.epochs is None else self.epochs)
+        if self.epochs is None:
+            return
+        self.weights, self.missing = (state.params, state.model_state), np.zeros(self.epochs.shape, bool)
+        for epoch in sorted(set(self.epochs.tolist())):
+            runs = self.epochs == epoch
+            try:
+                old = self.on_devices(restore(int(epoch)))
+            except CheckpointError as problem:
+                logging.warning("the best epoch %d of runs %s has no checkpoint left (%s): their test metrics "
+                                "at the best epoch will be NaN", epoch, np.flatnonzero(runs).tolist(), problem)
+                self.missing |= runs
+                continue
+            self.weights = _select(self.on_devices(jnp.asarray(runs)), (old.params, old.model_state), self.weights)
+
+    def best_scores(self, final_epoch: int, final: dict[str, Any], score) -> dict[str, np.ndarray]:
+        """Test metrics at each run's best epoch as `best_test_*`: `final` (the final epoch's
+        scores) when every run's best is the final epoch, else `score()` of the best weights."""
+        recovered = self.missing is None or not self.missing.any()
+        scores = final if recovered and bool(np.all(self.epochs == final_epoch)) else score()
+        out = {}
+        for name in results.RECORDED_EVAL_METRICS:
+            values = np.asarray(scores[name], np.float64)
+            if self.missing is not None:
+                values = np.where(self.missing.reshape((-1,) + (1,) * (values.ndim - 1)), np.nan, values)
+            out[f"best_test_{name}"] = values
+        return out

@@ -1,0 +1,45 @@
+"""The test split is scored at the final epoch and on each run's best weights, not every epoch
+(job/best_runs.py); results.json holds the same numbers as when it was scored every epoch."""
+
+import json
+
+import numpy as np
+import pytest
+
+from cifar_jax.job import train
+from tests.helpers import tiny_config
+
+
+def blob_data(directory, num_train: int = 352, num_test: int = 96) -> str:
+    """Class-dependent blobs of Fashion-MNIST's shape with a test split, as npz files."""
+    rng = np.random.default_rng(1)
+    for name, n in (("train", num_train), ("test", num_test)):
+        labels = rng.integers(0, 10, n)
+        images = rng.integers(0, 120, (n, 28, 28, 1)) + (labels * 14)[:, None, None, None]
+        np.savez(directory / f"{name}.npz", image=images.astype(np.uint8), label=labels.astype(np.int32))
+    return str(directory)
+
+
+def job(tmp_path, name: str, **overrides) -> tuple[dict, list[dict]]:
+    config = tiny_config(**{"data.dir": blob_data(tmp_path), "data.train_limit": 0, "data.test_limit": 0,
+                            "data.val_size": 96.0, "num_seeds": 3, "num_epochs": 4, "optim.learning_rate": 0.3,
+                            **overrides})
+    summary = train.train_and_evaluate(config, str(tmp_path / name))
+    rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    return summary, rows
+
+
+@pytest.mark.slow
+def test_test_split_at_final_and_best_epochs_only_with_the_same_results(tmp_path):
+    lazy, lazy_rows = job(tmp_path, "lazy")
+    every, every_rows = job(tmp_path, "every", **{"eval.test_every_epoch": True})
+    assert all(("test_accuracy" in row) == (row["epoch"] == 4) for row in lazy_rows)
+    assert all("test_accuracy" in row for row in every_rows)
+    best = [run["best_epoch"] for run in lazy["runs"]]
+    assert min(best) < 4, best  # some run's best weights are not its final ones: they are scored apart
+    for got, want in zip(lazy["runs"], every["runs"]):
+        assert "best_test_accuracy" in got and "best_test_confusion" in got
+        for name, value in want.items():
+            np.testing.assert_allclose(got[name], value, rtol=1e-6, err_msg=name)
+        assert set(got) == set(want)
+    assert lazy["summary"].keys() == every["summary"].keys()

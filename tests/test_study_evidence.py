@@ -1,0 +1,117 @@
+"""Study configs load without the ML stack; the statistics module against textbook formulas; a
+study report rebuilt from its evidence files alone gives the same text (a miniature study here,
+and every committed docs/studies/NNN.md with its committed evidence)."""
+
+import glob
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from cifar_jax.experiments import stats
+from cifar_jax.experiments import study
+from cifar_jax.experiments import study_report
+from tests.helpers import REPO, needs_fashion_mnist
+from tests.test_study import load_study, mini_study
+
+HEAVY = ("jax", "flax", "optax", "orbax", "tensorflow")
+
+
+def test_loading_every_config_imports_no_ml_stack():
+    script = (
+        "import glob, importlib, sys\n"
+        "for path in sorted(glob.glob('configs/**/*.py', recursive=True)):\n"
+        "    module = importlib.import_module(path[:-3].replace('/', '.'))\n"
+        "    if hasattr(module, 'get_config') and 'studies' in path:\n"
+        "        module.get_config('cpu')\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))\n")
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": REPO})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_difference_ci_detectable_effect_tost_and_prediction_interval():
+    a, b = [61.0, 62.5, 60.2, 63.1, 61.7], [58.0, 59.4, 57.1, 60.2]
+    d = stats.difference(stats.welch_parts(a, b))
+    welch = scipy.stats.ttest_ind(a, b, equal_var=False)
+    assert d["p"] == pytest.approx(welch.pvalue, rel=1e-9)
+    ci = welch.confidence_interval(0.95)
+    assert (d["low"], d["high"]) == pytest.approx((ci.low, ci.high), rel=1e-9)
+    se = (d["high"] - d["diff"]) / scipy.stats.t.ppf(0.975, d["df"])
+    assert d["mde"] == pytest.approx((scipy.stats.t.ppf(0.975, d["df"]) + scipy.stats.t.ppf(0.8, d["df"])) * se)
+    parts = stats.welch_parts(a, b)
+    assert stats.tost_p(parts, 10.0) < 0.05 < stats.tost_p(parts, 1.0)  # equivalent within 10, not within 1
+    n, s = len(a), np.std(a, ddof=1)
+    assert stats.prediction_half_width(a) == pytest.approx(scipy.stats.t.ppf(0.975, n - 1) * s * np.sqrt(1 + 1 / n))
+    assert stats.fisher_greater(3, 3, 0, 3) == pytest.approx(0.05)
+
+
+def _rebuilt(config, evidence_dir: str, tmp: str) -> str:
+    """The published text of a report rebuilt into an empty workdir from `evidence_dir` alone."""
+    config.study.evidence_dir = evidence_dir
+    path = study.write_study_report(config, tmp)
+    with open(path) as f:
+        return study_report.published_text(f.read(), config.study.name)
+
+
+@needs_fashion_mnist
+def test_a_report_rebuilt_from_its_evidence_alone_is_the_same(tmp_path):
+    config = mini_study()
+    config.study.evidence_dir = ""
+    study.run_study(config, str(tmp_path / "work"))
+    assert sorted(os.listdir(tmp_path / "work" / "evidence")) == ["A_lr.json", "B_width.json"]
+    assert max(os.path.getsize(p) for p in glob.glob(str(tmp_path / "work" / "evidence" / "*"))) < 50_000
+    docs = tmp_path / "docs"
+    published = study_report.publish(config, str(tmp_path / "work"), str(docs))
+    evidence_dir = str(docs / "mini" / "evidence")
+    config.study.evidence_dir = evidence_dir  # the published report names it: rebuild the work copy with it
+    first = _rebuilt(config, evidence_dir, str(tmp_path / "work"))
+    second = _rebuilt(mini_study(), evidence_dir, str(tmp_path / "fresh"))  # no workdir: evidence only
+    assert first == second and "## What holds" in second
+    assert (tmp_path / "fresh" / "plots" / "A_lr_curves.png").exists()
+    assert open(published).read().count("](mini/") > 0
+    # committed evidence that matches the config: a second study trains nothing
+    calls = []
+    again = study.run_study(config, str(tmp_path / "other"), train_fn=lambda c, w: calls.append(w))
+    assert calls == [] and again["skipped"] == ["A_lr", "B_width"]
+
+
+def test_every_committed_report_is_rebuilt_from_its_committed_evidence(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)  # config.study.evidence_dir is relative to the repository root
+    for path in sorted(glob.glob(os.path.join(REPO, "configs", "studies", "s*.py"))):
+        config = load_study(path, "cpu")
+        evidence_dir = os.path.join(REPO, config.study.evidence_dir)
+        report_path = os.path.join(REPO, "docs", "studies", f"{config.study.name}.md")
+        if not glob.glob(os.path.join(evidence_dir, "*.json")):
+            continue  # a report not yet regenerated with evidence
+        scale = open(report_path).read().split("--config ", 1)[1].split(" ", 1)[0].rsplit(":", 1)[1]
+        config = load_study(path, scale)
+        text = _rebuilt(config, config.study.evidence_dir, str(tmp_path / config.study.name))
+        assert text == open(report_path).read(), config.study.name
+
+
+def test_evidence_matches_a_config_on_what_it_trained_not_where():
+    from cifar_jax.experiments import evidence
+    from cifar_jax.job import workdir as workdir_lib
+
+    exp = study.experiments(mini_study())[0]
+    config = workdir_lib.config_to_dict(exp.config)
+    stored = {"format": evidence.FORMAT, "complete": True, "config": evidence.compact(config)}
+    moved = workdir_lib.config_to_dict(exp.config)
+    moved["data"]["dir"], moved["execution"]["microbatches"] = "/elsewhere", 4  # another machine
+    assert evidence.matches(stored, moved)
+    changed = workdir_lib.config_to_dict(exp.config)
+    changed["optim"]["learning_rate"] = 0.5
+    assert not evidence.matches(stored, changed)
+    assert not evidence.matches({**stored, "complete": False}, config)
+    longer = workdir_lib.config_to_dict(exp.config)
+    longer["num_epochs"] += 1
+    assert not evidence.matches(stored, longer)
+    older = evidence.compact(workdir_lib.config_to_dict(exp.config))
+    assert older["eval"].pop("test_every_epoch") is False  # written before the field existed
+    assert evidence.matches({**stored, "config": older}, config)
+    assert evidence.compact({"x": [0.123456789, 2], "y": 1 / 3}) == {"x": [0.1234568, 2], "y": 0.3333333}
