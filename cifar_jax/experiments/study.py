@@ -241,7 +241,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str,
     finally:  # an interrupted session's time counts too (the report sums the sessions)
         save_session()
     execution.primary_decides(lambda: write_study_report(config, workdir) and 0)  # the same refusal everywhere
-    path = os.path.join(workdir, REPORT_FILE)
+    path = os.path.join(workdir, study_report.REPORT_FILE)
     execution.primary_print(f"study: {path}")
     return {"trained": trained, "skipped": skipped, "report": path}
 
