@@ -42,7 +42,6 @@ def get_config(arch: str = "conv_conv_fc"):
 
     m = config.model
     m.name = "cnn"
-    m.padding = "SAME"
     m.pool = "max"
     m.pool_size = 2
     m.activation = "relu"
@@ -58,10 +57,12 @@ def get_config(arch: str = "conv_conv_fc"):
     elif arch == "conv_conv_conv":
         m.conv_features, m.dense_features = (32, 64, 128), ()
     else:
-        m.name = "resnet18"
-    n = len(m.conv_features)
-    m.kernel_size = (3,) * n
-    m.strides = (1,) * n
+        m.name = "resnet18"  # a fixed architecture: the CNN fields below stay at their (ignored) defaults
+    if m.name != "resnet18":
+        n = len(m.conv_features)
+        m.padding = "SAME"
+        m.kernel_size = (3,) * n
+        m.strides = (1,) * n
 
     config.optim.name = "adam"
     config.optim.learning_rate = 1e-3

@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -21,7 +22,7 @@ from cifar_jax.job import workdir as workdir_lib
 from cifar_jax.job.checkpoint import Checkpoints
 from cifar_jax.errors import CheckpointError
 from configs import test as test_config
-from helpers import FASHION_MNIST, REPO, needs_fashion_mnist, run_cli, synthetic_splits, tiny_config, train_runs
+from helpers import FASHION_MNIST, FASHION_MNIST_MISSING, REPO, needs_fashion_mnist, run_cli, synthetic_splits, tiny_config, train_runs
 
 # A small, quick CLI job: 3 epochs of 1,600 Fashion-MNIST images, 2 seeds.
 SMALL = ["--config", "configs/test.py", "--config.data.train_limit=2000", "--config.data.val_size=400",
@@ -51,7 +52,7 @@ def test_save_restore_round_trip_is_exact(tmp_path):
 @pytest.fixture(scope="module")
 def trained_workdir(tmp_path_factory):
     if not os.path.isdir(FASHION_MNIST):
-        pytest.skip("apt-get install dataset-fashion-mnist for the checkpoint end-to-end tests")
+        pytest.skip(FASHION_MNIST_MISSING)
     workdir = tmp_path_factory.mktemp("ckpt") / "run"
     result = run_cli(*SMALL, "--workdir", str(workdir), "--config.num_epochs=3")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -71,8 +72,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(trained_workdir
                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         # Printed after epoch 1 is trained, evaluated and its save started.
-        lines = iter(process.stdout.readline, "")
-        assert any(line.startswith("epoch 1/3") for line in lines), "the run ended before epoch 1"
+        wait_for_epoch_line(process, 1)
         deadline = time.time() + 120
         while not (workdir / "checkpoints" / "latest" / "1").exists():  # Orbax renames it when complete
             assert process.poll() is None, f"the run exited early with status {process.returncode}"
@@ -281,11 +281,24 @@ def start_small_run(workdir, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def wait_for_epoch_line(process: subprocess.Popen, epoch: int) -> None:
-    for line in iter(process.stdout.readline, ""):
-        if line.startswith(f"epoch {epoch}/"):
-            return
-    raise AssertionError(f"the run ended before epoch {epoch}: {process.stderr.read()[-2000:]}")
+def wait_for_epoch_line(process: subprocess.Popen, epoch: int, timeout_s: float = 300.0) -> None:
+    """Reads the child's stdout (on a thread, so a child that hangs without printing cannot block
+    the suite) until its 'epoch N/' line, failing after `timeout_s`; the caller kills the child."""
+    found = threading.Event()
+
+    def read() -> None:
+        for line in iter(process.stdout.readline, ""):
+            if line.startswith(f"epoch {epoch}/"):
+                found.set()
+                return
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout_s)
+    if reader.is_alive():
+        raise AssertionError(f"no 'epoch {epoch}/' line within {timeout_s:.0f} s (the run hangs?)")
+    if not found.is_set():
+        details = process.stderr.read()[-2000:] if process.stderr is not None else ""
+        raise AssertionError(f"the run ended before epoch {epoch}: {details}")
 
 
 @pytest.mark.slow

@@ -222,3 +222,23 @@ def test_error_line_joins_several_problems_and_stays_short():
     assert main.error_line("a=1 must be >= 2\nb='x' is unknown; use y") == "error: a=1 must be >= 2; b='x' is unknown; use y"
     long = main.error_line("x" * 500)
     assert len(long) == main.MAX_ERROR_CHARS and long.endswith("...")
+
+
+def test_error_line_keeps_whole_problems_and_counts_the_rest():
+    problems = [f"field_{i}={i} must be >= 100; raise it" for i in range(12)]
+    line = main.error_line("\n".join(problems))
+    assert len(line) <= main.MAX_ERROR_CHARS
+    shown = [p for p in problems if p in line]
+    assert shown == problems[: len(shown)] and 0 < len(shown) < len(problems)
+    assert line.endswith(f"(+{len(problems) - len(shown)} more problems: fix these and rerun to see them)")
+    long = main.error_line("y" * 500 + "\nsecond=1 is wrong")
+    assert len(long) == main.MAX_ERROR_CHARS and long.endswith("... (+1 more problem: fix these and rerun to see them)")
+
+
+def test_workdir_defaults_to_runs_and_the_config_name(capsys):
+    config, workdir, mode, _ = main.parse(["prog", "--config", "configs/test.py", "--config.num_epochs=2"])
+    assert (workdir, mode, config.num_epochs) == ("runs/test", "train", 2)
+    assert capsys.readouterr().out.splitlines()[0].startswith("workdir: runs/test ")
+    assert main.default_workdir("configs/fashion_mnist.py:resnet18") == "runs/fashion_mnist_resnet18"
+    assert main.default_workdir("configs/studies/s000_lenet.py:cpu") == "runs/s000_lenet_cpu"
+    assert main.parse(["prog", "--config", "configs/test.py", "--workdir", "elsewhere"])[1] == "elsewhere"

@@ -19,8 +19,9 @@ import pytest
 from cifar_jax.data import datasets as data
 from cifar_jax.core import splits
 from cifar_jax.errors import ConfigError, DataError
+from helpers import FASHION_MNIST, needs_fashion_mnist
 
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_DIR = Path(FASHION_MNIST)
 PER_BATCH = 4  # images per tiny CIFAR-10 batch file
 
 
@@ -524,9 +525,8 @@ def test_failed_download_removes_what_it_created(tmp_path):
 # --------------------------------------------------------------------------- real data
 
 
+@needs_fashion_mnist
 def test_real_fashion_mnist():
-    if not FASHION_MNIST_DIR.is_dir():
-        pytest.skip(f"{FASHION_MNIST_DIR} absent: apt-get install dataset-fashion-mnist")
     ds = data.load_dataset(data_config(name="fashion_mnist", dir=str(FASHION_MNIST_DIR), source="local"))
     assert ds.train_images.shape == (60000, 28, 28, 1) and ds.test_images.shape == (10000, 28, 28, 1)
     assert len(ds.train_labels) == 60000 and len(ds.test_labels) == 10000

@@ -167,6 +167,13 @@ def a_file(env: Env) -> str:
 # --------------------------------------------------------------------------- the cases
 
 
+def user_config(*lines: str, mode: str = "train") -> Callable[[Env], list[str]]:
+    """A config file that changes configs/test.py by `lines` (what a flag cannot express)."""
+    body = "".join(f"    {line}\n" for line in ("c = test.get_config()", *lines, "return c"))
+    text = f"import ml_collections\nfrom configs import test\n\n\ndef get_config():\n{body}"
+    return lambda env: ["--config", config_file(env, text), *BASE[2:], f"--mode={mode}", "--workdir", env.fresh]
+
+
 def run(*extra: str) -> Callable[[Env], list[str]]:
     """BASE plus `extra` on the pre-trained run's workdir (data.dir may change between resumes)."""
     return lambda env: [*BASE, *extra, "--workdir", str(env.run)]
@@ -251,9 +258,34 @@ CASES = [
     Case("grid-malformed", run("--config.hparam_grid.learning_rate=(0.1,")),
     Case("grid-empty", run("--config.hparam_grid.learning_rate=()")),
     Case("grid-invalid-value", fresh("--config.hparam_grid.learning_rate=(0.1,-1.0)")),
+    Case("grid-value-not-a-number-in-file", user_config("c.hparam_grid.learning_rate = (0.1, 'fast')")),
+    Case("batch-size-zero", fresh("--config.batch_size=0")),
+    Case("seed-negative", fresh("--config.seed=-1")),
+    Case("seed-not-an-integer-in-file", user_config("c = ml_collections.ConfigDict({**c.to_dict(), 'seed': '0'})")),
+    Case("data-seed-negative", fresh("--config.data.seed=-1")),
+    Case("data-seed-not-an-integer-in-file",
+         user_config("c.data = ml_collections.ConfigDict({**c.data.to_dict(), 'seed': 1.5})")),
+    Case("best-metric-unknown", fresh("--config.checkpoint.best_metric=val_acc")),
+    Case("best-metric-without-validation", fresh("--config.data.val_size=0")),
+    Case("model-field-ignored-by-resnet18", fresh("--config.model.name=resnet18", "--config.model.activation=gelu")),
+    Case("model-field-ignored-by-block-cnn", user_config("c.model.name = 'block_cnn'; c.model.pool = 'avg'",
+                                                         "c.model.conv_features, c.model.kernel_size = (6, 16), (5, 5)",
+                                                         "c.model.dense_features = (120, 84)")),
+    Case("sweep-over-a-field-the-model-ignores", user_config(
+        "c.model.name = 'resnet18'; c.model.conv_features = (6, 16); c.model.dense_features = (120, 84)",
+        "c.sweep = ml_collections.ConfigDict({'axes': (('model.activation', ('relu', 'gelu')),)})", mode="sweep")),
+    Case("sweep-alpha-not-a-number", user_config(
+        "c.sweep = ml_collections.ConfigDict({'axes': (('batch_size', (16, 32)),), 'alpha': 'five percent'})",
+        mode="sweep")),
+    Case("reflect-crop-larger-than-image", fresh("--config.augment.crop_padding=28",
+                                                 "--config.augment.crop_mode=reflect")),
+    Case("many-values-wrong-at-once", fresh(*(f"--config.{field}=0" for field in (
+        "num_epochs", "eval_batch_size", "batch_size", "checkpoint.keep", "num_seeds", "checkpoint_every_epochs")),
+        "--config.optim.name=sgdd", "--config.optim.schedule=cosine", "--config.model.name=vgg")),
     # flags
     Case("mode-unknown", lambda env: [*BASE, "--mode=fit", "--workdir", env.fresh], process=True),
-    Case("workdir-missing", lambda env: BASE),
+    Case("eval-without-workdir", lambda env: ["--mode=eval"]),
+    Case("report-of-a-plain-config", lambda env: [*BASE, "--mode=report", "--workdir", env.fresh]),
     Case("flag-unknown", run("--bogus=1")),
     Case("flag-without-config-prefix", run("--num_epochs=3")),
     Case("stray-argument", run("extra")),
@@ -278,6 +310,10 @@ CASES = [
     Case("eval-checkpoint-name-unknown", eval_of(lambda env: str(env.run), "--config.eval.checkpoint=newest")),
     Case("eval-split-unknown", eval_of(lambda env: str(env.run), "--config.eval.split=valid")),
     Case("eval-field-misspelled", eval_of(lambda env: str(env.run), "--config.eval.chekpoint=best")),
+    Case("eval-config-of-another-carve", eval_of(lambda env: str(env.run), "--config", "configs/test.py", *BASE[2:],
+                                                 "--config.data.val_size=128", "--config.eval.split=val")),
+    Case("eval-override-of-the-carve", eval_of(lambda env: str(env.run), "--config.data.seed=3",
+                                               "--config.eval.split=val")),
     Case("rerun-all-checkpoints-damaged", lambda env: [*BASE, "--workdir", damaged_copy(env)]),
     Case("resume-longer-all-checkpoints-damaged",
          lambda env: [*BASE, "--config.num_epochs=3", "--workdir", damaged_copy(env)]),
@@ -330,3 +366,26 @@ def test_mistake_ends_in_one_short_line_and_changes_nothing(case, trained_run, t
     assert lines[0].startswith("error: ") and len(lines[0]) <= 300, lines[0]
     assert snapshot(trained_run, copy) == before
     assert not (tmp_path / "fresh-workdir").exists()  # nothing stray, nothing refusing the corrected rerun
+
+
+@pytest.mark.parametrize("case_id, fixed", [
+    ("batch-size-zero", ["--config.batch_size=16"]),  # a static check
+    ("reflect-crop-larger-than-image", ["--config.augment.crop_padding=2", "--config.augment.crop_mode=reflect"]),
+])
+def test_the_corrected_rerun_of_a_refused_start_is_accepted(case_id, fixed, trained_run, tmp_path, capfd):
+    """A refused start (reflect padding is refused by the trace of a train step) leaves nothing in
+    the workdir that would refuse the corrected command."""
+    env = Env(tmp=tmp_path, run=trained_run)
+    (case,) = [c for c in CASES if c.id == case_id]
+    assert invoke(case.argv(env), False, capfd)[0] == 1
+    code, output = invoke([*BASE, *fixed, "--config.dev_run=True", "--workdir", env.fresh], False, capfd)
+    assert code == 0, output
+
+
+def test_eval_with_the_runs_own_config_file_is_accepted(trained_run, tmp_path, capfd):
+    """The other side of eval-config-of-another-carve: the config the run was trained with, plus
+    fields that may change after training, scores the run's own validation carve."""
+    copy = Env(tmp=tmp_path, run=trained_run).copy_of_run()
+    code, output = invoke(["--mode=eval", "--config", "configs/test.py", *BASE[2:], "--config.eval.split=val",
+                           "--config.num_epochs=5", "--workdir", str(copy)], False, capfd)
+    assert code == 0 and "val: 64 images" in output, output

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cifar_jax.core import streams
+from cifar_jax.core import runs, streams
 from cifar_jax.job import train
 from tests.helpers import synthetic_splits, tiny_config
 
@@ -31,8 +31,23 @@ def test_split_groups_the_runs_of_a_stream_and_merge_inverts_it(layout):
     (1, 3, 2, 2, None),  # 3 runs per device cut the (setting, seed) block
 ])
 def test_local_layout(folds, settings, seeds, devices, expected):
-    config = tiny_config(num_seeds=seeds, **{"data.num_folds": folds})
-    assert streams.local_layout(config, settings, devices) == expected
+    grid = runs.RunGrid(settings=({},) * settings, num_seeds=seeds, folds=tuple(range(folds)) if folds > 1 else (),
+                        hparams={})
+    assert streams.local_layout(grid, False, devices) == expected
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({"hparam_grid": {"learning_rate": (0.05, 0.1)}}, streams.StreamLayout(1, 2, 2, False)),
+    ({"data.shared_order": True}, streams.StreamLayout(1, 1, 2, True)),
+])
+def test_layout_counts_the_folds_trained_not_num_folds(overrides, expected):
+    """data.folds=(1,) of 3 trains one fold: the layout (and one traced step and eval, as the
+    CLI does before claiming the workdir) must fit its 4 or 2 runs, not 3 folds' worth."""
+    config = tiny_config(num_seeds=2, **{"data.num_folds": 3, "data.folds": (1,)}, **overrides)
+    splits = synthetic_splits()
+    setup = train.setup_runs(config, splits.image_shape, 10, splits.num_train, abstract=True)
+    assert setup.program.stream_layout == expected
+    train.trace_job(setup, splits.image_shape, splits.num_train, 64)
 
 
 @pytest.mark.parametrize("overrides", [

@@ -21,6 +21,7 @@ from cifar_jax.experiments import study_tables
 from cifar_jax.experiments import verdicts
 from cifar_jax.job import train
 from cifar_jax.errors import ConfigError
+from cifar_jax.models import block, common
 from tests.helpers import REPO, needs_fashion_mnist, run_cli, tiny_config
 
 STUDY_CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "studies", "s*.py")))
@@ -194,6 +195,7 @@ def test_gate_analysis_of_a_block_cnn_experiment(tmp_path):
                                 source="this test", num_seeds=2, data_dir="/usr/share/datasets/fashion-mnist",
                                 train_limit=400, val_size=100, test_limit=100, execution=tiny_config().execution)
     base = tiny_config(**{"model.name": "block_cnn", "model.dropout_rate": 0.0, "model.dropout_placement": "none"})
+    base.model.update({name: common.CNN_FIELD_DEFAULTS[name] for name in block.IGNORED})  # unread by block_cnn
     base.model.block_channels, base.model.num_branches, base.model.gate = (4, 8), 3, "softmax"
     base.model.classifier_features = (16,)
     config.experiments.G = study.experiment(base, ids=("G",), title="gates", analysis="gates")

@@ -21,10 +21,11 @@ from cifar_jax.core import runs
 from cifar_jax.experiments import sweep
 from cifar_jax.job import train
 from cifar_jax.job import workdir as workdir_lib
-from cifar_jax.errors import CheckpointError, ConfigError
+from cifar_jax.cli import main
+from cifar_jax.errors import CheckpointError, ConfigError, UsageError
 from configs import default
+from helpers import needs_fashion_mnist
 
-FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
 
 def base_config(kind="grid", axes=(), constraints=(), **sweep_fields) -> ml_collections.ConfigDict:
@@ -236,10 +237,12 @@ def test_hparam_grid_in_a_sweep_config_is_refused():
 
 
 def test_traced_fields_are_the_trainers():
-    assert set(sweep.TRACED_FIELDS.values()) == set(runs.TRACED_HPARAMS)
+    """A value a sweep writes into each traced field is the value the trainer reads for it."""
     config = default.get_config()
     for field, name in sweep.TRACED_FIELDS.items():
         assert sweep.get_field(config, field) == runs.traced_values(config)[name]
+        changed = sweep.with_values(config, {field: 0.125})
+        assert runs.traced_values(changed)[name] == 0.125, field
 
 
 @pytest.mark.parametrize("name, count", [("lenet_batch_size", 6), ("lenet_lr", 1), ("three_layer_grid", 16),
@@ -271,6 +274,25 @@ def test_run_sweep_writes_groups_plan_and_report(tmp_path):
     md = (tmp_path / "results.md").read_text()
     assert "batch_size=8,learning_rate=0.01 | 3 | 0 |" in md and "★" in md
     assert result["report"]["csv"] == str(tmp_path / "results.csv")
+
+
+def test_mode_report_rebuilds_the_sweeps_own_report(tmp_path):
+    """--mode=report on a sweep's workdir writes the results.md and results.csv the sweep wrote."""
+    config = base_config(axes=(("batch_size", (4, 8)), ("optim.learning_rate", (1e-3, 1e-2))))
+    sweep.run_sweep(config, str(tmp_path), train_fn=Recorder())
+    written = {name: (tmp_path / name).read_text() for name in ("results.md", "results.csv")}
+    for name in written:
+        (tmp_path / name).unlink()
+    paths = main.dispatch(config, str(tmp_path), "report")
+    assert paths["markdown"] == str(tmp_path / "results.md")
+    assert {name: (tmp_path / name).read_text() for name in written} == written
+
+
+def test_mode_report_without_a_sweep_says_what_to_run(tmp_path):
+    with pytest.raises(CheckpointError, match="holds no sweep .no sweep.json.; run --mode=sweep"):
+        main.dispatch(base_config(axes=(("batch_size", (4,)),)), str(tmp_path), "report")
+    with pytest.raises(UsageError, match="--mode=report rebuilds a study's report.md or a sweep's results.md"):
+        main.dispatch(default.get_config(), str(tmp_path), "report")
 
 
 def test_one_factor_run_chooses_the_best_value_then_moves_on(tmp_path):
@@ -334,7 +356,7 @@ def test_run_sweep_uses_the_training_core_by_default(tmp_path, no_report, monkey
 
 # ----------------------------------------------------------------------------- one real sweep
 
-@pytest.mark.skipif(not os.path.isdir(FASHION_MNIST), reason="apt-get install dataset-fashion-mnist")
+@needs_fashion_mnist
 def test_real_traced_sweep_compiles_the_training_step_once(tmp_path):
     """Two learning rates x two seeds on real Fashion-MNIST: one group, one `train_steps` program."""
     config = importlib.import_module("configs.test").get_config()

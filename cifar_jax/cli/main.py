@@ -1,4 +1,4 @@
-"""Command-line entry point: `cifar-jax` or `python -m cifar_jax.main --config configs/x.py --workdir DIR [--mode ...]`.
+"""Command-line entry point: `cifar-jax` or `python -m cifar_jax.main --config configs/x.py [--workdir DIR] [--mode ...]`.
 
 Only parses flags and dispatches; every mistake the user can fix ends in one `error:` line. jax,
 Flax and TensorFlow are imported only once the command line is valid, so a mistyped flag or config
@@ -37,10 +37,12 @@ def make_flags(argv: list[str]) -> flags.FlagValues:
     config_flags.DEFINE_config_file(
         "config", None, "Config file (configs/*.py[:arg]); override fields with --config.a.b=v. With "
         "--mode=eval it defaults to the workdir's own config.", flag_values=values, lock_config=True, sys_argv=argv)
-    flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.", flag_values=values)
+    flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results (default: runs/<config "
+                        "file name>[_<argument>]).", flag_values=values)
     flags.DEFINE_enum("mode", "train", ["train", "eval", "sweep", "study", "report"],
                       "train (or resume); eval a checkpoint of --workdir; sweep the config's `sweep` spec; study: "
-                      "every experiment of a study config (configs/studies/) and its report.md; report: rebuild it.",
+                      "every experiment of a study config (configs/studies/) and its report.md; report: rebuild a "
+                      "study's report.md or a sweep's results.md.",
                       flag_values=values)
     flags.DEFINE_integer("verbosity", -1, "1 or more: keep TensorFlow/absl/XLA start-up logs and library warnings "
                          "(debugging an installation).", short_name="v", flag_values=values)
@@ -67,9 +69,11 @@ def _flag_value(argv: list[str], name: str) -> str | None:
 def with_workdir_config(argv: list[str]) -> list[str]:
     """For `--mode=eval` without `--config`, reads the config the workdir was trained with."""
     workdir = _flag_value(argv, "workdir")
-    if _flag_value(argv, "mode") != "eval" or _flag_value(argv, "config") is not None or workdir is None:
+    if _flag_value(argv, "mode") != "eval" or _flag_value(argv, "config") is not None:
         return argv
-    return [argv[0], f"--config={WORKDIR_CONFIG_FILE}:{workdir}", *argv[1:]]
+    if workdir is None and not {"--help", "-h"} & set(argv):
+        raise UsageError("--mode=eval needs --workdir (the run to evaluate), e.g. --workdir runs/test")
+    return argv if workdir is None else [argv[0], f"--config={WORKDIR_CONFIG_FILE}:{workdir}", *argv[1:]]
 
 
 def split_grid_flags(argv: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -135,19 +139,29 @@ def parse(argv: list[str]) -> tuple[ml_collections.ConfigDict, str, str, int] | 
     except Exception as error:  # noqa: BLE001 -- the config file, or an override of it, failed to load
         raise ConfigError(_config_error(error, argv)) from None
     if values.help:
-        print(f"usage: cifar-jax --config FILE[:ARG] --workdir DIR [--mode=train|eval|sweep|study|report] "
+        print(f"usage: cifar-jax --config FILE[:ARG] [--workdir DIR] [--mode=train|eval|sweep|study|report] "
               f"[--config.a.b=v]\n"
               f"{values.get_help(include_special_flags=False)}")
         return None
     if len(extra) > 1:
         raise UsageError(f"unexpected arguments: {' '.join(extra[1:])}; flags are --name=value")
-    if values.workdir is None:
-        raise UsageError("--workdir is required, e.g. --workdir runs/quickstart")
     config = load_config(values, argv)
     apply_grid(config, grid)
     if config.get("dev_run", False) and values.mode != "eval":  # eval restores the trained runs as they are
         config = dev_run.apply_dev_run(config)
-    return config, values.workdir, values.mode, values.verbosity
+    workdir = values.workdir
+    if workdir is None:
+        workdir = default_workdir(_flag_value(argv, "config") or "")
+        print(f"workdir: {workdir} (the default for this config; choose another with --workdir)", flush=True)
+    return config, workdir, values.mode, values.verbosity
+
+
+def default_workdir(config_flag: str) -> str:
+    """runs/<config file name>[_<argument>], relative to the working directory: where a job
+    goes when --workdir is not given (configs/block_cnn.py -> runs/block_cnn)."""
+    path, _, argument = config_flag.partition(":")
+    name = Path(path).stem + (f"_{argument}" if argument else "")
+    return os.path.join("runs", re.sub(r"[^\w.-]+", "_", name))
 
 
 def load_config(values: flags.FlagValues, argv: list[str]) -> ml_collections.ConfigDict:
@@ -223,10 +237,15 @@ def dispatch(config: ml_collections.ConfigDict, workdir: str, mode: str) -> Any:
     execution.enable_compilation_cache(workdir)
     if mode == "sweep":  # several workers may share a sweep's workdir: each group is locked instead
         return sweep.run_sweep(config, workdir)
-    if mode == "report":  # reads what has finished, also while a study is running in the workdir
-        path = study.write_study_report(config, workdir)
-        print(f"study: {path}", flush=True)
-        return path
+    if mode == "report":  # reads what has finished, also while a study or sweep is running in the workdir
+        if config.get("experiments"):
+            path = study.write_study_report(config, workdir)
+            print(f"study: {path}", flush=True)
+            return path
+        if config.get("sweep"):
+            return sweep.write_sweep_report(workdir)
+        raise UsageError("--mode=report rebuilds a study's report.md or a sweep's results.md; give the study "
+                         "config (configs/studies/) or the sweep config (configs/sweeps/) the workdir was run with")
     # Taken by process 0 alone; a refusal (another job holds it) ends every process with its line.
     with execution.on_primary(workdir_lib.workdir_lock(workdir, create=mode != "eval")):
         if mode == "train":
@@ -238,10 +257,18 @@ def dispatch(config: ml_collections.ConfigDict, workdir: str, mode: str) -> Any:
 
 def error_line(message: str) -> str:
     """A user error as one `error:` line of at most MAX_ERROR_CHARS characters; several problems
-    reported at once (one per line) are joined with '; '."""
-    problems = [" ".join(line.split()) for line in str(message).splitlines() if line.strip()]
-    text = "error: " + "; ".join(problems)
-    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
+    reported at once (one per line) are joined with '; ', as many whole ones as fit, then how many
+    more there are (never a problem cut in the middle: the rerun reports the rest)."""
+    problems = [" ".join(line.split()) for line in str(message).splitlines() if line.strip()] or [""]
+
+    def more(count: int) -> str:
+        return f" (+{count} more problem{'s' if count > 1 else ''}: fix these and rerun to see them)" if count else ""
+    for shown in range(len(problems), 0, -1):
+        text = "error: " + "; ".join(problems[:shown])
+        if len(text) + len(more(len(problems) - shown)) <= MAX_ERROR_CHARS:
+            return text + more(len(problems) - shown)
+    tail = "..." + more(len(problems) - 1)
+    return text[: MAX_ERROR_CHARS - len(tail)] + tail
 
 
 def cli(argv: list[str]) -> int:

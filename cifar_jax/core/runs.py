@@ -110,8 +110,10 @@ def grid_settings(config: ml_collections.ConfigDict) -> tuple[dict[str, float], 
             raise ConfigError(
                 f"hparam_grid.{name} is not a traced hyperparameter; choose from {', '.join(TRACED_HPARAMS)} "
                 "(shape-changing settings belong in a sweep)")
-        if not isinstance(values, (tuple, list)) or not values:
-            raise ConfigError(f"hparam_grid.{name} must be a non-empty tuple of values, got {values!r}")
+        if not isinstance(values, (tuple, list)) or not values or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise ConfigError(f"hparam_grid.{name}={values!r} must be a non-empty tuple of numbers; "
+                              f"e.g. hparam_grid.{name}=(0.1, 0.01)")
     names = sorted(grid)
     return tuple(dict(zip(names, combo)) for combo in itertools.product(*(grid[n] for n in names)))
 

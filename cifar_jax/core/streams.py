@@ -18,7 +18,8 @@ import dataclasses
 from typing import Any
 
 import jax
-import ml_collections
+
+from cifar_jax.core.runs import RunGrid
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,21 +60,20 @@ class StreamLayout:
         return jax.tree.map(leaf_merge, tree)
 
 
-def local_layout(config: ml_collections.ConfigDict, num_settings: int, num_devices: int) -> StreamLayout | None:
-    """The stream layout of each device's block of the config's full run grid, or None where runs
-    are trained one stream each (the flat vmap): streams of one run, or device blocks that would
-    cut a stream or differ in shape (runs padded to the device count)."""
-    folds, seeds = max(int(config.data.num_folds), 1), int(config.num_seeds)
-    shared = bool(config.data.get("shared_order", False))
-    per_fold = num_settings * seeds
-    total = folds * per_fold
-    if total % num_devices:
+def local_layout(grid: RunGrid, shared_order: bool, num_devices: int) -> StreamLayout | None:
+    """The stream layout of each device's block of `grid` (the folds actually trained, not
+    `data.num_folds`), or None where runs are trained one stream each (the flat vmap): streams of
+    one run, or device blocks that would cut a stream or differ in shape (runs padded to the
+    device count)."""
+    settings, seeds = len(grid.settings), grid.num_seeds
+    per_fold = settings * seeds
+    if grid.num_runs % num_devices:
         return None
-    local = total // num_devices
+    local = grid.num_runs // num_devices
     if local % per_fold == 0:
-        layout = StreamLayout(local // per_fold, num_settings, seeds, shared)
+        layout = StreamLayout(local // per_fold, settings, seeds, shared_order)
     elif per_fold % local == 0 and local % seeds == 0:
-        layout = StreamLayout(1, local // seeds, seeds, shared)
+        layout = StreamLayout(1, local // seeds, seeds, shared_order)
     else:
         return None
     return layout if layout.stream_size > 1 else None

@@ -367,22 +367,25 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str,
         records = [g.record() for g in groups if g.stage == stage]
         chosen[field] = choose(report.load_settings(workdir, records), field, spec.metric)
         execution.primary_print(f"sweep: stage {stage + 1} chose {field}={report.format_value(chosen[field])}")
-    paths = {}
-    if not execution.primary_decides(lambda: _write_report(workdir, paths)):
-        return {"groups": [g.name for g in groups], "chosen": chosen, "report": None}
+    paths: dict[str, Any] = {}
+    execution.primary_decides(lambda: paths.update(write_sweep_report(workdir) or {}))  # process 0 writes it
     return {"groups": [g.name for g in groups], "chosen": chosen, "report": paths or None}
 
 
-def _write_report(workdir: str, paths: dict[str, str]) -> bool:
-    """Writes the report into `paths` unless another worker is writing it (then False)."""
+def write_sweep_report(workdir: str) -> dict[str, Any] | None:
+    """results.md, results.csv and plots/ from the groups finished so far (the end of a sweep, or
+    `--mode=report`), under the sweep root's lock: of two workers finishing together one writes
+    it; returns the paths, or None when another process is writing it."""
+    if not os.path.exists(os.path.join(workdir, SWEEP_FILE)):
+        raise CheckpointError(f"{workdir} holds no sweep (no {SWEEP_FILE}); run --mode=sweep with this config first")
     try:
-        with workdir_lib.workdir_lock(workdir):  # two workers finishing together: one writes the report
-            paths.update(report.write_report(workdir))
+        with workdir_lib.workdir_lock(workdir):
+            paths = report.write_report(workdir)
     except WorkdirInUse:
         print("sweep: another worker is writing the report", flush=True)
-        return False
+        return None
     print(f"sweep: {paths['markdown']}", flush=True)
-    return True
+    return paths
 
 
 def _describe(group: Group) -> str:

@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import ml_collections
 
+from cifar_jax import checks
 from cifar_jax.core import runs
 from cifar_jax.errors import ConfigError
 from cifar_jax.experiments import report
@@ -228,9 +229,8 @@ def read_spec(config: ml_collections.ConfigDict) -> Spec:
     known = [name for name, _ in report.METRICS]
     if metric not in known:
         raise ConfigError(f"sweep.metric={metric!r} is unknown; use one of {', '.join(known)}")
-    alpha = float(sweep.get("alpha", report.ALPHA))
-    if not 0 < alpha < 1:
-        raise ConfigError(f"sweep.alpha={alpha} must be in (0, 1)")
+    alpha = checks.number(config, "sweep.alpha", above=0, below=1, hint="e.g. 0.05") if "alpha" in sweep \
+        else report.ALPHA
     labels = tuple(str(label) for label in _as_tuple(sweep.get("labels", ()), "sweep.labels"))
     if labels and (kind != "zip" or any(len(values) != len(labels) for _, values in axes)):
         raise ConfigError("sweep.labels: only for kind='zip', one label per zipped setting")

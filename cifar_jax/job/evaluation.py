@@ -25,7 +25,7 @@ from cifar_jax.core import step
 from cifar_jax.job import train
 from cifar_jax.job import workdir as workdir_lib
 from cifar_jax.job.checkpoint import Checkpoints
-from cifar_jax.errors import CheckpointError
+from cifar_jax.errors import CheckpointError, ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,9 +88,31 @@ class FloatInputModel(nnx.Module):
         return self.model(images)
 
 
+# Data fields that only choose the images an evaluation scores (another test set), never the
+# run's own carve: eval may change them besides the resumable fields.
+EVAL_DATA_FIELDS = ("data.test_limit",)
+
+
+def check_trained_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Refuses a config that differs from the run's own config.json in anything but fields that
+    may change after training (eval.*, execution.*, num_epochs, data.dir, data.test_limit, ...): another
+    data.val_size or data.seed would score "val" on training images, other normalization
+    constants would score another input."""
+    stored = workdir_lib.load_json(workdir, workdir_lib.CONFIG_FILE)
+    if stored is None:
+        return  # `load` reports the missing run
+    current = workdir_lib.config_to_dict(config)
+    differing = [name for name in workdir_lib.differing_fields(stored, current) if name not in EVAL_DATA_FIELDS]
+    if differing:
+        raise ConfigError(f"--config differs from {os.path.join(workdir, workdir_lib.CONFIG_FILE)} in "
+                          f"{workdir_lib.describe_differences(stored, current, differing, shown=3)}; evaluate "
+                          "with the run's own config: drop --config and any override outside eval.*")
+
+
 def load(workdir: str, checkpoint: str = "latest", config: ml_collections.ConfigDict | None = None) -> LoadedRun:
     """Restores all runs of `workdir` from checkpoint 'latest', 'best' or an epoch number."""
     config = config or workdir_lib.load_config(workdir)
+    check_trained_config(workdir, config)
     data_meta = workdir_lib.load_json(workdir, workdir_lib.DATA_FILE)
     if data_meta is None:
         raise CheckpointError(f"{workdir} has no trained run yet (no {workdir_lib.DATA_FILE}); train it first")
@@ -161,6 +183,7 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """`--mode=eval`: restores the chosen checkpoint, scores the chosen split (the examples training
     held out, per fold with k folds), writes W/eval/*.json."""
     split = splits_lib.check_split(config.eval.split)
+    check_trained_config(workdir, config)  # before the data: a different carve would score the wrong images
     grid = runs.make_run_grid(config, data.IMAGE_SHAPES[data.check_name(config.data.name)][-1])
     examples, weights = splits_lib.eval_examples(config.data, grid, split)  # a missing data set fails first
     loaded = load(workdir, str(config.eval.checkpoint), config)

@@ -15,9 +15,26 @@ import numpy as np
 
 from cifar_jax.core import metrics
 from cifar_jax.core.runs import RunGrid
+from cifar_jax.errors import ConfigError
 
 RECORDED_EVAL_METRICS = ("loss", "accuracy", "macro_f1", "per_class_accuracy", "confusion")
 BEST_METRICS = ("val_accuracy", "val_loss", "val_macro_f1")  # reported at the best epoch
+
+
+def check_best_metric(config: Any) -> str:
+    """checkpoint.best_metric names a validation metric the job records, and the job has a
+    validation split to record it on; '' keeps no best checkpoint."""
+    metric = config.checkpoint.best_metric
+    if metric == "":
+        return metric
+    if metric not in BEST_METRICS:
+        raise ConfigError(f"checkpoint.best_metric={metric!r} is unknown; use one of {', '.join(BEST_METRICS)} "
+                          "(or '' for no best checkpoint)")
+    data = config.data
+    if not data.get("num_folds") and isinstance(data.val_size, (int, float)) and data.val_size == 0:
+        raise ConfigError(f"checkpoint.best_metric={metric!r} needs a validation split, but data.val_size=0 and "
+                          "no data.num_folds; set data.val_size > 0 or checkpoint.best_metric=''")
+    return metric
 
 
 def lower_is_better(metric: str) -> bool:
@@ -104,8 +121,8 @@ def summarize_results(config: Any, grid: RunGrid, history: list[dict], diverged:
     final = {name: np.asarray(values, dtype=np.float64) for name, values in history[-1].items()}
     curves = {name: np.stack([np.asarray(h[name], dtype=np.float64) for h in history])
               for name in BEST_METRICS if name in final}
-    best_metric = config.checkpoint.best_metric
-    best = best_epoch_metrics(curves, best_metric if best_metric in curves else "val_accuracy")
+    best_metric = config.checkpoint.best_metric  # validated: a val metric the job records, or ''
+    best = best_epoch_metrics(curves, best_metric)
     if best:
         best.update(test_at_best_epoch(history, best["best_epoch"]) if best_test is None else best_test)
     final.update({name: v if name == "best_epoch" else np.where(diverged.reshape((-1,) + (1,) * (np.ndim(v) - 1)),

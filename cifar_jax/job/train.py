@@ -102,12 +102,11 @@ def _local_train_steps(ctx: step.StepContext, layout: streams.StreamLayout | Non
 
 
 def make_train(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], num_classes: int,
-               num_train: int, backend: str | None = None, num_settings: int | None = None) -> Program:
+               num_train: int, backend: str | None = None, grid: runs.RunGrid | None = None) -> Program:
     """Resolves the static parts of `config` and returns the jitted, run-vmapped functions.
 
-    `num_settings` (the traced grid's size) says the runs are the config's whole run grid in run
-    order, so runs sharing a data stream share its batch (`streams.py`); None trains every run
-    on its own (e.g. a chosen subset of seeds)."""
+    `grid` says the runs are that whole run grid in run order, so runs sharing a data stream share
+    its batch (`streams.py`); None trains every run on its own (e.g. a chosen subset of seeds)."""
     validation.validate_config(config, image_shape, num_classes, num_train)
     steps_per_epoch = num_train // config.batch_size
     plan = execution.plan(
@@ -129,7 +128,8 @@ def make_train(config: ml_collections.ConfigDict, image_shape: tuple[int, int, i
     def runs_mapped(fn, in_axes, group_size=None):  # each device maps its own runs: no collectives
         return execution.per_device(execution.map_over_runs(fn, in_axes, group_size), plan, in_axes)
 
-    layout = None if num_settings is None else streams.local_layout(config, num_settings, plan.num_devices)
+    layout = None if grid is None else streams.local_layout(grid, bool(config.data.get("shared_order", False)),
+                                                            plan.num_devices)
 
     def train_steps(state, hparams, images, labels, batches, start, sums, *, length: int):
         local = functools.partial(_local_train_steps, ctx, layout, plan, length=length)
@@ -194,11 +194,11 @@ def setup_runs(config: ml_collections.ConfigDict, image_shape: tuple[int, int, i
                num_train: int, *, abstract: bool = False, seed_index: np.ndarray | None = None) -> RunSetup:
     """The one place that turns a config into runs: grid, program, per-run hparams and keys (folds
     included). `abstract=True` only traces `init` (validating the optimizer chain) and returns
-    the state's shapes; `seed_index` trains just those seeds of the first setting and fold (tests
-    that compare a seed alone with the batch)."""
+    the state's shapes (`trace_job` then traces a step and an eval); `seed_index` trains just
+    those seeds of the first setting and fold (tests that compare a seed alone with the batch)."""
     grid = runs.make_run_grid(config, image_shape[-1])
     program = make_train(config, image_shape, num_classes, num_train,
-                         num_settings=len(grid.settings) if seed_index is None else None)
+                         grid=grid if seed_index is None else None)
     if seed_index is None:
         seeds, folds, count = grid.seed_index, grid.fold_index, grid.num_runs
     else:
@@ -213,6 +213,25 @@ def setup_runs(config: ml_collections.ConfigDict, image_shape: tuple[int, int, i
                             axis=1))
     state = jax.eval_shape(program.init, keys, hparams) if abstract else program.init(keys, hparams)
     return RunSetup(grid=grid, program=program, hparams=hparams, state=state, num_runs=count, keys=keys)
+
+
+def trace_job(setup: RunSetup, image_shape: tuple[int, int, int], num_train: int, eval_batch_size: int) -> None:
+    """Evaluates one train-steps call and one eval call abstractly (a trace, no compile) on the
+    job's real shapes, so every error a trace raises (a stream layout that does not fit the runs,
+    reflect padding larger than the image, ...) fires before the workdir is claimed."""
+    program = setup.program
+    count = program.plan.padded(setup.num_runs)
+    images = jax.ShapeDtypeStruct((num_train, *image_shape), jnp.uint8)
+    labels = jax.ShapeDtypeStruct((num_train,), jnp.int32)
+    eval_images = jax.ShapeDtypeStruct((eval_batch_size, *image_shape), jnp.uint8)
+    eval_labels = jax.ShapeDtypeStruct((eval_batch_size,), jnp.int32)
+    index = jax.ShapeDtypeStruct((count, num_train), jnp.int32)
+    batches = jax.eval_shape(program.epoch_batches, setup.state, jnp.int32(1), index)
+    sums = jax.eval_shape(lambda: zero_sums(count, program.layer_names))
+    steps = functools.partial(program.train_steps, length=min(program.plan.steps_per_call, program.steps_per_epoch))
+    state, _ = jax.eval_shape(steps, setup.state, setup.hparams, images, labels, batches, jnp.int32(0), sums)
+    jax.eval_shape(program.eval_batch, state, setup.hparams, eval_images, eval_labels,
+                   jax.ShapeDtypeStruct((count, eval_batch_size), jnp.float32))
 
 
 def zero_sums(num_runs: int, layer_names: tuple[str, ...]) -> step.EpochSums:
@@ -368,6 +387,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     at the next step boundary with a checkpoint (`errors.Interrupted`)."""
     splits = validation.load_checked_splits(config)  # before touching the workdir: a bad start changes nothing
     setup = setup_runs(config, splits.image_shape, len(splits.class_names), splits.num_train, abstract=True)
+    trace_job(setup, splits.image_shape, splits.num_train, config.eval_batch_size)
     primary = execution.is_primary()  # process 0 writes everything but the checkpoints
     # Refuses a workdir of another config, writing nothing; every process ends with the refusal.
     execution.primary_decides(lambda: workdir_lib.make_room(workdir, config))

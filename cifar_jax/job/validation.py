@@ -16,6 +16,7 @@ from cifar_jax.core import execution
 from cifar_jax import models
 from cifar_jax.core import optim
 from cifar_jax.core import runs
+from cifar_jax.job import results
 from cifar_jax.errors import ConfigError
 from cifar_jax.core.splits import Splits, prepare_splits
 
@@ -28,14 +29,27 @@ def validate_config(config: ml_collections.ConfigDict, image_shape: tuple[int, i
         lambda: models.validate_model_config(config.model, image_shape, num_classes),
         *(lambda f=f: checks.positive_int(config, f) for f in ("num_epochs", "checkpoint_every_epochs",
                                                                  "eval_batch_size", "batch_size", "checkpoint.keep")),
+        lambda: checks.integer(config, "seed", low=0, hint="the first model seed"),
+        lambda: _check_data_seed(config),
         lambda: _check_batch_fits(config, num_train),
         lambda: checks.number(config, "checkpoint.every_minutes", low=0, hint="0 = only at epoch ends"),
-        lambda: optim.check_config(config.optim, steps_per_epoch=max(num_train // config.batch_size, 1),
+        lambda: results.check_best_metric(config),
+        lambda: optim.check_config(config.optim, steps_per_epoch=max(num_train // _batch_size(config), 1),
                                    num_epochs=max(int(config.num_epochs), 1)),
         lambda: augment.check_config(config.augment),
         lambda: runs.make_run_grid(config, image_shape[-1]),
         lambda: execution.validate(config),
     )
+
+
+def _check_data_seed(config: ml_collections.ConfigDict) -> int:
+    return checks.integer(config, "data.seed", low=0, hint="it seeds the validation split and folds")
+
+
+def _batch_size(config: ml_collections.ConfigDict) -> int:
+    """batch_size where it is valid, else 1: its own check reports it, the others still run."""
+    size = config.batch_size
+    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else 1
 
 
 def _check_batch_fits(config: ml_collections.ConfigDict, num_train: int) -> None:
@@ -48,16 +62,16 @@ def load_checked_splits(config: ml_collections.ConfigDict) -> Splits:
     """The job's data, and every config problem reported in one round: a data-size refusal (e.g.
     val_size larger than train_limit) comes together with the config's other problems."""
     try:
+        _check_data_seed(config)  # numpy's generators raise a bare ValueError on anything else
         splits = prepare_splits(config.data)
     except ConfigError as data_problem:
         name = data.check_name(config.data.name)
-        guess = max(int(config.data.train_limit or 0), int(config.batch_size or 1) if
-                    isinstance(config.batch_size, int) else 1)
+        guess = max(int(config.data.train_limit or 0), _batch_size(config))
         problems = [str(data_problem)]
         try:
             validate_config(config, data.IMAGE_SHAPES[name], len(data.CLASS_NAMES[name]), guess)
         except ConfigError as others:
             problems.append(str(others))
-        raise ConfigError("\n".join(problems)) from None
+        raise ConfigError("\n".join(dict.fromkeys("\n".join(problems).splitlines()))) from None
     validate_config(config, splits.image_shape, len(splits.class_names), splits.num_train)
     return splits

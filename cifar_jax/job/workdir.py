@@ -97,6 +97,14 @@ def check_local(workdir: str) -> None:
                          "POSIX file system); on several hosts use a directory they all mount (NFS, Filestore)")
 
 
+def describe_differences(stored: dict[str, Any], current: dict[str, Any], differing: list[str],
+                         shown: int = 4) -> str:
+    """'field (old -> new), ...' for the first `shown` differing fields, then how many more."""
+    old, new = _flat(stored), _flat(current)
+    text = ", ".join(f"{name} ({old.get(name)!r} -> {new.get(name)!r})" for name in differing[:shown])
+    return text + (f" and {len(differing) - shown} more" if len(differing) > shown else "")
+
+
 def load_json(workdir: str, name: str) -> Any:
     """A JSON file of the workdir, or None when it does not exist."""
     path = os.path.join(workdir, name)
@@ -133,11 +141,9 @@ def make_room(workdir: str, config: ml_collections.ConfigDict) -> None:
     if stored is not None:
         differing = differing_fields(stored, current)
         if differing and not config.checkpoint.overwrite:
-            shown = ", ".join(f"{name} ({_flat(stored).get(name)!r} -> {_flat(current).get(name)!r})"
-                              for name in differing[:4])
-            more = f" and {len(differing) - 4} more" if len(differing) > 4 else ""
             raise CheckpointError(
-                f"{workdir} holds a run of another config: {shown}{more}; use another --workdir, the "
+                f"{workdir} holds a run of another config: {describe_differences(stored, current, differing)}; "
+                "use another --workdir, the "
                 "original config, or --config.checkpoint.overwrite=True to move the old run aside")
         if differing:
             _move_aside(workdir)

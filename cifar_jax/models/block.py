@@ -32,6 +32,9 @@ from cifar_jax.models import common, layers
 from cifar_jax.models.common import field
 
 GATES = ("none", "softmax", "sigmoid", "relu", "uniform")
+# configs/default.py's CNN fields this model never reads (its blocks and classifier have their own).
+IGNORED = ("conv_features", "kernel_size", "strides", "padding", "pool", "pool_size", "conv_batch_norm",
+           "dense_features", "dense_batch_norm")
 DEFAULTS = dict(block_channels=(64, 128, 256, 512), num_branches=6, gate="none",
                 classifier_features=(256, 128, 64))
 _GATE_FNS = {
@@ -48,6 +51,7 @@ def _get(cfg: Any, name: str):
 
 def validate(cfg: Any, input_shape, num_classes: int) -> None:
     common.common_checks(cfg, input_shape, num_classes)
+    common.check_ignored(cfg, "block_cnn", IGNORED)
     channels = common.positive_ints("block_channels", _get(cfg, "block_channels"), allow_empty=False)
     common.positive_int("num_branches", _get(cfg, "num_branches"))
     common.choice("gate", _get(cfg, "gate"), GATES)

@@ -13,6 +13,11 @@ from cifar_jax.errors import ConfigError
 from cifar_jax.models import layers
 
 DROPOUT_PLACEMENTS = ("none", "conv", "dense", "all", "head")
+# The CNN fields of configs/default.py with their default values (tests/test_models.py keeps the
+# two equal): a model with a fixed architecture (resnet18, block_cnn) ignores some of them.
+CNN_FIELD_DEFAULTS = {"conv_features": (6, 16), "kernel_size": (5, 5), "strides": (1, 1), "padding": "VALID",
+                      "pool": "max", "pool_size": 2, "activation": "relu", "conv_batch_norm": False,
+                      "dense_batch_norm": False, "dense_features": (120, 84)}
 
 
 def field(cfg: Any, name: str, default: Any = None) -> Any:
@@ -83,6 +88,21 @@ def common_checks(cfg: Any, input_shape: Sequence[int], num_classes: int) -> Non
     if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum <= 1.0:
         raise ConfigError(
             f"model.bn_momentum={momentum!r} must be in [0, 1] (Flax convention: PyTorch's 0.1 is 0.9)")
+
+
+def check_ignored(cfg: Any, model_name: str, ignored: Sequence[str]) -> None:
+    """Refuses a non-default value of a field `model_name` never reads: it would train the same
+    model as the default (a sweep over it would report seed noise as an effect)."""
+    changed = [name for name in ignored
+               if _comparable(field(cfg, name, CNN_FIELD_DEFAULTS[name])) != _comparable(CNN_FIELD_DEFAULTS[name])]
+    if changed:
+        values = ", ".join(f"model.{name}={field(cfg, name)!r}" for name in changed)
+        raise ConfigError(f"{values}: model.name={model_name!r} ignores {'it' if len(changed) == 1 else 'them'}; "
+                          f"leave {'it' if len(changed) == 1 else 'them'} at the default or choose another model")
+
+
+def _comparable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, (list, tuple)) else value
 
 
 def conv_dropout_kind(cfg: Any) -> str:

@@ -22,10 +22,14 @@ from cifar_jax.models.common import field
 
 STAGES = (64, 128, 256, 512)
 BLOCKS_PER_STAGE = 2
+# configs/default.py's CNN fields this fixed architecture never reads (ReLU and batch norm throughout).
+IGNORED = ("activation", "conv_features", "kernel_size", "strides", "padding", "pool", "pool_size",
+           "conv_batch_norm", "dense_features", "dense_batch_norm")
 
 
 def validate(cfg: Any, input_shape, num_classes: int) -> None:
     common.common_checks(cfg, input_shape, num_classes)
+    common.check_ignored(cfg, "resnet18", IGNORED)
     placement = field(cfg, "dropout_placement", "none")
     if field(cfg, "dropout_rate", 0.0) > 0 and placement not in ("head", "none"):
         raise ConfigError(f"model.dropout_placement={placement!r} does not exist in "

@@ -26,12 +26,11 @@ The study's recipe and its unstated values (n/s), as assumptions:
   "final loss" is a 2,000-batch window (F0.8); ours is the final epoch's mean train loss.
 """
 
-import pathlib
-
 from cifar_jax.experiments.dsl import by_scale, claim, experiment, study_config
 from configs import lenet_tutorial
+from configs.shared_data import shared_copy
 
-SHARED_CIFAR10 = str(pathlib.Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10-jpeg")
+SHARED_CIFAR10 = shared_copy("cifar10-jpeg")  # else TFDS, or --config.data.dir
 # PyTorch training images/s for one LeNet run on a 2-core CPU: README benchmark table
 # (scripts/benchmark.py, which trains scripts/torch_reference.py's LeNet): 1,817 at batch 4.
 # Batch 1 is slower and batch 10 faster; 1,817 is used for the whole walk.

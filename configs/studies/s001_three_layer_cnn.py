@@ -25,12 +25,11 @@ The recipe and the study's unstated values (n/s), as assumptions:
 - its numbers are mostly the best over epochs on validation (best_val_*).
 """
 
-import pathlib
-
 from cifar_jax.experiments.dsl import by_scale, claim, experiment, study_config
 from configs import three_layer_cnn
+from configs.shared_data import shared_copy
 
-SHARED_CIFAR10 = str(pathlib.Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10-jpeg")
+SHARED_CIFAR10 = shared_copy("cifar10-jpeg")  # else TFDS, or --config.data.dir
 TORCH_RATE = 0.0  # no PyTorch rate measured for this CNN: the report says n/a
 BEST = "val, best over {e} epochs"
 

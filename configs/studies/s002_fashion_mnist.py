@@ -26,7 +26,6 @@ The recipe and the study's unstated values (n/s), as assumptions:
 from cifar_jax.experiments.dsl import by_scale, claim, experiment, study_config
 from configs import fashion_mnist
 
-FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 TORCH_A1 = 0.0  # no PyTorch rate measured for these models: the report says n/a
 TEST = "test after epoch 10"
 # Study architecture -> (model.name, conv_features, dense_features): A2's FC widths are 64 then 128.
@@ -58,7 +57,8 @@ def get_config(scale: str = "cpu"):
     config = study_config(
         name="002", title="Fashion-MNIST architectures and hyper-parameters", scale=scale,
         config_path="configs/studies/s002_fashion_mnist.py", source="STUDIES.md §4 (report 002, student 234591)",
-        execution=fashion_mnist.get_config().execution, num_seeds=by_scale(scale, 5, 3, 2), data_dir=FASHION_MNIST,
+        execution=fashion_mnist.get_config().execution, num_seeds=by_scale(scale, 5, 3, 2),
+        data_dir=fashion_mnist.debian_dir(),
         train_limit=by_scale(scale, 0, 10000, 1200), val_size=by_scale(scale, 10000, 2000, 200),
         test_limit=by_scale(scale, 0, 2000, 200),
         deviations=("A1 and A4 (E2.1) are not the study's networks: our CNN pools after every conv, so A1 has 0.42 M "

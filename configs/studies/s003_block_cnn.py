@@ -24,12 +24,11 @@ The recipe and the study's unstated values (n/s), as assumptions:
 - SGD for the Adam-vs-SGD ablation (lr n/s anywhere): momentum 0.9, lr 0.05, same schedule.
 """
 
-import pathlib
-
 from cifar_jax.experiments.dsl import by_scale, claim, experiment, study_config
 from configs import block_cnn
+from configs.shared_data import shared_copy
 
-SHARED_CIFAR10 = str(pathlib.Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10-jpeg")
+SHARED_CIFAR10 = shared_copy("cifar10-jpeg")  # else TFDS, or --config.data.dir
 # PyTorch images/s for one run on a 2-core CPU, README benchmark table (scripts/benchmark.py with
 # scripts/torch_reference.py's block CNN): 842 for its reduced 'block_small' at batch 128 (3 blocks of
 # 16-32-64 channels, K = 2: a little bigger than the :cpu model here, so the estimate is high). The full

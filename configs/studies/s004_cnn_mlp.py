@@ -23,12 +23,11 @@ The recipe, with the study's unstated values (n/s) as assumptions:
   experiment trains both.
 """
 
-import pathlib
-
 from cifar_jax.experiments.dsl import by_scale, claim, experiment, study_config
 from configs import cnn_bn_dropout, mlp
+from configs.shared_data import shared_copy
 
-SHARED_CIFAR10 = str(pathlib.Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10-jpeg")
+SHARED_CIFAR10 = shared_copy("cifar10-jpeg")  # else TFDS, or --config.data.dir
 # PyTorch training images/s for one run on a 2-core CPU (this project's machines):
 TORCH_CNN_BS100 = 395.0  # DESIGN.md: scripts/torch_reference.py --model cnn_bn_dropout, batch 100, 2 threads
 TORCH_CNN_MIXED_BS = 300.0  # README benchmark (scripts/benchmark.py): 229 at batch 4, 256 at batch 128; 395 at 100
