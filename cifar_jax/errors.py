@@ -33,3 +33,9 @@ class Interrupted(CifarJaxError):
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def brief(error: BaseException, max_chars: int = 240) -> str:
+    """One line from an exception, short enough to sit inside a one-line user message."""
+    text = " ".join(f"{type(error).__name__}: {error}".split())
+    return text if len(text) <= max_chars else text[: max_chars - 3] + "..."

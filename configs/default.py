@@ -103,6 +103,15 @@ def get_config() -> ml_collections.ConfigDict:
     # CPU), for models without batch norm or dropout; 0 = auto (backend dependent)
     config.execution.microbatches = 0
     config.execution.compute_dtype = "auto"  # auto | float32 | bfloat16 (auto: bfloat16 on GPU/TPU)
+    # auto | cpu | accelerator: whose automatic choices apply (accelerator on a CPU: tests of the
+    # GPU/TPU path); auto follows the backend.
+    config.execution.policy = "auto"
+    # Device memory a job may plan for, in bytes (runs per group and the evaluation batch come from
+    # the compiled step's memory analysis on accelerators); 0 = the device's own limit.
+    config.execution.memory_limit_bytes = 0
+    # True: XLA's deterministic GPU kernels (--xla_gpu_deterministic_ops), so a resumed or repeated
+    # GPU run gives identical numbers, at some speed; CPU and TPU are deterministic already.
+    config.execution.deterministic = False
     # Several processes (hosts, or one process per GPU): jax.distributed.initialize(). Left empty,
     # the coordinator, process count and id are detected on TPU VM slices, SLURM and Open MPI.
     config.execution.distributed = False

@@ -102,7 +102,7 @@ import benchmark_e2e  # noqa: E402
 from benchmark_measure import PeakRSS, TorchCell, peak_matmul_flops  # noqa: E402
 import benchmark_report  # noqa: E402
 from cifar_jax.core import execution  # noqa: E402
-from cifar_jax.data.datasets import IMAGE_SHAPES  # noqa: E402
+from cifar_jax.data.catalog import IMAGE_SHAPES  # noqa: E402
 from cifar_jax.job import train  # noqa: E402
 from configs import block_cnn, study_models  # noqa: E402
 
@@ -231,8 +231,11 @@ def train_flops_per_image(model: str, batch_size: int) -> float:
 def torch_ways(cell: Cell, threads: int, seconds: float, sequential: dict) -> dict[str, TorchCell]:
     """PyTorch's ways of training the cell's runs: one after another (a runner shared by the cells
     of a model and batch size, in `sequential`) and, for several runs, torch.func."""
+    import torch
     import torch_reference
 
+    if jax.default_backend() == "gpu" and torch.cuda.is_available():  # both frameworks on the same device
+        torch_reference.DEVICE = torch.device("cuda")
     config = MODELS[cell.model].config(cell.batch_size)
     key = (cell.model, cell.batch_size)
     if key not in sequential:

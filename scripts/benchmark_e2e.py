@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cifar_jax.data.datasets import IMAGE_SHAPES
+from cifar_jax.data.catalog import IMAGE_SHAPES
 from cifar_jax.job import train
 from configs import study_models
 

@@ -43,6 +43,10 @@ sys.path.insert(0, str(REPO))
 
 from configs import study_models  # noqa: E402
 
+# Where the throughput runners train: scripts/benchmark.py sets CUDA when JAX runs on a GPU, so
+# both frameworks are timed on the same device.
+DEVICE = torch.device("cpu")
+
 DEFAULT_CIFAR_DIR = str((REPO / ".." / "shared" / "data" / "cifar10-jpeg").resolve())
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "elu": nn.ELU, "leaky_relu": nn.LeakyReLU,
                "sigmoid": nn.Sigmoid, "silu": nn.SiLU}
@@ -163,7 +167,7 @@ def build_model(model_config, input_shape: tuple[int, int, int], num_classes: in
 
 
 def input_shape(config) -> tuple[int, int, int]:
-    from cifar_jax.data.datasets import IMAGE_SHAPES
+    from cifar_jax.data.catalog import IMAGE_SHAPES
 
     return IMAGE_SHAPES[config.data.name]
 
@@ -208,7 +212,7 @@ def parameter_count(model: nn.Module) -> int:
 def load_splits(config, data_dir: str = "", train_limit: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{'train', 'val', 'test'?: (uint8 NHWC images, int64 labels)}: the config's data set and
     validation split (data.val_size, data.seed), as cifar_jax carves them."""
-    from cifar_jax.data import datasets as data_lib
+    from cifar_jax.data import datasets, holdout
 
     data_config = config.data.copy_and_resolve_references()
     if data_dir:
@@ -216,8 +220,8 @@ def load_splits(config, data_dir: str = "", train_limit: int = 0) -> dict[str, t
     elif not data_config.dir and data_config.name == "cifar10":
         data_config.dir = DEFAULT_CIFAR_DIR
     data_config.train_limit = int(train_limit or data_config.train_limit)
-    dataset = data_lib.load_dataset(data_config)
-    train_idx, val_idx = data_lib.validation_split(dataset.train_labels, data_config.val_size, data_config.seed)
+    dataset = datasets.load_dataset(data_config)
+    train_idx, val_idx = holdout.validation_split(dataset.train_labels, data_config.val_size, data_config.seed)
     images, labels = dataset.train_images, dataset.train_labels.astype(np.int64)
     out = {"train": (images[train_idx], labels[train_idx])}
     if len(val_idx):
@@ -231,8 +235,8 @@ def to_input(images_uint8: torch.Tensor, mean, std) -> torch.Tensor:
     """uint8 NHWC -> normalised float NCHW (ToTensor + Normalize(mean, std)), per batch."""
     x = images_uint8.permute(0, 3, 1, 2).float().div_(255.0)
     channels = x.shape[1]
-    mean = torch.tensor(tuple(mean) * (channels if len(mean) == 1 else 1)).view(1, -1, 1, 1)
-    std = torch.tensor(tuple(std) * (channels if len(std) == 1 else 1)).view(1, -1, 1, 1)
+    mean = torch.tensor(tuple(mean) * (channels if len(mean) == 1 else 1), device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(tuple(std) * (channels if len(std) == 1 else 1), device=x.device).view(1, -1, 1, 1)
     return x.sub_(mean).div_(std)
 
 
@@ -324,8 +328,8 @@ class _SyntheticRunner:
         torch.manual_seed(seed)
         self.config, self.batch_size, self.threads = config, batch_size, threads
         rng = np.random.default_rng(seed)
-        self.images = torch.from_numpy(rng.integers(0, 256, (num_images, *input_shape(config)), dtype=np.uint8))
-        self.labels = torch.from_numpy(rng.integers(0, 10, num_images).astype(np.int64))
+        self.images = torch.from_numpy(rng.integers(0, 256, (num_images, *input_shape(config)), dtype=np.uint8)).to(DEVICE)
+        self.labels = torch.from_numpy(rng.integers(0, 10, num_images).astype(np.int64)).to(DEVICE)
         self.generator = torch.Generator().manual_seed(seed)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -337,6 +341,8 @@ class _SyntheticRunner:
         for _ in range(count):
             idx = torch.randint(0, len(self.labels), (self.batch_size,), generator=self.generator)
             self.step(to_input(self.images[idx], self.config.data.mean, self.config.data.std), self.labels[idx])
+        if DEVICE.type == "cuda":
+            torch.cuda.synchronize()
         return time.perf_counter() - wall, time.process_time() - cpu
 
 
@@ -345,7 +351,7 @@ class ThroughputRunner(_SyntheticRunner):
 
     def __init__(self, config, batch_size: int, *, threads: int = 2, seed: int = 0, num_images: int = 4096):
         super().__init__(config, batch_size, threads, seed, num_images)
-        self.model = make_model(config)
+        self.model = make_model(config).to(DEVICE)
         self.model.train()
         self.optimizer = make_optimizer(config.optim, self.model.parameters())
         self.criterion = nn.CrossEntropyLoss()
@@ -371,7 +377,7 @@ class FuncThroughputRunner(_SyntheticRunner):
         from torch import func
 
         super().__init__(config, batch_size, threads, seed, num_images)
-        models = [make_model(config) for _ in range(num_models)]
+        models = [make_model(config).to(DEVICE) for _ in range(num_models)]
         for model in models:
             func.replace_all_batch_norm_modules_(model)
             model.train()
@@ -384,7 +390,7 @@ class FuncThroughputRunner(_SyntheticRunner):
         self.grads = func.vmap(func.grad(loss), in_dims=(0, 0, None, None), randomness="different")
         self.params = {k: nn.Parameter(v) for k, v in params.items()}  # the tensors the optimizer steps
         self.optimizer = make_optimizer(config.optim, list(self.params.values()))
-        scales = torch.tensor(lr_scales or [1.0] * num_models, dtype=torch.float32)
+        scales = torch.tensor(lr_scales or [1.0] * num_models, dtype=torch.float32, device=DEVICE)
         self.scales = {k: scales.view(-1, *([1] * (v.ndim - 1))) for k, v in self.params.items()}
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:

@@ -3,11 +3,13 @@
 import os
 import subprocess
 import sys
+import time
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cifar_jax import config_paths
 from cifar_jax.job import train
 from cifar_jax.core.splits import Examples, Splits
 from configs import test as test_config
@@ -44,12 +46,8 @@ def tiny_config(**overrides):
     config.model.strides = (1,)
     config.model.dense_features = (16,)
     config.model.dropout_rate = 0.2
-    for key, value in overrides.items():
-        target = config
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            target = target[parent]
-        target[leaf] = value
+    for path, value in overrides.items():
+        config_paths.assign(config, path, value)
     return config
 
 
@@ -78,3 +76,11 @@ def assert_close_reassociated(actual, expected, err_msg=""):
     expected = np.asarray(expected)
     atol = 32 * np.finfo(np.float32).eps * float(np.abs(expected).max())
     np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=atol, err_msg=err_msg)
+
+
+def signal_and_wait(process: subprocess.Popen, sig: int, timeout: float = 60) -> tuple[str, float]:
+    """Sends `sig` to a running CLI job and waits for it to exit: (its stderr, seconds to exit)."""
+    process.send_signal(sig)
+    sent = time.time()
+    _, stderr = process.communicate(timeout=timeout)
+    return stderr, time.time() - sent

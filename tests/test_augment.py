@@ -316,5 +316,5 @@ def test_augment_batch_all_on_vmapped_over_seeds_and_traced_strengths():
     ],
 )
 def test_bad_config_raises_config_error(overrides, field):
-    with pytest.raises(ConfigError, match=f"config.augment.{field}"):
+    with pytest.raises(ConfigError, match=f"^augment\\.{field}="):
         augment.augment_batch(augment_config(**overrides), KEY, IMAGES)

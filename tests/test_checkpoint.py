@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cifar_jax.data import datasets as data
+from cifar_jax.data import datasets, local_files
 from cifar_jax.job import evaluation
 from cifar_jax.core import splits
 from cifar_jax.job import workdir as workdir_lib
@@ -116,8 +116,7 @@ def test_best_checkpoint_is_the_best_validation_epoch(trained_workdir):
 @pytest.mark.slow
 @needs_fashion_mnist
 def test_eval_cli_on_a_test_npz_elsewhere(trained_workdir, tmp_path):
-    from cifar_jax.data import datasets as data
-    dataset = data.load_local("fashion_mnist", FASHION_MNIST)
+    dataset = local_files.load_local("fashion_mnist", FASHION_MNIST)
     test_dir = tmp_path / "other"
     test_dir.mkdir()
     np.savez(test_dir / "test.npz", image=dataset.test_images[:300], label=dataset.test_labels[:300])
@@ -169,7 +168,7 @@ def test_longer_training_may_resume():
 def test_notebook_api_predicts_from_uint8_and_refuses_it_in_model(trained_workdir):
     loaded = evaluation.load(str(trained_workdir), "latest")
     config = loaded.config
-    dataset = data.load_dataset(config.data)
+    dataset = datasets.load_dataset(config.data)
     images, labels = dataset.test_images[:200], dataset.test_labels[:200]
     probs = loaded.predict(images)
     assert probs.shape == (2, 200, 10)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cifar_jax.data import datasets as data
+from cifar_jax.data import catalog, holdout
 from cifar_jax.job import dev_run
 from cifar_jax.cli import main
 from cifar_jax.cli import quiet
@@ -170,12 +170,12 @@ def _config_variants(path: str) -> list[tuple[str, object]]:
 
 def _check_trainable(config) -> None:
     """The static checks a training run makes before it claims its workdir, at the dev run's sizes."""
-    image_shape = data.IMAGE_SHAPES[config.data.name]
+    image_shape = catalog.IMAGE_SHAPES[config.data.name]
     limit = config.data.train_limit
     if config.data.num_folds > 1:
         num_train = limit - -(-limit // config.data.num_folds)  # the largest held-out fold leaves the least
     else:
-        num_train = limit - data._val_count(config.data.val_size, limit)
+        num_train = limit - holdout._val_count(config.data.val_size, limit)
     assert num_train // config.batch_size >= 1
     validation.validate_config(config, image_shape, 10, num_train)
 
@@ -198,7 +198,7 @@ def test_dev_run_keeps_batches_in_every_fold_and_the_largest_swept_batch():
     from configs.sweeps import fashion_mnist_kfold, lenet_batch_size
 
     folds = dev_run.apply_dev_run(fashion_mnist_kfold.get_config())
-    per_fold = min(len(t) for t, _ in data.kfold_indices(np.arange(folds.data.train_limit) % 10, 5, 0))
+    per_fold = min(len(t) for t, _ in holdout.kfold_indices(np.arange(folds.data.train_limit) % 10, 5, 0))
     assert per_fold // folds.batch_size >= dev_run.TRAIN_BATCHES
     assert dev_run.apply_dev_run(lenet_batch_size.get_config()).data.train_limit >= 10 * dev_run.TRAIN_BATCHES
 

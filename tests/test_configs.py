@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cifar_jax.data import datasets as data
+from cifar_jax.data import catalog as data
 from cifar_jax.experiments import study, sweep
 from cifar_jax.job import validation
 from cifar_jax.models import common

@@ -1,4 +1,4 @@
-"""Tests for cifar_jax.data.datasets: every reader on tiny files written here, every bad input, splits,
+"""Tests for cifar_jax.data: every reader on tiny files written here, every bad input, splits,
 normalization, TFDS under mock_data, and the real Fashion-MNIST files where Debian installed them."""
 
 import gzip
@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cifar_jax.data import datasets as data
+from cifar_jax.data import catalog, datasets, holdout, local_files, normalization, safe_pickle, tfds_source
 from cifar_jax.core import splits
 from cifar_jax.errors import ConfigError, DataError
 from helpers import FASHION_MNIST, needs_fashion_mnist
@@ -135,7 +135,7 @@ def truncate(path: Path, keep: float = 0.5) -> None:
 def test_cifar_official_layouts(tmp_path, form, archive):
     batches = cifar_batches()
     write_cifar(tmp_path, form, batches, archive)
-    ds = data.load_dataset(data_config(dir=str(tmp_path), source="local"))
+    ds = datasets.load_dataset(data_config(dir=str(tmp_path), source="local"))
     train_images, train_labels = expected_cifar(batches)
     np.testing.assert_array_equal(ds.train_images, train_images)
     np.testing.assert_array_equal(ds.train_labels, train_labels)
@@ -155,13 +155,13 @@ def test_cifar_python_pickle_matches_official_encoding():
 def test_cifar_extracted_dir_given_directly(tmp_path):
     batches = cifar_batches()
     folder = write_cifar(tmp_path, "binary", batches, archive=False)
-    ds = data.load_local("cifar10", folder)
+    ds = local_files.load_local("cifar10", folder)
     np.testing.assert_array_equal(ds.train_labels, expected_cifar(batches)[1])
 
 
 def test_cifar_conventional_subdirectory(tmp_path):
     write_cifar(tmp_path / "cifar-10", "python", cifar_batches(), archive=True)
-    ds = data.load_local("cifar10", tmp_path)
+    ds = local_files.load_local("cifar10", tmp_path)
     assert len(ds.train_labels) == 5 * PER_BATCH and "cifar-10-python.tar.gz" in ds.source
 
 
@@ -169,7 +169,7 @@ def test_cifar_without_test_batch(tmp_path):
     batches = cifar_batches()
     del batches["test_batch"]
     write_cifar(tmp_path, "binary", batches, archive=False)
-    ds = data.load_local("cifar10", tmp_path)
+    ds = local_files.load_local("cifar10", tmp_path)
     assert ds.test_images is None and ds.test_labels is None
 
 
@@ -177,12 +177,12 @@ def test_cifar_without_test_batch(tmp_path):
 def test_idx_files(tmp_path, name):
     train, test = random_split(6, (28, 28), 1), random_split(3, (28, 28), 2)
     write_idx(tmp_path, {"train": train, "t10k": test})
-    ds = data.load_dataset(data_config(name=name, dir=str(tmp_path)))
+    ds = datasets.load_dataset(data_config(name=name, dir=str(tmp_path)))
     np.testing.assert_array_equal(ds.train_images, train[0][..., None])
     np.testing.assert_array_equal(ds.train_labels, train[1])
     np.testing.assert_array_equal(ds.test_images, test[0][..., None])
     assert ds.image_shape == (28, 28, 1)
-    assert ds.class_names == data.CLASS_NAMES[name]
+    assert ds.class_names == catalog.CLASS_NAMES[name]
 
 
 def test_idx_uncompressed_in_torchvision_layout_without_test(tmp_path):
@@ -191,7 +191,7 @@ def test_idx_uncompressed_in_torchvision_layout_without_test(tmp_path):
     images, labels = random_split(5, (28, 28))
     (raw / "train-images-idx3-ubyte").write_bytes(idx_bytes(images))
     (raw / "train-labels-idx1-ubyte").write_bytes(idx_bytes(labels))
-    ds = data.load_local("fashion_mnist", tmp_path)
+    ds = local_files.load_local("fashion_mnist", tmp_path)
     np.testing.assert_array_equal(ds.train_images[..., 0], images)
     assert ds.test_images is None
 
@@ -200,7 +200,7 @@ def test_npz_train_and_test(tmp_path):
     train, test = random_split(7, (32, 32, 3), 1), random_split(3, (32, 32, 3), 2)
     np.savez(tmp_path / "train.npz", image=train[0], label=train[1])
     np.savez(tmp_path / "test.npz", image=test[0], label=test[1])
-    ds = data.load_dataset(data_config(dir=str(tmp_path), train_limit=5, test_limit=2))
+    ds = datasets.load_dataset(data_config(dir=str(tmp_path), train_limit=5, test_limit=2))
     np.testing.assert_array_equal(ds.train_images, train[0][:5])
     np.testing.assert_array_equal(ds.train_labels, train[1][:5])
     np.testing.assert_array_equal(ds.test_images, test[0][:2])
@@ -210,24 +210,24 @@ def test_npz_train_and_test(tmp_path):
 def test_npz_train_only_and_grayscale_channel(tmp_path):
     images, labels = random_split(4, (28, 28))
     np.savez(tmp_path / "train.npz", image=images, label=labels)
-    ds = data.load_dataset(data_config(name="fashion_mnist", dir=str(tmp_path)))
+    ds = datasets.load_dataset(data_config(name="fashion_mnist", dir=str(tmp_path)))
     assert ds.train_images.shape == (4, 28, 28, 1) and ds.test_images is None
 
 
 def test_npz_test_only_gives_empty_train(tmp_path):
     images, labels = random_split(3, (32, 32, 3))
     np.savez(tmp_path / "test.npz", image=images, label=labels)
-    ds = data.load_local("cifar10", tmp_path)
+    ds = local_files.load_local("cifar10", tmp_path)
     assert ds.train_images.shape == (0, 32, 32, 3) and len(ds.test_labels) == 3
 
 
 def test_limit_larger_than_data_keeps_all(tmp_path):
     images, labels = random_split(4, (32, 32, 3))
     np.savez(tmp_path / "train.npz", image=images, label=labels)
-    ds = data.load_dataset(data_config(dir=str(tmp_path), train_limit=100))
+    ds = datasets.load_dataset(data_config(dir=str(tmp_path), train_limit=100))
     assert len(ds.train_labels) == 4
     with pytest.raises(ConfigError, match="train_limit"):
-        data.load_dataset(data_config(dir=str(tmp_path), train_limit=-1))
+        datasets.load_dataset(data_config(dir=str(tmp_path), train_limit=-1))
 
 
 # --------------------------------------------------------------------------- restricted unpickling
@@ -249,7 +249,7 @@ def test_restricted_unpickler_refuses_code_execution(tmp_path):
     for name in [f"data_batch_{i}" for i in range(1, 6)]:
         (folder / name).write_bytes(pickle.dumps(payload, protocol=2))  # as the official files
     with pytest.raises(DataError, match=r"refused global (posix|os|nt)\.system"):
-        data.load_local("cifar10", tmp_path)
+        local_files.load_local("cifar10", tmp_path)
     assert not marker.exists()
 
 
@@ -264,7 +264,7 @@ def test_restricted_unpickler_refuses_code_execution(tmp_path):
 )
 def test_restricted_unpickler_refuses_other_payloads(payload):
     with pytest.raises(DataError, match="not a plain CIFAR-10 batch pickle"):
-        data.restricted_unpickle(payload, "batch")
+        safe_pickle.restricted_unpickle(payload, "batch")
 
 
 @pytest.mark.parametrize(
@@ -282,12 +282,12 @@ def test_cifar_python_batch_refuses_non_uint8_arrays(tmp_path, array, match):
     for name in [f"data_batch_{i}" for i in range(1, 6)]:
         (folder / name).write_bytes(pickle.dumps({b"data": array, b"labels": [0, 1]}, protocol=2))
     with pytest.raises(DataError, match=match):
-        data.load_local("cifar10", tmp_path)
+        local_files.load_local("cifar10", tmp_path)
 
 
 def test_restricted_unpickler_reads_plain_values():
     value = {b"a": [1, 2.5, b"x", "y", (None, True)]}
-    assert data.restricted_unpickle(pickle.dumps(value, protocol=2), "x") == value
+    assert safe_pickle.restricted_unpickle(pickle.dumps(value, protocol=2), "x") == value
 
 
 # --------------------------------------------------------------------------- bad input
@@ -297,7 +297,7 @@ def test_truncated_tar_archive(tmp_path):
     path = write_cifar(tmp_path, "binary", cifar_batches(), archive=True)
     truncate(path)
     with pytest.raises(DataError, match="truncated or corrupt archive"):
-        data.load_local("cifar10", tmp_path)
+        local_files.load_local("cifar10", tmp_path)
 
 
 def test_archive_missing_batches(tmp_path):
@@ -305,28 +305,28 @@ def test_archive_missing_batches(tmp_path):
     del batches["data_batch_3"]
     write_cifar(tmp_path, "python", batches, archive=True)
     with pytest.raises(DataError, match="missing data_batch_3"):
-        data.load_local("cifar10", tmp_path)
+        local_files.load_local("cifar10", tmp_path)
 
 
 def test_truncated_cifar_binary_records(tmp_path):
     folder = write_cifar(tmp_path, "binary", cifar_batches(), archive=False)
     truncate(folder / "data_batch_2.bin", keep=0.9)
     with pytest.raises(DataError, match="data_batch_2.bin.*3073-byte"):
-        data.load_local("cifar10", tmp_path)
+        local_files.load_local("cifar10", tmp_path)
 
 
 def test_truncated_cifar_python_pickle(tmp_path):
     folder = write_cifar(tmp_path, "python", cifar_batches(), archive=False)
     truncate(folder / "data_batch_4")
     with pytest.raises(DataError, match="data_batch_4"):
-        data.load_local("cifar10", tmp_path)
+        local_files.load_local("cifar10", tmp_path)
 
 
 def test_truncated_idx_gzip(tmp_path):
     write_idx(tmp_path, {"train": random_split(5, (28, 28))})
     truncate(tmp_path / "train-images-idx3-ubyte.gz")
     with pytest.raises(DataError, match="train-images-idx3-ubyte.gz.*truncated or corrupt gzip"):
-        data.load_local("mnist", tmp_path)
+        local_files.load_local("mnist", tmp_path)
 
 
 def test_idx_size_disagrees_with_header(tmp_path):
@@ -334,7 +334,7 @@ def test_idx_size_disagrees_with_header(tmp_path):
     tmp_path.joinpath("train-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(images)[:-10]))
     tmp_path.joinpath("train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(labels)))
     with pytest.raises(DataError, match="header .* implies"):
-        data.load_local("mnist", tmp_path)
+        local_files.load_local("mnist", tmp_path)
 
 
 def test_idx_wrong_magic(tmp_path):
@@ -343,14 +343,14 @@ def test_idx_wrong_magic(tmp_path):
     # labels written where images belong: magic 2049 instead of 2051
     tmp_path.joinpath("train-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(labels)))
     with pytest.raises(DataError, match="magic number 2049"):
-        data.load_local("mnist", tmp_path)
+        local_files.load_local("mnist", tmp_path)
 
 
 def test_idx_labels_file_missing(tmp_path):
     write_idx(tmp_path, {"train": random_split(5, (28, 28))})
     (tmp_path / "train-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(DataError, match="no matching train-labels-idx1-ubyte.gz"):
-        data.load_local("mnist", tmp_path)
+        local_files.load_local("mnist", tmp_path)
 
 
 def write_npz(directory: Path, images, labels, **extra) -> None:
@@ -385,7 +385,7 @@ def write_npz(directory: Path, images, labels, **extra) -> None:
 def test_bad_arrays(tmp_path, images, labels, match):
     write_npz(tmp_path, images, labels)
     with pytest.raises(DataError, match=match):
-        data.load_dataset(data_config(dir=str(tmp_path), source="local"))
+        datasets.load_dataset(data_config(dir=str(tmp_path), source="local"))
 
 
 def test_bad_labels_in_cifar_binary_name_the_file(tmp_path):
@@ -393,30 +393,30 @@ def test_bad_labels_in_cifar_binary_name_the_file(tmp_path):
     batches["test_batch"][1][0] = 12
     folder = write_cifar(tmp_path, "binary", batches, archive=False)
     with pytest.raises(DataError, match=f"{folder}/test_batch.bin: labels span"):
-        data.load_local("cifar10", tmp_path)
+        local_files.load_local("cifar10", tmp_path)
 
 
 def test_npz_missing_keys_and_garbage(tmp_path):
     np.savez(tmp_path / "train.npz", x=np.zeros(2), y=np.zeros(2))
     with pytest.raises(DataError, match="needs 'image'"):
-        data.load_local("cifar10", tmp_path)
+        local_files.load_local("cifar10", tmp_path)
     (tmp_path / "train.npz").write_bytes(b"not a zip file")
     with pytest.raises(DataError, match="not an npz \\(zip\\) file"):
-        data.load_local("cifar10", tmp_path)
+        local_files.load_local("cifar10", tmp_path)
 
 
 # --------------------------------------------------------------------------- source selection
 
 
-def fake_dataset(name: str, source: str) -> data.Dataset:
-    images, labels = random_split(2, data.IMAGE_SHAPES[name])
-    return data.Dataset(name, images, labels.astype(np.int32), None, None, data.CLASS_NAMES[name], source)
+def fake_dataset(name: str, source: str) -> catalog.Dataset:
+    images, labels = random_split(2, catalog.IMAGE_SHAPES[name])
+    return catalog.Dataset(name, images, labels.astype(np.int32), None, None, catalog.CLASS_NAMES[name], source)
 
 
 def test_auto_prefers_local_files(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "load_tfds", lambda *a, **k: pytest.fail("TFDS must not be tried"))
+    monkeypatch.setattr(tfds_source, "load_tfds", lambda *a, **k: pytest.fail("TFDS must not be tried"))
     write_npz(tmp_path, *random_split(2, (32, 32, 3)))
-    assert data.load_dataset(data_config(dir=str(tmp_path))).source.startswith("npz files")
+    assert datasets.load_dataset(data_config(dir=str(tmp_path))).source.startswith("npz files")
 
 
 def test_auto_uses_tfds_only_without_data_dir(monkeypatch):
@@ -426,30 +426,30 @@ def test_auto_uses_tfds_only_without_data_dir(monkeypatch):
         calls.append((name, data_dir))
         return fake_dataset(name, "tfds")
 
-    monkeypatch.setattr(data, "load_tfds", fake_tfds)
-    ds = data.load_dataset(data_config(name="mnist", tfds_data_dir="/x/tfds"))
+    monkeypatch.setattr(tfds_source, "load_tfds", fake_tfds)
+    ds = datasets.load_dataset(data_config(name="mnist", tfds_data_dir="/x/tfds"))
     assert ds.source == "tfds" and calls == [("mnist", "/x/tfds")]
-    data.load_dataset(data_config(name="mnist"))  # no tfds_data_dir: TFDS's default
+    datasets.load_dataset(data_config(name="mnist"))  # no tfds_data_dir: TFDS's default
     assert calls[-1] == ("mnist", None)
 
 
 def test_auto_reports_broken_local_files_without_trying_tfds(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "load_tfds", lambda *a, **k: pytest.fail("TFDS must not be tried"))
+    monkeypatch.setattr(tfds_source, "load_tfds", lambda *a, **k: pytest.fail("TFDS must not be tried"))
     write_npz(tmp_path, *random_split(2, (28, 28, 1)))
     with pytest.raises(DataError, match="cifar10 needs"):
-        data.load_dataset(data_config(dir=str(tmp_path)))
+        datasets.load_dataset(data_config(dir=str(tmp_path)))
 
 
 @pytest.mark.parametrize("name", ["cifar10", "fashion_mnist", "mnist"])
 @pytest.mark.parametrize("source", ["auto", "local"])
 def test_explicit_dir_without_data_fails_at_once_in_one_short_line(tmp_path, monkeypatch, name, source):
     """A mistyped data.dir is authoritative: no TFDS fallback, one line naming the dir and files."""
-    monkeypatch.setattr(data, "load_tfds", lambda *a, **k: pytest.fail("TFDS must not be tried"))
+    monkeypatch.setattr(tfds_source, "load_tfds", lambda *a, **k: pytest.fail("TFDS must not be tried"))
     deep = tmp_path / ("long-directory-name-" * 6)
     deep.mkdir()
     for directory, expected in ((deep, "holds no"), (tmp_path / "nowhere", "is not a directory")):
         with pytest.raises(DataError) as error:
-            data.load_dataset(data_config(name=name, dir=str(directory), source=source))
+            datasets.load_dataset(data_config(name=name, dir=str(directory), source=source))
         message = str(error.value)
         assert "\n" not in message and len(message) <= 300, message
         assert expected in message and "--config.data.dir" in message
@@ -459,7 +459,7 @@ def test_explicit_dir_without_data_fails_at_once_in_one_short_line(tmp_path, mon
 def test_empty_dir_lists_the_file_names_looked_for(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DataError) as error:
-        data.load_dataset(data_config(name="fashion_mnist", dir="."))
+        datasets.load_dataset(data_config(name="fashion_mnist", dir="."))
     message = str(error.value)
     assert "data.dir=. holds no fashion_mnist" in message
     assert "train-images-idx3-ubyte.gz" in message and "fashion-mnist/" in message
@@ -467,13 +467,13 @@ def test_empty_dir_lists_the_file_names_looked_for(tmp_path, monkeypatch):
 
 def test_local_source_errors(tmp_path):
     with pytest.raises(ConfigError, match="--config.data.dir"):
-        data.load_dataset(data_config(source="local"))
+        datasets.load_dataset(data_config(source="local"))
     with pytest.raises(DataError, match="holds no cifar10 data set"):
-        data.load_dataset(data_config(source="local", dir=str(tmp_path)))
+        datasets.load_dataset(data_config(source="local", dir=str(tmp_path)))
     with pytest.raises(ConfigError, match="data.source='web'"):
-        data.load_dataset(data_config(source="web"))
+        datasets.load_dataset(data_config(source="web"))
     with pytest.raises(ConfigError, match="data.name='cifar100'"):
-        data.load_dataset(data_config(name="cifar100"))
+        datasets.load_dataset(data_config(name="cifar100"))
 
 
 # --------------------------------------------------------------------------- TFDS
@@ -483,17 +483,17 @@ def test_local_source_errors(tmp_path):
 def test_tfds_with_mock_data(name):
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=6):
-        ds = data.load_dataset(data_config(name=name, source="tfds", test_limit=4))
-    assert ds.train_images.shape == (6, *data.IMAGE_SHAPES[name])
-    assert ds.test_images.shape == (4, *data.IMAGE_SHAPES[name])
+        ds = datasets.load_dataset(data_config(name=name, source="tfds", test_limit=4))
+    assert ds.train_images.shape == (6, *catalog.IMAGE_SHAPES[name])
+    assert ds.test_images.shape == (4, *catalog.IMAGE_SHAPES[name])
     assert ds.train_images.dtype == np.uint8 and ds.train_labels.dtype == np.int32
-    assert ds.class_names == data.CLASS_NAMES[name] and ds.source.startswith(f"TFDS {name}")
+    assert ds.class_names == catalog.CLASS_NAMES[name] and ds.source.startswith(f"TFDS {name}")
 
 
 def test_tfds_missing_data_is_a_data_error(tmp_path):
     pytest.importorskip("tensorflow_datasets")
     with pytest.raises(DataError, match=f"TFDS mnist \\(data_dir={tmp_path}\\) failed: AssertionError"):
-        data.load_tfds("mnist", str(tmp_path), download=False)
+        tfds_source.load_tfds("mnist", str(tmp_path), download=False)
 
 
 def test_tfds_offline_download_fails_fast_and_leaves_nothing(tmp_path):
@@ -502,7 +502,7 @@ def test_tfds_offline_download_fails_fast_and_leaves_nothing(tmp_path):
     root = tmp_path / "tfds"
     start = time.monotonic()
     with pytest.raises(DataError) as error:
-        data.load_dataset(data_config(name="fashion_mnist", source="tfds", tfds_data_dir=str(root)))
+        datasets.load_dataset(data_config(name="fashion_mnist", source="tfds", tfds_data_dir=str(root)))
     assert time.monotonic() - start < 15
     message = str(error.value)
     assert "unreachable" in message and "--config.data.dir=DIR" in message and len(message) <= 300
@@ -514,7 +514,7 @@ def test_failed_download_removes_what_it_created(tmp_path):
     (root / "mnist").mkdir(parents=True)
     (root / "mnist" / "kept").write_text("the user's")
     with pytest.raises(OSError):
-        with data._removing_new_paths(root):
+        with tfds_source._removing_new_paths(root):
             (root / "downloads" / "x.tmp").mkdir(parents=True)
             (root / "mnist" / "3.0.1.incomplete").mkdir()
             (root / "cifar10.partial").write_text("half")
@@ -527,7 +527,7 @@ def test_failed_download_removes_what_it_created(tmp_path):
 
 @needs_fashion_mnist
 def test_real_fashion_mnist():
-    ds = data.load_dataset(data_config(name="fashion_mnist", dir=str(FASHION_MNIST_DIR), source="local"))
+    ds = datasets.load_dataset(data_config(name="fashion_mnist", dir=str(FASHION_MNIST_DIR), source="local"))
     assert ds.train_images.shape == (60000, 28, 28, 1) and ds.test_images.shape == (10000, 28, 28, 1)
     assert len(ds.train_labels) == 60000 and len(ds.test_labels) == 10000
     np.testing.assert_array_equal(np.bincount(ds.train_labels), np.full(10, 6000))
@@ -544,20 +544,20 @@ def unbalanced_labels() -> np.ndarray:
 
 def test_validation_split_is_stratified_disjoint_and_covering():
     labels = unbalanced_labels()
-    train, val = data.validation_split(labels, 20, seed=0)
+    train, val = holdout.validation_split(labels, 20, seed=0)
     assert len(val) == 20 and len(train) == 80
     np.testing.assert_array_equal(np.sort(np.concatenate([train, val])), np.arange(100))
     np.testing.assert_array_equal(np.bincount(labels[val]), [10, 6, 3, 1])
-    train, val = data.validation_split(labels, 0.25, seed=0)  # 12.5/7.5/3.75/1.25 -> sums to 25
+    train, val = holdout.validation_split(labels, 0.25, seed=0)  # 12.5/7.5/3.75/1.25 -> sums to 25
     assert len(val) == 25
     assert all(abs(k - q) < 1 for k, q in zip(np.bincount(labels[val]), [12.5, 7.5, 3.75, 1.25]))
 
 
 def test_validation_split_is_deterministic_in_seed():
     labels = np.tile(np.arange(10), 50)
-    a = data.validation_split(labels, 100, seed=3)
-    b = data.validation_split(labels, 100, seed=3)
-    c = data.validation_split(labels, 100, seed=4)
+    a = holdout.validation_split(labels, 100, seed=3)
+    b = holdout.validation_split(labels, 100, seed=3)
+    c = holdout.validation_split(labels, 100, seed=4)
     np.testing.assert_array_equal(a[1], b[1])
     assert not np.array_equal(a[1], c[1])
     np.testing.assert_array_equal(np.bincount(labels[a[1]]), np.full(10, 10))
@@ -565,26 +565,26 @@ def test_validation_split_is_deterministic_in_seed():
 
 def test_validation_split_zero_and_errors():
     labels = unbalanced_labels()
-    train, val = data.validation_split(labels, 0, seed=0)
+    train, val = holdout.validation_split(labels, 0, seed=0)
     assert len(val) == 0 and np.array_equal(train, np.arange(100))
     for bad in (-1, 100, 150, 2.5):
         with pytest.raises(ConfigError, match="data.val_size"):
-            data.validation_split(labels, bad, seed=0)
+            holdout.validation_split(labels, bad, seed=0)
 
 
 def test_kfold_is_disjoint_covering_and_stratified():
     labels = unbalanced_labels()
-    folds = data.kfold_indices(labels, 5, seed=0)
+    folds = holdout.kfold_indices(labels, 5, seed=0)
     assert len(folds) == 5
     vals = [val for _, val in folds]
     np.testing.assert_array_equal(np.sort(np.concatenate(vals)), np.arange(100))
     for train, val in folds:
         assert not np.intersect1d(train, val).size and len(train) + len(val) == 100
         np.testing.assert_array_equal(np.bincount(labels[val], minlength=4), [10, 6, 3, 1])
-    again = data.kfold_indices(labels, 5, seed=0)
+    again = holdout.kfold_indices(labels, 5, seed=0)
     assert all(np.array_equal(a[1], b[1]) for a, b in zip(folds, again))
     with pytest.raises(ConfigError, match="num_folds"):
-        data.kfold_indices(labels, 1, seed=0)
+        holdout.kfold_indices(labels, 1, seed=0)
 
 
 # --------------------------------------------------------------------------- normalization
@@ -592,7 +592,7 @@ def test_kfold_is_disjoint_covering_and_stratified():
 
 def test_model_input_matches_numpy_and_traces():
     images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 4, 4, 3), dtype=np.uint8))
-    mean, std = data.normalization_constants((0.49, 0.48, 0.45), (0.25, 0.24, 0.26), 3)
+    mean, std = normalization.normalization_constants((0.49, 0.48, 0.45), (0.25, 0.24, 0.26), 3)
     expected = (np.asarray(images, np.float64) / 255 - mean) / std
     # rtol 1e-5: float32 rounding of a division and a subtraction, against a float64 reference
     np.testing.assert_allclose(splits.to_model_input(images, mean, std), expected, rtol=1e-5, atol=1e-5)
@@ -604,12 +604,12 @@ def test_model_input_matches_numpy_and_traces():
 
 
 def test_normalization_constants_broadcast_and_errors():
-    mean, std = data.normalization_constants(0.5, [0.25], 3)
+    mean, std = normalization.normalization_constants(0.5, [0.25], 3)
     np.testing.assert_array_equal(mean, [0.5, 0.5, 0.5])
     np.testing.assert_array_equal(std, [0.25, 0.25, 0.25])
-    mean, _ = data.normalization_constants((0.5, 0.5, 0.5), 0.5, 1)  # equal values fit 1 channel
+    mean, _ = normalization.normalization_constants((0.5, 0.5, 0.5), 0.5, 1)  # equal values fit 1 channel
     np.testing.assert_array_equal(mean, [0.5])
-    with pytest.raises(ConfigError, match="data.mean has 3 values"):
-        data.normalization_constants((0.49, 0.48, 0.45), 0.5, 1)
+    with pytest.raises(ConfigError, match=r"^data\.mean=\(0\.49, 0\.48, 0\.45\) must have 1 value or one per channel"):
+        normalization.normalization_constants((0.49, 0.48, 0.45), 0.5, 1)
     with pytest.raises(ConfigError, match="data.std"):
-        data.normalization_constants(0.5, (0.2, 0.0, 0.2), 3)
+        normalization.normalization_constants(0.5, (0.2, 0.0, 0.2), 3)

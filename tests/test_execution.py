@@ -11,21 +11,22 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from cifar_jax import config_paths
 from cifar_jax.core import execution
 from cifar_jax.job import train
 from cifar_jax.errors import ConfigError
-from cifar_jax.models import layers
+from cifar_jax.models import conv, patches
 from helpers import assert_close_reassociated, synthetic_splits, tiny_config, train_runs
 
 # ----------------------------------------------------------------------------- rules
 
 
 def test_chunk_length_divides_the_epoch_when_it_can():
-    assert execution._chunk_length(312, 10) == 8  # 312 = 39 x 8: one compiled chunk length
-    assert execution._chunk_length(10000, 10) == 10
-    assert execution._chunk_length(311, 10) == 10  # prime: a remainder chunk compiles once more
-    assert execution._chunk_length(3, 10) == 3
-    assert execution._chunk_length(1, 10) == 1
+    assert execution.chunk_length(312, 10) == 8  # 312 = 39 x 8: one compiled chunk length
+    assert execution.chunk_length(10000, 10) == 10
+    assert execution.chunk_length(311, 10) == 10  # prime: a remainder chunk compiles once more
+    assert execution.chunk_length(3, 10) == 3
+    assert execution.chunk_length(1, 10) == 1
 
 
 def plan_for(config, backend: str, steps_per_epoch: int = 312, step_bytes: int = 21 * 2**20):
@@ -36,11 +37,19 @@ def test_plan_rules_per_backend():
     config = tiny_config()
     cpu, gpu = plan_for(config, "cpu"), plan_for(config, "gpu")
     assert (cpu.conv_impl, cpu.compute_dtype, cpu.steps_per_call) == ("patches", "float32", 8)  # 312 = 39 x 8
-    assert (gpu.conv_impl, gpu.compute_dtype, gpu.steps_per_call, gpu.runs_per_group) == ("xla", "bfloat16", 312, None)
+    # one probe step, then job/chunks.py sizes calls to take CHUNK_SECONDS
+    assert (gpu.conv_impl, gpu.compute_dtype, gpu.steps_per_call, gpu.runs_per_group) == ("xla", "bfloat16", 1, None)
+    assert gpu.chunk_seconds == execution.CHUNK_SECONDS and gpu.policy == "accelerator"
+    config.execution.policy = "accelerator"  # the accelerator's choices on a CPU
+    assert plan_for(config, "cpu").conv_impl == "xla" and plan_for(config, "cpu").policy == "accelerator"
+    config.execution.policy = "auto"
+    # The max pool's one-pass backward rests on XLA:CPU's bit-exact recomputation: CPU only.
+    assert (cpu.compute.pool_backward, gpu.compute.pool_backward) == ("one_pass", "jax")
     config.model.conv_impl = "xla"  # XLA:CPU convolutions are slow inside loop bodies
     assert plan_for(config, "cpu").steps_per_call == 1
     config.execution.steps_per_call = 7
     assert plan_for(config, "cpu", steps_per_epoch=100).steps_per_call == 7
+    assert plan_for(config, "cpu", steps_per_epoch=100).chunk_seconds is None  # asked for: a fixed length
     assert plan_for(config, "tpu", steps_per_epoch=5).steps_per_call == 5
     config.execution.compute_dtype = "float32"
     assert plan_for(config, "gpu").compute_dtype == "float32"
@@ -127,10 +136,9 @@ def test_microbatched_training_equals_the_whole_batch(overrides):
                                           ("execution.compute_dtype", "float16"), ("model.conv_impl", "cudnn")])
 def test_bad_execution_fields_are_refused_by_name(field, value):
     config = tiny_config()
-    section, name = field.split(".")
-    config[section][name] = value
+    config_paths.assign(config, field, value)
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
-        plan_for(config, "cpu")
+        execution.validate(config)
 
 
 def test_residual_bytes_counts_what_the_backward_pass_keeps():
@@ -154,9 +162,9 @@ def test_program_sizes_run_groups_from_its_step_activations():
         groups[name] = train.make_train(config, (32, 32, 3), 10, num_train=1024, backend="cpu").plan.runs_per_group
     assert 8 <= groups["lenet4"] <= 16  # 12 MiB / 0.75-1.5 MiB
     assert groups["lenet128"] == groups["cnn"] == 1
-    config.execution.runs_per_group = -1  # refused when the program is built, before any training
+    config.execution.runs_per_group = -1  # refused by the job's validation pass, before any program is built
     with pytest.raises(ConfigError, match="runs_per_group"):
-        train.make_train(config, (32, 32, 3), 10, num_train=1024)
+        train.setup_runs(config, (32, 32, 3), 10, num_train=1024, abstract=True)
 
 
 # ----------------------------------------------------------------------------- equivalences
@@ -202,7 +210,7 @@ def test_space_to_depth_patches_equal_xla_convolution():
     for h, w, k, c, o, padding, factors in CONV_CASES:
         x = jnp.asarray(rng.normal(size=(2, h, w, c)), jnp.float32)
         kernel = jnp.asarray(rng.normal(size=(k, k, c, o)) / np.sqrt(k * k * c), jnp.float32)
-        pads = layers.explicit_padding(padding, (h, w), (k, k), (1, 1))
+        pads = conv.explicit_padding(padding, (h, w), (k, k), (1, 1))
         cases.append((x, kernel, pads, factors))
 
     def xla_conv(x, kernel, pads):
@@ -222,7 +230,7 @@ def test_space_to_depth_patches_equal_xla_convolution():
         out = []
         for (x, kernel), (_, _, pads, factors) in zip(arrays, cases):
             ref = outputs_and_grads(lambda x, k: xla_conv(x, k, pads), x, kernel)
-            got = [outputs_and_grads(lambda x, k, f=f: layers.conv_patches(x, k, (1, 1), pads, f), x, kernel)
+            got = [outputs_and_grads(lambda x, k, f=f: patches.conv_patches(x, k, (1, 1), pads, f), x, kernel)
                    for f in factors]
             out.append((ref, got))
         return out
@@ -237,10 +245,10 @@ def test_space_to_depth_patches_equal_xla_convolution():
 def test_space_to_depth_factor_choices():
     # LeNet on CIFAR: both convolutions use 2x2 blocks; 3x3 SAME convolutions (the fifth study's
     # CNN) and strided ones use plain patches.
-    assert layers.space_to_depth_factor((5, 5), 3, 6, (28, 28), (1, 1), batch=128) == 2
-    assert layers.space_to_depth_factor((5, 5), 6, 16, (10, 10), (1, 1), batch=128) == 2
-    assert layers.space_to_depth_factor((3, 3), 64, 128, (16, 16), (1, 1), batch=100) == 1
-    assert layers.space_to_depth_factor((3, 3), 3, 64, (16, 16), (2, 2), batch=100) == 1
+    assert patches.space_to_depth_factor((5, 5), 3, 6, (28, 28), (1, 1), batch=128) == 2
+    assert patches.space_to_depth_factor((5, 5), 6, 16, (10, 10), (1, 1), batch=128) == 2
+    assert patches.space_to_depth_factor((3, 3), 64, 128, (16, 16), (1, 1), batch=100) == 1
+    assert patches.space_to_depth_factor((3, 3), 3, 64, (16, 16), (2, 2), batch=100) == 1
 
 
 def test_fast_training_paths_equal_the_plain_path():

@@ -26,7 +26,7 @@ from cifar_jax.core import metrics
 from cifar_jax.errors import ConfigError
 from cifar_jax.models import create_model, validate_model_config
 from cifar_jax.models import block as block_lib
-from cifar_jax.models import layers
+from cifar_jax.models import conv, layers, pooling, stage_form
 from cifar_jax.models.layers import DropoutRate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -203,7 +203,7 @@ def test_conv_impls_agree():
     for k, strides, padding in CONV_CASES:
         params = {"kernel": jnp.asarray(rng.randn(k, k, 3, 5), jnp.float32),
                   "bias": jnp.asarray(rng.randn(5), jnp.float32)}
-        defs = {impl: nnx.split(nnx.eval_shape(lambda impl=impl: layers.Conv2d(
+        defs = {impl: nnx.split(nnx.eval_shape(lambda impl=impl: conv.Conv2d(
             3, 5, k, strides=strides, padding=padding, impl=impl, rngs=nnx.Rngs(0))))
             for impl in ("xla", "patches")}
         cases.append((params, defs, (k, strides, padding)))
@@ -228,7 +228,7 @@ def test_conv_impls_agree():
     results = run([c[0] for c in cases], x)
     for (params, _, (k, strides, padding)), res in zip(cases, results):
         (y1, g1), (y2, g2) = res["xla"], res["patches"]
-        pads = layers.explicit_padding(padding, (9, 8), (k, k), (strides, strides))
+        pads = conv.explicit_padding(padding, (9, 8), (k, k), (strides, strides))
         ref = jax.lax.conv_general_dilated(x, params["kernel"], (strides, strides), pads,
                                            dimension_numbers=("NHWC", "HWIO", "NHWC")) + params["bias"]
         for actual, expected in [(y1, ref), (y2, y1), *zip(jax.tree.leaves(g2), jax.tree.leaves(g1))]:
@@ -237,9 +237,9 @@ def test_conv_impls_agree():
 
 def test_conv_output_size_and_torch_padding():
     # PyTorch Conv2d(k=3, stride=2, padding=1) on 32 -> 16; VALID 5x5 on 32 -> 28; SAME stride 2 on 9 -> 5.
-    assert layers.conv_output_size(32, 3, 2, 1) == 16
-    assert layers.conv_output_size(32, 5, 1, "VALID") == 28
-    assert layers.conv_output_size(9, 3, 2, "SAME") == 5
+    assert conv.conv_output_size(32, 3, 2, 1) == 16
+    assert conv.conv_output_size(32, 5, 1, "VALID") == 28
+    assert conv.conv_output_size(9, 3, 2, "SAME") == 5
 
 
 def test_compute_refuses_unknown_choices():
@@ -435,8 +435,8 @@ def test_init_schemes_std():
     def draw():
         out = {}
         for i, scheme in enumerate(layers.INIT_SCHEMES):
-            conv = layers.Conv2d(cin, cout, k, init=scheme, rngs=rbg_rngs(i))
-            out[scheme] = (conv.kernel[...], conv.bias[...])
+            layer = conv.Conv2d(cin, cout, k, init=scheme, rngs=rbg_rngs(i))
+            out[scheme] = (layer.kernel[...], layer.bias[...])
         return out
 
     fan_in, fan_out = k * k * cin, k * k * cout
@@ -530,7 +530,7 @@ def test_block_fused_branches_equal_separate_branches():
             sl = slice(4 * b, 4 * (b + 1))
             z = jax.lax.conv_general_dilated(x, kernel[..., sl], (1, 1), "SAME",
                                              dimension_numbers=("NHWC", "HWIO", "NHWC")) + bias[sl]
-            z = layers.pool2d(jax.nn.relu(z), "max", 2)
+            z = pooling.pool2d(jax.nn.relu(z), "max", 2)
             ref = ref + gate[:, b, None, None, None] * z
         return blk(x), ref / jnp.sqrt(1 + 1e-5)  # eval mode: running mean 0, var 1
 
@@ -581,7 +581,7 @@ def test_small_block_cnn_runs():
 
 @jax.jit
 def _pools(x):
-    return {kind: layers.pool2d(x, kind, 2) for kind in layers.POOLS}
+    return {kind: pooling.pool2d(x, kind, 2) for kind in layers.POOLS}
 
 
 def test_pooling_matches_pytorch_definitions():
@@ -594,7 +594,7 @@ def test_pooling_matches_pytorch_definitions():
     np.testing.assert_allclose(pools["lp"][..., 0], np.sqrt((xs ** 2).sum(axis=(2, 4))), rtol=1e-6)
     np.testing.assert_array_equal(pools["none"], x)
     # LP pooling has a finite (zero) gradient on an all-zero window, like PyTorch after a ReLU.
-    g = jax.grad(lambda z: layers.pool2d(z, "lp", 2).sum())(jnp.zeros((1, 2, 2, 1)))
+    g = jax.grad(lambda z: pooling.pool2d(z, "lp", 2).sum())(jnp.zeros((1, 2, 2, 1)))
     np.testing.assert_array_equal(g, 0.0)
 
 
@@ -605,10 +605,35 @@ def test_window_max_has_jax_gradient_with_ties(axes, shape):
     x = jax.random.normal(jax.random.key(0), shape)
     x = x.at[0].set(0.25)  # the first example's windows are all ties
     g = jax.random.normal(jax.random.key(1), jnp.max(x, axis=axes).shape)
-    ours, ours_vjp = jax.vjp(lambda z: layers.window_max(z, axes, exact_input=True), x)
+    ours, ours_vjp = jax.vjp(lambda z: pooling.window_max(z, axes, one_pass=True), x)
     ref, ref_vjp = jax.vjp(lambda z: jnp.max(z, axis=axes), x)
     np.testing.assert_array_equal(ours, ref)
     np.testing.assert_allclose(ours_vjp(g)[0], ref_vjp(g)[0], rtol=1e-6, atol=1e-7)
+
+
+def test_window_max_one_pass_backward_never_divides_by_zero():
+    """Where the backward's input differs from the forward's (a fusion rounding it differently),
+    a window's maximum matches no position: that window passes no gradient, never inf or NaN."""
+    x = jax.random.normal(jax.random.key(0), (2, 3, 3, 4, 5))
+    y = jnp.max(x, axis=3) + 1.0  # no position equals this "maximum"
+    (grad,) = pooling._window_max_bwd((3,), (x, y), jnp.ones_like(y))
+    np.testing.assert_array_equal(grad, 0.0)
+
+
+@pytest.mark.parametrize("pool_backward, batch_norm, activation, dtype, one_pass", [
+    ("one_pass", False, "relu", "float32", True),
+    ("jax", False, "relu", "float32", False),  # not CPU: JAX's own gradient whatever the model
+    ("one_pass", True, "relu", "float32", False),  # batch norm: not recomputed bit for bit
+    ("one_pass", False, "tanh", "float32", False),
+    ("one_pass", False, "relu", "bfloat16", False),
+])
+def test_stage_form_takes_the_one_pass_max_only_where_plan_and_input_allow(pool_backward, batch_norm, activation,
+                                                                        dtype, one_pass):
+    c = conv.Conv2d(3, 4, 3, rngs=nnx.Rngs(0), impl="patches", dtype=dtype)
+    form = stage_form.stage_form(c, (8, 12, 12, 3), batch_norm=batch_norm, activation=activation, dropout=False,
+                                 pool="max", pool_size=2, compute=layers.Compute("patches", dtype, pool_backward))
+    assert form.one_pass_max == one_pass
+    assert form.dead_after_pool == (activation == "relu")  # the 10x10 map is whole 2x2 windows
 
 
 def test_activations():

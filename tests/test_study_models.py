@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from cifar_jax import models
-from cifar_jax.data.datasets import IMAGE_SHAPES
+from cifar_jax.data.catalog import IMAGE_SHAPES
 from configs import study_models
 
 NAMES = list(study_models.MODELS)

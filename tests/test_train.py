@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from cifar_jax import config_paths
 from cifar_jax.job import evaluation
 from cifar_jax.job import results
 from cifar_jax.core import runs
@@ -165,8 +166,8 @@ def test_init_from_starts_from_another_runs_final_weights(tmp_path):
 
     train.train_and_evaluate(fold_job(0), str(tmp_path / "fold0"))
     chained = fold_job(1, init_from="../fold0")
-    splits = validation.load_checked_splits(chained)
-    setup = train.setup_runs(chained, splits.image_shape, len(splits.class_names), splits.num_train)
+    splits, grid = validation.load_checked_splits(chained)
+    setup = train.setup_runs(chained, splits.image_shape, len(splits.class_names), splits.num_train, grid=grid)
     start = train._initial_state(setup, chained, str(tmp_path / "fold1"))
     _, trained, _ = Checkpoints(str(tmp_path / "fold0"), keep=1, best_metric="val_accuracy").restore(
         setup.checkpoint_like(), num_runs=setup.num_runs)
@@ -237,6 +238,21 @@ def test_dropout_rate_grid_builds_dropout_layers_and_rejects_models_without_them
         train.make_train(config, splits.image_shape, 10, 256)
 
 
+def test_setup_runs_trusts_the_checked_config_it_is_given(monkeypatch):
+    """One validation pass per job: given the grid `validate_config` built, setting up the runs
+    neither re-validates the config, nor rebuilds the grid, nor re-checks the execution fields."""
+    from cifar_jax.core import execution
+    from cifar_jax.job import validation
+
+    config = tiny_config()
+    grid = validation.validate_config(config, (12, 12, 1), 10, 256)
+    repeated = []
+    for module, name in ((validation, "validate_config"), (runs, "make_run_grid"), (execution, "validate")):
+        monkeypatch.setattr(module, name, lambda *args, name=name, **kwargs: repeated.append(name))
+    setup = train.setup_runs(config, (12, 12, 1), 10, 256, grid=grid, abstract=True)
+    assert setup.grid is grid and not repeated, repeated
+
+
 def test_grid_values_get_the_config_checks():
     config = tiny_config()
     config.hparam_grid.learning_rate = (0.1, -1.0)
@@ -275,8 +291,7 @@ def test_bad_static_fields_leave_the_workdir_untouched_and_the_fix_runs(tmp_path
     for field, value in STATIC_TYPOS:
         config = small_test_config()
         config.optim.schedule = "warmup_cosine" if field == "optim.warmup_epochs" else config.optim.schedule
-        section, name = field.split(".")
-        config[section][name] = value
+        config_paths.assign(config, field, value)
         with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
             train.train_and_evaluate(config, workdir)
         assert not os.path.exists(workdir), field
@@ -351,11 +366,11 @@ def test_dropout_and_max_pool_train_finite_on_real_images(batch_norm):
     """The fifth study's CNN (batch norm, dropout, max pool) on 1,000 Fashion-MNIST images, and
     the same without batch norm (the pool's one-pass backward): every step stays finite. That
     backward used after batch norm diverged here in the first steps: XLA rounds the batch-normed
-    input differently in the fusions that count and that select the maxima (layers.window_max)."""
+    input differently in the fusions that count and that select the maxima (models.pooling.window_max)."""
     from configs import cnn_bn_dropout
-    from cifar_jax.data import datasets as data
+    from cifar_jax.data import local_files
 
-    dataset = data.load_local("fashion_mnist", FASHION_MNIST)
+    dataset = local_files.load_local("fashion_mnist", FASHION_MNIST)
     images, labels = jnp.asarray(dataset.train_images[:1000]), jnp.asarray(dataset.train_labels[:1000])
     config = cnn_bn_dropout.get_config()
     config.num_seeds, config.batch_size, config.execution.steps_per_call = 1, 50, 1

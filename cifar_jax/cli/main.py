@@ -233,7 +233,8 @@ def dispatch(config: ml_collections.ConfigDict, workdir: str, mode: str) -> Any:
     from cifar_jax.job import train
 
     workdir_lib.check_local(workdir)
-    execution.initialize_distributed(config)  # before anything touches a JAX backend
+    execution.apply_xla_flags(config)  # before anything touches a JAX backend
+    execution.initialize_distributed(config)
     execution.enable_compilation_cache(workdir)
     if mode == "sweep":  # several workers may share a sweep's workdir: each group is locked instead
         return sweep.run_sweep(config, workdir)

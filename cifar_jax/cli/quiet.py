@@ -10,7 +10,7 @@ import logging
 import os
 import re
 
-from cifar_jax.data import datasets
+from cifar_jax.data import tfds_source
 
 # Set only where the user has not set them: an explicit environment always wins.
 QUIET_ENV = {
@@ -28,7 +28,7 @@ QUIET_LOGGERS = {"tensorflow": logging.ERROR, "absl": logging.ERROR, "jax._src.x
                  "asyncio": logging.CRITICAL}
 VERBOSE_LEVEL = 1
 
-active = False  # whether `configure` silenced the libraries (read by data.load_tfds for TFDS's bars)
+active = False  # whether `configure` silenced the libraries (read by data.tfds_source for TFDS's bars)
 
 
 def requested_verbosity(argv: list[str]) -> int:
@@ -53,6 +53,6 @@ def configure(argv: list[str]) -> bool:
         os.environ.setdefault(name, value)
     for name, level in QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(level)
-    datasets.tfds_progress_bars = False  # redrawn for minutes on a download
+    tfds_source.tfds_progress_bars = False  # redrawn for minutes on a download
     active = True
     return True

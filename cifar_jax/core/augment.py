@@ -45,6 +45,7 @@ import dm_pix as pix
 import jax
 import jax.numpy as jnp
 
+from cifar_jax import checks
 from cifar_jax.errors import ConfigError
 
 CROP_MODES = ("zero", "reflect")
@@ -324,23 +325,11 @@ def mixup(
 
 
 def _nonnegative(augment_config, field: str) -> float:
-    value = getattr(augment_config, field)
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"config.augment.{field} must be a number; got {value!r}") from None
-    if not value >= 0:  # also rejects NaN
-        raise ConfigError(f"config.augment.{field} must be >= 0 (0 = off); got {value}")
-    return value
+    return checks.finite(f"augment.{field}", getattr(augment_config, field), low=0, hint="0 = off")
 
 
 def _nonnegative_int(augment_config, field: str) -> int:
-    value = getattr(augment_config, field)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(
-            f"config.augment.{field} must be an integer >= 0 (0 = off); got {value!r}"
-        )
-    return value
+    return checks.whole(f"augment.{field}", getattr(augment_config, field), low=0, hint="0 = off")
 
 
 def check_config(augment_config) -> dict[str, Any]:
@@ -351,16 +340,10 @@ def check_config(augment_config) -> dict[str, Any]:
         "flip": bool(augment_config.flip),
         "mixup_alpha": _nonnegative(augment_config, "mixup_alpha"),
     }
-    mode = augment_config.crop_mode
-    if mode not in CROP_MODES:
-        raise ConfigError(
-            f"config.augment.crop_mode must be one of {', '.join(CROP_MODES)}; got {mode!r}"
-        )
-    settings["crop_mode"] = mode
+    settings["crop_mode"] = checks.one_of("augment.crop_mode", augment_config.crop_mode, CROP_MODES)
     for field in TRACEABLE_STRENGTHS:
         settings[field] = _nonnegative(augment_config, field)
-    if settings["hue"] > 0.5:
-        raise ConfigError(f"config.augment.hue must be in [0, 0.5]; got {settings['hue']}")
+    checks.finite("augment.hue", settings["hue"], high=0.5)
     return settings
 
 
@@ -386,10 +369,8 @@ def augment_batch(
     padding = settings["crop_padding"]
     if padding:
         if settings["crop_mode"] == "reflect" and padding >= min(images.shape[1:3]):
-            raise ConfigError(
-                f"config.augment.crop_padding must be smaller than the image for reflect padding; "
-                f"got {padding} for {images.shape[1]}x{images.shape[2]} images"
-            )
+            raise checks.fail("augment.crop_padding", padding, f"must be smaller than the {images.shape[1]}x"
+                              f"{images.shape[2]} images for crop_mode='reflect'", "lower it or use crop_mode='zero'")
         images = random_crop(k_crop, images, padding, settings["crop_mode"])
     if settings["flip"]:
         images = random_flip(k_flip, images)
@@ -398,9 +379,8 @@ def augment_batch(
     jitter = ("brightness", "contrast", "saturation", "hue")
     if any(settings[f] for f in jitter):
         if images.shape[-1] not in (1, 3):
-            raise ConfigError(
-                f"config.augment color jitter needs 1 or 3 channels; got {images.shape[-1]}"
-            )
+            raise ConfigError(f"augment.brightness/contrast/saturation/hue (color jitter) need images of 1 or 3 "
+                              f"channels, not {images.shape[-1]}; set them to 0")
         # Ops that are off in the config get strength 0 (skipped exactly), even if in hparams.
         images = color_jitter(
             k_jitter, images, *(strength[f] if settings[f] else 0.0 for f in jitter)

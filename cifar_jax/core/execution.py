@@ -10,8 +10,10 @@ choice                                 CPU (2-core AVX2 machine)  GPU / TPU
 =====================================  =========================  ================================
 `model.conv_impl` (auto)               patches (im2col x matmul,  xla (cuDNN / TPU convolutions)
                                        space-to-depth blocks)
-`execution.steps_per_call` (0 = auto)  a `lax.scan` chunk of ~10  the whole epoch in one scan
-                                       steps (1 with XLA convs)
+`execution.steps_per_call` (0 = auto)  a `lax.scan` chunk of ~10  1 step, then a chunk sized to
+                                       steps (1 with XLA convs):  take ~`CHUNK_SECONDS` from the
+                                       fixed, so that a resume    first call's time (job/chunks.py)
+                                       runs the same programs
 `execution.runs_per_group` (0 = auto)  runs whose activations     all runs in one vmap
                                        fit 12 MiB per step (LeNet
                                        b4: 11, b128: 1; CNN: 1)
@@ -23,6 +25,9 @@ choice                                 CPU (2-core AVX2 machine)  GPU / TPU
                                        or dropout: 1)
 `execution.compute_dtype` (auto)       float32                    bfloat16 matmuls/convs,
                                                                   float32 parameters, BN, loss
+max-pool backward (not configurable)   one pass, if the pool's    JAX's own max gradient
+                                       input is recomputed bit
+                                       for bit (`stage_form`)
 buffer donation                        on (state and sums)        on
 compilation cache                      `enable_compilation_cache`, the same on every backend
 =====================================  =========================  ================================
@@ -50,10 +55,15 @@ from jax.sharding import PartitionSpec as P
 
 from cifar_jax import checks
 from cifar_jax.errors import CifarJaxError, ConfigError
+from cifar_jax.models.layers import Compute
 
 # Target length of a scanned chunk of training steps on CPU: long enough to amortise dispatch
 # (~0.1-0.3 ms per call), short enough that progress and interruption stay responsive.
 CPU_STEPS_PER_CALL = 10
+# What one call of training steps should take when its length is automatic on an accelerator:
+# progress lines, periodic checkpoints and a stop request (SIGTERM) act between calls, so a stop
+# waits for at most two calls (job/chunks.py); a few seconds amortise dispatch on any device.
+CHUNK_SECONDS = 2.0
 # Activations (VJP residuals) one vmapped training step may keep on CPU: runs are mapped in groups
 # of as many as fit, one group at a time. Measured (8 LeNet seeds, scripts/benchmark.py's group
 # candidates, quiet 2-core EPYC): the fastest group kept 8-12 MiB of activations in every batch
@@ -64,6 +74,9 @@ CPU_STEP_BYTES_PER_GROUP = 12 * 2**20
 
 _CACHE_ENV = "CIFAR_JAX_CACHE_DIR"
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
+# `execution.policy`: whose automatic choices apply. "accelerator" on a CPU runs the GPU/TPU
+# choices there (tests of the accelerator path on a machine without one).
+POLICIES = ("auto", "cpu", "accelerator")
 RUNS_AXIS = "runs"
 CONV_IMPLS = ("auto", "xla", "patches")
 
@@ -79,6 +92,13 @@ class ExecutionPlan:
     runs_per_group: int | None  # runs vmapped together per step on each device (None: all)
     mesh: Mesh | None = None  # 1-D ('runs',) over every device of every process; None: one device
     microbatches: int = 1  # equal slices of a batch whose gradients are computed one after another
+    policy: str = "cpu"  # whose automatic choices were made: 'cpu' | 'accelerator'
+    chunk_seconds: float | None = None  # steps_per_call re-sized to take this long (job/chunks.py); None: fixed
+    eval_batch_size: int | None = None  # evaluation examples per batch, sized to memory; None: the config's
+    memory: Any = None  # memory.RunMemory of one run, where measured (accelerators)
+    # 'one_pass': max pools may use their one-pass backward, whose exactness was only verified on
+    # XLA:CPU (`models.pooling.window_max`); 'jax': JAX's own max gradient, on every other backend.
+    pool_backward: str = "jax"
 
     @property
     def num_devices(self) -> int:
@@ -88,6 +108,11 @@ class ExecutionPlan:
         """Runs the program trains: `num_runs` rounded up to a multiple of the device count (the
         padding runs are trained and dropped, never reported or checkpointed)."""
         return -(-num_runs // self.num_devices) * self.num_devices
+
+    @property
+    def compute(self) -> Compute:
+        """How the models of this program compute (`models.layers.Compute`)."""
+        return Compute(self.conv_impl, self.compute_dtype, self.pool_backward)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -99,6 +124,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         lambda: checks.choice(config, "execution.compute_dtype", COMPUTE_DTYPES),
         lambda: "stop_grace_s" not in config.execution  # absent from workdirs of earlier versions
         or checks.number(config, "execution.stop_grace_s", low=0, hint="seconds; 0 never forces an exit"),
+        # Fields newer than some workdirs' config.json: checked where present.
+        lambda: "policy" not in config.execution or checks.choice(config, "execution.policy", POLICIES),
+        lambda: "memory_limit_bytes" not in config.execution or checks.integer(
+            config, "execution.memory_limit_bytes", low=0, hint="0 takes the device's own limit"),
         lambda: checks.choice(config, "model.conv_impl", CONV_IMPLS),
     )
 
@@ -116,23 +145,73 @@ def plan(config: ml_collections.ConfigDict, *, steps_per_epoch: int, step_bytes:
     """The execution plan of one program on `backend` (default: JAX's) over `devices` (default:
     all). `step_bytes(plan)` gives the activations one run's step keeps for backward on the whole
     batch; `batch_separable(plan)` whether the model's examples never interact (`batch_separable`).
-    Both are only called when a CPU choice is made automatically, or to check a requested one."""
-    validate(config)
+    Both are only called when a CPU choice is made automatically, or to check a requested one.
+    The config's execution fields have passed `validate` (the job's one validation pass)."""
     backend = backend or jax.default_backend()
+    policy = resolved_policy(config, backend)
     conv = config.model.conv_impl
-    conv = ("patches" if backend == "cpu" else "xla") if conv == "auto" else conv
+    conv = ("patches" if policy == "cpu" else "xla") if conv == "auto" else conv
     dtype = config.execution.compute_dtype
-    dtype = ("float32" if backend == "cpu" else "bfloat16") if dtype == "auto" else dtype
-    provisional = ExecutionPlan(backend, conv, dtype, _steps_per_call(config, steps_per_epoch, backend, conv), None,
-                                runs_mesh(devices))
+    dtype = ("float32" if policy == "cpu" else "bfloat16") if dtype == "auto" else dtype
+    provisional = ExecutionPlan(backend, conv, dtype, _steps_per_call(config, steps_per_epoch, policy, conv), None,
+                                runs_mesh(devices), policy=policy,
+                                chunk_seconds=None if int(config.execution.steps_per_call) or policy == "cpu"
+                                else CHUNK_SECONDS,
+                                pool_backward="one_pass" if backend == "cpu" else "jax")
     whole_batch_bytes = functools.cache(lambda: int(step_bytes(provisional)))  # traced once, if at all
-    microbatches = _microbatches(config, backend, provisional, lambda _: whole_batch_bytes(), batch_separable)
+    microbatches = _microbatches(config, policy, provisional, lambda _: whole_batch_bytes(), batch_separable)
     with_microbatches = dataclasses.replace(provisional, microbatches=microbatches)
     return dataclasses.replace(with_microbatches, runs_per_group=_runs_per_group(
-        config, backend, with_microbatches, lambda _: whole_batch_bytes() // microbatches))
+        config, policy, with_microbatches, lambda _: whole_batch_bytes() // microbatches))
 
 
-def _chunk_length(steps_per_epoch: int, target: int) -> int:
+def plan_record(plan: ExecutionPlan) -> dict[str, Any]:
+    """What data.json and results.json record of how the runs were computed: a resume or a
+    comparison can then tell a bfloat16 GPU run from a float32 CPU one."""
+    device = (jax.devices() if plan.mesh is None else list(plan.mesh.devices.flat))[0]
+    return {"backend": plan.backend, "device_kind": device.device_kind, "device_count": plan.num_devices,
+            "policy": plan.policy, "compute_dtype": plan.compute_dtype, "matmul_precision": matmul_precision(plan),
+            "conv_impl": plan.conv_impl, "runs_per_group": plan.runs_per_group, "microbatches": plan.microbatches,
+            "eval_batch_size": plan.eval_batch_size, "deterministic": "--xla_gpu_deterministic_ops=true" in
+            os.environ.get("XLA_FLAGS", "")}
+
+
+def matmul_precision(plan: ExecutionPlan) -> str | None:
+    """'highest' where float32 must mean float32 on an accelerator (GPUs use TF32 and TPUs one
+    bfloat16 pass for float32 matmuls by default); None: JAX's default (exact float32 on CPU)."""
+    return "highest" if plan.compute_dtype == "float32" and plan.policy == "accelerator" else None
+
+
+def with_precision(fn: Callable[..., Any], plan: ExecutionPlan) -> Callable[..., Any]:
+    """`fn` traced under the plan's matmul precision (`matmul_precision`)."""
+    precision = matmul_precision(plan)
+    if precision is None:
+        return fn
+
+    @functools.wraps(fn)
+    def precise(*args, **kwargs):
+        with jax.default_matmul_precision(precision):
+            return fn(*args, **kwargs)
+    return precise
+
+
+def apply_xla_flags(config: ml_collections.ConfigDict) -> None:
+    """`execution.deterministic`: XLA's deterministic GPU kernels (no atomics in reductions and
+    scatters, fixed cuDNN algorithms), so a repeated or resumed GPU run gives identical numbers.
+    Must run before anything touches a JAX backend, which reads XLA_FLAGS once."""
+    flag = "--xla_gpu_deterministic_ops=true"
+    flags = os.environ.get("XLA_FLAGS", "")
+    if config.execution.get("deterministic", False) and flag not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} {flag}".strip()
+
+
+def resolved_policy(config: ml_collections.ConfigDict, backend: str) -> str:
+    """'cpu' or 'accelerator': `execution.policy`, where auto follows the backend."""
+    policy = config.execution.get("policy", "auto")
+    return ("cpu" if backend == "cpu" else "accelerator") if policy == "auto" else policy
+
+
+def chunk_length(steps_per_epoch: int, target: int) -> int:
     """The largest divisor of `steps_per_epoch` in [target/2, target], else `target`: an epoch is
     then whole chunks of one length (one compiled program) whenever such a divisor exists."""
     target = max(1, min(target, steps_per_epoch))
@@ -142,31 +221,32 @@ def _chunk_length(steps_per_epoch: int, target: int) -> int:
     return target
 
 
-def _steps_per_call(config: ml_collections.ConfigDict, steps_per_epoch: int, backend: str, conv_impl: str) -> int:
-    """Auto (0): the whole epoch in one `lax.scan` on accelerators; on CPU a chunk of
+def _steps_per_call(config: ml_collections.ConfigDict, steps_per_epoch: int, policy: str, conv_impl: str) -> int:
+    """Auto (0): the first call's length, which job/chunks.py re-sizes from its time. On
+    accelerators 1 step (a probe; then up to the whole epoch in one `lax.scan`); on CPU a chunk of
     ~`CPU_STEPS_PER_CALL` steps, or 1 bare step per call when the model uses XLA's convolutions,
     which XLA:CPU runs several times slower inside loop bodies."""
     requested = int(config.execution.steps_per_call)
     if requested:
         return min(requested, steps_per_epoch)
-    if backend != "cpu":
-        return steps_per_epoch
-    return 1 if conv_impl == "xla" else _chunk_length(steps_per_epoch, CPU_STEPS_PER_CALL)
+    if policy != "cpu" or conv_impl == "xla":
+        return 1
+    return chunk_length(steps_per_epoch, CPU_STEPS_PER_CALL)
 
 
-def _runs_per_group(config: ml_collections.ConfigDict, backend: str, provisional: ExecutionPlan,
+def _runs_per_group(config: ml_collections.ConfigDict, policy: str, provisional: ExecutionPlan,
                     step_bytes: Callable[[ExecutionPlan], int]) -> int | None:
     """Auto (0): all runs on accelerators; on CPU as many runs as fit `CPU_STEP_BYTES_PER_GROUP`
     of activations kept for the backward pass."""
     requested = int(config.execution.runs_per_group)
     if requested:
         return requested
-    if backend != "cpu":
+    if policy != "cpu":
         return None
     return max(1, CPU_STEP_BYTES_PER_GROUP // max(int(step_bytes(provisional)), 1))
 
 
-def _microbatches(config: ml_collections.ConfigDict, backend: str, provisional: ExecutionPlan,
+def _microbatches(config: ml_collections.ConfigDict, policy: str, provisional: ExecutionPlan,
                   step_bytes: Callable[[ExecutionPlan], int], batch_separable: Callable[[ExecutionPlan], bool]) -> int:
     """Auto (0): on CPU, the fewest equal slices of the batch whose activations fit
     `CPU_STEP_BYTES_PER_GROUP`, for a model whose examples never interact (the gradients then sum
@@ -183,7 +263,7 @@ def _microbatches(config: ml_collections.ConfigDict, backend: str, provisional: 
                               f"but this one has batch norm or dropout; use 1, or 0 to pick automatically")
     if requested:
         return requested
-    if backend != "cpu" or not batch_separable(provisional):
+    if policy != "cpu" or not batch_separable(provisional):
         return 1
     needed = -(-int(step_bytes(provisional)) // CPU_STEP_BYTES_PER_GROUP)
     return next(m for m in range(max(needed, 1), batch_size + 1) if batch_size % m == 0)

@@ -56,16 +56,13 @@ remaining steps:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from cifar_jax import checks
-from cifar_jax.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 WEIGHT_DECAY_MODES = ("coupled", "decoupled")
@@ -86,30 +83,12 @@ ONE_CYCLE_FINAL_DIV = 1e4
 OPTIM_HPARAMS = ("learning_rate", "weight_decay", "momentum")
 
 
-def _number(value: Any, field: str) -> float:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{field} must be a number; got {value!r}") from None
-    if not math.isfinite(out):
-        raise ConfigError(f"{field} must be finite; got {value!r}")
-    return out
-
-
-def _choice(value: Any, field: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ConfigError(f"{field} must be one of {', '.join(choices)}; got {value!r}")
-    return value
-
-
 def _check_lengths(steps_per_epoch: int, num_epochs: int) -> tuple[int, int]:
     if int(steps_per_epoch) != steps_per_epoch or steps_per_epoch < 1:
-        raise ConfigError(
-            f"steps per epoch must be a positive integer (is config.batch_size larger than the "
-            f"training set?); got {steps_per_epoch!r}"
-        )
+        raise checks.fail("steps per epoch", steps_per_epoch, "must be an integer >= 1",
+                          "is batch_size larger than the training set?")
     if int(num_epochs) != num_epochs or num_epochs < 1:
-        raise ConfigError(f"config.num_epochs must be a positive integer; got {num_epochs!r}")
+        raise checks.fail("num_epochs", num_epochs, "must be an integer >= 1")
     return int(steps_per_epoch), int(num_epochs)
 
 
@@ -118,15 +97,13 @@ def make_schedule(
 ) -> Callable[[jax.typing.ArrayLike], jax.Array]:
     """The learning-rate shape (peak 1) as a function of the step count; see the module doc."""
     steps_per_epoch, num_epochs = _check_lengths(steps_per_epoch, num_epochs)
-    name = _choice(optim_config.schedule, "config.optim.schedule", SCHEDULES)
+    name = checks.one_of("optim.schedule", optim_config.schedule, SCHEDULES)
     total = steps_per_epoch * num_epochs
-    warmup_epochs = _number(optim_config.warmup_epochs, "config.optim.warmup_epochs")
+    warmup_epochs = checks.finite("optim.warmup_epochs", optim_config.warmup_epochs, low=0)
     warmup = round(warmup_epochs * steps_per_epoch)
-    if warmup_epochs < 0 or warmup >= total:
-        raise ConfigError(
-            f"config.optim.warmup_epochs must be in [0, num_epochs={num_epochs}) and shorter than "
-            f"the run in steps; got {warmup_epochs}"
-        )
+    if warmup >= total:
+        raise checks.fail("optim.warmup_epochs", warmup_epochs, f"must be shorter than the run ({num_epochs} "
+                          f"epochs of {steps_per_epoch} steps)")
 
     if name == "one_cycle":
         # optax.cosine_onecycle_schedule's curve, with the peak at exactly `warmup` steps (it
@@ -146,17 +123,13 @@ def make_schedule(
     elif name == "linear":
         main = optax.linear_schedule(1.0, 0.0, decay_steps)
     else:  # step
-        factor = _number(optim_config.step_factor, "config.optim.step_factor")
-        if factor <= 0:
-            raise ConfigError(f"config.optim.step_factor must be > 0; got {factor}")
+        factor = checks.finite("optim.step_factor", optim_config.step_factor, above=0)
         epochs = optim_config.step_epochs
         if isinstance(epochs, (int, float)):
             epochs = (epochs,)
-        epochs = [_number(e, "config.optim.step_epochs") for e in epochs]
+        epochs = [checks.finite("optim.step_epochs", e) for e in epochs]
         if any(e <= 0 for e in epochs) or any(b <= a for a, b in zip(epochs, epochs[1:])):
-            raise ConfigError(
-                f"config.optim.step_epochs must be positive and increasing; got {tuple(epochs)}"
-            )
+            raise checks.fail("optim.step_epochs", tuple(epochs), "must be positive and increasing")
         scales: dict[int, float] = {}
         for e in epochs:  # boundaries relative to the end of the warmup, as `main` sees them
             boundary = round(e * steps_per_epoch) - warmup
@@ -175,16 +148,12 @@ def _kernel_mask(params):
 
 def _static_choices(optim_config) -> tuple[str, str, bool, float]:
     """(optimizer, weight-decay mode, nesterov, clip norm), validated."""
-    name = _choice(optim_config.name, "config.optim.name", OPTIMIZERS)
-    mode = _choice(
-        optim_config.weight_decay_mode, "config.optim.weight_decay_mode", WEIGHT_DECAY_MODES
-    )
+    name = checks.one_of("optim.name", optim_config.name, OPTIMIZERS)
+    mode = checks.one_of("optim.weight_decay_mode", optim_config.weight_decay_mode, WEIGHT_DECAY_MODES)
     nesterov = bool(optim_config.nesterov)
     if nesterov and name != "sgd":
-        raise ConfigError(f"config.optim.nesterov applies to sgd only; got optimizer {name!r}")
-    clip = _number(optim_config.grad_clip_norm, "config.optim.grad_clip_norm")
-    if clip < 0:
-        raise ConfigError(f"config.optim.grad_clip_norm must be >= 0 (0 = off); got {clip}")
+        raise checks.fail("optim.nesterov", True, f"applies to sgd only, not optim.name={name!r}")
+    clip = checks.finite("optim.grad_clip_norm", optim_config.grad_clip_norm, low=0, hint="0 = off")
     return name, mode, nesterov, clip
 
 
@@ -219,7 +188,7 @@ def make_optimizer(
         if key in hparams:
             value = hparams[key]
         else:
-            value = _number(getattr(optim_config, key), f"config.optim.{key}")
+            value = checks.finite(f"optim.{key}", getattr(optim_config, key))
         values[key] = jnp.asarray(value, jnp.float32)
     base_lr = values["learning_rate"]
 

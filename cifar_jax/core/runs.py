@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cifar_jax import checks
-from cifar_jax.data import datasets as data
+from cifar_jax import checks, config_paths
+from cifar_jax.data.normalization import normalization_constants
 from cifar_jax.errors import ConfigError
 
 # Hyperparameters that are inputs of the compiled program (one value per run), not constants,
@@ -89,17 +89,13 @@ def traced_values(config: ml_collections.ConfigDict) -> dict[str, float]:
 
 def run_hparams(config: ml_collections.ConfigDict, num_channels: int) -> dict[str, Any]:
     """A run's traced inputs: the hyperparameters plus the normalization constants."""
-    mean, std = data.normalization_constants(config.data.mean, config.data.std, num_channels)
+    mean, std = normalization_constants(config.data.mean, config.data.std, num_channels)
     return {**traced_values(config), "mean": mean, "std": std}
 
 
 def with_setting(config: ml_collections.ConfigDict, setting: dict[str, float]) -> ml_collections.ConfigDict:
     """The config with one grid setting written into the fields it overrides."""
-    config = config.copy_and_resolve_references()
-    for name, value in setting.items():
-        section, field = TRACED_HPARAMS[name].split(".")
-        config[section][field] = float(value)
-    return config
+    return config_paths.with_values(config, {TRACED_HPARAMS[name]: float(value) for name, value in setting.items()})
 
 
 def grid_settings(config: ml_collections.ConfigDict) -> tuple[dict[str, float], ...]:

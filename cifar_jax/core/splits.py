@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cifar_jax.data import datasets as data
+from cifar_jax.data import holdout
+from cifar_jax.data.datasets import load_dataset
 from cifar_jax.errors import DataError
 from cifar_jax.core.runs import RunGrid
 
@@ -69,7 +70,7 @@ def to_model_input(images: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Ar
 def fold_arrays(labels: np.ndarray, num_folds: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Stratified folds as equal-length train index sets (trimmed by at most one example, since
     fold sizes differ by at most one) and 0/1 validation masks."""
-    folds = data.kfold_indices(labels, num_folds, seed)
+    folds = holdout.kfold_indices(labels, num_folds, seed)
     length = min(len(train_idx) for train_idx, _ in folds)
     train_index = np.stack([train_idx[:length] for train_idx, _ in folds]).astype(np.int32)
     val_mask = np.zeros((num_folds, len(labels)), np.float32)
@@ -84,7 +85,7 @@ def _on_device(images: np.ndarray, labels: np.ndarray) -> Examples:
 
 def prepare_splits(data_config: ml_collections.ConfigDict) -> Splits:
     """Loads the data set and carves validation (a split, or k folds); arrays go to the device once."""
-    dataset = data.load_dataset(data_config)
+    dataset = load_dataset(data_config)
     eval_splits, folds = {}, {}
     if data_config.num_folds:
         train = _on_device(dataset.train_images, dataset.train_labels)
@@ -92,7 +93,7 @@ def prepare_splits(data_config: ml_collections.ConfigDict) -> Splits:
         train_index, val_mask = fold_arrays(dataset.train_labels, data_config.num_folds, data_config.seed)
         folds = {"fold_train_index": jnp.asarray(train_index), "fold_val_mask": jnp.asarray(val_mask)}
     else:
-        train_idx, val_idx = data.validation_split(dataset.train_labels, data_config.val_size, data_config.seed)
+        train_idx, val_idx = holdout.validation_split(dataset.train_labels, data_config.val_size, data_config.seed)
         train = _on_device(dataset.train_images[train_idx], dataset.train_labels[train_idx])
         if len(val_idx):
             eval_splits["val"] = _on_device(dataset.train_images[val_idx], dataset.train_labels[val_idx])
@@ -137,7 +138,7 @@ def eval_examples(data_config: ml_collections.ConfigDict, grid: RunGrid, split: 
     the training data); 'val' and 'train' are carved from train exactly as training carved them."""
     if check_split(split) != "test":
         return examples_for(prepare_splits(data_config), grid, split)
-    dataset = data.load_dataset(data_config)
+    dataset = load_dataset(data_config)
     if dataset.test_images is None:
         raise DataError(f"{dataset.source} has no test split; point --config.data.dir at a directory with "
                         "test.npz (or the official test files), or use --config.eval.split=val")

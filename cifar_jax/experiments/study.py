@@ -160,7 +160,7 @@ def check_group(group: sweep.Group) -> None:
     """Every static check a training job runs (`validation.validate_config`), now: a study must not
     fail in its twelfth experiment for a setting the first minute could have refused. The training
     set size is a lenient guess from data.train_limit (the data are not loaded here)."""
-    from cifar_jax.data import datasets as data
+    from cifar_jax.data import catalog as data
     from cifar_jax.job import validation
 
     config = group.config

@@ -255,7 +255,7 @@ def group_done(group: Group, group_dir: str) -> bool:
 def preflight(groups: Sequence[Group]) -> None:
     """Builds nothing, but checks every group's model against its data set's image shape, so a
     bad combination fails now rather than hours into the sweep."""
-    from cifar_jax.data import datasets as data
+    from cifar_jax.data import catalog as data
     from cifar_jax import models
 
     for group in groups:

@@ -30,7 +30,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from cifar_jax.errors import CheckpointError
+from cifar_jax.errors import CheckpointError, brief
 
 
 def _flatten(tree: Any) -> dict[str, Any]:
@@ -105,11 +105,6 @@ def state_checksum(flat: dict[str, Any], num_runs: int) -> str:
     padding and of how the arrays are sharded."""
     sums = jax.device_get(_checksums(flat, num_runs))
     return "".join(f"{int(sums[path]):08x}" for path in sorted(sums))
-
-
-def _brief(error: BaseException) -> str:
-    text = " ".join(f"{type(error).__name__}: {error}".split())
-    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def _abstract_flat(like: Any) -> dict[str, jax.ShapeDtypeStruct]:
@@ -261,7 +256,7 @@ class Checkpoints:
             which = f"epoch {epoch}" if epoch is not None else "a checkpoint"
             intact = [step for step in self.latest.all_steps() if step != epoch]
             kept = f"epochs {sorted(intact)} are intact" if intact else "no earlier checkpoint exists"
-            raise CheckpointError(f"cannot save {which} in {self.root} ({_brief(error)}); free disk space or fix "
+            raise CheckpointError(f"cannot save {which} in {self.root} ({brief(error, 160)}); free disk space or fix "
                                   f"the permissions, then rerun to resume ({kept})") from None
 
     def close(self) -> None:
@@ -321,13 +316,13 @@ class Checkpoints:
             meta = dict(manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
             saved = {path: tuple(entry.shape) for path, entry in manager.item_metadata(epoch)["state"].items()}
         except Exception as error:  # noqa: BLE001 -- any read failure means "not usable"
-            raise _Unusable(f"cannot be read ({_brief(error)})") from None
+            raise _Unusable(f"cannot be read ({brief(error, 160)})") from None
         _check_fits(saved, abstract, int(meta.pop(RUNS_KEY, _leading(saved))), num_runs)
         try:  # strict=False: the run axis is cut or zero-padded to this job's padding
             restored = manager.restore(epoch, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract, strict=False)))
         except Exception as error:  # noqa: BLE001
-            raise _Unusable(f"cannot be read ({_brief(error)})") from None
+            raise _Unusable(f"cannot be read ({brief(error, 160)})") from None
         flat = dict(restored["state"])
         checksum, digest = meta.pop(CHECKSUM_KEY, None), meta.pop(DIGEST_KEY, None)  # None: not recorded
         if checksum is not None and state_checksum(flat, num_runs) != checksum:

@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from cifar_jax.data import catalog
 from cifar_jax.data import datasets as data
 from cifar_jax.core import execution
 from cifar_jax.core import metrics
@@ -184,7 +185,7 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     held out, per fold with k folds), writes W/eval/*.json."""
     split = splits_lib.check_split(config.eval.split)
     check_trained_config(workdir, config)  # before the data: a different carve would score the wrong images
-    grid = runs.make_run_grid(config, data.IMAGE_SHAPES[data.check_name(config.data.name)][-1])
+    grid = runs.make_run_grid(config, catalog.IMAGE_SHAPES[catalog.check_name(config.data.name)][-1])
     examples, weights = splits_lib.eval_examples(config.data, grid, split)  # a missing data set fails first
     loaded = load(workdir, str(config.eval.checkpoint), config)
     report = evaluate(loaded, *examples, weights)

@@ -1,6 +1,6 @@
 """What a training job tells its user and its workdir while it runs.
 
-The first line says what will run; inside an epoch a progress line (steps, images/s, epoch and
+The first line says what will run, then "compiling ..." until the first step runs; inside an epoch a progress line (steps, images/s, epoch and
 run ETA) appears every `progress_every_s` seconds (redrawn in place on a terminal, a plain line in
 logs); each epoch appends to metrics.jsonl and TensorBoard and prints one line; the end prints
 the per-setting summary and where the results went.
@@ -41,18 +41,30 @@ def devices_line() -> str:
             f"process{'es' if processes > 1 else ''}")
 
 
-def describe_job(config: ml_collections.ConfigDict, grid: RunGrid, splits: Splits, workdir: str) -> str:
+def describe_job(config: ml_collections.ConfigDict, grid: RunGrid, splits: Splits, workdir: str,
+                 plan: Any = None) -> str:
     """The first line of a run: config, runs (seeds x settings x folds), devices, data, workdir."""
     parts = [f"{grid.num_seeds} seeds", f"{len(grid.settings)} settings"] + (
         [f"{grid.num_folds} folds"] if grid.num_folds > 1 else [])
     sizes = ", ".join(f"{name} {examples.images.shape[0]:,}" for name, examples in
                       {"train": splits.train, **splits.eval}.items())
     return (f"{config.get('name', '') or 'config'}: {grid.num_runs} runs ({' x '.join(parts)}) on "
-            f"{devices_line()}; {config.data.name} {sizes}; {config.num_epochs} epochs; workdir {workdir}")
+            f"{devices_line()}; {config.data.name} {sizes}; {config.num_epochs} epochs; workdir {workdir}"
+            + memory_text(plan))
+
+
+def memory_text(plan: Any) -> str:
+    """Where runs were sized to memory (accelerators): a run's bytes and how runs were grouped."""
+    if plan is None or plan.memory is None:
+        return ""
+    groups = "all runs at once" if plan.runs_per_group is None else f"{plan.runs_per_group} runs at a time"
+    return f"; {plan.memory.describe()}; {groups}, evaluation batch {plan.eval_batch_size}"
 
 
 def epoch_line(epoch: int, num_epochs: int, record: dict, diverged: np.ndarray, images_per_s: float,
-               eta_s: float) -> str:
+               eta_s: float, wall_s: float) -> str:
+    """One epoch's line: loss, accuracy, training images/s (compiles, evaluation and checkpoints
+    excluded), the job's wall time so far and its ETA."""
     split = "val" if "val_accuracy" in record else ("test" if "test_accuracy" in record else None)
     parts = [f"epoch {epoch}/{num_epochs}", f"loss {np.nanmean(record['train_loss']):.3f}"]
     if split:
@@ -60,7 +72,7 @@ def epoch_line(epoch: int, num_epochs: int, record: dict, diverged: np.ndarray, 
                      f" ({record[f'{split}_accuracy'].size} runs)")
     if diverged.any():
         parts.append(f"{int(diverged.sum())} diverged")
-    parts += [f"{images_per_s:,.0f} img/s", f"ETA {clock(eta_s)}"]
+    parts += [f"{images_per_s:,.0f} img/s training", f"wall {clock(wall_s)}", f"ETA {clock(eta_s)}"]
     return "  ".join(parts)
 
 
@@ -121,11 +133,13 @@ class TrainingLog:
         self.is_primary = is_primary
         self.images_per_epoch = program.steps_per_epoch * config.batch_size
         self.steps_per_epoch = program.steps_per_epoch
-        self.first_line = describe_job(config, grid, splits, workdir)
+        self.first_line = describe_job(config, grid, splits, workdir, program.plan)
         self.line = ProgressLine(float(config.get("progress_every_s", 5.0)))
         self.writer = None
         self._step_sums: tuple[int, dict[str, np.ndarray]] | None = None  # (epoch, its sums at the last line)
         self._pending_steps: tuple[int, int, Any] | None = None  # the chunk whose line is not written yet
+        self.clock: Any = None  # the job's chunks.ChunkClock: training time apart from compiles
+        self.train_images_per_s = 0.0  # the last epoch's, training time only
 
     def start(self, resumed_after: int, step: int = 0) -> None:
         self.session_start = time.time()
@@ -140,6 +154,18 @@ class TrainingLog:
         from clu import metric_writers  # TensorFlow loads here, not when a config is read
 
         self.writer = metric_writers.AsyncWriter(metric_writers.SummaryWriter(os.path.join(self.workdir, "tensorboard")))
+
+    def compiling(self, clock: Any) -> None:
+        """Before the first call: compiling the training step takes seconds to minutes."""
+        self.clock = clock
+        if self.is_primary:
+            plan = clock.plan
+            print(f"compiling the training step ({plan.compute_dtype}, {plan.conv_impl} convolutions, "
+                  f"{clock.length} step{'s' if clock.length > 1 else ''} a call) ...", flush=True)
+
+    def trained(self, clock: Any) -> None:
+        """After an epoch's training calls: its images per second over training time only."""
+        self.train_images_per_s = clock.images_per_s(self.config.batch_size * self.grid.num_runs)
 
     def _eta(self, epochs_left: float) -> float:
         done = max(time.time() - self.session_start, 1e-9)
@@ -157,7 +183,9 @@ class TrainingLog:
             elapsed = max(time.time() - epoch_start, 1e-9)
             fraction = steps_done / self.steps_per_epoch
             self.epochs_done = epoch - self.first_epoch + fraction
-            rate = steps_done * self.config.batch_size * self.grid.num_runs / elapsed
+            images_per_step = self.config.batch_size * self.grid.num_runs
+            measured = self.clock is not None and self.clock.trained_steps
+            rate = self.clock.images_per_s(images_per_step) if measured else steps_done * images_per_step / elapsed
             self.line.show(f"epoch {epoch}/{self.config.num_epochs}  step {steps_done}/{self.steps_per_epoch}  "
                            f"{rate:,.0f} img/s  epoch ETA {clock(elapsed / fraction - elapsed)}  "
                            f"run ETA {clock(self._eta(self.config.num_epochs - epoch + 1 - fraction))}")
@@ -202,14 +230,13 @@ class TrainingLog:
         if not self.is_primary:
             return
         self.flush_steps()
-        seconds = time.time() - self.epoch_start
         self._write_metrics(epoch, history, diverged_by_epoch)
         self.writer.write_scalars(epoch, {f"{name}/mean": float(np.nanmean(values)) for name, values in record.items()
                                           if np.ndim(values) == 1 and not np.all(np.isnan(values))})
-        speed = self.images_per_epoch * self.grid.num_runs / max(seconds, 1e-9)
         self.line.clear()
-        print(epoch_line(epoch, self.config.num_epochs, record, np.asarray(diverged_by_epoch[-1]), speed,
-                         self._eta(self.config.num_epochs - epoch)), flush=True)
+        print(epoch_line(epoch, self.config.num_epochs, record, np.asarray(diverged_by_epoch[-1]),
+                         self.train_images_per_s, self._eta(self.config.num_epochs - epoch),
+                         time.time() - self.session_start), flush=True)
 
     def _write_metrics(self, epoch: int, history: list[dict], diverged_by_epoch: list[list[bool]]) -> None:
         """Appends the epoch's lines; the first epoch of a session rewrites the file from the

@@ -23,7 +23,8 @@ import numpy as np
 from flax import nnx
 
 from cifar_jax.core import execution
-from cifar_jax.job import best_runs, interrupts
+from cifar_jax.core import memory
+from cifar_jax.job import best_runs, chunks, interrupts
 from cifar_jax.core import metrics
 from cifar_jax import models
 from cifar_jax.job import progress
@@ -34,7 +35,7 @@ from cifar_jax.core import streams
 from cifar_jax.job import validation
 from cifar_jax.job import workdir as workdir_lib
 from cifar_jax.job.checkpoint import Checkpoints, warm_start_state
-from cifar_jax.errors import ConfigError, Interrupted
+from cifar_jax.errors import CheckpointError, ConfigError, Interrupted
 from cifar_jax.models.layers import DropoutRate
 from cifar_jax.core.splits import examples_for, run_train_index
 
@@ -62,7 +63,7 @@ def _model_builder(config: ml_collections.ConfigDict, image_shape: tuple[int, in
     def build(params_key: jax.Array, dropout_key: jax.Array) -> nnx.Module:
         return models.create_model(model_config, input_shape=image_shape, num_classes=num_classes,
                                    rngs=nnx.Rngs(params=params_key, dropout=dropout_key),
-                                   conv_impl=plan.conv_impl, dtype=plan.compute_dtype)
+                                   compute=plan.compute)
     return build
 
 
@@ -102,12 +103,16 @@ def _local_train_steps(ctx: step.StepContext, layout: streams.StreamLayout | Non
 
 
 def make_train(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], num_classes: int,
-               num_train: int, backend: str | None = None, grid: runs.RunGrid | None = None) -> Program:
+               num_train: int, backend: str | None = None, grid: runs.RunGrid | None = None,
+               num_runs: int | None = None) -> Program:
     """Resolves the static parts of `config` and returns the jitted, run-vmapped functions.
 
-    `grid` says the runs are that whole run grid in run order, so runs sharing a data stream share
-    its batch (`streams.py`); None trains every run on its own (e.g. a chosen subset of seeds)."""
-    validation.validate_config(config, image_shape, num_classes, num_train)
+    `config` has passed `validation.validate_config` (`setup_runs` sees to it): nothing here
+    re-checks it, and the execution plan is decided here, once. `grid` says the runs are that whole
+    run grid in run order, so runs sharing a data stream share its batch (`streams.py`); None
+    trains every run on its own (e.g. a chosen subset of seeds).
+    `num_runs` sizes groups and the evaluation batch to the device's memory under the accelerator
+    policy (`memory.py`); None leaves them."""
     steps_per_epoch = num_train // config.batch_size
     plan = execution.plan(
         config, steps_per_epoch=steps_per_epoch, backend=backend,
@@ -124,6 +129,10 @@ def make_train(config: ml_collections.ConfigDict, image_shape: tuple[int, int, i
     abstract.eval()
     ctx = step.StepContext(config=config, build=build, train_graph=train_graph, eval_graph=nnx.split(abstract)[0],
                            num_classes=num_classes, num_train=num_train, steps_per_epoch=steps_per_epoch)
+
+    if num_runs is not None and plan.policy == "accelerator" and not int(config.execution.runs_per_group):
+        plan = _sized_to_memory(config, ctx, plan, num_runs, (num_train, *image_shape))
+    plan = dataclasses.replace(plan, eval_batch_size=plan.eval_batch_size or int(config.eval_batch_size))
 
     def runs_mapped(fn, in_axes, group_size=None):  # each device maps its own runs: no collectives
         return execution.per_device(execution.map_over_runs(fn, in_axes, group_size), plan, in_axes)
@@ -142,17 +151,31 @@ def make_train(config: ml_collections.ConfigDict, image_shape: tuple[int, int, i
         init=jax.jit(runs_mapped(functools.partial(step.init_run, ctx), (0, 0)), compiler_options=run_once),
         epoch_batches=jax.jit(runs_mapped(functools.partial(step.epoch_batches, ctx), (0, None, 0)),
                               compiler_options=run_once),
-        train_steps=jax.jit(train_steps, static_argnames="length", donate_argnums=(0, 6)),
+        train_steps=jax.jit(execution.with_precision(train_steps, plan), static_argnames="length",
+                            donate_argnums=(0, 6)),
         # Evaluated in the same run groups as training: a whole eval batch of every run at once
         # exhausted 24 GB for 12 runs of the three-layer CNN (study 001 on CPU).
-        eval_batch=jax.jit(runs_mapped(functools.partial(step.eval_step, ctx), (0, 0, None, None, 0),
-                                       plan.runs_per_group)),
+        eval_batch=jax.jit(execution.with_precision(runs_mapped(
+            functools.partial(step.eval_step, ctx), (0, 0, None, None, 0), plan.runs_per_group), plan)),
         eval_graph=ctx.eval_graph,
         layer_names=tuple(metrics.layer_names(nnx.state(abstract, nnx.Param))),
         steps_per_epoch=steps_per_epoch,
         plan=plan,
         stream_layout=layout,
     )
+
+
+def _sized_to_memory(config: ml_collections.ConfigDict, ctx: step.StepContext, plan: execution.ExecutionPlan,
+                     num_runs: int, data_shape: tuple[int, ...]) -> execution.ExecutionPlan:
+    """The plan with groups and evaluation batch from one run's compiled chunk and eval batch
+    (`memory.py`); unchanged where the device reports no limit and the config sets none."""
+    limit = memory.device_limit(config)
+    if limit is None:
+        return plan
+    chunk = functools.partial(_local_train_steps, ctx, None, dataclasses.replace(plan, mesh=None, runs_per_group=None),
+                              length=1)
+    measured = memory.measure(config, ctx, data_shape, chunk, zero_sums)
+    return memory.sized(plan, measured, num_runs, limit, int(config.eval_batch_size))
 
 
 class RunSetup(NamedTuple):
@@ -191,14 +214,18 @@ class RunSetup(NamedTuple):
 
 
 def setup_runs(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], num_classes: int,
-               num_train: int, *, abstract: bool = False, seed_index: np.ndarray | None = None) -> RunSetup:
+               num_train: int, *, grid: runs.RunGrid | None = None, abstract: bool = False,
+               seed_index: np.ndarray | None = None) -> RunSetup:
     """The one place that turns a config into runs: grid, program, per-run hparams and keys (folds
-    included). `abstract=True` only traces `init` (validating the optimizer chain) and returns
-    the state's shapes (`trace_job` then traces a step and an eval); `seed_index` trains just
-    those seeds of the first setting and fold (tests that compare a seed alone with the batch)."""
-    grid = runs.make_run_grid(config, image_shape[-1])
+    included). `grid`: the run grid `validation.validate_config` built for this config (None:
+    validate it here). `abstract=True` only traces `init` (validating the optimizer chain) and
+    returns the state's shapes (`trace_job` then traces a step and an eval); `seed_index` trains
+    just those seeds of the first setting and fold (tests that compare a seed alone with the batch)."""
+    if grid is None:
+        grid = validation.validate_config(config, image_shape, num_classes, num_train)
     program = make_train(config, image_shape, num_classes, num_train,
-                         grid=grid if seed_index is None else None)
+                         grid=grid if seed_index is None else None,
+                         num_runs=grid.num_runs if seed_index is None else len(seed_index))
     if seed_index is None:
         seeds, folds, count = grid.seed_index, grid.fold_index, grid.num_runs
     else:
@@ -244,25 +271,32 @@ def zero_sums(num_runs: int, layer_names: tuple[str, ...]) -> step.EpochSums:
 def train_epoch(program: Program, state: step.TrainState, hparams: dict, images: jax.Array, labels: jax.Array,
                 epoch: int, train_index: jax.Array | None = None,
                 on_chunk: Callable[[int, step.TrainState, step.EpochSums], bool | None] | None = None,
-                start: int = 0, sums: step.EpochSums | None = None) -> tuple[step.TrainState, step.EpochSums, int]:
+                start: int = 0, sums: step.EpochSums | None = None, clock: chunks.ChunkClock | None = None
+                ) -> tuple[step.TrainState, step.EpochSums, int]:
     """Runs one epoch (from step `start`, adding to `sums` when resuming inside it) as calls of
-    the compiled step chunk; returns the state, the sums and the steps done.
+    the compiled step chunk, each bounded in time by `clock` (one per job; a fresh one by
+    default); returns the state, the sums and the steps done, all steps finished.
 
     `train_index` (runs, n) gives each run its own training examples (cross-validation folds);
     by default every run trains on all of `images`. `on_chunk(steps_done, state, sums)` runs
     between chunks (progress, mid-epoch checkpoints); returning True stops the epoch there."""
+    clock = clock or chunks.ChunkClock(program.plan, program.steps_per_epoch)
+    clock.start_epoch()
     num_runs = state.step.shape[0]
     if train_index is None:
         train_index = jnp.broadcast_to(jnp.arange(images.shape[0]), (num_runs, images.shape[0]))
     batches = program.epoch_batches(state, jnp.int32(epoch), train_index)  # a function of the data key and epoch
     sums = zero_sums(num_runs, program.layer_names) if sums is None else sums
     while start < program.steps_per_epoch:
-        length = min(program.plan.steps_per_call, program.steps_per_epoch - start)
+        length = clock.next_length(program.steps_per_epoch - start)
+        started = clock.before_call(length)
         state, sums = program.train_steps(state, hparams, images, labels, batches, jnp.int32(start), sums,
                                           length=length)
+        clock.after_call(length, started, state.step)
         start += length
         if on_chunk is not None and on_chunk(start, state, sums) and start < program.steps_per_epoch:
             break
+    clock.wait()
     return state, sums, start
 
 
@@ -368,6 +402,16 @@ def _chunk_hook(setup: RunSetup, checkpoints: Checkpoints, loop: progress.Traini
     return hook
 
 
+def _refuse_another_dtype(workdir: str, plan: execution.ExecutionPlan) -> None:
+    """A resume must compute in the dtype the run began with (e.g. not float32 on CPU, then
+    bfloat16 on a GPU), or its numbers belong to no one setting."""
+    stored = (workdir_lib.load_json(workdir, workdir_lib.DATA_FILE) or {}).get("plan") or {}
+    if stored.get("compute_dtype", plan.compute_dtype) != plan.compute_dtype:
+        raise CheckpointError(f"{workdir} was trained in {stored['compute_dtype']} ({stored.get('backend')}), this "
+                              f"job would resume it in {plan.compute_dtype} ({plan.backend}); set "
+                              f"--config.execution.compute_dtype={stored['compute_dtype']}, or use another --workdir")
+
+
 def _best_runs(config: ml_collections.ConfigDict, setup: RunSetup, checkpoints: Checkpoints, evals: dict,
                history: list[dict], state: step.TrainState) -> best_runs.BestRuns | None:
     """Each run's best weights, kept while the test split waits for the end of the job (None when
@@ -381,22 +425,44 @@ def _best_runs(config: ml_collections.ConfigDict, setup: RunSetup, checkpoints: 
     return best
 
 
+def _claim(config: ml_collections.ConfigDict, workdir: str, setup: RunSetup, splits: Any,
+           primary: bool) -> tuple[Checkpoints, ResumePoint]:
+    """Takes the workdir: refuses another config's run or another dtype (writing nothing), finds
+    where to resume (an unusable checkpoint or init_from source fails here, config.json
+    untouched), then writes config.json and data.json (with the resolved plan)."""
+    def make_room() -> None:  # refuses a workdir of another config, writing nothing
+        workdir_lib.make_room(workdir, config)
+        _refuse_another_dtype(workdir, setup.program.plan)
+    execution.primary_decides(make_room)  # every process ends with process 0's refusal
+    checkpoints = Checkpoints(workdir, keep=config.checkpoint.keep, best_metric=config.checkpoint.best_metric)
+    resume = _resume_point(setup, checkpoints, workdir, lambda: _initial_state(setup, config, workdir))
+    if primary:
+        workdir_lib.write_run_files(workdir, config, {"image_shape": list(splits.image_shape), "num_train":
+                                                      splits.num_train, "class_names": list(splits.class_names),
+                                                      "plan": execution.plan_record(setup.program.plan)})
+    return checkpoints, resume
+
+
+def _placed_data(splits: Any, setup: RunSetup) -> tuple[jax.Array, jax.Array, jax.Array, dict]:
+    """Training images and labels, each run's training index and the evaluation splits (examples,
+    per-run weights), on the devices."""
+    plan = setup.program.plan
+    images, labels = execution.replicate(tuple(splits.train), plan)
+    evals = {name: (execution.replicate(tuple(examples), plan), setup.on_devices(weights))
+             for name, (examples, weights) in ((n, examples_for(splits, setup.grid, n)) for n in splits.eval)}
+    return images, labels, setup.on_devices(run_train_index(splits, setup.grid)), evals
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains (or resumes) every run of `config`, evaluating each epoch, checkpointing, and writing
     metrics.jsonl, TensorBoard events and results.json into `workdir`. SIGTERM or Ctrl-C stop it
     at the next step boundary with a checkpoint (`errors.Interrupted`)."""
-    splits = validation.load_checked_splits(config)  # before touching the workdir: a bad start changes nothing
-    setup = setup_runs(config, splits.image_shape, len(splits.class_names), splits.num_train, abstract=True)
-    trace_job(setup, splits.image_shape, splits.num_train, config.eval_batch_size)
+    splits, grid = validation.load_checked_splits(config)  # before touching the workdir: a bad start changes nothing
+    setup = setup_runs(config, splits.image_shape, len(splits.class_names), splits.num_train, grid=grid,
+                       abstract=True)
+    trace_job(setup, splits.image_shape, splits.num_train, setup.program.plan.eval_batch_size)
     primary = execution.is_primary()  # process 0 writes everything but the checkpoints
-    # Refuses a workdir of another config, writing nothing; every process ends with the refusal.
-    execution.primary_decides(lambda: workdir_lib.make_room(workdir, config))
-    checkpoints = Checkpoints(workdir, keep=config.checkpoint.keep, best_metric=config.checkpoint.best_metric)
-    # An unusable checkpoint (or init_from source) fails here, config.json untouched.
-    resume = _resume_point(setup, checkpoints, workdir, lambda: _initial_state(setup, config, workdir))
-    if primary:
-        workdir_lib.write_run_files(workdir, config, {"image_shape": list(splits.image_shape), "num_train":
-                                                      splits.num_train, "class_names": list(splits.class_names)})
+    checkpoints, resume = _claim(config, workdir, setup, splits, primary)
     loop = progress.TrainingLog(workdir, config, setup.grid, splits, setup.program, is_primary=primary)
     state, history, diverged_by_epoch = resume.state, resume.history, resume.diverged_by_epoch
     loop.start(resumed_after=len(history), step=resume.step)
@@ -405,18 +471,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     records = lambda: {"epochs_done": len(history),  # noqa: E731
                        "wall_time_s": resume.wall_time_s + time.time() - session_start}
     plan = setup.program.plan
-    images, labels = execution.replicate(tuple(splits.train), plan)
-    train_index = setup.on_devices(run_train_index(splits, setup.grid))
-    evals = {name: (execution.replicate(tuple(examples), plan), setup.on_devices(weights))
-             for name, (examples, weights) in ((n, examples_for(splits, setup.grid, n)) for n in splits.eval)}
+    images, labels, train_index, evals = _placed_data(splits, setup)
     resumed_epoch = len(history) + 1  # resume.step and resume.sums belong to it
+    clock = chunks.ChunkClock(plan, setup.program.steps_per_epoch)
+    loop.compiling(clock)
     best = _best_runs(config, setup, checkpoints, evals, history, state)
     grace_s = float(config.execution.get("stop_grace_s", interrupts.DEFAULT_GRACE_S))
     with interrupts.stop_on_signals(grace_s) as stop:
         for epoch in range(resumed_epoch, config.num_epochs + 1):
             start, sums = (resume.step, resume.sums) if epoch == resumed_epoch else (0, None)
             state, sums, done = train_epoch(setup.program, state, setup.hparams, images, labels, epoch, train_index,
-                                            _chunk_hook(setup, checkpoints, loop, stop, epoch, records), start, sums)
+                                            _chunk_hook(setup, checkpoints, loop, stop, epoch, records), start, sums,
+                                            clock)
+            loop.trained(clock)
             if done < setup.program.steps_per_epoch:
                 checkpoints.wait()
                 checkpoints.close()
@@ -424,7 +491,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 raise Interrupted(f"{stop.reason()} at epoch {epoch} step {done}; rerun the same command to "
                                              "resume", stop.exit_code())
             scores = {name: setup.real_runs(score_split(setup.program, state, setup.hparams, *evals[name][0],
-                                                        config.eval_batch_size, weights=evals[name][1]))
+                                                        plan.eval_batch_size, weights=evals[name][1]))
                       for name in best_runs.splits_to_score(config, evals, epoch)}
             diverged = np.asarray(setup.real_runs(state.diverged))
             record = results.epoch_record(setup.real_runs(sums)._asdict(), scores, diverged)
@@ -442,9 +509,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     best_test = None if best is None else best.best_scores(
         config.num_epochs, {name: history[-1][f"test_{name}"] for name in results.RECORDED_EVAL_METRICS},
         lambda: setup.real_runs(score_split(setup.program, best.state(state), setup.hparams, *evals["test"][0],
-                                            config.eval_batch_size, weights=evals["test"][1])))
+                                            plan.eval_batch_size, weights=evals["test"][1])))
     summary = results.summarize_results(config, setup.grid, history, np.asarray(diverged_by_epoch[-1]),
                                         records()["wall_time_s"], best_test)
+    summary["plan"] = execution.plan_record(plan)
     if primary:
         workdir_lib.write_json_atomic(os.path.join(workdir, "results.json"), summary)
     loop.finish(summary, checkpoints)

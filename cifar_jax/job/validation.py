@@ -1,17 +1,20 @@
 """Everything a config must satisfy before a job touches its workdir, reported in one round.
 
-Static checks run here; checks that need a trace (augmentation on these image sizes, the
-optimizer chain) run when `train.setup_runs` evaluates the program abstractly, still before the
-workdir is claimed. A failed start therefore never leaves anything that blocks the fixed rerun.
+Static checks run here, once per job, and hand on what they built (the run grid); later code
+trusts them instead of re-checking. Checks that need a trace (augmentation on these image sizes,
+the optimizer chain) run when `train.setup_runs` evaluates the program abstractly, still before
+the workdir is claimed. A failed start therefore never leaves anything that blocks the fixed rerun.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import ml_collections
 
 from cifar_jax.core import augment
 from cifar_jax import checks
-from cifar_jax.data import datasets as data
+from cifar_jax.data import catalog
 from cifar_jax.core import execution
 from cifar_jax import models
 from cifar_jax.core import optim
@@ -22,9 +25,11 @@ from cifar_jax.core.splits import Splits, prepare_splits
 
 
 def validate_config(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], num_classes: int,
-                    num_train: int) -> None:
-    """Every static check of a config, reporting all failures at once; traced checks (augmentation
-    on these image sizes, the optimizer chain) run in `setup_runs` by abstract evaluation."""
+                    num_train: int) -> runs.RunGrid:
+    """Every static check of a config, reporting all failures at once, and the run grid they
+    built; traced checks (augmentation on these image sizes, the optimizer chain) run in
+    `setup_runs` by abstract evaluation."""
+    grid: list[runs.RunGrid] = []
     checks.all_of(
         lambda: models.validate_model_config(config.model, image_shape, num_classes),
         *(lambda f=f: checks.positive_int(config, f) for f in ("num_epochs", "checkpoint_every_epochs",
@@ -37,9 +42,10 @@ def validate_config(config: ml_collections.ConfigDict, image_shape: tuple[int, i
         lambda: optim.check_config(config.optim, steps_per_epoch=max(num_train // _batch_size(config), 1),
                                    num_epochs=max(int(config.num_epochs), 1)),
         lambda: augment.check_config(config.augment),
-        lambda: runs.make_run_grid(config, image_shape[-1]),
+        lambda: grid.append(runs.make_run_grid(config, image_shape[-1])),
         lambda: execution.validate(config),
     )
+    return grid[0]
 
 
 def _check_data_seed(config: ml_collections.ConfigDict) -> int:
@@ -54,24 +60,30 @@ def _batch_size(config: ml_collections.ConfigDict) -> int:
 
 def _check_batch_fits(config: ml_collections.ConfigDict, num_train: int) -> None:
     if isinstance(config.batch_size, int) and config.batch_size > num_train:
-        raise ConfigError(f"batch_size={config.batch_size} exceeds the {num_train} training images of one run; "
+        raise checks.fail("batch_size", config.batch_size, f"must be <= the {num_train} training images of one run",
                           "lower batch_size or raise data.train_limit")
 
 
-def load_checked_splits(config: ml_collections.ConfigDict) -> Splits:
-    """The job's data, and every config problem reported in one round: a data-size refusal (e.g.
-    val_size larger than train_limit) comes together with the config's other problems."""
+class CheckedJob(NamedTuple):
+    """A job's data and the run grid of its validated config."""
+
+    splits: Splits
+    grid: runs.RunGrid
+
+
+def load_checked_splits(config: ml_collections.ConfigDict) -> CheckedJob:
+    """The job's data and its validated run grid, every config problem reported in one round: a
+    data-size refusal (e.g. val_size larger than train_limit) comes with the config's others."""
     try:
         _check_data_seed(config)  # numpy's generators raise a bare ValueError on anything else
         splits = prepare_splits(config.data)
     except ConfigError as data_problem:
-        name = data.check_name(config.data.name)
+        name = catalog.check_name(config.data.name)
         guess = max(int(config.data.train_limit or 0), _batch_size(config))
         problems = [str(data_problem)]
         try:
-            validate_config(config, data.IMAGE_SHAPES[name], len(data.CLASS_NAMES[name]), guess)
+            validate_config(config, catalog.IMAGE_SHAPES[name], len(catalog.CLASS_NAMES[name]), guess)
         except ConfigError as others:
             problems.append(str(others))
         raise ConfigError("\n".join(dict.fromkeys("\n".join(problems).splitlines()))) from None
-    validate_config(config, splits.image_shape, len(splits.class_names), splits.num_train)
-    return splits
+    return CheckedJob(splits, validate_config(config, splits.image_shape, len(splits.class_names), splits.num_train))

@@ -46,13 +46,13 @@ def validate_model_config(model_config: Any, input_shape: tuple[int, int, int],
 
 
 def create_model(model_config: Any, *, input_shape: tuple[int, int, int], num_classes: int,
-                 rngs: nnx.Rngs, conv_impl: str | None = None, dtype: str = "float32") -> nnx.Module:
-    """Build the model named by `model_config.name` (validating the config first), computing
-    with `conv_impl` and `dtype` (training passes what `execution.plan` chose for the backend;
-    by default the config's own `conv_impl`, with 'auto' meaning XLA's convolution)."""
+                 rngs: nnx.Rngs, compute: Compute | None = None) -> nnx.Module:
+    """Build the model named by `model_config.name` (validating the config first), computing as
+    `compute` says (training passes what `execution.plan` chose for the backend; by default the
+    config's own `conv_impl`, 'auto' meaning XLA's convolution, in float32 with JAX's gradients)."""
     validate_model_config(model_config, input_shape, num_classes)
-    if conv_impl is None:
+    if compute is None:
         conv_impl = model_config.get("conv_impl", "auto")
-        conv_impl = "xla" if conv_impl == "auto" else conv_impl
+        compute = Compute("xla" if conv_impl == "auto" else conv_impl)
     return _lookup(model_config)[0](model_config, input_shape=tuple(input_shape), num_classes=num_classes,
-                                    rngs=rngs, compute=Compute(conv_impl, dtype))
+                                    rngs=rngs, compute=compute)

@@ -28,7 +28,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cifar_jax.errors import ConfigError
-from cifar_jax.models import common, layers
+from cifar_jax.models import common, layers, pooling
+from cifar_jax.models.conv import Conv2d
 from cifar_jax.models.common import field
 
 GATES = ("none", "softmax", "sigmoid", "relu", "uniform")
@@ -76,7 +77,7 @@ class Block(nnx.Module):
                  dense_init: str, compute: layers.Compute, rngs: nnx.Rngs):
         self.num_branches = num_branches
         self.out_features = out_features
-        self.conv = layers.Conv2d(in_features, num_branches * out_features, 3, padding="SAME",
+        self.conv = Conv2d(in_features, num_branches * out_features, 3, padding="SAME",
                                   init=init, impl=compute.conv_impl, dtype=compute.dtype, rngs=rngs)
         self.activation = activation
         self.dropout = dropout
@@ -89,14 +90,14 @@ class Block(nnx.Module):
         """(N, k) branch weights for the block input x: the gate of the global average, or 1/k."""
         if self.gate is None:
             return jnp.full((x.shape[0], self.num_branches), 1.0 / self.num_branches, x.dtype)
-        return _GATE_FNS[self.gate_fn](self.gate(layers.global_avg_pool(x)))
+        return _GATE_FNS[self.gate_fn](self.gate(pooling.global_avg_pool(x)))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         g = self.gate_weights(x)
         y = layers.activate(self, self.activation, self.conv(x))
         if self.dropout is not None:
             y = self.dropout(y)
-        y = layers.pool2d(y, "max", 2)
+        y = pooling.pool2d(y, "max", 2)
         n, h, w, _ = y.shape
         y = y.reshape(n, h, w, self.num_branches, self.out_features)
         return self.bn(jnp.einsum("nhwkc,nk->nhwc", y, g))
@@ -127,4 +128,4 @@ class BlockCNN(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         for blk in self.blocks:
             x = blk(x)
-        return layers.apply_dense_head(self, layers.global_avg_pool(x))
+        return layers.apply_dense_head(self, pooling.global_avg_pool(x))

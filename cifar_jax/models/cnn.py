@@ -30,11 +30,12 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from cifar_jax.errors import ConfigError
 from cifar_jax.models import common, layers
+from cifar_jax.models.conv import Conv2d, conv_output_size
+from cifar_jax.models.stage_form import stage_form
 from cifar_jax.models.common import field
 
 
@@ -54,8 +55,8 @@ def conv_plan(cfg: Any, input_shape) -> tuple[list[dict], int]:
             raise ConfigError(
                 f"model.kernel_size[{i}]={k} is larger than the {h}x{w} feature map reaching conv "
                 f"stage {i + 1}; use a smaller kernel, padding='SAME' or fewer pooling stages")
-        h = layers.conv_output_size(h, k, s, padding)
-        w = layers.conv_output_size(w, k, s, padding)
+        h = conv_output_size(h, k, s, padding)
+        w = conv_output_size(w, k, s, padding)
         if pool != "none":
             if h // pool_size == 0 or w // pool_size == 0:
                 raise ConfigError(
@@ -89,41 +90,34 @@ def validate(cfg: Any, input_shape, num_classes: int) -> None:
 
 
 class ConvStage(nnx.Module):
-    """conv -> optional BatchNorm2d -> activation -> optional dropout -> pool."""
+    """conv -> optional BatchNorm2d -> activation -> optional dropout -> pool, in the form
+    (`stage_form`) the execution plan's `compute` and the shapes allow."""
 
     def __init__(self, in_features: int, out_features: int, kernel_size: int, strides: int, *,
                  padding: str, batch_norm: bool, bn_momentum: float, activation: str,
                  dropout: layers.Dropout | None, pool: str, pool_size: int, init: str,
                  compute: layers.Compute, rngs: nnx.Rngs):
-        self.conv = layers.Conv2d(in_features, out_features, kernel_size, strides=strides, padding=padding,
-                                  init=init, impl=compute.conv_impl, dtype=compute.dtype, rngs=rngs)
+        self.conv = Conv2d(in_features, out_features, kernel_size, strides=strides, padding=padding,
+                           init=init, impl=compute.conv_impl, dtype=compute.dtype, rngs=rngs)
         self.bn = layers.BatchNorm(out_features, momentum=bn_momentum) if batch_norm else None
         self.activation = activation
         self.dropout = dropout
         self.pool = pool
         self.pool_size = pool_size
+        self.compute = compute
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        # Without dropout (whose random mask follows the layout) the stage may run on the conv's
-        # output grouped in pooling windows: batch norm and activations are per channel, so
-        # only the pool changes, to a reduction over the window axis (layers.Conv2d.pool_windows).
-        windows = (self.conv.pool_windows(x, self.pool_size)
-                   if self.dropout is None and self.pool in ("max", "avg") else None)
-        x = self.conv(x) if windows is None else windows
+        form = stage_form(self.conv, x.shape, batch_norm=self.bn is not None, activation=self.activation,
+                          dropout=self.dropout is not None, pool=self.pool, pool_size=self.pool_size,
+                          compute=self.compute)
+        x = self.conv(x, window=form.window)
         if self.bn is not None:
             x = self.bn(x)
-        # A ReLU channel is dead on the whole map iff it is on the max-pooled map when the pool
-        # covers the map: the diagnostic then reduces a size**2 times smaller tensor.
-        dead_after_pool = self.activation == "relu" and self.dropout is None and self.pool == "max" and (
-            windows is not None or (x.shape[-3] % self.pool_size == 0 and x.shape[-2] % self.pool_size == 0))
-        x = layers.activate(self, self.activation, x, sow_dead=not dead_after_pool)
+        x = layers.activate(self, self.activation, x, sow_dead=not form.dead_after_pool)
         if self.dropout is not None:
             x = self.dropout(x)
-        exact = (self.bn is None and self.activation in layers.EXACT_ACTIVATIONS
-                 and x.dtype == jnp.float32)  # the pool's faster backward is safe (layers.window_max)
-        x = (layers.pool2d(x, self.pool, self.pool_size, exact) if windows is None
-             else layers.pool_window_axis(x, self.pool, exact))
-        if dead_after_pool:
+        x = form.pool(x, self.pool, self.pool_size)
+        if form.dead_after_pool:
             layers.sow_dead_channels(self, x)
         return x
 

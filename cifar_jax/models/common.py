@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from cifar_jax import checks
 from cifar_jax.errors import ConfigError
 from cifar_jax.models import layers
 
@@ -35,15 +36,11 @@ def as_tuple(value: Any) -> tuple:
 
 
 def choice(name: str, value: Any, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise ConfigError(f"model.{name}={value!r} is unknown; use one of {', '.join(choices)}")
-    return value
+    return checks.one_of(f"model.{name}", value, choices)
 
 
 def positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"model.{name}={value!r} must be a positive integer")
-    return value
+    return checks.whole(f"model.{name}", value, low=1)
 
 
 def positive_ints(name: str, values: Any, *, allow_empty: bool = True) -> tuple[int, ...]:
@@ -71,23 +68,18 @@ def common_checks(cfg: Any, input_shape: Sequence[int], num_classes: int) -> Non
     """Fields every model uses: activation, init, dropout, batch norm, conv_impl, shapes."""
     if len(tuple(input_shape)) != 3 or any(int(d) <= 0 for d in input_shape):
         raise ConfigError(f"input_shape={tuple(input_shape)} must be (height, width, channels) > 0")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ConfigError(f"num_classes={num_classes!r} must be a positive integer")
+    checks.whole("num_classes", num_classes, low=1)
     choice("activation", field(cfg, "activation", "relu"), tuple(layers.ACTIVATIONS))
     choice("init", field(cfg, "init", "torch_default"), layers.INIT_SCHEMES)
     choice("dropout_placement", field(cfg, "dropout_placement", "none"), DROPOUT_PLACEMENTS)
     choice("conv_impl", field(cfg, "conv_impl", "auto"), ("auto", *layers.CONV_IMPLS))
-    rate = field(cfg, "dropout_rate", 0.0)
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
-        raise ConfigError(f"model.dropout_rate={rate!r} must be in [0, 1)")
+    rate = checks.finite("model.dropout_rate", field(cfg, "dropout_rate", 0.0), low=0, below=1)
     placement = field(cfg, "dropout_placement", "none")
     if conv_dropout_kind(cfg) == "channel" and rate > 0 and placement not in ("conv", "all"):
         raise ConfigError(f"model.dropout_kind='channel' drops conv feature maps, but model.dropout_placement="
                           f"{placement!r} places no dropout in conv stages; use 'conv' or 'all', or kind 'element'")
-    momentum = field(cfg, "bn_momentum", 0.9)
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum <= 1.0:
-        raise ConfigError(
-            f"model.bn_momentum={momentum!r} must be in [0, 1] (Flax convention: PyTorch's 0.1 is 0.9)")
+    checks.finite("model.bn_momentum", field(cfg, "bn_momentum", 0.9), low=0, high=1,
+                  hint="Flax convention: PyTorch's 0.1 is 0.9")
 
 
 def check_ignored(cfg: Any, model_name: str, ignored: Sequence[str]) -> None:

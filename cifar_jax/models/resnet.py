@@ -17,7 +17,8 @@ import jax
 from flax import nnx
 
 from cifar_jax.errors import ConfigError
-from cifar_jax.models import common, layers
+from cifar_jax.models import common, layers, pooling
+from cifar_jax.models.conv import Conv2d
 from cifar_jax.models.common import field
 
 STAGES = (64, 128, 256, 512)
@@ -40,12 +41,12 @@ class BasicBlock(nnx.Module):
     def __init__(self, in_features: int, out_features: int, strides: int, *, bn_momentum: float,
                  init: str, compute: layers.Compute, rngs: nnx.Rngs):
         conv = dict(use_bias=False, init=init, impl=compute.conv_impl, dtype=compute.dtype, rngs=rngs)
-        self.conv1 = layers.Conv2d(in_features, out_features, 3, strides=strides, padding=1, **conv)
+        self.conv1 = Conv2d(in_features, out_features, 3, strides=strides, padding=1, **conv)
         self.bn1 = layers.BatchNorm(out_features, momentum=bn_momentum)
-        self.conv2 = layers.Conv2d(out_features, out_features, 3, padding=1, **conv)
+        self.conv2 = Conv2d(out_features, out_features, 3, padding=1, **conv)
         self.bn2 = layers.BatchNorm(out_features, momentum=bn_momentum)
         if strides != 1 or in_features != out_features:
-            self.shortcut_conv = layers.Conv2d(in_features, out_features, 1, strides=strides,
+            self.shortcut_conv = Conv2d(in_features, out_features, 1, strides=strides,
                                                padding=0, **conv)
             self.shortcut_bn = layers.BatchNorm(out_features, momentum=bn_momentum)
         else:
@@ -66,7 +67,7 @@ class ResNet18(nnx.Module):
         validate(cfg, input_shape, num_classes)
         momentum = float(field(cfg, "bn_momentum", 0.9))
         init = field(cfg, "init", "torch_default")
-        self.stem = layers.Conv2d(int(input_shape[2]), STAGES[0], 3, padding=1, use_bias=False,
+        self.stem = Conv2d(int(input_shape[2]), STAGES[0], 3, padding=1, use_bias=False,
                                   init=init, impl=compute.conv_impl, dtype=compute.dtype, rngs=rngs)
         self.stem_bn = layers.BatchNorm(STAGES[0], momentum=momentum)
         self.blocks = nnx.List()
@@ -83,4 +84,4 @@ class ResNet18(nnx.Module):
         x = jax.nn.relu(self.stem_bn(self.stem(x)))
         for blk in self.blocks:
             x = blk(x)
-        return layers.apply_dense_head(self, layers.global_avg_pool(x))
+        return layers.apply_dense_head(self, pooling.global_avg_pool(x))
