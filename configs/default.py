@@ -118,6 +118,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.execution.coordinator_address = ""  # host:port of process 0
     config.execution.num_processes = 0  # 0 = detect
     config.execution.process_id = -1  # -1 = detect
+    # After SIGTERM/Ctrl-C a run saves at its next step boundary; one that reaches none (a peer
+    # hangs in a collective) exits this many seconds after the signal, without a checkpoint (0: never).
+    config.execution.stop_grace_s = 60.0
 
     config.eval = ml_collections.ConfigDict()
     config.eval.checkpoint = "latest"  # latest | best | step number

@@ -214,14 +214,15 @@ def tamper_digest(step_dir) -> None:
     """Keeps the arrays but changes the recorded checksum: only the checksum can notice."""
     path = step_dir / "meta" / "metadata"
     meta = json.loads(path.read_text())
-    meta["state_sha256"] = "0" * 64
+    meta["state_checksum"] = "0" * len(meta["state_checksum"])
     path.write_text(json.dumps(meta))
 
 
 def test_checkpoint_meta_holds_the_state_checksum_and_restore_hides_it(tmp_path, saved_state):
     save_epochs(tmp_path, saved_state, epochs=(1,))
     stored = json.loads((tmp_path / "checkpoints/latest/1/meta/metadata").read_text())
-    assert len(stored["state_sha256"]) == 64
+    assert stored["num_runs"] == 2 and re.fullmatch(r"[0-9a-f]+", stored["state_checksum"])
+    assert len(stored["state_checksum"]) == 8 * len(jax.tree.leaves(saved_state))
     assert Checkpoints(str(tmp_path), keep=3, best_metric="val_accuracy").restore(saved_state)[2] == {"history": [1]}
 
 
@@ -374,3 +375,19 @@ def test_a_field_added_by_a_later_version_does_not_block_a_resume_while_off():
     # A later field whose old behaviour is not "off" matches at that value (ADDED_DEFAULTS).
     assert workdir_lib.differing_fields(stored, {**stored, "model": {"dropout_kind": "element"}}) == []
     assert workdir_lib.differing_fields(stored, {**stored, "model": {"dropout_kind": "channel"}}) == ["model.dropout_kind"]
+
+
+@pytest.mark.slow
+@needs_fashion_mnist
+def test_checkpoint_meta_holds_what_resume_needs_and_does_not_grow_with_the_epochs(tmp_path):
+    """The history lives in metrics.jsonl; a checkpoint's meta stays the same size (issue 22)."""
+    result = run_cli("--config", "configs/test.py", "--config.data.train_limit=96", "--config.data.val_size=32",
+                     "--config.data.test_limit=32", "--config.num_epochs=20", "--config.checkpoint.keep=20",
+                     "--config.progress_every_s=0", "--workdir", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    def meta_bytes(epoch: int) -> int:
+        return sum(f.stat().st_size for f in (tmp_path / "checkpoints" / "latest" / str(epoch) / "meta").rglob("*")
+                   if f.is_file())
+    assert meta_bytes(2) > 0 and abs(meta_bytes(20) - meta_bytes(2)) <= 0.1 * meta_bytes(2), (meta_bytes(2),
+                                                                                               meta_bytes(20))

@@ -123,12 +123,10 @@ def test_a_workdir_created_for_a_failed_start_is_removed(tmp_path):
     assert not (tmp_path / "typo").exists() and (tmp_path / "used" / "config.json").exists()
 
 
-def test_only_the_primary_process_locks_and_eval_creates_no_workdir(tmp_path):
-    with workdir_lock(str(tmp_path / "a"), is_primary=False):
-        pass
+def test_eval_creates_no_workdir(tmp_path):
     with workdir_lock(str(tmp_path / "b"), create=False):
         pass
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert not (tmp_path / "b").exists()
 
 
 @pytest.mark.slow

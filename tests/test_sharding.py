@@ -70,3 +70,23 @@ def test_a_checkpoint_saved_on_eight_devices_is_evaluated_on_one(tmp_path):
                       "--config.num_epochs=2")  # resumed on one device, after epoch 1 of eight
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming" in resumed.stdout
+
+
+def test_a_sharded_checkpoint_is_written_without_gathering_and_restores_onto_1_4_and_8_devices(tmp_path):
+    """Each device hands Orbax its own shard (5 runs padded to 8: one run per device), the checksum
+    moves only scalars, and restoring onto 1, 4 or 8 devices scores the 5 runs equally."""
+    def worker(mode: str, devices: int) -> dict:
+        env = {**EIGHT_DEVICES, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+        out = subprocess.run([sys.executable, os.path.join(REPO, "tests", "sharded_checkpoint_worker.py"), mode,
+                              str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return json.loads(out.stdout.splitlines()[-1])
+
+    saved = worker("save", 8)
+    assert saved["shards"] and all(spec.startswith("P('runs'") and (shard, runs) == (1, 8)
+                                   for spec, shard, runs in saved["shards"]), saved["shards"]
+    assert saved["checksum_collectives"] == []
+    for devices in (1, 4, 8):
+        restored = worker("restore", devices)
+        assert restored["devices"] == devices
+        np.testing.assert_allclose(restored["scores"], saved["scores"], rtol=1e-5, atol=1e-6, err_msg=str(devices))

@@ -169,7 +169,8 @@ def test_init_from_starts_from_another_runs_final_weights(tmp_path):
     splits, grid = validation.load_checked_splits(chained)
     setup = train.setup_runs(chained, splits.image_shape, len(splits.class_names), splits.num_train, grid=grid)
     start = train._initial_state(setup, chained, str(tmp_path / "fold1"))
-    _, trained, _ = Checkpoints(str(tmp_path / "fold0"), keep=1, best_metric="val_accuracy").restore(setup.real_like())
+    _, trained, _ = Checkpoints(str(tmp_path / "fold0"), keep=1, best_metric="val_accuracy").restore(
+        setup.checkpoint_like(), num_runs=setup.num_runs)
     for got, want in zip(jax.tree.leaves((start.params, nnx.filter_state(start.model_state, nnx.BatchStat))),
                          jax.tree.leaves((trained.params, nnx.filter_state(trained.model_state, nnx.BatchStat)))):
         np.testing.assert_array_equal(got, want)

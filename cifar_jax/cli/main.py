@@ -232,6 +232,7 @@ def dispatch(config: ml_collections.ConfigDict, workdir: str, mode: str) -> Any:
     from cifar_jax.experiments import sweep
     from cifar_jax.job import train
 
+    workdir_lib.check_local(workdir)
     execution.apply_xla_flags(config)  # before anything touches a JAX backend
     execution.initialize_distributed(config)
     execution.enable_compilation_cache(workdir)
@@ -246,7 +247,8 @@ def dispatch(config: ml_collections.ConfigDict, workdir: str, mode: str) -> Any:
             return sweep.write_sweep_report(workdir)
         raise UsageError("--mode=report rebuilds a study's report.md or a sweep's results.md; give the study "
                          "config (configs/studies/) or the sweep config (configs/sweeps/) the workdir was run with")
-    with workdir_lib.workdir_lock(workdir, create=mode != "eval", is_primary=execution.is_primary()):
+    # Taken by process 0 alone; a refusal (another job holds it) ends every process with its line.
+    with execution.on_primary(workdir_lib.workdir_lock(workdir, create=mode != "eval")):
         if mode == "train":
             return train.train_and_evaluate(config, workdir)
         if mode == "study":

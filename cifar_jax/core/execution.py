@@ -37,11 +37,12 @@ Why each choice, with the measurements behind it: README, "Performance".
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -53,7 +54,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from cifar_jax import checks
-from cifar_jax.errors import ConfigError
+from cifar_jax.errors import CifarJaxError, ConfigError
 from cifar_jax.models.layers import Compute
 
 # Target length of a scanned chunk of training steps on CPU: long enough to amortise dispatch
@@ -121,6 +122,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         lambda: checks.integer(config, "execution.runs_per_group", low=0, hint="0 picks per backend"),
         lambda: checks.integer(config, "execution.microbatches", low=0, hint="0 picks per backend"),
         lambda: checks.choice(config, "execution.compute_dtype", COMPUTE_DTYPES),
+        lambda: "stop_grace_s" not in config.execution  # absent from workdirs of earlier versions
+        or checks.number(config, "execution.stop_grace_s", low=0, hint="seconds; 0 never forces an exit"),
         # Fields newer than some workdirs' config.json: checked where present.
         lambda: "policy" not in config.execution or checks.choice(config, "execution.policy", POLICIES),
         lambda: "memory_limit_bytes" not in config.execution or checks.integer(
@@ -378,6 +381,59 @@ def initialize_distributed(config: ml_collections.ConfigDict) -> None:
 def is_primary() -> bool:
     """Process 0 prints and writes everything that is not a checkpoint."""
     return jax.process_index() == 0
+
+
+def primary_print(text: str) -> None:
+    """Prints on process 0 only: a multi-process job speaks with one voice."""
+    if is_primary():
+        print(text, flush=True)
+
+
+_MESSAGE_BYTES = 1024  # a refusal's text, as broadcast to the other processes
+_REFUSED = -(2**31)  # the decision that says: process 0 raised, the message follows
+
+
+def primary_decides(decide: Callable[[], int | None]) -> int:
+    """`decide()` run on process 0 alone, its answer returned on every process (one broadcast):
+    what only the primary may check or take (a lock, the workdir's files) never splits a
+    multi-process job. When it raises, every process raises too, with process 0's one line
+    (the others as `CifarJaxError`, exit status 1), instead of waiting in the next collective."""
+    value, message = 0, ""
+    if is_primary():
+        try:
+            value = int(decide() or 0)
+        except Exception as error:
+            if jax.process_count() == 1:
+                raise
+            _broadcast_decision(_REFUSED, error if isinstance(error, CifarJaxError) else
+                                f"process 0 failed ({type(error).__name__}: {error}); see its output")
+            raise
+    if jax.process_count() == 1:
+        return value
+    value, message = _broadcast_decision(value, message)
+    if value == _REFUSED:
+        raise CifarJaxError(message)
+    return value
+
+
+def _broadcast_decision(value: int, message: Any) -> tuple[int, str]:
+    """(value, message) as process 0 sent them, on every process."""
+    from jax.experimental import multihost_utils
+
+    text = np.zeros(_MESSAGE_BYTES, np.uint8)
+    encoded = str(message).encode()[:_MESSAGE_BYTES]
+    text[:len(encoded)] = np.frombuffer(encoded, np.uint8)
+    value, text = multihost_utils.broadcast_one_to_all((np.int32(value), text))
+    return int(value), bytes(np.asarray(text)).rstrip(b"\0").decode(errors="replace")
+
+
+@contextlib.contextmanager
+def on_primary(context: contextlib.AbstractContextManager) -> Iterator[None]:
+    """Enters `context` (a workdir lock) on process 0 only; a refusal to enter ends every
+    process with its one line (`primary_decides`)."""
+    with contextlib.ExitStack() as stack:
+        primary_decides(lambda: stack.enter_context(context) and 0)
+        yield
 
 
 def default_cache_dir() -> str:

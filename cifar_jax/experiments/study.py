@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import ml_collections
 
+from cifar_jax.core import execution
 from cifar_jax.errors import ConfigError
 from cifar_jax.experiments import evidence as evidence_lib
 from cifar_jax.experiments import study_report
@@ -229,7 +230,8 @@ def run_study(config: ml_collections.ConfigDict, workdir: str,
 
     def save_session() -> None:  # after every experiment (a SIGKILL loses one at most) and on any exit
         session["wall_s"] = time.time() - start
-        workdir_lib.write_json_atomic(os.path.join(workdir, STUDY_FILE), state)
+        if execution.is_primary():
+            workdir_lib.write_json_atomic(os.path.join(workdir, STUDY_FILE), state)
 
     try:
         for i, exp in enumerate(exps, start=1):
@@ -238,8 +240,9 @@ def run_study(config: ml_collections.ConfigDict, workdir: str,
             save_session()
     finally:  # an interrupted session's time counts too (the report sums the sessions)
         save_session()
-    path = write_study_report(config, workdir)
-    print(f"study: {path}", flush=True)
+    execution.primary_decides(lambda: write_study_report(config, workdir) and 0)  # the same refusal everywhere
+    path = os.path.join(workdir, study_report.REPORT_FILE)
+    execution.primary_print(f"study: {path}")
     return {"trained": trained, "skipped": skipped, "report": path}
 
 
@@ -248,21 +251,32 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, exp: Experim
     """Trains one experiment unless it cannot run, has finished, or has matching committed evidence;
     writes its evidence when it has finished. Returns 'trained', 'skipped' or 'not run'."""
     exp_dir = os.path.join(workdir, exp.key)
+    # Of a multi-process study, process 0 reads the files, decides and speaks; all follow.
+    outcome = _OUTCOMES[execution.primary_decides(lambda: _OUTCOMES.index(_outcome(config, exp, exp_dir, head)))]
+    if outcome == "trained":
+        execution.primary_print(head)
+        sweep.run_sweep(exp.config, exp_dir, train_fn=train_fn)
+    if outcome in ("trained", "skipped"):
+        execution.primary_decides(lambda: study_report.gather(config, workdir, exp) and 0)  # evidence/<key>.json
+    return "skipped" if outcome == "evidence" else outcome
+
+
+_OUTCOMES = ("not run", "evidence", "skipped", "trained")
+
+
+def _outcome(config: ml_collections.ConfigDict, exp: Experiment, exp_dir: str, head: str) -> str:
+    """What `run_experiment` does with `exp`, said in a line unless it trains."""
     if not exp.runnable:
         print(f"{head}: not run ({exp.skip_reason})", flush=True)
         return "not run"
     committed = evidence_lib.read(config.study.evidence_dir, exp.key) if config.study.evidence_dir else None
     if not os.path.exists(exp_dir) and evidence_lib.matches(committed, workdir_lib.config_to_dict(exp.config)):
         print(f"{head}: committed evidence in {config.study.evidence_dir} matches its config, skipped", flush=True)
-        return "skipped"
-    outcome = "skipped" if experiment_done(exp, exp_dir) else "trained"
-    if outcome == "skipped":
+        return "evidence"
+    if experiment_done(exp, exp_dir):
         print(f"{head}: finished earlier, skipped", flush=True)
-    else:
-        print(head, flush=True)
-        sweep.run_sweep(exp.config, exp_dir, train_fn=train_fn)
-    study_report.gather(config, workdir, exp)  # writes workdir/evidence/<key>.json
-    return outcome
+        return "skipped"
+    return "trained"
 
 
 def write_study_report(config: ml_collections.ConfigDict, workdir: str) -> str:

@@ -40,6 +40,7 @@ from typing import Any, Callable, Mapping, Sequence
 import ml_collections
 
 from cifar_jax.experiments import report
+from cifar_jax.core import execution
 from cifar_jax.experiments import stats
 from cifar_jax.job import train
 from cifar_jax.job import workdir as workdir_lib
@@ -306,25 +307,37 @@ def worker_order(groups: Sequence[Group], index: int, count: int) -> list[Group]
     return list(groups[index::count]) + [g for i, g in enumerate(groups) if i % count != index]
 
 
+_TRAIN, _BUSY, _DONE = 0, 1, 2  # what a worker does with a group (process 0 decides for a multi-process job)
+
+
+def _claim(group: Group, group_dir: str, claim: contextlib.ExitStack) -> int:
+    """_TRAIN holding the group's lock in `claim`, or _BUSY / _DONE (skipped), with the line."""
+    try:
+        claim.enter_context(workdir_lib.workdir_lock(group_dir))
+    except WorkdirInUse:
+        print(f"sweep: group {group.name}: being trained by another worker, skipped", flush=True)
+        return _BUSY
+    if group_done(group, group_dir):
+        print(f"sweep: group {group.name}: finished earlier, skipped", flush=True)
+        return _DONE
+    return _TRAIN
+
+
 def train_unclaimed(groups: Sequence[Group], workdir: str, index: int, count: int,
                     train_fn: Callable[[ml_collections.ConfigDict, str], Any]) -> bool:
     """Trains every group that is neither finished nor claimed by a live worker; a group is
     claimed by holding its directory's lock (released by the OS if the worker dies, so a rerun
-    resumes it). Returns whether all groups are finished."""
+    resumes it). Of a multi-process worker, process 0 claims and every process follows its
+    decision. Returns whether all groups are finished."""
     for group in worker_order(groups, index, count):
         group_dir = os.path.join(workdir, group.name)
         with contextlib.ExitStack() as claim:
-            try:
-                claim.enter_context(workdir_lib.workdir_lock(group_dir))
-            except WorkdirInUse:
-                print(f"sweep: group {group.name}: being trained by another worker, skipped", flush=True)
+            if execution.primary_decides(lambda: _claim(group, group_dir, claim)) != _TRAIN:
                 continue
-            if group_done(group, group_dir):
-                print(f"sweep: group {group.name}: finished earlier, skipped", flush=True)
-                continue
-            print(f"sweep: worker {index + 1}/{count}, group {group.name}: {_describe(group)}", flush=True)
+            execution.primary_print(f"sweep: worker {index + 1}/{count}, group {group.name}: {_describe(group)}")
             train_fn(group.config, group_dir)
-    return all(group_done(group, os.path.join(workdir, group.name)) for group in groups)
+    return bool(execution.primary_decides(
+        lambda: all(group_done(group, os.path.join(workdir, group.name)) for group in groups)))
 
 
 def run_sweep(config: ml_collections.ConfigDict, workdir: str,
@@ -342,10 +355,10 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str,
     while True:
         groups = expand(config, chosen)
         preflight(groups)
-        write_plan(workdir, config, spec, groups, chosen)
+        execution.primary_decides(lambda: write_plan(workdir, config, spec, groups, chosen))
         if not train_unclaimed(groups, workdir, index, count, train_fn):
-            print("sweep: other workers are still training; the last one to finish writes the report "
-                  "(or run --mode=report)", flush=True)
+            execution.primary_print("sweep: other workers are still training; the last one to finish writes the "
+                                    "report (or run --mode=report)")
             return {"groups": [g.name for g in groups], "chosen": chosen, "report": None}
         if spec.kind != "one_factor" or len(chosen) == len(spec.axes):
             break
@@ -353,8 +366,10 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str,
         field = spec.fields[stage]
         records = [g.record() for g in groups if g.stage == stage]
         chosen[field] = choose(report.load_settings(workdir, records), field, spec.metric)
-        print(f"sweep: stage {stage + 1} chose {field}={report.format_value(chosen[field])}", flush=True)
-    return {"groups": [g.name for g in groups], "chosen": chosen, "report": write_sweep_report(workdir)}
+        execution.primary_print(f"sweep: stage {stage + 1} chose {field}={report.format_value(chosen[field])}")
+    paths: dict[str, Any] = {}
+    execution.primary_decides(lambda: paths.update(write_sweep_report(workdir) or {}))  # process 0 writes it
+    return {"groups": [g.name for g in groups], "chosen": chosen, "report": paths or None}
 
 
 def write_sweep_report(workdir: str) -> dict[str, Any] | None:

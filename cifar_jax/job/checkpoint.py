@@ -1,8 +1,9 @@
 """Orbax checkpoints of all runs at once: save, resume, restore for evaluation.
 
 A checkpoint is the whole `TrainState` of every run (parameters, batch statistics, dropout
-streams, optimizer state, data keys, step, divergence flags) plus the epoch and the metrics
-history, so a killed run resumes to bit-identical results. The state is stored as a flat dict
+streams, optimizer state, data keys, step, divergence flags) plus a small meta (epochs done, wall
+time; the metrics history stays in metrics.jsonl, so the meta does not grow with the epochs), so a
+killed run resumes to bit-identical results. The state is stored as a flat dict
 keyed by pytree path, with random keys as raw key data: it restores into any process that
 builds the same program, whatever its device count.
 
@@ -15,6 +16,7 @@ if it were fine.
 """
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -23,6 +25,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
@@ -30,13 +33,14 @@ from etils import epath
 from cifar_jax.errors import CheckpointError, brief
 
 
-def _flatten(tree: Any) -> dict[str, np.ndarray]:
-    """Pytree -> {path: array}; typed PRNG keys become their raw uint32 key data."""
+def _flatten(tree: Any) -> dict[str, Any]:
+    """Pytree -> {path: array}, arrays left where they are (a sharded jax.Array stays sharded:
+    Orbax writes each process's shards); typed PRNG keys become their raw uint32 key data."""
     flat = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
             leaf = jax.random.key_data(leaf)
-        flat[jax.tree_util.keystr(path)] = np.asarray(leaf)
+        flat[jax.tree_util.keystr(path)] = leaf
     return flat
 
 
@@ -74,6 +78,35 @@ def state_digest(flat: dict[str, Any]) -> str:
     return digest.hexdigest()
 
 
+@functools.partial(jax.jit, static_argnums=1)
+def _checksums(flat: dict[str, jax.Array], num_runs: int) -> dict[str, jax.Array]:
+    """Per entry, a position-weighted sum (mod 2**32) of the 32-bit words of its first `num_runs`
+    rows: any changed word changes it (the weights are odd). Computed where the shards live: each
+    device reduces its own, only scalars move (no whole-state copy onto a device or the host)."""
+    def words(x: jax.Array) -> jax.Array:
+        if x.dtype == jnp.bool_ or x.dtype.itemsize == 1:
+            return x.astype(jnp.uint32)
+        if x.dtype.itemsize == 2:
+            return jax.lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32)
+        return jax.lax.bitcast_convert_type(x, jnp.uint32)  # 8-byte types gain a trailing axis of 2
+
+    def checksum(leaf: jax.Array) -> jax.Array:
+        bits = words(jnp.asarray(leaf)[:num_runs])
+        position, stride = jnp.zeros(bits.shape, jnp.uint32), 1
+        for axis in reversed(range(bits.ndim)):  # the row-major index, without a reshape of the sharded axis
+            position = position + jax.lax.broadcasted_iota(jnp.uint32, bits.shape, axis) * jnp.uint32(stride)
+            stride *= bits.shape[axis]
+        return jnp.sum(bits * (position * jnp.uint32(2654435761) + jnp.uint32(1)), dtype=jnp.uint32)
+    return {path: checksum(leaf) for path, leaf in flat.items()}
+
+
+def state_checksum(flat: dict[str, Any], num_runs: int) -> str:
+    """The checksum of a checkpoint's first `num_runs` runs (the real ones), independent of the
+    padding and of how the arrays are sharded."""
+    sums = jax.device_get(_checksums(flat, num_runs))
+    return "".join(f"{int(sums[path]):08x}" for path in sorted(sums))
+
+
 def _abstract_flat(like: Any) -> dict[str, jax.ShapeDtypeStruct]:
     """The restore target's {path: shape and dtype}; `like` may be concrete or abstract
     (`jax.eval_shape` of the program's init: evaluation needs no initialized weights)."""
@@ -86,7 +119,39 @@ def _abstract_flat(like: Any) -> dict[str, jax.ShapeDtypeStruct]:
     return flat
 
 
-DIGEST_KEY = "state_sha256"  # in each checkpoint's meta; removed from what `restore` returns
+DIGEST_KEY = "state_sha256"  # in the meta of earlier versions' checkpoints (of real runs, gathered)
+# In each checkpoint's meta, removed from what `restore` returns: the real runs (the state's first
+# rows; the rest is padding to the saving job's device count) and their `state_checksum`.
+RUNS_KEY = "num_runs"
+CHECKSUM_KEY = "state_checksum"
+
+
+def _leading(flat: dict[str, Any]) -> int:
+    """The run count of a flat state (the leading axis every entry, an array or a shape, shares)."""
+    first = next(iter(flat.values()), (0,))
+    return int((first if isinstance(first, tuple) else first.shape)[0])
+
+
+def _check_fits(saved: dict[str, tuple[int, ...]], abstract: dict[str, Any], saved_runs: int, num_runs: int) -> None:
+    """A one-line CheckpointError when the checkpoint holds other entries, other per-run shapes
+    or another number of runs than this job (another model, optimizer or grid)."""
+    missing, extra = sorted(set(abstract) - set(saved)), sorted(set(saved) - set(abstract))
+    if missing or extra:
+        raise CheckpointError(f"checkpoint does not match the model: missing {missing[:3]}, unexpected {extra[:3]}; "
+                              "evaluate or resume with the config the run was trained with")
+    if saved_runs != num_runs:
+        raise CheckpointError(f"checkpoint holds {saved_runs} runs, the config gives {num_runs}; "
+                              "use the config the run was trained with")
+    for path, target in abstract.items():
+        if saved[path][1:] != tuple(target.shape[1:]):
+            raise CheckpointError(f"checkpoint entry {path} has shape {(saved_runs, *saved[path][1:])}, the config "
+                                  f"gives {(num_runs, *target.shape[1:])}; use the config the run was trained with")
+
+
+def _handlers() -> dict[str, ocp.CheckpointHandler]:
+    """A manager's item handlers, known before its first save or restore (`item_metadata` reads
+    the saved shapes through them)."""
+    return {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
 
 
 class Checkpoints:
@@ -106,10 +171,10 @@ class Checkpoints:
         barriers = {name: ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)
                     for name in ("latest", "best", "partial")}
         self.latest = ocp.CheckpointManager(
-            root / "latest", item_names=("state", "meta"),
+            root / "latest", item_handlers=_handlers(),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, multiprocessing_options=barriers["latest"], **common))
         self.best = ocp.CheckpointManager(
-            root / "best", item_names=("state", "meta"),
+            root / "best", item_handlers=_handlers(),
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=1, best_fn=lambda m: m[best_metric],
                 best_mode="min" if best_metric.endswith("loss") else "max",
@@ -117,21 +182,23 @@ class Checkpoints:
         # One checkpoint inside an epoch (preemption, checkpoint.every_minutes), by global step;
         # superseded by the next whole epoch's checkpoint.
         self.partial = ocp.CheckpointManager(
-            root / "partial", item_names=("state", "meta"),
+            root / "partial", item_handlers=_handlers(),
             options=ocp.CheckpointManagerOptions(max_to_keep=1, multiprocessing_options=barriers["partial"], **common))
 
-    def save_partial(self, global_step: int, state: Any, meta: dict) -> None:
+    def save_partial(self, global_step: int, state: Any, meta: dict, num_runs: int | None = None) -> None:
         """A checkpoint inside an epoch: `meta` says the epoch, the step within it and the sums so far."""
         with self._write_errors(None):
-            self.partial.save(global_step, args=self._args(state, meta))
+            self.partial.save(global_step, args=self._args(state, meta, num_runs))
         self.last_save_time = time.time()
 
-    def restore_partial(self, like: Any) -> tuple[Any, dict] | None:
+    def restore_partial(self, like: Any, num_runs: int | None = None) -> tuple[Any, dict] | None:
         """(state, meta) of the mid-epoch checkpoint, or None when there is none or it is unusable
         (then training resumes from the last whole epoch, with a warning)."""
+        abstract = _abstract_flat(like)
+        num_runs = _leading(abstract) if num_runs is None else num_runs
         for step in sorted(self.partial.all_steps(), reverse=True):
             try:
-                flat, meta = self._read(self.partial, step, _abstract_flat(like))
+                flat, meta = self._read(self.partial, step, abstract, num_runs)
             except _Unusable as problem:
                 logging.warning("mid-epoch checkpoint %d %s; resuming from the last whole epoch", step, problem)
                 return None
@@ -144,19 +211,24 @@ class Checkpoints:
             self.partial.delete(step)
 
     @staticmethod
-    def _args(state: Any, meta: dict) -> ocp.args.Composite:
+    def _args(state: Any, meta: dict, num_runs: int | None = None) -> ocp.args.Composite:
+        """The sharded state as it is (padding included) and the meta with the real-run count and
+        the checksum of the real runs."""
         flat = _flatten(state)
-        meta = {**meta, DIGEST_KEY: state_digest(flat)}
+        num_runs = _leading(flat) if num_runs is None else num_runs
+        meta = {**meta, RUNS_KEY: num_runs, CHECKSUM_KEY: state_checksum(flat, num_runs)}
         return ocp.args.Composite(state=ocp.args.StandardSave(flat), meta=ocp.args.JsonSave(meta))
 
-    def save(self, epoch: int, state: Any, meta: dict, best_value: float | None) -> None:
-        """Saves asynchronously: Orbax copies the arrays to the host, then writes in the background.
+    def save(self, epoch: int, state: Any, meta: dict, best_value: float | None, num_runs: int | None = None) -> None:
+        """Saves asynchronously: Orbax copies each process's shards to its host, then writes them in
+        the background. `state` may hold padding runs after its first `num_runs` (default: all
+        real); they are saved too (no gather to slice them off) and dropped by `restore`.
 
         A write that fails (disk full, unwritable workdir) is a one-line CheckpointError, raised
         here or by `wait`; Orbax writes into a temporary directory first, so earlier checkpoints
         stay intact.
         """
-        args = self._args(state, meta)
+        args = self._args(state, meta, num_runs)
         self.last_save_time = time.time()
         with self._write_errors(epoch):
             self.latest.save(epoch, args=args)
@@ -191,10 +263,13 @@ class Checkpoints:
         for manager in (self.latest, self.best, self.partial):
             manager.close()
 
-    def restore(self, like: Any, which: str = "latest") -> tuple[int, Any, dict] | None:
+    def restore(self, like: Any, which: str = "latest", num_runs: int | None = None) -> tuple[int, Any, dict] | None:
         """(epoch, state, meta) of the chosen checkpoint, or None when there is none.
 
-        `like` is a freshly initialized state of the same program: it gives the tree structure.
+        `like` (concrete or abstract) gives the tree structure, shapes and shardings: the state of
+        this job, whose first `num_runs` runs (default: all) are real. Each process reads the
+        shards its devices hold, on any device count; the saved padding is cut or extended to
+        `like`'s (the padding runs are never reported).
         `which` is 'latest', 'best' or an epoch number. For 'latest', a checkpoint that cannot be
         read or fails its checksum is skipped with a warning and the next older one is tried; when
         none is usable, and for 'best' or an epoch, it is a one-line CheckpointError.
@@ -213,10 +288,11 @@ class Checkpoints:
                 raise CheckpointError(f"no checkpoint for epoch {epoch}; available: {sorted(manager.all_steps())}")
             candidates = [epoch]
         abstract = _abstract_flat(like)
+        num_runs = _leading(abstract) if num_runs is None else num_runs
         problems = []
         for epoch in candidates:
             try:
-                flat, meta = self._read(manager, epoch, abstract)
+                flat, meta = self._read(manager, epoch, abstract, num_runs)
             except _Unusable as problem:
                 if which != "latest":
                     name = f"best checkpoint (epoch {epoch})" if which == "best" else f"checkpoint of epoch {epoch}"
@@ -233,29 +309,39 @@ class Checkpoints:
         return None
 
     @staticmethod
-    def _read(manager: ocp.CheckpointManager, epoch: int, abstract: dict) -> tuple[dict, dict]:
-        """The flat state and meta of one checkpoint; _Unusable when unreadable or not as saved."""
+    def _read(manager: ocp.CheckpointManager, epoch: int, abstract: dict, num_runs: int) -> tuple[dict, dict]:
+        """The flat state (shaped and sharded like `abstract`) and meta of one checkpoint;
+        CheckpointError when it does not fit, _Unusable when unreadable or not as saved."""
         try:
-            restored = manager.restore(epoch, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+            meta = dict(manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+            saved = {path: tuple(entry.shape) for path, entry in manager.item_metadata(epoch)["state"].items()}
         except Exception as error:  # noqa: BLE001 -- any read failure means "not usable"
             raise _Unusable(f"cannot be read ({brief(error, 160)})") from None
-        flat, meta = dict(restored["state"]), dict(restored["meta"])
-        expected = meta.pop(DIGEST_KEY, None)  # None: written before checksums existed
-        if expected is not None and state_digest(flat) != expected:
+        _check_fits(saved, abstract, int(meta.pop(RUNS_KEY, _leading(saved))), num_runs)
+        try:  # strict=False: the run axis is cut or zero-padded to this job's padding
+            restored = manager.restore(epoch, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract, strict=False)))
+        except Exception as error:  # noqa: BLE001
+            raise _Unusable(f"cannot be read ({brief(error, 160)})") from None
+        flat = dict(restored["state"])
+        checksum, digest = meta.pop(CHECKSUM_KEY, None), meta.pop(DIGEST_KEY, None)  # None: not recorded
+        if checksum is not None and state_checksum(flat, num_runs) != checksum:
             raise _Unusable("fails its checksum (its files were modified or damaged)")
+        if digest is not None and state_digest({p: np.asarray(v)[:num_runs] for p, v in flat.items()}) != digest:
+            raise _Unusable("fails its checksum (its files were modified or damaged)")  # an earlier version's
         return flat, meta
 
 
-def warm_start_state(source: str, like: Any, best_metric: str) -> Any:
-    """The latest checkpointed state of workdir `source`, shaped like `like` (this job's real runs),
+def warm_start_state(source: str, like: Any, best_metric: str, num_runs: int | None = None) -> Any:
+    """The latest checkpointed state of workdir `source`, shaped like `like` (this job's runs, the
+    first `num_runs` real),
     for `init_from`: a one-line CheckpointError when `source` has no checkpoint or its runs do
     not fit this job's (another model, optimizer or number of runs)."""
     if not os.path.isdir(os.path.join(source, "checkpoints", "latest")):
         raise CheckpointError(f"init_from: {source} has no checkpoint; train that run first")
     checkpoints = Checkpoints(source, keep=1, best_metric=best_metric, read_only=True)
     try:
-        restored = checkpoints.restore(like)
+        restored = checkpoints.restore(like, num_runs=num_runs)
     except CheckpointError as error:
         raise CheckpointError(f"init_from: {source} does not fit this job ({error})") from None
     finally:

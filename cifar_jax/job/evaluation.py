@@ -17,6 +17,8 @@ import numpy as np
 from flax import nnx
 
 from cifar_jax.data import catalog
+from cifar_jax.data import datasets as data
+from cifar_jax.core import execution
 from cifar_jax.core import metrics
 from cifar_jax.core import runs
 from cifar_jax.core import splits as splits_lib
@@ -119,7 +121,7 @@ def load(workdir: str, checkpoint: str = "latest", config: ml_collections.Config
                              data_meta["num_train"], abstract=True)
     checkpoints = Checkpoints(workdir, keep=config.checkpoint.keep, best_metric=config.checkpoint.best_metric,
                               read_only=True)
-    restored = checkpoints.restore(setup.real_like(), which=str(checkpoint))
+    restored = checkpoints.restore(setup.checkpoint_like(), which=str(checkpoint), num_runs=setup.num_runs)
     checkpoints.close()
     if restored is None:
         raise CheckpointError(f"{workdir} has no readable '{checkpoint}' checkpoint")
@@ -187,6 +189,8 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     examples, weights = splits_lib.eval_examples(config.data, grid, split)  # a missing data set fails first
     loaded = load(workdir, str(config.eval.checkpoint), config)
     report = evaluate(loaded, *examples, weights)
+    if not execution.is_primary():  # every process evaluates (collectives); process 0 prints and writes
+        return report
     print(format_report(report, split), flush=True)
     os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
     workdir_lib.write_json_atomic(

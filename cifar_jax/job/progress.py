@@ -23,6 +23,7 @@ from cifar_jax.core import metrics
 from cifar_jax.job import results
 from cifar_jax.core.runs import RunGrid
 from cifar_jax.core.splits import Splits
+from cifar_jax.errors import CheckpointError
 
 METRICS_FILE = "metrics.jsonl"
 STEPS_FILE = "steps.jsonl"  # with log_step_metrics: the dying-ReLU diagnostics per chunk of steps
@@ -277,3 +278,24 @@ def read_steps(workdir: str) -> list[dict[str, Any]]:
     with open(path) as f:
         by_step = {record["step"]: record for record in map(json.loads, f) if record}
     return [by_step[step] for step in sorted(by_step)]
+
+
+def read_history(workdir: str, epochs: int, run_ids: list[dict[str, Any]]) -> tuple[list[dict], list[list[bool]]]:
+    """(per-epoch records, diverged per epoch) of epochs 1..`epochs`, read back from metrics.jsonl
+    (`results.metrics_lines` inverted): what a resume continues, kept out of the checkpoints so
+    their size does not grow with the epochs. A run's last line of an epoch wins."""
+    path = os.path.join(workdir, METRICS_FILE)
+    rows = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            rows = {(row["epoch"], row["run"]): row for row in map(json.loads, f) if row}
+    records, diverged = [], []
+    for epoch in range(1, epochs + 1):
+        epoch_rows = [rows.get((epoch, r)) for r in range(len(run_ids))]
+        if None in epoch_rows:
+            raise CheckpointError(f"{path} lacks runs of epoch {epoch}, which the checkpoint holds; restore the "
+                                  "file, or retrain with --config.checkpoint.overwrite=True (the old run is moved aside)")
+        names = [name for name in epoch_rows[0] if name not in ("epoch", "diverged", *run_ids[0])]
+        records.append({name: [row[name] for row in epoch_rows] for name in names})
+        diverged.append([bool(row["diverged"]) for row in epoch_rows])
+    return records, diverged

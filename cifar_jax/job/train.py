@@ -194,13 +194,14 @@ class RunSetup(NamedTuple):
     def init(self) -> step.TrainState:
         return self.program.init(self.keys, self.hparams)
 
-    def real_like(self) -> Any:
-        """The abstract state of the real runs: what a checkpoint holds, whatever the device count
-        (restored onto every device of this job's mesh, then `on_devices` splits it)."""
+    def checkpoint_like(self) -> Any:
+        """The abstract state a checkpoint restores into: this job's padded runs, split over its
+        mesh like the state, so each process reads only its own devices' shards (a checkpoint
+        saved on another device count is cut or padded to this one's; see `Checkpoints.restore`)."""
         mesh = self.program.plan.mesh
-        sharding = None if mesh is None else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct((self.num_runs, *leaf.shape[1:]), leaf.dtype,
-                                                              sharding=sharding), self.state)
+        sharding = (jax.sharding.SingleDeviceSharding(jax.devices()[0]) if mesh is None
+                    else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(execution.RUNS_AXIS)))
+        return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), self.state)
 
     def on_devices(self, tree: Any) -> Any:
         """Per-run arrays of the real runs (or None), padded and sharded like the state."""
@@ -344,26 +345,41 @@ def _initial_state(setup: RunSetup, config: ml_collections.ConfigDict, workdir: 
     if not config.get("init_from"):
         return state
     path = os.path.normpath(os.path.join(workdir, config.init_from))  # relative: to this run's workdir
-    source = setup.on_devices(warm_start_state(path, setup.real_like(), config.checkpoint.best_metric))
+    source = setup.on_devices(warm_start_state(path, setup.checkpoint_like(), config.checkpoint.best_metric,
+                                               setup.num_runs))
     batch_stats = jax.tree.map(lambda fresh, old: old if isinstance(fresh, nnx.BatchStat) else fresh,
                                state.model_state, source.model_state, is_leaf=lambda v: isinstance(v, nnx.Variable))
     return state._replace(params=source.params, model_state=batch_stats)
 
 
-def _resume_point(setup: RunSetup, checkpoints: Checkpoints, fresh: Callable[[], step.TrainState]) -> ResumePoint:
-    """The newest usable checkpoint, a whole epoch's or a mid-epoch one, placed on the devices;
-    `fresh()` when there is none."""
-    restored = checkpoints.restore(setup.real_like())
-    partial = checkpoints.restore_partial(setup.real_like())
-    whole_epochs = 0 if restored is None else len(restored[2]["history"])
+def _resume_point(setup: RunSetup, checkpoints: Checkpoints, workdir: str,
+                  fresh: Callable[[], step.TrainState]) -> ResumePoint:
+    """The newest usable checkpoint, a whole epoch's or a mid-epoch one, placed on the devices,
+    with the records of its epochs (from metrics.jsonl); `fresh()` when there is none."""
+    restored = checkpoints.restore(setup.checkpoint_like(), num_runs=setup.num_runs)
+    partial = checkpoints.restore_partial(setup.checkpoint_like(), num_runs=setup.num_runs)
+    whole_epochs = 0 if restored is None else _epochs_done(restored[2])
     if partial is not None and partial[1]["epoch"] > whole_epochs:
         state, meta = partial
-        return ResumePoint(setup.on_devices(state), meta["history"], meta["diverged"], meta["wall_time_s"],
+        return ResumePoint(setup.on_devices(state), *_history(meta, workdir, setup.grid), meta["wall_time_s"],
                            meta["step"], setup.on_devices(step.EpochSums.from_json(meta["sums"])))
     if restored is None:
         return ResumePoint(fresh(), [], [], 0.0)
     _, state, meta = restored
-    return ResumePoint(setup.on_devices(state), meta["history"], meta["diverged"], meta["wall_time_s"])
+    return ResumePoint(setup.on_devices(state), *_history(meta, workdir, setup.grid), meta["wall_time_s"])
+
+
+def _epochs_done(meta: dict) -> int:
+    """Whole epochs a checkpoint holds ('history' in the meta of earlier versions' checkpoints)."""
+    return int(meta["epochs_done"]) if "epochs_done" in meta else len(meta["history"])
+
+
+def _history(meta: dict, workdir: str, grid: runs.RunGrid) -> tuple[list[dict], list[list[bool]]]:
+    """(records, diverged per epoch) of the whole epochs before a checkpoint: read back from
+    metrics.jsonl, so a checkpoint's meta stays the same size however many epochs ran."""
+    if "history" in meta:  # written by an earlier version
+        return meta["history"], meta["diverged"]
+    return progress.read_history(workdir, int(meta["epochs_done"]), grid.ids())
 
 
 def _chunk_hook(setup: RunSetup, checkpoints: Checkpoints, loop: progress.TrainingLog, stop: interrupts.StopFlag,
@@ -379,9 +395,9 @@ def _chunk_hook(setup: RunSetup, checkpoints: Checkpoints, loop: progress.Traini
             loop.step_metrics(epoch, done, setup.real_runs(sums))
         halt, save = stop.poll(save_due=0 < every_s <= time.time() - checkpoints.last_save_time)
         if halt or save:
-            checkpoints.save_partial((epoch - 1) * setup.program.steps_per_epoch + done, setup.real_runs(state),
+            checkpoints.save_partial((epoch - 1) * setup.program.steps_per_epoch + done, state,
                                      {**records(), "epoch": epoch, "step": done,
-                                      "sums": setup.real_runs(sums).to_json()})
+                                      "sums": setup.real_runs(sums).to_json()}, num_runs=setup.num_runs)
         return halt
     return hook
 
@@ -404,7 +420,8 @@ def _best_runs(config: ml_collections.ConfigDict, setup: RunSetup, checkpoints: 
         return None
     metric = config.checkpoint.best_metric
     best = best_runs.BestRuns(metric if metric in results.BEST_METRICS else "val_accuracy", setup.on_devices)
-    best.resume(history, state, lambda epoch: checkpoints.restore(setup.real_like(), which=str(epoch))[1])
+    best.resume(history, state, lambda epoch: checkpoints.restore(setup.checkpoint_like(), which=str(epoch),
+                                                                  num_runs=setup.num_runs)[1])
     return best
 
 
@@ -413,11 +430,12 @@ def _claim(config: ml_collections.ConfigDict, workdir: str, setup: RunSetup, spl
     """Takes the workdir: refuses another config's run or another dtype (writing nothing), finds
     where to resume (an unusable checkpoint or init_from source fails here, config.json
     untouched), then writes config.json and data.json (with the resolved plan)."""
-    if primary:
-        workdir_lib.make_room(workdir, config)  # refuses a workdir of another config, writing nothing
+    def make_room() -> None:  # refuses a workdir of another config, writing nothing
+        workdir_lib.make_room(workdir, config)
         _refuse_another_dtype(workdir, setup.program.plan)
+    execution.primary_decides(make_room)  # every process ends with process 0's refusal
     checkpoints = Checkpoints(workdir, keep=config.checkpoint.keep, best_metric=config.checkpoint.best_metric)
-    resume = _resume_point(setup, checkpoints, lambda: _initial_state(setup, config, workdir))
+    resume = _resume_point(setup, checkpoints, workdir, lambda: _initial_state(setup, config, workdir))
     if primary:
         workdir_lib.write_run_files(workdir, config, {"image_shape": list(splits.image_shape), "num_train":
                                                       splits.num_train, "class_names": list(splits.class_names),
@@ -449,7 +467,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state, history, diverged_by_epoch = resume.state, resume.history, resume.diverged_by_epoch
     loop.start(resumed_after=len(history), step=resume.step)
     session_start = time.time()
-    records = lambda: {"history": history, "diverged": diverged_by_epoch,  # noqa: E731
+    # What resume needs besides metrics.jsonl (written before each checkpoint): constant in size.
+    records = lambda: {"epochs_done": len(history),  # noqa: E731
                        "wall_time_s": resume.wall_time_s + time.time() - session_start}
     plan = setup.program.plan
     images, labels, train_index, evals = _placed_data(splits, setup)
@@ -457,7 +476,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     clock = chunks.ChunkClock(plan, setup.program.steps_per_epoch)
     loop.compiling(clock)
     best = _best_runs(config, setup, checkpoints, evals, history, state)
-    with interrupts.stop_on_signals() as stop:
+    grace_s = float(config.execution.get("stop_grace_s", interrupts.DEFAULT_GRACE_S))
+    with interrupts.stop_on_signals(grace_s) as stop:
         for epoch in range(resumed_epoch, config.num_epochs + 1):
             start, sums = (resume.step, resume.sums) if epoch == resumed_epoch else (0, None)
             state, sums, done = train_epoch(setup.program, state, setup.hparams, images, labels, epoch, train_index,
@@ -479,11 +499,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             diverged_by_epoch.append(diverged.tolist())
             if best is not None:
                 best.update(epoch, record, state)
+            loop.end_epoch(epoch, record, history, diverged_by_epoch)  # metrics.jsonl before the checkpoint
             if epoch % config.checkpoint_every_epochs == 0 or epoch == config.num_epochs:
-                checkpoints.save(epoch, setup.real_runs(state), records(),
-                                 results.mean_over_runs(record, config.checkpoint.best_metric))
+                checkpoints.save(epoch, state, records(), results.mean_over_runs(record, config.checkpoint.best_metric),
+                                 num_runs=setup.num_runs)  # sharded and padded as trained: nothing gathered
                 checkpoints.drop_partial()
-            loop.end_epoch(epoch, record, history, diverged_by_epoch)
     checkpoints.wait()
     checkpoints.close()
     best_test = None if best is None else best.best_scores(

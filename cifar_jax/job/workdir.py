@@ -11,16 +11,18 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import ml_collections
 
-from cifar_jax.errors import CheckpointError, WorkdirInUse
+from cifar_jax.errors import CheckpointError, UsageError, WorkdirInUse
+from cifar_jax.job import lease
 
 CONFIG_FILE = "config.json"
 DATA_FILE = "data.json"  # image shape, class names, train size: what rebuilding the program needs
@@ -30,6 +32,12 @@ DATA_FILE = "data.json"  # image shape, class names, train size: what rebuilding
 RESUMABLE_FIELDS = ("num_epochs", "progress_every_s", "log_step_metrics", "log_every_epochs", "checkpoint_every_epochs",
                     "eval_batch_size", "dev_run", "data.dir", "data.source", "data.tfds_data_dir", "eval.", "execution.",
                     "checkpoint.keep", "checkpoint.overwrite", "checkpoint.every_minutes")
+# How this process was launched, not what it trains: stored at these defaults, so they are never
+# inherited from config.json (a laptop evaluating a pod's run must not wait for the pod's
+# coordinator) and never block a resume on another launch (one process resuming two's run).
+PER_LAUNCH_DEFAULTS = {"execution.distributed": False, "execution.coordinator_address": "",
+                       "execution.num_processes": 0, "execution.process_id": -1,
+                       "sweep.worker_index": -1, "sweep.num_workers": 0}
 # Fields added by a later version whose default is not "off": the value that reproduces what
 # earlier versions did, so a workdir they wrote still resumes under it.
 ADDED_DEFAULTS = {"model.dropout_kind": "element"}
@@ -41,8 +49,19 @@ RUN_FILES = (CONFIG_FILE, DATA_FILE, "checkpoints", "metrics.jsonl", "steps.json
 
 
 def config_to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The JSON form of a config (tuples become lists), as stored in the workdir."""
-    return json.loads(config.to_json_best_effort())
+    """The JSON form of a config (tuples become lists) as stored in the workdir: the per-launch
+    fields it has are at their defaults."""
+    return without_launch(json.loads(config.to_json_best_effort()))
+
+
+def without_launch(tree: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `tree` (a config's JSON form) with the PER_LAUNCH_DEFAULTS fields it holds reset."""
+    tree = {key: dict(value) if isinstance(value, dict) else value for key, value in tree.items()}
+    for name, default in PER_LAUNCH_DEFAULTS.items():
+        section, _, field = name.partition(".")
+        if isinstance(tree.get(section), dict) and field in tree[section]:
+            tree[section][field] = default
+    return tree
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -59,13 +78,23 @@ def differing_fields(stored: dict[str, Any], current: dict[str, Any]) -> list[st
     """Dotted names of the fields that differ and matter for resuming. A field the stored config
     lacks (added by a later version, like data.shared_order) matches while it is off (False, 0,
     empty) or at its ADDED_DEFAULTS value: what the older version did."""
-    old, new = _flat(stored), _flat(current)
+    old, new = _flat(without_launch(stored)), _flat(without_launch(current))
 
     def differs(name: str) -> bool:
         if name not in old:
             return bool(new[name]) and new[name] != ADDED_DEFAULTS.get(name)
         return old[name] != new.get(name)
     return sorted(name for name in set(old) | set(new) if differs(name) and not name.startswith(RESUMABLE_FIELDS))
+
+
+def check_local(workdir: str) -> None:
+    """Refuses an object-store URI (gs://, s3://) as --workdir: its lock, metrics.jsonl and results
+    are POSIX files (appends, renames, flock or an exclusive-create lease), and os.path would
+    silently make `gs://b/x` a local `./gs:/b/x` on every host."""
+    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", workdir)
+    if scheme:
+        raise UsageError(f"--workdir {workdir}: {scheme.group(1)}:// workdirs are not supported (a workdir needs a "
+                         "POSIX file system); on several hosts use a directory they all mount (NFS, Filestore)")
 
 
 def describe_differences(stored: dict[str, Any], current: dict[str, Any], differing: list[str],
@@ -95,7 +124,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     if stored is None:
         raise CheckpointError(f"{workdir} holds no trained run (no {CONFIG_FILE}); "
                               "train first with --mode=train or point --workdir at a run")
-    return ml_collections.ConfigDict(stored)
+    return ml_collections.ConfigDict(without_launch(stored))  # written by an earlier version: launch fields kept
 
 
 def claim(workdir: str, config: ml_collections.ConfigDict, data_meta: dict[str, Any]) -> None:
@@ -130,9 +159,10 @@ def write_run_files(workdir: str, config: ml_collections.ConfigDict, data_meta: 
 
 
 def _move_aside(workdir: str) -> str:
-    """Moves the previous run's files into `replaced-<time>/`: an overwrite never deletes results."""
-    target = os.path.join(workdir, time.strftime("replaced-%Y%m%d-%H%M%S"))
-    os.makedirs(target)
+    """Moves the previous run's files into a new `replaced-<time>-<unique>/`: an overwrite never
+    deletes results, and two overwrites within a second never collide."""
+    target = tempfile.mkdtemp(prefix=time.strftime("replaced-%Y%m%d-%H%M%S-"), dir=workdir)
+    os.chmod(target, 0o755)  # mkdtemp's 0700 would hide the old run from the rest of a group
     for name in RUN_FILES:
         if os.path.exists(os.path.join(workdir, name)):
             shutil.move(os.path.join(workdir, name), os.path.join(target, name))
@@ -158,36 +188,55 @@ def write_json_atomic(path: str, payload: Any) -> None:
 
 
 @contextlib.contextmanager
-def workdir_lock(workdir: str, *, is_primary: bool = True, create: bool = True) -> Iterator[None]:
+def workdir_lock(workdir: str, *, create: bool = True) -> Iterator[None]:
     """Makes this process the one writer of `workdir` while the block runs.
 
     Two processes writing one workdir (a second terminal, a re-sent job) would interleave
     checkpoints and metrics, so a second one is refused at once, naming the holder. The lock is
     an flock on WORKDIR/.lock, which exists only while held: the OS releases the flock when its
-    holder dies, so a lock file left by a killed process is taken over with a warning. Of a
-    multi-process job only the primary process (`is_primary`, process 0) takes it. With
+    holder dies, so a lock file left by a killed process is taken over with a warning. Where the
+    file system has no flock, a lease with holder and age stands in for it (`lease`). Of a
+    multi-process job only the primary process takes it (`execution.on_primary`). With
     `create=False` a missing workdir is left missing (evaluation reports that itself). A workdir
     this call created and nothing wrote into (a start that failed) is removed again, so a
     mistyped --workdir leaves no stray directory.
     """
-    if not is_primary or (not create and not os.path.isdir(workdir)):
+    if not create and not os.path.isdir(workdir):
         yield
         return
     created = not os.path.exists(workdir)
-    fd, holder = _lock(workdir)
+    release = _take(workdir)
     try:
-        if holder:
-            logging.warning("%s: taking over the lock of process %s on %s (started %s), which ended without "
-                            "releasing it", workdir, holder.get("pid"), holder.get("host"), holder.get("start"))
-        _write_holder(fd, {"pid": os.getpid(), "host": socket.gethostname(),
-                           "start": time.strftime("%Y-%m-%d %H:%M:%S")})
         yield
     finally:
-        # Removed while still locked: a process that opened it meanwhile finds it gone (see `_lock`).
-        os.unlink(os.path.join(workdir, LOCK_FILE))
+        release()
         if created and not os.listdir(workdir):
             os.rmdir(workdir)
+
+
+def _take(workdir: str) -> Callable[[], None]:
+    """Takes the flock on WORKDIR/.lock, or where the file system has no flock the lease
+    (`lease.take`); returns the function that releases it."""
+    try:
+        fd, holder = _lock(workdir)
+    except _NoFlock:
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(workdir, LOCK_FILE))  # the empty file `_lock` created; a lease is used instead
+        return lease.take(workdir)
+    if holder:
+        logging.warning("%s: taking over the lock of process %s on %s (started %s), which ended without "
+                        "releasing it", workdir, holder.get("pid"), holder.get("host"), holder.get("start"))
+    _write_holder(fd, {"pid": os.getpid(), "host": socket.gethostname(), "start": time.strftime("%Y-%m-%d %H:%M:%S")})
+
+    def release() -> None:
+        # Removed while still locked: a process that opened it meanwhile finds it gone (see `_lock`).
+        os.unlink(os.path.join(workdir, LOCK_FILE))
         os.close(fd)  # releases the flock
+    return release
+
+
+class _NoFlock(Exception):
+    """The workdir's file system does not support flock."""
 
 
 def _lock(workdir: str) -> tuple[int, dict[str, Any]]:
@@ -222,7 +271,7 @@ def _open_lock(workdir: str) -> int:
 
 
 def _acquire(fd: int, workdir: str, holder: dict[str, Any]) -> None:
-    """flock, or (on file systems without it) the recorded holder's liveness on this host."""
+    """The flock; _NoFlock on file systems without it."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return
@@ -231,23 +280,10 @@ def _acquire(fd: int, workdir: str, holder: dict[str, Any]) -> None:
     except OSError as error:
         if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP):
             raise
-        if not _alive_here(holder):
-            return
+        raise _NoFlock() from None
     raise WorkdirInUse(
         f"{workdir} is in use by process {holder.get('pid', '?')} on {holder.get('host', '?')} (since "
         f"{holder.get('start', '?')}); wait for it to finish, stop it, or pass another --workdir")
-
-
-def _alive_here(holder: dict[str, Any]) -> bool:
-    if not holder or holder.get("host") != socket.gethostname():
-        return bool(holder)  # another host's process cannot be checked: assume it runs
-    try:
-        os.kill(int(holder["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, KeyError, ValueError, TypeError):
-        return True
-    return True
 
 
 def _read_holder(fd: int) -> dict[str, Any]:
