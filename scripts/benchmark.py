@@ -13,7 +13,7 @@ its auto program only. Per cell:
 
 - model-images/s = images x runs / second of training, steady state (after compilation and a
   warm-up epoch), over a fixed number of steps on synthetic CIFAR-sized uint8 arrays (the data
-  values do not change the work). cifar_jax runs what users run: `train.setup_runs` (the
+  values do not change the work). cifar_jax runs what users run: `program_lib.setup_runs` (the
   config's Program: all runs in one compiled program, runs of a data stream sharing its batch,
   the execution defaults of `cifar_jax.core.execution`) driven by `train.train_epoch`.
 - the candidates: the same program with `execution.runs_per_group` = 1 and = every run (the full
@@ -104,6 +104,7 @@ import benchmark_report  # noqa: E402
 from cifar_jax.core import execution  # noqa: E402
 from cifar_jax.data.catalog import IMAGE_SHAPES  # noqa: E402
 from cifar_jax.job import train  # noqa: E402
+from cifar_jax.job import program as program_lib
 from configs import block_cnn, study_models  # noqa: E402
 
 # ----------------------------------------------------------------------------- models
@@ -193,7 +194,7 @@ def _train_steps_call(program, state, hparams, images, labels):
     num_runs = state.step.shape[0]
     train_index = jnp.broadcast_to(jnp.arange(images.shape[0]), (num_runs, images.shape[0]))
     batches = program.epoch_batches(state, jnp.int32(1), train_index)
-    args = (state, hparams, images, labels, batches, jnp.int32(0), train.zero_sums(num_runs, program.layer_names))
+    args = (state, hparams, images, labels, batches, jnp.int32(0), program_lib.zero_sums(num_runs, program.layer_names))
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args), {"length": program.plan.steps_per_call}
 
 
@@ -205,7 +206,7 @@ def _synthetic(num_images: int, shape: tuple[int, int, int], seed: int = 0):
 
 
 def _setup(config, num_train: int):
-    setup = train.setup_runs(config, IMAGE_SHAPES[config.data.name], 10, num_train)
+    setup = program_lib.setup_runs(config, IMAGE_SHAPES[config.data.name], 10, num_train)
     return setup.program, setup.hparams, setup.state
 
 
@@ -276,7 +277,7 @@ def _program(cell: Cell, runs_per_group: int, streams: bool, num_train: int, mic
     config.execution.microbatches = microbatches
     program, hparams, state = _setup(config, num_train)
     shape = IMAGE_SHAPES[config.data.name]
-    return (program if streams else train.make_train(config, shape, 10, num_train)), hparams, state
+    return (program if streams else program_lib.make_train(config, shape, 10, num_train)), hparams, state
 
 
 class _TimedProgram:

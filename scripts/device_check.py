@@ -31,6 +31,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cifar_jax.core import memory  # noqa: E402
+from cifar_jax.job import program as program_lib
 from cifar_jax.core.splits import Examples, Splits  # noqa: E402
 from cifar_jax.job import chunks, train  # noqa: E402
 from cifar_jax.job.checkpoint import Checkpoints  # noqa: E402
@@ -70,7 +71,7 @@ def model_config(name: str, seeds: int, shrink: bool, **execution):
 def train_timed(config, splits: Splits, epochs: int) -> dict:
     """Trains `epochs` epochs: the last epoch's model-images/s (training calls only, compiles
     excluded: job/chunks.py) and the accuracy."""
-    setup = train.setup_runs(config, splits.image_shape, 10, splits.num_train)
+    setup = program_lib.setup_runs(config, splits.image_shape, 10, splits.num_train)
     state, clock = setup.state, chunks.ChunkClock(setup.program.plan, setup.program.steps_per_epoch)
     for epoch in range(1, epochs + 1):
         state, _, _ = train.train_epoch(setup.program, state, setup.hparams, *splits.train, epoch, clock=clock)
@@ -90,7 +91,7 @@ def largest_block_cnn(splits: Splits, shrink: bool, limit: int | None) -> dict:
     limit = memory.device_limit(config)
     if limit is None:
         return {"note": "the device reports no memory limit"}
-    m = train.make_train(config, splits.image_shape, 10, splits.num_train, num_runs=1).plan.memory
+    m = program_lib.make_train(config, splits.image_shape, 10, splits.num_train, num_runs=1).plan.memory
     return {"limit_bytes": limit, "run": m.describe(), "all_at_once": int((limit - m.shared) // (m.held + m.step)),
             "one_at_a_time": int((limit - m.shared - m.step) // m.held)}
 
@@ -109,7 +110,7 @@ def checkpoint_on_cpu(result: dict, splits: Splits) -> dict:
             plan = setup.program.plan
             config = model_config("lenet", setup.num_runs, False, compute_dtype=plan.compute_dtype,
                                   conv_impl=plan.conv_impl, policy=plan.policy)
-            program = train.make_train(config, splits.image_shape, 10, splits.num_train, backend="cpu")
+            program = program_lib.make_train(config, splits.image_shape, 10, splits.num_train, backend="cpu")
             like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.
                                                                SingleDeviceSharding(cpu)), setup.real_runs(result["state"]))
             _, state, _ = Checkpoints(directory, keep=1, best_metric="val_accuracy").restore(like)

@@ -15,6 +15,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from cifar_jax.job import train  # noqa: E402
+from cifar_jax.job import program as program_lib
 from cifar_jax.core.splits import Splits, prepare_splits  # noqa: E402
 from configs import lenet_tutorial  # noqa: E402
 
@@ -32,7 +33,7 @@ def count_step_compiles() -> list[str]:
 
 def train_once(config, splits: Splits) -> np.ndarray:
     """Trains every run of `config` for its epochs; returns the final validation accuracies."""
-    setup = train.setup_runs(config, splits.image_shape, len(splits.class_names), splits.num_train)
+    setup = program_lib.setup_runs(config, splits.image_shape, len(splits.class_names), splits.num_train)
     state = setup.state
     for epoch in range(1, config.num_epochs + 1):
         state, _, _ = train.train_epoch(setup.program, state, setup.hparams, *splits.train, epoch)

@@ -11,6 +11,7 @@ import pytest
 
 from cifar_jax import config_paths
 from cifar_jax.job import train
+from cifar_jax.job import program as program_lib
 from cifar_jax.core.splits import Examples, Splits
 from configs import test as test_config
 
@@ -60,7 +61,7 @@ def assert_learned(accuracy, loss) -> None:
 
 def train_runs(config, splits: Splits, seed_index=None, epochs: int = 2):
     """Trains the runs of `config` (optionally only some seeds) and returns (state, val metrics)."""
-    setup = train.setup_runs(config, splits.image_shape, len(splits.class_names), splits.num_train,
+    setup = program_lib.setup_runs(config, splits.image_shape, len(splits.class_names), splits.num_train,
                              seed_index=seed_index)
     state = setup.state
     for epoch in range(1, epochs + 1):

@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from cifar_jax.core import execution
+from cifar_jax.job import program as program_lib
 from cifar_jax.job import checkpoint, train
 from helpers import synthetic_splits, tiny_config
 
@@ -28,7 +29,7 @@ def scores(setup, state, splits) -> list[float]:
 
 def main(mode: str, workdir: str) -> dict:
     splits = synthetic_splits(num_train=64, num_eval=32)
-    setup = train.setup_runs(tiny_config(num_seeds=NUM_RUNS), splits.image_shape, 10, splits.num_train)
+    setup = program_lib.setup_runs(tiny_config(num_seeds=NUM_RUNS), splits.image_shape, 10, splits.num_train)
     checkpoints = checkpoint.Checkpoints(workdir, keep=1, best_metric="val_accuracy")
     out = {"devices": len(jax.devices())}
     if mode == "save":

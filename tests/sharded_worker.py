@@ -13,6 +13,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from cifar_jax.core import execution
 from cifar_jax.job import train
+from cifar_jax.job import program as program_lib
 from helpers import synthetic_splits, tiny_config
 
 COLLECTIVES = ("all-reduce", "all-gather", "collective-permute", "all-to-all", "reduce-scatter")
@@ -25,7 +26,7 @@ def train_tiny(num_seeds: int, grid_size: int = 0) -> dict:
     config = tiny_config(num_seeds=num_seeds)
     if grid_size:
         config.hparam_grid.learning_rate = tuple(0.01 * (i + 1) for i in range(grid_size))
-    setup = train.setup_runs(config, splits.image_shape, 10, splits.num_train)
+    setup = program_lib.setup_runs(config, splits.image_shape, 10, splits.num_train)
     plan = setup.program.plan
     images, labels = execution.replicate(tuple(splits.train), plan)
     hlo = train_steps_hlo(setup, images, labels)  # before training donates the initial state
@@ -48,7 +49,7 @@ def train_steps_hlo(setup, images, labels) -> str:
     num_runs = state.step.shape[0]
     index = setup.on_devices(jnp.broadcast_to(jnp.arange(images.shape[0]), (setup.num_runs, images.shape[0])))
     batches = program.epoch_batches(state, jnp.int32(1), index)
-    sums = train.zero_sums(num_runs, program.layer_names)
+    sums = program_lib.zero_sums(num_runs, program.layer_names)
     lowered = program.train_steps.lower(state, setup.hparams, images, labels, batches, jnp.int32(0), sums,
                                         length=program.plan.steps_per_call)
     return lowered.compile().as_text()

@@ -14,6 +14,7 @@ from flax import nnx
 from cifar_jax import config_paths
 from cifar_jax.core import execution
 from cifar_jax.job import train
+from cifar_jax.job import program as program_lib
 from cifar_jax.errors import ConfigError
 from cifar_jax.models import conv, patches
 from helpers import assert_close_reassociated, synthetic_splits, tiny_config, train_runs
@@ -98,7 +99,7 @@ def test_microbatch_rules():
 ])
 def test_batch_separable_means_no_state_besides_parameters(overrides, separable):
     config = tiny_config(**overrides)
-    build = train._model_builder(config, (12, 12, 1), 10, plan_for(config, "cpu"))
+    build = program_lib._model_builder(config, (12, 12, 1), 10, plan_for(config, "cpu"))
     assert execution.batch_separable(build) is separable
 
 
@@ -117,7 +118,7 @@ def test_microbatched_training_equals_the_whole_batch(overrides):
     for microbatches in (1, 2, 4):
         config = tiny_config(**{"model.dropout_rate": 0.0, "batch_size": 16, "execution.microbatches": microbatches,
                                 **overrides})
-        setup = train.setup_runs(config, splits.image_shape, 10, splits.num_train)
+        setup = program_lib.setup_runs(config, splits.image_shape, 10, splits.num_train)
         assert setup.program.plan.microbatches == microbatches
         state, sums, _ = train.train_epoch(setup.program, setup.state, setup.hparams, *splits.train, 1)
         results[microbatches] = (state.params, sums)
@@ -159,12 +160,12 @@ def test_program_sizes_run_groups_from_its_step_activations():
                                 ("cnn", cnn_bn_dropout, 128)]:
         config = module.get_config()
         config.batch_size = batch
-        groups[name] = train.make_train(config, (32, 32, 3), 10, num_train=1024, backend="cpu").plan.runs_per_group
+        groups[name] = program_lib.make_train(config, (32, 32, 3), 10, num_train=1024, backend="cpu").plan.runs_per_group
     assert 8 <= groups["lenet4"] <= 16  # 12 MiB / 0.75-1.5 MiB
     assert groups["lenet128"] == groups["cnn"] == 1
     config.execution.runs_per_group = -1  # refused by the job's validation pass, before any program is built
     with pytest.raises(ConfigError, match="runs_per_group"):
-        train.setup_runs(config, (32, 32, 3), 10, num_train=1024, abstract=True)
+        program_lib.setup_runs(config, (32, 32, 3), 10, num_train=1024, abstract=True)
 
 
 # ----------------------------------------------------------------------------- equivalences

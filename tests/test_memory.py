@@ -5,6 +5,7 @@ import pytest
 
 from cifar_jax.errors import ConfigError
 from cifar_jax.job import train
+from cifar_jax.job import program as program_lib
 from configs import test as test_config
 from helpers import assert_close_reassociated, needs_fashion_mnist, synthetic_splits, tiny_config, train_runs
 
@@ -14,7 +15,7 @@ ACCELERATOR = {"execution.policy": "accelerator", "execution.compute_dtype": "fl
 def plan_for(limit: int, num_seeds: int = 4):
     splits = synthetic_splits()
     config = tiny_config(num_seeds=num_seeds, **ACCELERATOR, **{"execution.memory_limit_bytes": limit})
-    return config, train.make_train(config, splits.image_shape, 10, splits.num_train, num_runs=num_seeds).plan
+    return config, program_lib.make_train(config, splits.image_shape, 10, splits.num_train, num_runs=num_seeds).plan
 
 
 def measured():

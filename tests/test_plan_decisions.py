@@ -11,6 +11,7 @@ from flax import nnx
 from cifar_jax.core import execution
 from cifar_jax.errors import CheckpointError
 from cifar_jax.job import train
+from cifar_jax.job import program as program_lib
 from cifar_jax.models.layers import Dropout
 from configs import test as test_config
 from helpers import needs_fashion_mnist, synthetic_splits, tiny_config
@@ -18,7 +19,7 @@ from helpers import needs_fashion_mnist, synthetic_splits, tiny_config
 
 def lowered_eval_step(**overrides) -> str:
     splits = synthetic_splits()
-    setup = train.setup_runs(tiny_config(**overrides), splits.image_shape, 10, splits.num_train, abstract=True)
+    setup = program_lib.setup_runs(tiny_config(**overrides), splits.image_shape, 10, splits.num_train, abstract=True)
     program = setup.program
     state, hparams = setup.state, setup.hparams
     return program.eval_batch.lower(state, hparams, *splits.eval["val"], jnp.ones((2, 128))).as_text()

@@ -7,6 +7,7 @@ import pytest
 
 from cifar_jax.core import runs, streams
 from cifar_jax.job import train
+from cifar_jax.job import program as program_lib
 from tests.helpers import synthetic_splits, tiny_config
 
 
@@ -45,9 +46,9 @@ def test_layout_counts_the_folds_trained_not_num_folds(overrides, expected):
     CLI does before claiming the workdir) must fit its 4 or 2 runs, not 3 folds' worth."""
     config = tiny_config(num_seeds=2, **{"data.num_folds": 3, "data.folds": (1,)}, **overrides)
     splits = synthetic_splits()
-    setup = train.setup_runs(config, splits.image_shape, 10, splits.num_train, abstract=True)
+    setup = program_lib.setup_runs(config, splits.image_shape, 10, splits.num_train, abstract=True)
     assert setup.program.stream_layout == expected
-    train.trace_job(setup, splits.image_shape, splits.num_train, 64)
+    program_lib.trace_job(setup, splits.image_shape, splits.num_train, 64)
 
 
 @pytest.mark.parametrize("overrides", [
@@ -65,9 +66,9 @@ def test_stream_batched_training_equals_every_run_alone(overrides):
     splits = synthetic_splits()
     results = []
     for nested in (True, False):
-        setup = train.setup_runs(config, splits.image_shape, 10, splits.num_train)
+        setup = program_lib.setup_runs(config, splits.image_shape, 10, splits.num_train)
         if not nested:
-            flat = train.make_train(config, splits.image_shape, 10, splits.num_train)
+            flat = program_lib.make_train(config, splits.image_shape, 10, splits.num_train)
             setup = setup._replace(program=flat)
         assert (setup.program.stream_layout is not None) == nested
         state = setup.state

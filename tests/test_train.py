@@ -18,6 +18,7 @@ from cifar_jax.core import runs
 from cifar_jax.core import splits as splits_lib
 from cifar_jax.core import step
 from cifar_jax.job import train
+from cifar_jax.job import program as program_lib
 from cifar_jax.job import workdir as workdir_lib
 from cifar_jax.errors import ConfigError
 from cifar_jax.models.layers import DropoutRate
@@ -167,7 +168,7 @@ def test_init_from_starts_from_another_runs_final_weights(tmp_path):
     train.train_and_evaluate(fold_job(0), str(tmp_path / "fold0"))
     chained = fold_job(1, init_from="../fold0")
     splits, grid = validation.load_checked_splits(chained)
-    setup = train.setup_runs(chained, splits.image_shape, len(splits.class_names), splits.num_train, grid=grid)
+    setup = program_lib.setup_runs(chained, splits.image_shape, len(splits.class_names), splits.num_train, grid=grid)
     start = train._initial_state(setup, chained, str(tmp_path / "fold1"))
     _, trained, _ = Checkpoints(str(tmp_path / "fold0"), keep=1, best_metric="val_accuracy").restore(
         setup.checkpoint_like(), num_runs=setup.num_runs)
@@ -186,7 +187,7 @@ def test_init_from_starts_from_another_runs_final_weights(tmp_path):
         train._initial_state(setup, chained, str(tmp_path / "fold1"))
     wider = chained.copy_and_resolve_references()
     wider.init_from, wider.model.dense_features = "../fold0", (32,)
-    setup = train.setup_runs(wider, splits.image_shape, len(splits.class_names), splits.num_train)
+    setup = program_lib.setup_runs(wider, splits.image_shape, len(splits.class_names), splits.num_train)
     with pytest.raises(CheckpointError, match="does not fit this job"):
         train._initial_state(setup, wider, str(tmp_path / "fold1"))
 
@@ -235,7 +236,7 @@ def test_dropout_rate_grid_builds_dropout_layers_and_rejects_models_without_them
     assert result["loss"][0] != result["loss"][1]
     config.model.dropout_placement = "none"
     with pytest.raises(ConfigError, match="dropout_placement"):
-        train.make_train(config, splits.image_shape, 10, 256)
+        program_lib.make_train(config, splits.image_shape, 10, 256)
 
 
 def test_setup_runs_trusts_the_checked_config_it_is_given(monkeypatch):
@@ -249,7 +250,7 @@ def test_setup_runs_trusts_the_checked_config_it_is_given(monkeypatch):
     repeated = []
     for module, name in ((validation, "validate_config"), (runs, "make_run_grid"), (execution, "validate")):
         monkeypatch.setattr(module, name, lambda *args, name=name, **kwargs: repeated.append(name))
-    setup = train.setup_runs(config, (12, 12, 1), 10, 256, grid=grid, abstract=True)
+    setup = program_lib.setup_runs(config, (12, 12, 1), 10, 256, grid=grid, abstract=True)
     assert setup.grid is grid and not repeated, repeated
 
 
@@ -347,7 +348,7 @@ def test_train_step_applies_augmentation_mixup_and_smoothing_inside_the_step():
 def test_shared_order_gives_every_seed_the_same_batches_and_its_own_weights(shared):
     splits = synthetic_splits(num_train=64, num_eval=32)
     config = tiny_config(num_seeds=3, **{"data.shared_order": shared})
-    setup = train.setup_runs(config, splits.image_shape, 10, splits.num_train)
+    setup = program_lib.setup_runs(config, splits.image_shape, 10, splits.num_train)
     index = jnp.broadcast_to(jnp.arange(64), (3, 64))
     batches = np.asarray(setup.program.epoch_batches(setup.state, jnp.int32(1), index))
     same_order = [np.array_equal(batches[0], batches[r]) for r in (1, 2)]
@@ -375,7 +376,7 @@ def test_dropout_and_max_pool_train_finite_on_real_images(batch_norm):
     config = cnn_bn_dropout.get_config()
     config.num_seeds, config.batch_size, config.execution.steps_per_call = 1, 50, 1
     config.model.conv_batch_norm = batch_norm
-    setup = train.setup_runs(config, dataset.image_shape, dataset.num_classes, 1000)
+    setup = program_lib.setup_runs(config, dataset.image_shape, dataset.num_classes, 1000)
     state, sums, _ = train.train_epoch(setup.program, setup.state, setup.hparams, images, labels, 1)
     assert not np.asarray(state.diverged).any()
     assert np.isfinite(np.asarray(sums.loss)).all()

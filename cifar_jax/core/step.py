@@ -1,6 +1,6 @@
 """One run's training and evaluation steps as pure functions of a `StepContext`.
 
-`train.make_train` vmaps them over the run axis (and shards them over devices) and jits them; on
+`job/program.py`'s `make_train` vmaps them over the run axis (and shards them over devices) and jits them; on
 their own they are plain functions of one run's state, easy to test and to read.
 """
 

@@ -17,13 +17,13 @@ import numpy as np
 from flax import nnx
 
 from cifar_jax.data import catalog
-from cifar_jax.data import datasets as data
 from cifar_jax.core import execution
 from cifar_jax.core import metrics
 from cifar_jax.core import runs
 from cifar_jax.core import splits as splits_lib
 from cifar_jax.core import step
 from cifar_jax.job import train
+from cifar_jax.job import program as program_lib
 from cifar_jax.job import workdir as workdir_lib
 from cifar_jax.job.checkpoint import Checkpoints
 from cifar_jax.errors import CheckpointError, ConfigError
@@ -34,13 +34,13 @@ class LoadedRun:
     """Every run of a workdir restored from one checkpoint, on this process's devices."""
 
     config: ml_collections.ConfigDict
-    setup: train.RunSetup  # the program, the grid, per-run hparams (padded to the device count)
+    setup: program_lib.RunSetup  # the program, the grid, per-run hparams (padded to the device count)
     state: step.TrainState  # padded like `setup.hparams`
     epoch: int
     class_names: tuple[str, ...]
 
     @property
-    def program(self) -> train.Program:
+    def program(self) -> program_lib.Program:
         return self.setup.program
 
     @property
@@ -117,7 +117,7 @@ def load(workdir: str, checkpoint: str = "latest", config: ml_collections.Config
     data_meta = workdir_lib.load_json(workdir, workdir_lib.DATA_FILE)
     if data_meta is None:
         raise CheckpointError(f"{workdir} has no trained run yet (no {workdir_lib.DATA_FILE}); train it first")
-    setup = train.setup_runs(config, tuple(data_meta["image_shape"]), len(data_meta["class_names"]),
+    setup = program_lib.setup_runs(config, tuple(data_meta["image_shape"]), len(data_meta["class_names"]),
                              data_meta["num_train"], abstract=True)
     checkpoints = Checkpoints(workdir, keep=config.checkpoint.keep, best_metric=config.checkpoint.best_metric,
                               read_only=True)

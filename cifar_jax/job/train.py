@@ -1,16 +1,9 @@
-"""The training program over a batch of runs, and the loop that drives it.
-
-A *run* is one model (`runs.py`). All runs of a config share one compiled program:
-`make_train(config, ...)` resolves everything static (shapes, model, optimizer structure,
-augmentation, the execution plan) and returns jitted functions of the pure steps in `step.py`,
-mapped over the run axis (`jax.vmap`, and sharded over devices); hyperparameters that do not
-change shapes are inputs, so `num_seeds x hparam_grid` trains at once.
+"""The loop that drives a job's program (`program.py`): epochs of time-bounded chunks, evaluation,
+checkpoints, resume, interrupts, and the files a job writes.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import os
 import time
 from collections.abc import Callable
@@ -23,249 +16,18 @@ import numpy as np
 from flax import nnx
 
 from cifar_jax.core import execution
-from cifar_jax.core import memory
 from cifar_jax.job import best_runs, chunks, interrupts
 from cifar_jax.core import metrics
-from cifar_jax import models
 from cifar_jax.job import progress
+from cifar_jax.job.program import Program, RunSetup, setup_runs, trace_job, zero_sums
 from cifar_jax.job import results
 from cifar_jax.core import runs
 from cifar_jax.core import step
-from cifar_jax.core import streams
 from cifar_jax.job import validation
 from cifar_jax.job import workdir as workdir_lib
 from cifar_jax.job.checkpoint import Checkpoints, warm_start_state
-from cifar_jax.errors import CheckpointError, ConfigError, Interrupted
-from cifar_jax.models.layers import DropoutRate
+from cifar_jax.errors import CheckpointError, Interrupted
 from cifar_jax.core.splits import examples_for, run_train_index
-
-
-@dataclasses.dataclass(frozen=True)
-class Program:
-    """The compiled pieces of one config; every function maps over the leading run axis."""
-
-    init: Callable[[jax.Array, dict], step.TrainState]
-    epoch_batches: Callable[[step.TrainState, jax.Array, jax.Array], jax.Array]
-    train_steps: Callable[..., tuple[step.TrainState, step.EpochSums]]
-    eval_batch: Callable[..., tuple[jax.Array, jax.Array, jax.Array]]
-    eval_graph: nnx.GraphDef  # the model in eval mode, for merging a run's state into a module
-    layer_names: tuple[str, ...]  # the layers whose gradient norms are reported
-    steps_per_epoch: int
-    plan: execution.ExecutionPlan
-    stream_layout: streams.StreamLayout | None  # each device's runs as data streams; None: a stream per run
-
-
-def _model_builder(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], num_classes: int,
-                   plan: execution.ExecutionPlan) -> Callable[[jax.Array, jax.Array], nnx.Module]:
-    model_config = config.model.copy_and_resolve_references()
-    model_config.dropout_rate = runs.built_dropout_rate(config)
-
-    def build(params_key: jax.Array, dropout_key: jax.Array) -> nnx.Module:
-        return models.create_model(model_config, input_shape=image_shape, num_classes=num_classes,
-                                   rngs=nnx.Rngs(params=params_key, dropout=dropout_key),
-                                   compute=plan.compute)
-    return build
-
-
-# Run axis of train_steps' arguments (state, hparams, images, labels, batches, start, sums): 0 per
-# run, None shared.
-TRAIN_STEPS_AXES = (0, 0, None, None, 0, None, 0)
-
-
-def _local_train_steps(ctx: step.StepContext, layout: streams.StreamLayout | None, plan: execution.ExecutionPlan,
-                       state, hparams, images, labels, batches, start, sums, *, length: int):
-    """`length` steps of one device's runs: mapped over data streams (`streams.py`), each stream's
-    runs mapped around its shared batch; without a layout every run is its own stream."""
-    runs_per_group = plan.runs_per_group
-    if layout is None:
-        def run_chunk(state, hparams, images, labels, batches, start, sums):
-            run = functools.partial(step.run_step, ctx, hparams=hparams, images=images, labels=labels,
-                                    microbatches=plan.microbatches)
-            return step.train_chunk(lambda s, b: run(s, batch_index=b), state, batches, start, sums, length=length)
-        return execution.map_over_runs(run_chunk, TRAIN_STEPS_AXES, runs_per_group)(
-            state, hparams, images, labels, batches, start, sums)
-
-    per_run = frozenset(ctx.config.hparam_grid)
-    # runs_per_group g: g // stream_size whole streams vmapped per group, or one stream at a time
-    # with its runs g at a time.
-    whole = runs_per_group is None or runs_per_group >= layout.stream_size
-    streams_per_group = None if runs_per_group is None else max(1, runs_per_group // layout.stream_size)
-
-    def stream_chunk(states, hparams, images, labels, batches, start, sums):
-        one = functools.partial(step.stream_step, ctx, hparams=hparams, images=images, labels=labels,
-                                per_run=per_run, runs_per_group=None if whole else runs_per_group,
-                                microbatches=plan.microbatches)
-        return step.train_chunk(lambda s, b: one(s, batch_index=b), states, batches[0], start, sums, length=length)
-
-    mapped = execution.map_over_runs(stream_chunk, TRAIN_STEPS_AXES, streams_per_group)
-    return layout.merge(mapped(layout.split(state), layout.split(hparams), images, labels, layout.split(batches),
-                               start, layout.split(sums)))
-
-
-def make_train(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], num_classes: int,
-               num_train: int, backend: str | None = None, grid: runs.RunGrid | None = None,
-               num_runs: int | None = None) -> Program:
-    """Resolves the static parts of `config` and returns the jitted, run-vmapped functions.
-
-    `config` has passed `validation.validate_config` (`setup_runs` sees to it): nothing here
-    re-checks it, and the execution plan is decided here, once. `grid` says the runs are that whole
-    run grid in run order, so runs sharing a data stream share its batch (`streams.py`); None
-    trains every run on its own (e.g. a chosen subset of seeds).
-    `num_runs` sizes groups and the evaluation batch to the device's memory under the accelerator
-    policy (`memory.py`); None leaves them."""
-    steps_per_epoch = num_train // config.batch_size
-    plan = execution.plan(
-        config, steps_per_epoch=steps_per_epoch, backend=backend,
-        step_bytes=lambda p: execution.model_step_bytes(_model_builder(config, image_shape, num_classes, p),
-                                                        (config.batch_size, *image_shape)),
-        batch_separable=lambda p: execution.batch_separable(_model_builder(config, image_shape, num_classes, p)))
-    build = _model_builder(config, image_shape, num_classes, plan)
-    abstract = nnx.eval_shape(lambda: build(jax.random.key(0), jax.random.key(0)))
-    if "dropout_rate" in config.hparam_grid and not jax.tree.leaves(nnx.state(abstract, DropoutRate)):
-        raise ConfigError(f"hparam_grid.dropout_rate needs dropout layers, but model.dropout_placement="
-                          f"{config.model.dropout_placement!r} places none; choose conv, dense, all or head")
-    abstract.train()
-    train_graph = nnx.split(abstract)[0]
-    abstract.eval()
-    ctx = step.StepContext(config=config, build=build, train_graph=train_graph, eval_graph=nnx.split(abstract)[0],
-                           num_classes=num_classes, num_train=num_train, steps_per_epoch=steps_per_epoch)
-
-    if num_runs is not None and plan.policy == "accelerator" and not int(config.execution.runs_per_group):
-        plan = _sized_to_memory(config, ctx, plan, num_runs, (num_train, *image_shape))
-    plan = dataclasses.replace(plan, eval_batch_size=plan.eval_batch_size or int(config.eval_batch_size))
-
-    def runs_mapped(fn, in_axes, group_size=None):  # each device maps its own runs: no collectives
-        return execution.per_device(execution.map_over_runs(fn, in_axes, group_size), plan, in_axes)
-
-    layout = None if grid is None else streams.local_layout(grid, bool(config.data.get("shared_order", False)),
-                                                            plan.num_devices)
-
-    def train_steps(state, hparams, images, labels, batches, start, sums, *, length: int):
-        local = functools.partial(_local_train_steps, ctx, layout, plan, length=length)
-        return execution.per_device(local, plan, TRAIN_STEPS_AXES)(
-            state, hparams, images, labels, batches, start, sums)
-
-    # Run once per job or epoch: XLA's optimizer would cost seconds of compile time for nothing.
-    run_once = {"xla_backend_optimization_level": 0}
-    return Program(
-        init=jax.jit(runs_mapped(functools.partial(step.init_run, ctx), (0, 0)), compiler_options=run_once),
-        epoch_batches=jax.jit(runs_mapped(functools.partial(step.epoch_batches, ctx), (0, None, 0)),
-                              compiler_options=run_once),
-        train_steps=jax.jit(execution.with_precision(train_steps, plan), static_argnames="length",
-                            donate_argnums=(0, 6)),
-        # Evaluated in the same run groups as training: a whole eval batch of every run at once
-        # exhausted 24 GB for 12 runs of the three-layer CNN (study 001 on CPU).
-        eval_batch=jax.jit(execution.with_precision(runs_mapped(
-            functools.partial(step.eval_step, ctx), (0, 0, None, None, 0), plan.runs_per_group), plan)),
-        eval_graph=ctx.eval_graph,
-        layer_names=tuple(metrics.layer_names(nnx.state(abstract, nnx.Param))),
-        steps_per_epoch=steps_per_epoch,
-        plan=plan,
-        stream_layout=layout,
-    )
-
-
-def _sized_to_memory(config: ml_collections.ConfigDict, ctx: step.StepContext, plan: execution.ExecutionPlan,
-                     num_runs: int, data_shape: tuple[int, ...]) -> execution.ExecutionPlan:
-    """The plan with groups and evaluation batch from one run's compiled chunk and eval batch
-    (`memory.py`); unchanged where the device reports no limit and the config sets none."""
-    limit = memory.device_limit(config)
-    if limit is None:
-        return plan
-    chunk = functools.partial(_local_train_steps, ctx, None, dataclasses.replace(plan, mesh=None, runs_per_group=None),
-                              length=1)
-    measured = memory.measure(config, ctx, data_shape, chunk, zero_sums)
-    return memory.sized(plan, measured, num_runs, limit, int(config.eval_batch_size))
-
-
-class RunSetup(NamedTuple):
-    """Everything a job needs before its first step: which runs, their program and initial state.
-
-    `hparams` and `state` hold `program.plan.padded(num_runs)` runs, sharded over the devices;
-    `num_runs` are real (the rest are padding, trained and dropped by `real_runs`)."""
-
-    grid: runs.RunGrid
-    program: Program
-    hparams: dict[str, jax.Array]
-    state: step.TrainState  # concrete, or abstract (`jax.ShapeDtypeStruct`s) when only the structure is needed
-    num_runs: int
-    keys: jax.Array  # per run: its own key data and its data stream's (`step.init_run`), padded and sharded
-
-    def init(self) -> step.TrainState:
-        return self.program.init(self.keys, self.hparams)
-
-    def checkpoint_like(self) -> Any:
-        """The abstract state a checkpoint restores into: this job's padded runs, split over its
-        mesh like the state, so each process reads only its own devices' shards (a checkpoint
-        saved on another device count is cut or padded to this one's; see `Checkpoints.restore`)."""
-        mesh = self.program.plan.mesh
-        sharding = (jax.sharding.SingleDeviceSharding(jax.devices()[0]) if mesh is None
-                    else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(execution.RUNS_AXIS)))
-        return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), self.state)
-
-    def on_devices(self, tree: Any) -> Any:
-        """Per-run arrays of the real runs (or None), padded and sharded like the state."""
-        plan = self.program.plan
-        return None if tree is None else execution.place_runs(tree, plan.padded(self.num_runs), plan)
-
-    def real_runs(self, tree: Any) -> Any:
-        """The real runs' rows of per-run arrays (padding dropped), readable by every process."""
-        return jax.tree.map(lambda leaf: leaf[: self.num_runs], execution.replicate(tree, self.program.plan))
-
-
-def setup_runs(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], num_classes: int,
-               num_train: int, *, grid: runs.RunGrid | None = None, abstract: bool = False,
-               seed_index: np.ndarray | None = None) -> RunSetup:
-    """The one place that turns a config into runs: grid, program, per-run hparams and keys (folds
-    included). `grid`: the run grid `validation.validate_config` built for this config (None:
-    validate it here). `abstract=True` only traces `init` (validating the optimizer chain) and
-    returns the state's shapes (`trace_job` then traces a step and an eval); `seed_index` trains
-    just those seeds of the first setting and fold (tests that compare a seed alone with the batch)."""
-    if grid is None:
-        grid = validation.validate_config(config, image_shape, num_classes, num_train)
-    program = make_train(config, image_shape, num_classes, num_train,
-                         grid=grid if seed_index is None else None,
-                         num_runs=grid.num_runs if seed_index is None else len(seed_index))
-    if seed_index is None:
-        seeds, folds, count = grid.seed_index, grid.fold_index, grid.num_runs
-    else:
-        seeds, count = np.asarray(seed_index), len(seed_index)
-        folds = np.zeros_like(seeds)
-    def placed(tree):  # padded and sharded like the state
-        return execution.place_runs(tree, program.plan.padded(count), program.plan)
-
-    hparams = placed(jax.tree.map(lambda v: jnp.asarray(v[:count]), grid.hparams))
-    data_seeds = np.zeros_like(seeds) if config.data.get("shared_order", False) else seeds
-    keys = placed(jnp.stack([runs.run_keys(config.seed, seeds, folds), runs.run_keys(config.seed, data_seeds, folds)],
-                            axis=1))
-    state = jax.eval_shape(program.init, keys, hparams) if abstract else program.init(keys, hparams)
-    return RunSetup(grid=grid, program=program, hparams=hparams, state=state, num_runs=count, keys=keys)
-
-
-def trace_job(setup: RunSetup, image_shape: tuple[int, int, int], num_train: int, eval_batch_size: int) -> None:
-    """Evaluates one train-steps call and one eval call abstractly (a trace, no compile) on the
-    job's real shapes, so every error a trace raises (a stream layout that does not fit the runs,
-    reflect padding larger than the image, ...) fires before the workdir is claimed."""
-    program = setup.program
-    count = program.plan.padded(setup.num_runs)
-    images = jax.ShapeDtypeStruct((num_train, *image_shape), jnp.uint8)
-    labels = jax.ShapeDtypeStruct((num_train,), jnp.int32)
-    eval_images = jax.ShapeDtypeStruct((eval_batch_size, *image_shape), jnp.uint8)
-    eval_labels = jax.ShapeDtypeStruct((eval_batch_size,), jnp.int32)
-    index = jax.ShapeDtypeStruct((count, num_train), jnp.int32)
-    batches = jax.eval_shape(program.epoch_batches, setup.state, jnp.int32(1), index)
-    sums = jax.eval_shape(lambda: zero_sums(count, program.layer_names))
-    steps = functools.partial(program.train_steps, length=min(program.plan.steps_per_call, program.steps_per_epoch))
-    state, _ = jax.eval_shape(steps, setup.state, setup.hparams, images, labels, batches, jnp.int32(0), sums)
-    jax.eval_shape(program.eval_batch, state, setup.hparams, eval_images, eval_labels,
-                   jax.ShapeDtypeStruct((count, eval_batch_size), jnp.float32))
-
-
-def zero_sums(num_runs: int, layer_names: tuple[str, ...]) -> step.EpochSums:
-    """An epoch's sums before its first step."""
-    zeros = lambda: jnp.zeros((num_runs,), jnp.float32)  # noqa: E731 -- a new buffer per leaf: sums are donated
-    return step.EpochSums(**{name: zeros() for name in step.EpochSums._fields if name != "grad_norm"},
-                     grad_norm={layer: zeros() for layer in layer_names})
 
 
 def train_epoch(program: Program, state: step.TrainState, hparams: dict, images: jax.Array, labels: jax.Array,
@@ -453,6 +215,18 @@ def _placed_data(splits: Any, setup: RunSetup) -> tuple[jax.Array, jax.Array, ja
     return images, labels, setup.on_devices(run_train_index(splits, setup.grid)), evals
 
 
+def _epoch_record(config: ml_collections.ConfigDict, setup: RunSetup, state: step.TrainState, sums: step.EpochSums,
+                  evals: dict, epoch: int) -> tuple[dict, np.ndarray]:
+    """A finished epoch's record (training sums and the splits scored this epoch, per real run) and
+    which runs have diverged."""
+    plan = setup.program.plan
+    scores = {name: setup.real_runs(score_split(setup.program, state, setup.hparams, *evals[name][0],
+                                                plan.eval_batch_size, weights=evals[name][1]))
+              for name in best_runs.splits_to_score(config, evals, epoch)}
+    diverged = np.asarray(setup.real_runs(state.diverged))
+    return results.epoch_record(setup.real_runs(sums)._asdict(), scores, diverged), diverged
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains (or resumes) every run of `config`, evaluating each epoch, checkpointing, and writing
     metrics.jsonl, TensorBoard events and results.json into `workdir`. SIGTERM or Ctrl-C stop it
@@ -488,13 +262,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 checkpoints.wait()
                 checkpoints.close()
                 loop.close()
-                raise Interrupted(f"{stop.reason()} at epoch {epoch} step {done}; rerun the same command to "
-                                             "resume", stop.exit_code())
-            scores = {name: setup.real_runs(score_split(setup.program, state, setup.hparams, *evals[name][0],
-                                                        plan.eval_batch_size, weights=evals[name][1]))
-                      for name in best_runs.splits_to_score(config, evals, epoch)}
-            diverged = np.asarray(setup.real_runs(state.diverged))
-            record = results.epoch_record(setup.real_runs(sums)._asdict(), scores, diverged)
+                raise Interrupted(f"{stop.reason()} at epoch {epoch} step {done}; rerun the same command to resume",
+                                  stop.exit_code())
+            record, diverged = _epoch_record(config, setup, state, sums, evals, epoch)
             history.append(results.jsonable(record))
             diverged_by_epoch.append(diverged.tolist())
             if best is not None:

@@ -2,7 +2,7 @@
 
 Static checks run here, once per job, and hand on what they built (the run grid); later code
 trusts them instead of re-checking. Checks that need a trace (augmentation on these image sizes,
-the optimizer chain) run when `train.setup_runs` evaluates the program abstractly, still before
+the optimizer chain) run when `program.setup_runs` evaluates the program abstractly, still before
 the workdir is claimed. A failed start therefore never leaves anything that blocks the fixed rerun.
 """
 
