@@ -7,12 +7,11 @@ from __future__ import annotations
 import ast
 import dataclasses
 import operator
-import re
 from typing import Any, Callable, Mapping, Sequence
 
 import ml_collections
 
-from cifar_jax import checks
+from cifar_jax import checks, config_paths
 from cifar_jax.core import runs
 from cifar_jax.errors import ConfigError
 from cifar_jax.experiments import report
@@ -24,64 +23,35 @@ TRACED_FIELDS = {field: name for name, field in runs.TRACED_HPARAMS.items()}
 
 # ----------------------------------------------------------------------------- config fields
 
-_FIELD = re.compile(r"^([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)(?:\[(\d+)\])?$")
+def _in_sweep(prefix: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """`config_paths` with its errors said to come from the sweep spec."""
+    try:
+        return fn(*args)
+    except ConfigError as error:
+        raise ConfigError(f"{prefix}: {error}") from None
 
 
 def parse_field(field: str) -> tuple[str, int | None]:
     """'model.kernel_size[1]' -> ('model.kernel_size', 1); a plain path -> (path, None)."""
-    match = _FIELD.match(field) if isinstance(field, str) else None
-    if not match:
-        raise ConfigError(f"sweep.axes: {field!r} is not a config field path like 'optim.learning_rate' or 'x.y[0]'")
-    return match.group(1), None if match.group(2) is None else int(match.group(2))
+    return _in_sweep("sweep.axes", config_paths.parse, field)
 
 
 def get_field(config: ml_collections.ConfigDict, field: str) -> Any:
     """The value of a dotted field (or tuple element); ConfigError naming it when absent."""
-    path, index = parse_field(field)
-    node: Any = config
-    for part in path.split("."):
-        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-            raise ConfigError(f"sweep: {field!r} is not a field of the config")
-        node = node[part]
-    if isinstance(node, ml_collections.ConfigDict):
-        raise ConfigError(f"sweep: {field!r} is a group of fields, not a value")
-    if index is None:
-        return node
-    if not isinstance(node, (tuple, list)) or index >= len(node):
-        raise ConfigError(f"sweep: {field!r}: {path}={node!r} has no element {index}")
-    return node[index]
-
-
-def as_config_value(value: Any) -> Any:
-    """Lists (from JSON or a command line) become tuples, as config tuple fields expect."""
-    return tuple(as_config_value(v) for v in value) if isinstance(value, (list, tuple)) else value
+    return _in_sweep("sweep", config_paths.get, config, field)
 
 
 def set_field(config: ml_collections.ConfigDict, field: str, value: Any) -> None:
     """Sets a dotted field (or one element of a tuple field) of an unlocked config, type-checked."""
-    path, index = parse_field(field)
-    *parents, leaf = path.split(".")
-    node = config
-    for part in parents:
-        node = node[part]
-    value = as_config_value(value)
-    if index is not None:
-        current = list(get_field(config, path))
-        current[index] = value
-        value = tuple(current)
-    try:
-        node[leaf] = value
-    except TypeError as error:
-        raise ConfigError(f"sweep: {field}={value!r} does not fit the field's type ({error})") from None
+    _in_sweep("sweep", config_paths.assign, config, field, value)
 
 
 def with_values(config: ml_collections.ConfigDict, values: Mapping[str, Any]) -> ml_collections.ConfigDict:
     """A copy of `config` with `values` (field -> value) applied."""
-    copy = config.copy_and_resolve_references()
-    copy.unlock()
-    for field, value in values.items():
-        set_field(copy, field, value)
-    return copy
+    return _in_sweep("sweep", config_paths.with_values, config, values)
+
+
+as_config_value = config_paths.as_config_value
 
 
 # ----------------------------------------------------------------------------- constraints
