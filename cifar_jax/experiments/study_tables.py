@@ -171,6 +171,12 @@ def _rate(images: int, seconds: float) -> str:
     return f"{images / seconds:,.0f}" if images and seconds else "–"
 
 
+def _data_sources(config: ml_collections.ConfigDict, evidence: dict[str, dict[str, Any]]) -> str:
+    """Where the runs read their images, as the evidence records it (the config's when none has run)."""
+    dirs = {ev.get("config", {}).get("data", {}).get("dir", "") for ev in evidence.values()} or {config.data.dir}
+    return ", ".join(f"`{os.path.basename(d) or 'tfds'}`" for d in sorted(dirs))
+
+
 def protocol_section(config: ml_collections.ConfigDict, exps: Sequence[Any],
                      evidence: dict[str, dict[str, Any]]) -> list[str]:
     """Splits, selection, seeds, failures, tests, hardware, wall time and the PyTorch estimate."""
@@ -178,7 +184,7 @@ def protocol_section(config: ml_collections.ConfigDict, exps: Sequence[Any],
     total_wall = sum(protocol_rows(ev)["wall_s"] for ev in evidence.values())
     lines = ["## Protocol", "",
              f"- **Scale** `:{config.study.scale}`; **seeds** {config.num_seeds} per setting (seed i of every "
-             f"setting starts from the same key); data `{os.path.basename(config.data.dir) or 'tfds'}`, "
+             f"setting starts from the same key); data {_data_sources(config, evidence)}, "
              f"train_limit {config.data.train_limit or 'all'}, validation {config.data.val_size:g} images carved from "
              "train (class-balanced, fixed by data.seed).",
              "- **Selection on validation only**: best-epoch numbers are each run's epoch of highest validation "
