@@ -57,11 +57,6 @@ class BestRuns:
         self.weights: Any = None
         self.missing: np.ndarray | None = None  # runs whose best weights were not recovered on resume
 
-    def _filled(self, values) -> np.ndarray:
-        worst = np.inf if results.lower_is_better(self.metric) else -np.inf
-        values = np.asarray(values, np.float64)
-        return np.where(np.isnan(values), worst, values)
-
     def _improved(self, filled: np.ndarray) -> np.ndarray:
         if self.values is None:
             return np.ones(filled.shape, bool)
@@ -69,7 +64,7 @@ class BestRuns:
 
     def update(self, epoch: int, record: dict, state) -> None:
         """After an epoch: runs whose `metric` improved take this epoch's weights."""
-        filled = self._filled(record[self.metric])
+        filled = results.nan_as_worst(record[self.metric], self.metric)
         improved = self._improved(filled)
         weights = (state.params, state.model_state)
         self.weights = _select(self.on_devices(jnp.asarray(improved)), weights,
@@ -88,7 +83,7 @@ class BestRuns:
         """Rebuilds the best epochs from the history and their weights from the checkpoints:
         `restore(epoch)` is that epoch's (real-run) state or raises CheckpointError."""
         for epoch, record in enumerate(history, start=1):
-            filled = self._filled(record[self.metric])
+            filled = results.nan_as_worst(record[self.metric], self.metric)
             improved = self._improved(filled)
             self.values = np.where(improved, filled, filled if self.values is None else self.values)
             self.epochs = np.where(improved, epoch, 0 if self.epochs is None else self.epochs)

@@ -79,10 +79,15 @@ def mean_over_runs(record: Mapping[str, Any], metric: str) -> float | None:
 def best_epoch_index(curve: np.ndarray, metric: str) -> np.ndarray:
     """Per run (columns of an (epochs, runs) curve), the index of its best epoch by `metric`; NaN
     epochs never win, and ties go to the earliest epoch."""
-    curve = np.asarray(curve, dtype=np.float64)
-    worst = np.inf if lower_is_better(metric) else -np.inf
-    filled = np.where(np.isnan(curve), worst, curve)
+    filled = nan_as_worst(curve, metric)
     return filled.argmin(axis=0) if lower_is_better(metric) else filled.argmax(axis=0)
+
+
+def nan_as_worst(values: Any, metric: str) -> np.ndarray:
+    """`values` as float64 with NaN (a diverged run) replaced by the worst value `metric` can take,
+    so it never wins a best-epoch choice."""
+    values = np.asarray(values, dtype=np.float64)
+    return np.where(np.isnan(values), np.inf if lower_is_better(metric) else -np.inf, values)
 
 
 def best_epoch_metrics(curves: Mapping[str, np.ndarray], metric: str) -> dict[str, np.ndarray]:
