@@ -1,16 +1,22 @@
-"""Training calls bounded in time: chunk lengths, and the accelerator path's progress and SIGTERM on CPU."""
+"""Training calls bounded in time: chunk lengths, the same bits however an epoch is cut (a resume
+reusing the decided length), and the accelerator path's progress and SIGTERM on CPU."""
 
+import json
 import signal
 import subprocess
 import sys
 import time
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from cifar_jax.core import execution
-from cifar_jax.job import chunks
-from helpers import REPO, needs_fashion_mnist, signal_and_wait, tiny_config
+from cifar_jax.errors import Interrupted
+from cifar_jax.job import chunks, interrupts, train
+from cifar_jax.job import program as program_lib
+from helpers import REPO, needs_fashion_mnist, signal_and_wait, synthetic_splits, tiny_config
 
 
 def clock(policy: str, steps_per_call: int, steps_per_epoch: int = 100) -> chunks.ChunkClock:
@@ -27,19 +33,53 @@ def test_accelerator_chunk_grows_from_one_step_to_a_divisor_of_the_epoch_near_th
     assert c.length == 20
 
 
-def test_cpu_chunk_stays_the_plans_so_a_resume_runs_the_same_programs():
+def test_cpu_keeps_a_fast_ten_step_chunk_and_cuts_a_slow_one_to_the_target():
     plan = execution.plan(tiny_config(), steps_per_epoch=100, backend="cpu", step_bytes=lambda _: 2**20)
-    assert plan.chunk_seconds is None
-    c = chunks.ChunkClock(plan, 100)
-    c.resize(step_s=0.5)
-    assert c.length == plan.steps_per_call == 10
+    assert plan.steps_per_call == 10 and plan.chunk_seconds == execution.CHUNK_SECONDS
+    fast = chunks.ChunkClock(plan, 100)
+    fast.resize(step_s=0.01)  # 0.1 s a call: kept, so a tiny model compiles one program
+    assert fast.length == fast.decided == 10
+    slow = chunks.ChunkClock(plan, 100)
+    slow.resize(step_s=1.0)  # 10 s a call: cut to the largest divisor of 100 within 2 s
+    assert slow.length == slow.decided == 2
+
+
+def test_a_heavy_cpu_model_probes_with_one_step_then_grows_to_the_target():
+    heavy = execution.plan(tiny_config(), steps_per_epoch=100, backend="cpu",
+                           step_bytes=lambda _: execution.CPU_PROBE_STEP_BYTES + 1)
+    assert heavy.steps_per_call == 1
+    c = chunks.ChunkClock(heavy, 100)
+    assert c.decided is None
+    c.resize(step_s=0.3)  # 2 s / 0.3 s = 6 steps -> 5, a divisor of 100
+    assert c.decided == 5
+
+
+def test_a_resumed_clock_keeps_the_decided_length():
+    plan = execution.plan(tiny_config(), steps_per_epoch=100, backend="cpu", step_bytes=lambda _: 2**20)
+    c = chunks.ChunkClock(plan, 100, length=25)
+    c.resize(step_s=1.0)
+    assert c.length == c.decided == 25
+
+
+def test_an_epoch_cut_into_any_calls_gives_the_same_bits():
+    """Steps compute the same in a bare step or a scan of any length, and sums add step by step."""
+    splits = synthetic_splits(num_train=96)
+    setup = program_lib.setup_runs(tiny_config(), splits.image_shape, 10, splits.num_train)  # 12 steps
+    epochs = []
+    for length in (1, 5, 12):
+        clock = chunks.ChunkClock(setup.program.plan, setup.program.steps_per_epoch, length=length)
+        state, sums, _ = train.train_epoch(setup.program, jax.tree.map(jnp.copy, setup.state), setup.hparams,
+                                           *splits.train, 1, clock=clock)
+        epochs.append(jax.tree.map(np.asarray, (jax.random.key_data(state.data_key), state.params, sums)))
+    for other in epochs[1:]:
+        jax.tree.map(np.testing.assert_array_equal, epochs[0], other)
 
 
 def test_an_epoch_tail_reuses_a_compiled_length_that_divides_it():
     c = clock("accelerator", 1)
-    c.compiled.update({1, 20})
+    c.compiled.update({1, 2, 20})
     c.length = 20
-    assert [c.next_length(r) for r in (45, 19, 7)] == [20, 1, 1]
+    assert [c.next_length(r) for r in (45, 4, 5, 19)] == [20, 2, 5, 19]  # at most 4 calls of a compiled length
     c.compiled = {20}
     assert c.next_length(7) == 7
 
@@ -74,3 +114,41 @@ def test_accelerator_policy_on_cpu_shows_progress_inside_an_epoch_and_stops_on_s
     assert process.returncode == 75, stderr[-2000:]
     assert seconds < 10
     assert "preempted at epoch 1 step" in stderr.strip().splitlines()[-1]
+
+
+def _job(tmp_path, monkeypatch, workdir: str, clocks: list, stop_at_poll: int = 0) -> None:
+    """A 2-epoch job under time-bounded CPU chunks forced small (a 1-step probe, ~20 ms calls, so
+    lengths come from timings); stops at the `stop_at_poll`-th chunk boundary. Appends its clock
+    and the clock's arguments to `clocks`."""
+    monkeypatch.setattr(execution, "CPU_PROBE_STEP_BYTES", 0)
+    monkeypatch.setattr(execution, "CHUNK_SECONDS", 0.05)
+    polls, poll, init = [0], interrupts.StopFlag.poll, chunks.ChunkClock.__init__
+    monkeypatch.setattr(chunks.ChunkClock, "__init__", lambda c, *a: clocks.append((c, a)) or init(c, *a))
+
+    def stop(flag, save_due=False):
+        polls[0] += 1
+        return (True, False) if polls[0] == stop_at_poll else poll(flag, save_due)
+    monkeypatch.setattr(interrupts.StopFlag, "poll", stop)
+    config = tiny_config(**{"data.train_limit": 600, "data.val_size": 100.0, "data.test_limit": 100,
+                            "num_epochs": 2, "progress_every_s": 0.001, "num_seeds": 1})
+    try:
+        train.train_and_evaluate(config, str(tmp_path / workdir))
+    finally:
+        monkeypatch.undo()
+
+
+@pytest.mark.slow
+@needs_fashion_mnist
+def test_time_bounded_cpu_chunks_resume_bit_identical_reusing_the_decided_length(tmp_path, monkeypatch, capsys):
+    clocks = []
+    _job(tmp_path, monkeypatch, "whole", clocks)
+    steps = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch 1/2  step ")]
+    assert steps and int(steps[0].split()[3].split("/")[0]) < 62  # progress inside the first epoch (62 steps)
+    with pytest.raises(Interrupted):  # inside epoch 1, after the length is decided (on the first call's time)
+        _job(tmp_path, monkeypatch, "resumed", clocks, stop_at_poll=3)
+    decided = clocks[-1][0].decided
+    assert decided
+    _job(tmp_path, monkeypatch, "resumed", clocks)
+    assert clocks[-1][1][2] == decided == clocks[-1][0].length  # the stored chunk, no probe
+    runs = [json.loads((tmp_path / w / "results.json").read_text())["runs"] for w in ("whole", "resumed")]
+    assert runs[0] == runs[1]

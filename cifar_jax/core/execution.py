@@ -11,9 +11,9 @@ choice                                 CPU (2-core AVX2 machine)  GPU / TPU
 `model.conv_impl` (auto)               patches (im2col x matmul,  xla (cuDNN / TPU convolutions)
                                        space-to-depth blocks)
 `execution.steps_per_call` (0 = auto)  a `lax.scan` chunk of ~10  1 step, then a chunk sized to
-                                       steps (1 with XLA convs):  take ~`CHUNK_SECONDS` from the
-                                       fixed, so that a resume    first call's time (job/chunks.py)
-                                       runs the same programs
+                                       steps (1 for a heavy       take ~`CHUNK_SECONDS` from the
+                                       model), cut to ~2 s if     first call's time (job/chunks.py)
+                                       slower; 1 with XLA convs
 `execution.runs_per_group` (0 = auto)  runs whose activations     all runs in one vmap
                                        fit 12 MiB per step (LeNet
                                        b4: 11, b128: 1; CNN: 1)
@@ -57,12 +57,15 @@ from cifar_jax import checks
 from cifar_jax.errors import CifarJaxError, ConfigError
 from cifar_jax.models.layers import Compute
 
-# Target length of a scanned chunk of training steps on CPU: long enough to amortise dispatch
-# (~0.1-0.3 ms per call), short enough that progress and interruption stay responsive.
+# The first call's length on CPU: long enough to amortise dispatch (~0.1-0.3 ms per call), short
+# enough that progress and interruption stay responsive. A model whose step keeps more than
+# `CPU_PROBE_STEP_BYTES` of activations per run starts with one step instead (the full block CNN
+# keeps 1.6 GiB and takes ~15 s a step at batch 128 on 2 cores: 10 steps would be 150 s).
 CPU_STEPS_PER_CALL = 10
-# What one call of training steps should take when its length is automatic on an accelerator:
-# progress lines, periodic checkpoints and a stop request (SIGTERM) act between calls, so a stop
-# waits for at most two calls (job/chunks.py); a few seconds amortise dispatch on any device.
+CPU_PROBE_STEP_BYTES = 64 * 2**20
+# What one call of training steps should take when its length is automatic: progress lines,
+# periodic checkpoints and a stop request (SIGTERM) act between calls, so a stop waits for at most
+# two calls (job/chunks.py); a few seconds amortise dispatch on any device.
 CHUNK_SECONDS = 2.0
 # Activations (VJP residuals) one vmapped training step may keep on CPU: runs are mapped in groups
 # of as many as fit, one group at a time. Measured (8 LeNet seeds, scripts/benchmark.py's group
@@ -153,12 +156,13 @@ def plan(config: ml_collections.ConfigDict, *, steps_per_epoch: int, step_bytes:
     conv = ("patches" if policy == "cpu" else "xla") if conv == "auto" else conv
     dtype = config.execution.compute_dtype
     dtype = ("float32" if policy == "cpu" else "bfloat16") if dtype == "auto" else dtype
-    provisional = ExecutionPlan(backend, conv, dtype, _steps_per_call(config, steps_per_epoch, policy, conv), None,
-                                runs_mesh(devices), policy=policy,
-                                chunk_seconds=None if int(config.execution.steps_per_call) or policy == "cpu"
-                                else CHUNK_SECONDS,
+    provisional = ExecutionPlan(backend, conv, dtype, 1, None, runs_mesh(devices), policy=policy,
                                 pool_backward="one_pass" if backend == "cpu" else "jax")
     whole_batch_bytes = functools.cache(lambda: int(step_bytes(provisional)))  # traced once, if at all
+    fixed = bool(int(config.execution.steps_per_call)) or (policy == "cpu" and conv == "xla")
+    provisional = dataclasses.replace(
+        provisional, steps_per_call=_steps_per_call(config, steps_per_epoch, policy, conv, whole_batch_bytes),
+        chunk_seconds=None if fixed else CHUNK_SECONDS)
     microbatches = _microbatches(config, policy, provisional, lambda _: whole_batch_bytes(), batch_separable)
     with_microbatches = dataclasses.replace(provisional, microbatches=microbatches)
     return dataclasses.replace(with_microbatches, runs_per_group=_runs_per_group(
@@ -221,15 +225,16 @@ def chunk_length(steps_per_epoch: int, target: int) -> int:
     return target
 
 
-def _steps_per_call(config: ml_collections.ConfigDict, steps_per_epoch: int, policy: str, conv_impl: str) -> int:
+def _steps_per_call(config: ml_collections.ConfigDict, steps_per_epoch: int, policy: str, conv_impl: str,
+                    step_bytes: Callable[[], int]) -> int:
     """Auto (0): the first call's length, which job/chunks.py re-sizes from its time. On
-    accelerators 1 step (a probe; then up to the whole epoch in one `lax.scan`); on CPU a chunk of
-    ~`CPU_STEPS_PER_CALL` steps, or 1 bare step per call when the model uses XLA's convolutions,
-    which XLA:CPU runs several times slower inside loop bodies."""
+    accelerators 1 step (a probe); on CPU a chunk of ~`CPU_STEPS_PER_CALL` steps, or 1 step for a
+    model heavier than `CPU_PROBE_STEP_BYTES`; 1 bare step per call, fixed, when the model uses
+    XLA's convolutions, which XLA:CPU runs several times slower inside loop bodies."""
     requested = int(config.execution.steps_per_call)
     if requested:
         return min(requested, steps_per_epoch)
-    if policy != "cpu" or conv_impl == "xla":
+    if policy != "cpu" or conv_impl == "xla" or step_bytes() > CPU_PROBE_STEP_BYTES:
         return 1
     return chunk_length(steps_per_epoch, CPU_STEPS_PER_CALL)
 

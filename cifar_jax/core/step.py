@@ -261,14 +261,19 @@ def stream_step(ctx: StepContext, states: TrainState, hparams: dict, images: jax
 
 def train_chunk(step_fn: Callable[[TrainState, jax.Array], tuple[TrainState, EpochSums]], state: TrainState,
                 batches: jax.Array, start: jax.Array, sums: EpochSums, *, length: int) -> tuple[TrainState, EpochSums]:
-    """`length` consecutive steps `step_fn(state, batch_index)` from batch row `start`, added to `sums`."""
+    """`length` consecutive steps `step_fn(state, batch_index)` from batch row `start`, each step's
+    sums added to `sums` in step order: an epoch's sums are then the same bits however it is cut
+    into calls (job/chunks.py sizes calls from timings, which differ between a run and its resume)."""
     chunk = jax.lax.dynamic_slice_in_dim(batches, start, length, axis=0)
+
+    def one(carry: tuple[TrainState, EpochSums], batch_index: jax.Array) -> tuple[tuple[TrainState, EpochSums], None]:
+        state, sums = carry
+        state, step_sums = step_fn(state, batch_index)
+        return (state, jax.tree.map(jnp.add, sums, step_sums)), None
+
     if length == 1:  # a bare step: XLA:CPU runs convolutions inside loop bodies slowly
-        state, chunk_sums = step_fn(state, chunk[0])
-    else:
-        state, per_step = jax.lax.scan(step_fn, state, chunk)
-        chunk_sums = jax.tree.map(lambda v: v.sum(axis=0), per_step)
-    return state, jax.tree.map(jnp.add, sums, chunk_sums)
+        return one((state, sums), chunk[0])[0]
+    return jax.lax.scan(one, (state, sums), chunk)[0]
 
 
 def eval_step(ctx: StepContext, state: TrainState, hparams: dict, images: jax.Array, labels: jax.Array,

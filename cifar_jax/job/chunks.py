@@ -3,12 +3,15 @@
 A call of `length` steps is one `lax.scan` the host waits on only at chunk boundaries: progress
 lines, periodic checkpoints and SIGTERM act between calls, so a call must stay short (a few
 seconds) on every backend, while long enough to amortise dispatch. The plan gives the first
-length and, for an automatic choice on an accelerator, a target duration; the clock measures the
-first call and re-sizes the chunk once, to the largest divisor of the epoch near the target (one
-more compile, then one program per epoch). On CPU the plan's ~10-step chunk stays fixed: a length
-chosen from timings could differ between a run and its resume, and XLA:CPU compiles a bare step
-(length 1) differently from a scan, so the numbers would no longer be bit-identical (a two-process
-resume test failed that way under load).
+length and a target duration (`execution.CHUNK_SECONDS`; none for a length asked for in the
+config). The clock measures the first call of that length and decides once, process 0 for every
+process: on an accelerator, or after a one-step probe on CPU, the chunk becomes the largest
+divisor of the epoch near the target (one more compile); on CPU a ~10-step first call is kept
+unless it took over twice the target (so tiny models compile one program and never pay per-call
+overhead), else it is cut to the target. The decided length is stored in the checkpoints and a
+resume reuses it (`ChunkClock(..., length=...)`), so a resumed run runs the programs it ran.
+Whatever the cut, the numbers are the same bits: steps do not depend on the call they run in,
+and an epoch's sums are added step by step (`step.train_chunk`; tests/test_chunks.py).
 
 The host runs at most one call ahead of the device (it waits for call k-1 after queueing call k),
 so a stop request waits for at most two calls. Compile time (spent inside the dispatching call)
@@ -40,10 +43,12 @@ class _Call:
 class ChunkClock:
     """Chunk lengths and timing of one job's training calls (shared by its epochs)."""
 
-    def __init__(self, plan: execution.ExecutionPlan, steps_per_epoch: int):
+    def __init__(self, plan: execution.ExecutionPlan, steps_per_epoch: int, length: int | None = None):
+        """`length`: the length an earlier session decided (its checkpoint's), kept as it is."""
         self.plan, self.steps_per_epoch = plan, steps_per_epoch
-        self.length = plan.steps_per_call
-        self.target_s = plan.chunk_seconds  # None: a fixed length (asked for in the config)
+        self.length = min(length or plan.steps_per_call, steps_per_epoch)
+        # None: the length is decided (asked for in the config, resumed, or re-sized once)
+        self.target_s = None if length else plan.chunk_seconds
         self.compiled: set[int] = set()
         self.compile_s = 0.0
         self.train_s = 0.0  # execution time of measured calls, this epoch
@@ -52,11 +57,11 @@ class ChunkClock:
         self._last_done = 0.0
 
     def next_length(self, remaining: int) -> int:
-        """The next call's steps: the chunk length, or an epoch's shorter tail in calls of a length
-        already compiled where one divides it."""
+        """The next call's steps: the chunk length, or an epoch's shorter tail in at most 4 calls of
+        a length already compiled where one divides it (not, say, 60 calls of a 1-step probe)."""
         if remaining >= self.length:
             return self.length
-        fits = [k for k in self.compiled if k <= remaining and remaining % k == 0]
+        fits = [k for k in self.compiled if k <= remaining and remaining % k == 0 and remaining <= 4 * k]
         return max(fits) if fits else remaining
 
     def will_compile(self, length: int) -> bool:
@@ -102,12 +107,18 @@ class ChunkClock:
         if call.length == self.length:
             self.resize(seconds / call.length)
 
+    @property
+    def decided(self) -> int | None:
+        """The chunk length once it is final (what a checkpoint stores for a resume), else None."""
+        return self.length if self.target_s is None else None
+
     def resize(self, step_s: float) -> None:
         """Once, after the first measured call of the plan's length (`step_s` a step): the chunk
-        that takes about `target_s`."""
+        that takes about `target_s`, or on CPU the ~10-step chunk kept where it is not too slow."""
         if self.target_s is None:
             return
-        wanted = max(1, int(self.target_s / max(step_s, 1e-9)))
+        keep = self.plan.policy == "cpu" and self.length > 1 and step_s * self.length <= 2 * self.target_s
+        wanted = self.length if keep else max(1, int(self.target_s / max(step_s, 1e-9)))
         if jax.process_count() > 1:  # every process must run the same programs: process 0's choice
             wanted = int(multihost_utils.broadcast_one_to_all(np.int32(wanted)))
         self.length = execution.chunk_length(self.steps_per_epoch, min(wanted, self.steps_per_epoch))

@@ -97,6 +97,7 @@ class ResumePoint(NamedTuple):
     wall_time_s: float
     step: int = 0
     sums: step.EpochSums | None = None
+    steps_per_call: int | None = None  # the chunk length the run decided (job/chunks.py), if it did
 
 
 def _initial_state(setup: RunSetup, config: ml_collections.ConfigDict, workdir: str) -> step.TrainState:
@@ -124,11 +125,13 @@ def _resume_point(setup: RunSetup, checkpoints: Checkpoints, workdir: str,
     if partial is not None and partial[1]["epoch"] > whole_epochs:
         state, meta = partial
         return ResumePoint(setup.on_devices(state), *_history(meta, workdir, setup.grid), meta["wall_time_s"],
-                           meta["step"], setup.on_devices(step.EpochSums.from_json(meta["sums"])))
+                           meta["step"], setup.on_devices(step.EpochSums.from_json(meta["sums"])),
+                           meta.get("steps_per_call"))
     if restored is None:
         return ResumePoint(fresh(), [], [], 0.0)
     _, state, meta = restored
-    return ResumePoint(setup.on_devices(state), *_history(meta, workdir, setup.grid), meta["wall_time_s"])
+    return ResumePoint(setup.on_devices(state), *_history(meta, workdir, setup.grid), meta["wall_time_s"],
+                       steps_per_call=meta.get("steps_per_call"))
 
 
 def _epochs_done(meta: dict) -> int:
@@ -241,13 +244,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state, history, diverged_by_epoch = resume.state, resume.history, resume.diverged_by_epoch
     loop.start(resumed_after=len(history), step=resume.step)
     session_start = time.time()
+    plan = setup.program.plan
+    clock = chunks.ChunkClock(plan, setup.program.steps_per_epoch,  # a resume keeps its decided chunk
+                              resume.steps_per_call if plan.chunk_seconds else None)
     # What resume needs besides metrics.jsonl (written before each checkpoint): constant in size.
     records = lambda: {"epochs_done": len(history),  # noqa: E731
-                       "wall_time_s": resume.wall_time_s + time.time() - session_start}
-    plan = setup.program.plan
+                       "wall_time_s": resume.wall_time_s + time.time() - session_start,
+                       "steps_per_call": clock.decided}
     images, labels, train_index, evals = _placed_data(splits, setup)
     resumed_epoch = len(history) + 1  # resume.step and resume.sums belong to it
-    clock = chunks.ChunkClock(plan, setup.program.steps_per_epoch)
     loop.compiling(clock)
     best = _best_runs(config, setup, checkpoints, evals, history, state)
     grace_s = float(config.execution.get("stop_grace_s", interrupts.DEFAULT_GRACE_S))
