@@ -103,7 +103,7 @@ from benchmark_measure import PeakRSS, TorchCell, peak_matmul_flops  # noqa: E40
 import benchmark_report  # noqa: E402
 from cifar_jax.core import execution  # noqa: E402
 from cifar_jax.data.catalog import IMAGE_SHAPES  # noqa: E402
-from cifar_jax.job import train  # noqa: E402
+from cifar_jax.job import chunks, train  # noqa: E402
 from cifar_jax.job import program as program_lib
 from configs import block_cnn, study_models  # noqa: E402
 
@@ -290,6 +290,8 @@ class _TimedProgram:
         self.runs_per_group = min(self.program.plan.runs_per_group or cell.runs, cell.runs)
         self.stream_size = None if self.program.stream_layout is None else self.program.stream_layout.stream_size
         self.epoch, self.walls, self.cpus = 1, [], []
+        # one clock for every epoch, as in a job: the chunk length it decides on the first calls stays
+        self.clock = chunks.ChunkClock(self.program.plan, self.program.steps_per_epoch)
 
     def compile(self):
         """Compiles the epoch's step chunk (the timed calls reuse it): seconds and bytes it needs."""
@@ -302,14 +304,15 @@ class _TimedProgram:
                            if memory is not None else 0)
 
     def warm_up(self):
-        self.state, _, _ = train.train_epoch(self.program, self.state, self.hparams, self.images, self.labels, 1)
+        self.state, _, _ = train.train_epoch(self.program, self.state, self.hparams, self.images, self.labels, 1,
+                                             clock=self.clock)
         jax.block_until_ready(self.state.step)
 
     def timed_epoch(self):
         self.epoch += 1
         wall, cpu = time.perf_counter(), time.process_time()
         self.state, sums, _ = train.train_epoch(self.program, self.state, self.hparams, self.images, self.labels,
-                                                self.epoch)
+                                                self.epoch, clock=self.clock)
         jax.block_until_ready((self.state.step, sums))
         self.walls.append(time.perf_counter() - wall)
         self.cpus.append(time.process_time() - cpu)
@@ -343,6 +346,7 @@ def jax_cell(cell: Cell, steps: int, repeats: int, max_bytes: float, quick: bool
                                      f"{max_bytes / 2**30:.1f} GB")
             else:
                 candidate.warm_up()
+                result["steps_per_call"] = candidate.clock.length  # as decided on the first calls
                 timed[variant] = candidate
             measured[same] = variant
         programs[variant] = {**result, "peak_rss_mb": rss.mb}
@@ -397,7 +401,7 @@ def _header(threads: int) -> float:
     print(f"cifar_jax benchmark: jax {jax.__version__} ({jax.default_backend()}, {jax.devices()[0].device_kind}), "
           f"{threads} threads, {platform.processor() or platform.machine()}, python {platform.python_version()}")
     print(f"execution defaults: conv_impl={'patches' if jax.default_backend() == 'cpu' else 'xla'}, steps_per_call=auto "
-          f"(CPU chunk {execution.CPU_STEPS_PER_CALL}), runs_per_group=auto (CPU: up to "
+          f"(CPU: {execution.CPU_STEPS_PER_CALL} steps, cut to ~{execution.CHUNK_SECONDS:.0f} s a call), runs_per_group=auto (CPU: up to "
           f"{execution.CPU_STEP_BYTES_PER_GROUP / 2**20:.0f} MiB of step activations), microbatches=auto (CPU: "
           f"the same budget, models without batch norm or dropout), buffer donation on")
     peak = peak_matmul_flops()
