@@ -23,7 +23,7 @@ from cifar_jax.job.program import Program, RunSetup, setup_runs, trace_job, zero
 from cifar_jax.job import results
 from cifar_jax.core import runs
 from cifar_jax.core import step
-from cifar_jax.job import validation
+from cifar_jax.job import storage, validation
 from cifar_jax.job import workdir as workdir_lib
 from cifar_jax.job.checkpoint import Checkpoints, warm_start_state
 from cifar_jax.errors import CheckpointError, Interrupted
@@ -106,7 +106,7 @@ def _initial_state(setup: RunSetup, config: ml_collections.ConfigDict, workdir: 
     state = setup.init()
     if not config.get("init_from"):
         return state
-    path = os.path.normpath(os.path.join(workdir, config.init_from))  # relative: to this run's workdir
+    path = storage.resolve(workdir, config.init_from)  # relative: to this run's workdir
     source = setup.on_devices(warm_start_state(path, setup.checkpoint_like(), config.checkpoint.best_metric,
                                                setup.num_runs))
     batch_stats = jax.tree.map(lambda fresh, old: old if isinstance(fresh, nnx.BatchStat) else fresh,
