@@ -4,13 +4,14 @@
 It stands in for three layers: etils.epath's gs:// backend (TensorFlow's GCS file system in a real
 run), Orbax's TensorStore kvstore (the gcs driver becomes the file driver), and Orbax's bucket
 query for hierarchical namespaces (google-cloud-storage). Like an object store, it refuses
-appends. TensorBoard's event files go through TensorFlow's own file system, so they are mapped too.
+appends and writes an object without a directory made first. TensorBoard's event files go through TensorFlow's own file system, so they are mapped too.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from etils.epath import backend as epath_backend
@@ -34,6 +35,8 @@ class LocalBucket(epath_backend._OsPathBackend):  # pylint: disable=protected-ac
     def open(self, path, mode):
         if "a" in mode or "+" in mode:
             raise OSError(f"{path}: an object cannot be appended to or updated in place")
+        if "w" in mode:  # a bucket has no directories to create first
+            os.makedirs(os.path.dirname(self.local(path)), exist_ok=True)
         return super().open(self.local(path), mode)
 
     def glob(self, path):
@@ -62,9 +65,9 @@ for _name in ("rename", "replace", "copy"):
     setattr(LocalBucket, _name, _map_two(_name))
 
 
-def install(root: str) -> None:
-    """Makes gs:// paths of this process live under `root`."""
-    os.environ["EPATH_USE_TF"] = "false"  # else epath hands gs:// to TensorFlow's file system
+def install(root: str, setattr: Callable[[Any, str, Any], None] = setattr) -> None:  # noqa: A002
+    """Makes gs:// paths of this process live under `root` (`setattr`: pytest's monkeypatch.setattr
+    to undo it after a test)."""
     from clu import metric_writers
     from etils.epath import gpath
     from orbax.checkpoint._src.path import gcs_utils
@@ -72,12 +75,13 @@ def install(root: str) -> None:
     from cifar_jax.job import storage
 
     bucket = LocalBucket(root)
-    gpath._PREFIX_TO_BACKEND["gs"] = bucket  # pylint: disable=protected-access
-    gcs_utils.get_kvstore_for_gcs = lambda path: {"driver": "file", "path": bucket.local(path)}
-    gcs_utils.is_hierarchical_namespace_enabled = lambda path: False
-    storage.GCS_PACKAGES = ()  # the bucket query above needs no google-cloud-storage
+    setattr(gpath, "_is_tf_installed", lambda: False)  # else epath hands gs:// to TensorFlow's file system
+    setattr(gpath, "_PREFIX_TO_BACKEND", {**gpath._PREFIX_TO_BACKEND, "gs": bucket})  # pylint: disable=protected-access
+    setattr(gcs_utils, "get_kvstore_for_gcs", lambda path: {"driver": "file", "path": bucket.local(path)})
+    setattr(gcs_utils, "is_hierarchical_namespace_enabled", lambda path: False)
+    setattr(storage, "GCS_PACKAGES", ())  # the bucket query above needs no google-cloud-storage
     summary_writer = metric_writers.SummaryWriter
-    metric_writers.SummaryWriter = lambda logdir, *a, **k: summary_writer(bucket.local(logdir), *a, **k)
+    setattr(metric_writers, "SummaryWriter", lambda logdir, *a, **k: summary_writer(bucket.local(logdir), *a, **k))
 
 
 if __name__ == "__main__":
