@@ -4,10 +4,13 @@ per-step panels, and a metric against one swept field. Sweep and study reports s
 from __future__ import annotations
 
 import math
+import os
 import textwrap
 from typing import Any, Sequence
 
 import numpy as np
+
+from cifar_jax.job import storage
 
 
 def display_scale(metric: str) -> float:
@@ -24,6 +27,12 @@ def format_value(value: Any) -> str:
     if isinstance(value, (tuple, list)):
         return "-".join(format_value(v) for v in value) if value else "none"
     return str(value)
+
+
+def _save(fig: Any, path: str) -> None:
+    """Writes the figure through the workdir's path type (a gs:// workdir too), as its suffix says."""
+    with storage.path(path).open("wb") as f:
+        fig.savefig(f, format=os.path.splitext(path)[1].lstrip("."))
 
 
 def _figure(width: float, height: float):
@@ -84,7 +93,7 @@ def plot_learning_curves(path: str, settings: Sequence[Any], title: str, metric:
     fig.supxlabel("epoch")
     fig.supylabel(f"{metric}{' (%)' if display_scale(metric) > 1 else ''}")
     fig.suptitle(f"{title}: mean over seeds, band = min–max", fontsize=9)
-    fig.savefig(path)
+    _save(fig, path)
     return True
 
 
@@ -117,7 +126,7 @@ def plot_step_panels(path: str, panels: dict[str, list[tuple[str, np.ndarray, np
     fig.supxlabel("training step")
     fig.supylabel(ylabel)
     fig.suptitle(textwrap.fill(f"{title}: mean over seeds, band = min–max", 15 * width), fontsize=9)
-    fig.savefig(path)
+    _save(fig, path)
     return True
 
 
@@ -158,7 +167,7 @@ def plot_axis(path: str, settings: Sequence[Any], rows: Sequence[dict[str, Any]]
                  f"(Welch p ≥ {alpha} against the best, unadjusted)   ○ significantly worse", fontsize=8)
     if legend_rows:
         fig.legend(loc="outside lower center", ncols=legend_cols, fontsize=6, frameon=False)
-    fig.savefig(path)
+    _save(fig, path)
     return True
 
 

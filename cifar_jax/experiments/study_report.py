@@ -11,7 +11,6 @@ fresh clone rebuilds the same text from the committed evidence (`--mode=report`,
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Any, Sequence
 
 import ml_collections
@@ -25,6 +24,7 @@ from cifar_jax.experiments import stats
 from cifar_jax.experiments import study_tables
 from cifar_jax.experiments import verdicts
 from cifar_jax.experiments.verdicts import GRAD_NORMS
+from cifar_jax.job import storage
 from cifar_jax.job import workdir as workdir_lib
 
 REPORT_FILE = "report.md"
@@ -40,14 +40,14 @@ def group_analysis(workdir: str, exp: Any, group: dict[str, Any]) -> dict[str, A
     from cifar_jax.experiments import analysis
 
     group_dir = os.path.join(workdir, exp.key, group["name"])
-    if not os.path.exists(os.path.join(group_dir, "results.json")):
+    if not storage.exists(os.path.join(group_dir, "results.json")):
         return None
     cache = os.path.join(workdir, "analysis", exp.key, f"{report.path_name(group['name'])}.json")
     cached = workdir_lib.load_json(*os.path.split(cache))
     if cached is None:
         run = {"gates": analysis.gate_weights, "output_correlation": analysis.output_correlation}[exp.analysis]
         cached = run(group_dir)
-        os.makedirs(os.path.dirname(cache), exist_ok=True)
+        storage.makedirs(os.path.dirname(cache))
         workdir_lib.write_json_atomic(cache, cached)
     return cached
 
@@ -94,8 +94,7 @@ def axis_fields(plan: dict[str, Any]) -> list[str]:
 def experiment_plots(workdir: str, exp: Any, settings: Sequence[report.Setting], ev: dict[str, Any]) -> list[str]:
     """Learning curves, step curves and metric-vs-value charts, paths relative to workdir."""
     plan = ev["plan"]
-    plot_dir = os.path.join(workdir, "plots")
-    os.makedirs(plot_dir, exist_ok=True)
+    storage.makedirs(os.path.join(workdir, "plots"))
     written = []
     for curve in (None, *exp.curves):
         name = f"plots/{exp.key}_{curve + '_' if curve else ''}curves.png"
@@ -235,7 +234,7 @@ def header(config: ml_collections.ConfigDict, evidence: dict[str, dict[str, Any]
 
 def write_study_report(config: ml_collections.ConfigDict, workdir: str, exps: Sequence[Any]) -> str:
     """Writes WORKDIR/report.md, plots/ and evidence/ from the experiments' evidence; returns the path."""
-    os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)
     evidence, loaded, skipped, figures, horizons, sections = {}, {}, {}, {}, {}, []
     for exp in exps:
         if not exp.runnable:
@@ -273,10 +272,9 @@ def publish(config: ml_collections.ConfigDict, workdir: str, root: str = "docs/s
     name = config.study.name
     target = os.path.join(root, name)
     os.makedirs(os.path.join(target, evidence_lib.DIR), exist_ok=True)
-    with open(os.path.join(workdir, REPORT_FILE)) as f:
-        workdir_lib.write_text_atomic(os.path.join(root, f"{name}.md"), published_text(f.read(), name))
+    text = storage.path(os.path.join(workdir, REPORT_FILE)).read_text()
+    workdir_lib.write_text_atomic(os.path.join(root, f"{name}.md"), published_text(text, name))
     for folder, destination in ((PLOTS, target), (evidence_lib.DIR, os.path.join(target, evidence_lib.DIR))):
-        source = os.path.join(workdir, folder)
-        for file in sorted(os.listdir(source)) if os.path.isdir(source) else []:
-            shutil.copyfile(os.path.join(source, file), os.path.join(destination, file))
+        for file in storage.listdir(os.path.join(workdir, folder)):
+            storage.path(os.path.join(workdir, folder, file)).copy(os.path.join(destination, file), overwrite=True)
     return os.path.join(root, f"{name}.md")

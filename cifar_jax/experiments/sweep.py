@@ -42,7 +42,7 @@ import ml_collections
 from cifar_jax.experiments import report
 from cifar_jax.core import execution
 from cifar_jax.experiments import stats
-from cifar_jax.job import train
+from cifar_jax.job import storage, train
 from cifar_jax.job import workdir as workdir_lib
 from cifar_jax.errors import CheckpointError, ConfigError, WorkdirInUse
 from cifar_jax.experiments.sweep_spec import (KINDS, TRACED_FIELDS, Spec, check_traced_value,  # noqa: F401
@@ -281,7 +281,7 @@ def choose(settings: Sequence[report.Setting], field: str, metric: str) -> Any:
 def write_plan(workdir: str, config: ml_collections.ConfigDict, spec: Spec, groups: Sequence[Group],
                chosen: Mapping[str, Any]) -> None:
     """sweep.json: the spec, the groups so far and the values one_factor carried over."""
-    os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)
     payload = {"name": config.get("name", ""), "num_seeds": config.num_seeds, "num_epochs": config.num_epochs,
                **spec.record(), "chosen": dict(chosen),
                "groups": [g.record() for g in groups]}
@@ -376,7 +376,7 @@ def write_sweep_report(workdir: str) -> dict[str, Any] | None:
     """results.md, results.csv and plots/ from the groups finished so far (the end of a sweep, or
     `--mode=report`), under the sweep root's lock: of two workers finishing together one writes
     it; returns the paths, or None when another process is writing it."""
-    if not os.path.exists(os.path.join(workdir, SWEEP_FILE)):
+    if not storage.exists(os.path.join(workdir, SWEEP_FILE)):
         raise CheckpointError(f"{workdir} holds no sweep (no {SWEEP_FILE}); run --mode=sweep with this config first")
     try:
         with workdir_lib.workdir_lock(workdir):
