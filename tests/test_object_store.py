@@ -24,7 +24,9 @@ from cifar_jax.errors import WorkdirInUse
 from cifar_jax.job import evaluation, lease, storage, train
 from cifar_jax.job import workdir as workdir_lib
 from configs import test as test_config
+from cifar_jax.experiments import sweep
 from helpers import REPO, needs_fashion_mnist
+from test_sweep import base_config, fake_train
 
 WORKDIR = "gs://bucket/runs/test"
 JOB = {"num_seeds": 2, "data.train_limit": 300, "data.val_size": 100, "data.test_limit": 100, "num_epochs": 3,
@@ -65,12 +67,28 @@ def test_a_lease_overwritten_while_it_settles_refuses_the_taker(bucket, monkeypa
     with pytest.raises(WorkdirInUse, match="in use by process 1 on elsewhere"):
         lease.take("gs://b/w")
 
-def test_a_gs_workdir_lease_refuses_a_second_writer_and_is_released(bucket):
+def test_a_gs_workdir_lease_refuses_a_second_writer_and_is_released(bucket, monkeypatch):
+    monkeypatch.setattr(lease, "SETTLE_S", 0.01)
     with workdir_lib.workdir_lock("gs://b/w"):
         assert json.loads((bucket / "b" / "w" / lease.LEASE_FILE).read_text())["pid"] == os.getpid()
         with pytest.raises(WorkdirInUse, match=f"in use by process {os.getpid()}"):
             lease.take("gs://b/w", settle_s=0)
     assert not (bucket / "b" / "w" / lease.LEASE_FILE).exists()
+
+
+def test_a_sweep_claims_trains_and_reports_in_a_gs_workdir(bucket, monkeypatch):
+    """Its sweep.json, group leases, results.md and .csv, plots and TensorBoard go to the bucket."""
+    monkeypatch.setattr(lease, "SETTLE_S", 0.01)
+    local = fake_gcs.LocalBucket(str(bucket)).local
+    config = base_config(axes=(("batch_size", (4, 8)),))
+    result = sweep.run_sweep(config, "gs://b/sweep", train_fn=lambda c, workdir: fake_train(c, local(workdir)))
+    root = bucket / "b" / "sweep"
+    assert {"sweep.json", "results.md", "results.csv", "tensorboard", "batch_size=8"} <= set(os.listdir(root))
+    assert result["report"]["markdown"] == "gs://b/sweep/results.md"
+    assert "batch_size" in (root / "results.csv").read_text()
+    plots = os.listdir(root / "plots")
+    assert plots and all((root / "plots" / name).read_bytes()[:4] == b"\x89PNG" for name in plots)
+    assert not list(root.glob("**/.lease"))
 
 
 def start_training(root, cwd) -> subprocess.Popen:

@@ -39,9 +39,10 @@ SETTLE_S = 2.0  # on an object store: how long a taker waits before reading its 
 
 
 def take(workdir: str, *, renew_s: float = RENEW_S, stale_s: float = STALE_S,
-         settle_s: float = SETTLE_S) -> Callable[[], None]:
+         settle_s: float | None = None) -> Callable[[], None]:
     """Takes WORKDIR's lease (refusing with WorkdirInUse while another holder's is fresh) and
-    renews it in a thread; returns the function that releases it."""
+    renews it in a thread; returns the function that releases it. `settle_s`: SETTLE_S."""
+    settle_s = SETTLE_S if settle_s is None else settle_s
     path = os.path.join(workdir, LEASE_FILE)
     holder = {"pid": os.getpid(), "host": socket.gethostname(), "start": time.strftime("%Y-%m-%d %H:%M:%S"),
               "token": uuid.uuid4().hex}
