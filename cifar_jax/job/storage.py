@@ -126,8 +126,7 @@ def isdir(name: str) -> bool:
 
 
 def listdir(name: str) -> list[str]:
-    """The names in a directory; [] when it does not exist."""
-    try:
-        return sorted(child.name for child in path(name).iterdir())
-    except FileNotFoundError:
-        return []
+    """The names in a directory; [] when it does not exist (TensorFlow's GCS listing raises its own
+    NotFoundError there)."""
+    directory = path(name)
+    return sorted(child.name for child in directory.iterdir()) if directory.is_dir() else []
