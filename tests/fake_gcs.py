@@ -4,7 +4,8 @@
 It stands in for three layers: etils.epath's gs:// backend (TensorFlow's GCS file system in a real
 run), Orbax's TensorStore kvstore (the gcs driver becomes the file driver), and Orbax's bucket
 query for hierarchical namespaces (google-cloud-storage). Like an object store, it refuses
-appends and writes an object without a directory made first. TensorBoard's event files go through TensorFlow's own file system, so they are mapped too.
+appends and writes an object without a directory made first. TensorBoard's event files go
+through TensorFlow's own file system, so they are mapped too.
 """
 
 from __future__ import annotations

@@ -84,7 +84,7 @@ def test_two_overwrites_within_a_second_move_the_old_runs_aside_under_distinct_n
 
 @pytest.mark.parametrize("uri", ["s3://bucket/x", "az://bucket/x"])
 def test_a_workdir_uri_orbax_cannot_write_is_refused_in_one_line_instead_of_becoming_a_local_path(uri):
-    with pytest.raises(UsageError, match=r"workdirs are not supported \(Orbax writes checkpoints natively to gs:// only"):
+    with pytest.raises(UsageError, match=r"not supported \(Orbax writes checkpoints natively to gs:// only"):
         storage.check_workdir(uri)
     storage.check_workdir("runs/gs:x")  # a local name with a colon is a local name
 

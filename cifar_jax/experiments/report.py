@@ -384,7 +384,8 @@ def write_report(workdir: str, *, tensorboard: bool = True) -> dict[str, Any]:
     """Writes results.csv, results.md, plots/ and tensorboard/ from the sweep's finished groups."""
     sweep = read_sweep(workdir)
     settings = load_settings(workdir, sweep["groups"])
-    pending = [g["name"] for g in sweep["groups"] if not storage.exists(os.path.join(workdir, g["name"], "results.json"))]
+    pending = [g["name"] for g in sweep["groups"]
+               if not storage.exists(os.path.join(workdir, g["name"], "results.json"))]
     alpha, primary = sweep.get("alpha", ALPHA), sweep.get("metric", "val_accuracy")
     rows = table_rows(settings, alpha)
     paths = {"csv": os.path.join(workdir, "results.csv"), "markdown": os.path.join(workdir, "results.md"),
