@@ -1,6 +1,7 @@
 """A smoke-scale study for the command line (tests/test_multiprocess_study.py): one experiment of
-two batch sizes (groups that change shapes: two programs), 1 epoch, 2 seeds, 300 Fashion-MNIST
-training images, and a claim on them."""
+two learning rates (traced: one program; shape-changing groups under two processes are
+tests/test_multiprocess.py's sweep), 1 epoch, 2 seeds, 300 Fashion-MNIST training images, and a
+claim on them."""
 
 import ml_collections
 
@@ -17,8 +18,8 @@ def get_config() -> ml_collections.ConfigDict:
     config = study.study_config(name="mini", title="miniature", scale="smoke", config_path="tests/mini_study_config.py",
                                 source="this test", num_seeds=2, data_dir=fashion_mnist.debian_dir(),
                                 train_limit=400, val_size=100, test_limit=100, execution=base.execution)
-    config.experiments.B_batch = study.experiment(base, ids=("B",), title="batch size",
-                                                  axes=(("batch_size", (16, 32)),))
-    config.claims.C1_01 = study.claim("batch 16 beats 32", "B_batch:batch_size=16", "B_batch:batch_size=32",
+    config.experiments.A_lr = study.experiment(base, ids=("A",), title="learning rate",
+                                               axes=(("optim.learning_rate", (0.01, 0.05)),))
+    config.claims.C1_01 = study.claim("lr 0.05 beats 0.01", "A_lr:learning_rate=0.05", "A_lr:learning_rate=0.01",
                                       expect="greater")
     return config

@@ -16,7 +16,7 @@ STUDY = ("--mode=study", "--config", "tests/mini_study_config.py")
 
 def numbers(report_md: str) -> list[str]:
     """The report's rows of settings and claims: every number but wall times and speeds."""
-    return [line for line in report_md.splitlines() if line.startswith(("| batch_size=", "| C1.1 |"))]
+    return [line for line in report_md.splitlines() if line.startswith(("| learning_rate=", "| C1.1 |"))]
 
 
 def files(workdir) -> list[str]:
