@@ -203,6 +203,12 @@ def protocol_section(config: ml_collections.ConfigDict, exps: Sequence[Any],
              "- **Per-row comparisons**: the study's single run against our 95% prediction interval "
              "(t · s · √(1 + 1/n)), where one more of our runs would fall; at a reduced scale the two are different "
              "trainings.",
+             "- **Repeated settings**: a traced grid's settings (learning rates, dropout rates, ...) train as one "
+             "program in which seed i of every setting reads the same batches. A setting repeated in another "
+             "experiment and trained alone (a dropout rate of 0 in a rate grid against the model without dropout) "
+             "starts from the same weights and batches, and a rate-0 dropout is the identity, but that other "
+             "program sums float32 products in another order: its runs part through rounding after the first steps "
+             "and agree in distribution, not bit for bit.",
              f"- **Hardware**: {hardware.get('platform', '?')}, {hardware.get('cpu_count', '?')} CPUs, JAX devices "
              f"{', '.join(hardware.get('devices', ['?']))}; commits {', '.join(_commits(evidence)) or '–'}.",
              f"- **Wall time**: {_duration(total_wall)} of training (compiles and evaluation included) over the "
