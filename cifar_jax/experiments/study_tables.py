@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 
+from cifar_jax.core import metrics
 from cifar_jax.experiments import report
 from cifar_jax.experiments import stats
 from cifar_jax.experiments import verdicts
@@ -123,7 +124,7 @@ def leak_table(leaky: Sequence[report.Setting], correct: Sequence[report.Setting
             ("**leak** (leaky − correct, paired by seed)", diff)]
 
     def cell(sample: Sequence[float]) -> str:
-        return _mean_ci(stats.summarize(100.0 * np.asarray(sample)))
+        return _mean_ci(metrics.summarize(100.0 * np.asarray(sample)))
 
     lines = [f"Leaky vs correct {len(folds)}-fold cross-validation: validation accuracy (%) of each fold's held-out "
              "part at the final epoch, mean ± 95% CI over seeds (n); the last column averages each seed's folds "
