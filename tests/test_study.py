@@ -177,6 +177,9 @@ def test_a_leaky_fold_chain_trains_fold_after_fold_and_reports_the_leak(tmp_path
     assert len(leak) == 5 and ours(leak[-1])[2] == 2  # 3 folds + the mean over folds, 2 seeds
     assert table_cells(markdown, "leaky: fold k starts from fold k−1's trained weights")
     assert ours(leak[1])[0] == pytest.approx(0.0, abs=0.006)  # fold 1 is fresh in both: the same runs
+    # the chain's chart: folds from 1 beside the fresh folds, not an axis chart of data.folds / init_from
+    assert sorted(p.name for p in (tmp_path / "plots").glob("L_*")) == ["L_curves.png", "L_folds.png"]
+    assert "![L](plots/L_folds.png)" in markdown
 
 
 def test_report_mode_on_an_unstarted_study_lists_every_experiment(tmp_path):

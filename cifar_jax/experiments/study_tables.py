@@ -108,20 +108,29 @@ def fold_values(settings: Sequence[report.Setting], metric: str = "val_accuracy"
             for s in settings for run, kept in zip(s.runs, s.kept) if kept and "fold" in run and metric in run}
 
 
-def leak_table(leaky: Sequence[report.Setting], correct: Sequence[report.Setting], reference: str) -> list[str]:
-    """Chained (leaky) vs fresh (correct) k-fold CV, final-epoch validation accuracy: each fold's mean
-    over seeds, and the mean over folds per seed, whose paired difference (same seed, same folds)
-    is the leak: how much a fold's score rises because an earlier fold trained on its images."""
+def paired_folds(leaky: Sequence[report.Setting], correct: Sequence[report.Setting]
+                 ) -> tuple[list[int], list[int], dict[str, dict[tuple[int, int], float]]]:
+    """The chained folds, the seeds with every one of them in both protocols, and each protocol's
+    {(fold, seed index): val accuracy} with their paired difference ('leak')."""
     values = {"correct": fold_values(correct), "leaky": fold_values(leaky)}
     folds = sorted({fold for fold, _ in values["leaky"]})
     seeds = sorted({seed for _, seed in values["leaky"]} & {seed for _, seed in values["correct"]})
     complete = [s for s in seeds if all((f, s) in v for v in values.values() for f in folds)]
+    values["leak"] = {key: values["leaky"][key] - values["correct"][key] for key in values["leaky"]
+                      if key in values["correct"]}
+    return folds, complete, values
+
+
+def leak_table(leaky: Sequence[report.Setting], correct: Sequence[report.Setting], reference: str) -> list[str]:
+    """Chained (leaky) vs fresh (correct) k-fold CV, final-epoch validation accuracy: each fold's mean
+    over seeds, and the mean over folds per seed, whose paired difference (same seed, same folds)
+    is the leak: how much a fold's score rises because an earlier fold trained on its images."""
+    folds, complete, values = paired_folds(leaky, correct)
     if not folds or not complete:
         return []
-    diff = {key: values["leaky"][key] - values["correct"][key] for key in values["leaky"] if key in values["correct"]}
     rows = [("correct: every fold freshly initialised (`" + reference + "`)", values["correct"]),
             ("leaky: fold k starts from fold k−1's trained weights", values["leaky"]),
-            ("**leak** (leaky − correct, paired by seed)", diff)]
+            ("**leak** (leaky − correct, paired by seed)", values["leak"])]
 
     def cell(sample: Sequence[float]) -> str:
         return _mean_ci(metrics.summarize(100.0 * np.asarray(sample)))
