@@ -85,9 +85,9 @@ def test_a_zero_dropout_setting_repeats_the_model_without_dropout():
     """Study 000 repeats a configuration: E0.5's dropout 0 (dropout layers built for its rate grid,
     run at rate 0) is E0.3's width 240 (no dropout layers). A rate-0 layer keeps every unit at
     scale 1 and draws from its own random stream, so that setting trained alone is the model
-    without dropout bit for bit. Inside the grid its seeds share their streams with the other
-    rates: another compiled program, equal within float rounding only (the test above; the
-    study reports' protocol section)."""
+    without dropout bit for bit. Inside the grid its seeds train beside the other rates' runs
+    (shared streams, other vmap groups): another compiled program, equal within float rounding
+    only (the test above; the study reports' protocol section)."""
     splits = synthetic_splits()
     trained = []
     for rate, grid in ((0.0, {}), (0.25, {"hparam_grid.dropout_rate": (0.0,)})):

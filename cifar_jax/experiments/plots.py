@@ -181,7 +181,8 @@ def plot_folds(path: str, folds: Sequence[int], series: Sequence[tuple[str, np.n
         ax.errorbar(x + (j - (len(series) - 1) / 2) * 0.08, mean, yerr=err, capsize=3, marker="o", label=label)
     shown = [(folds.index(f) + 1, v) for f, v in reference if f in folds]
     if shown:
-        ax.plot(*zip(*shown), marker="x", markersize=8, linestyle="none", color="black", label="the study (its leaky folds, one run)")
+        ax.plot(*zip(*shown), marker="x", markersize=8, linestyle="none", color="black",
+                label="the study (its leaky folds, one run)")
     ax.set_xticks(x, [str(f + 1) for f in folds])
     ax.set_xlabel("fold")
     ax.set_ylabel("val_accuracy (%)")

@@ -275,10 +275,11 @@ def format_p(value: float) -> str:
 
 
 def legend(alpha: float, primary: str, folds: bool) -> str:
+    direction = "lowest" if results_lib.lower_is_better(primary) else "highest"
     text = (
         f"Each setting is trained over several seeds; statistics are over its runs that did not diverge "
         f"(**n**; **diverged** = runs with a NaN/inf loss, excluded and counted). **95% CI** is Student-t. "
-        f"{MARK_BEST} = best setting of its stage by mean ({'lowest' if results_lib.lower_is_better(primary) else 'highest'} "
+        f"{MARK_BEST} = best setting of its stage by mean ({direction} "
         f"for `{primary}`); {MARK_SAME} = *not* significantly different from the best "
         f"(Welch's t-test, two-sided, p ≥ {alpha}); no mark = significantly worse (p < {alpha}); "
         f"{MARK_UNTESTED} = fewer than 2 runs, not testable. **p (Holm)** corrects for comparing several "
