@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from cifar_jax.core.metrics import summarize
 from cifar_jax.job import storage
 
 
@@ -171,3 +172,27 @@ def plot_axis(path: str, settings: Sequence[Any], rows: Sequence[dict[str, Any]]
     return True
 
 
+def plot_folds(path: str, folds: Sequence[int], series: Sequence[tuple[str, np.ndarray]],
+               reference: Sequence[tuple[int, float]], title: str) -> bool:
+    """Cross-validation protocols side by side: per fold (numbered from 1, as the tables), each
+    series' mean ± 95% CI over seeds (`series`: label, values (folds, seeds) in %), and the study's
+    own numbers (`reference`: 0-based fold, value) as crosses."""
+    fig = _figure(6.5, 4.3)
+    ax = fig.subplots()
+    x = np.arange(1, len(folds) + 1)
+    for j, (label, values) in enumerate(series):
+        summaries = [summarize(row) for row in values]
+        mean = np.array([s["mean"] for s in summaries])
+        err = np.nan_to_num(np.array([s["ci_high"] for s in summaries]) - mean)
+        ax.errorbar(x + (j - (len(series) - 1) / 2) * 0.08, mean, yerr=err, capsize=3, marker="o", label=label)
+    shown = [(folds.index(f) + 1, v) for f, v in reference if f in folds]
+    if shown:
+        ax.plot(*zip(*shown), marker="x", markersize=8, linestyle="none", color="black",
+                label="the study (its leaky folds, one run)")
+    ax.set_xticks(x, [str(f + 1) for f in folds])
+    ax.set_xlabel("fold")
+    ax.set_ylabel("val_accuracy (%)")
+    ax.set_title("\n".join(textwrap.wrap(f"{title}: mean ± 95% CI over seeds", 90)), fontsize=8)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+    return True

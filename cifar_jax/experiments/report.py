@@ -46,6 +46,7 @@ import numpy as np
 
 from cifar_jax.experiments import plots
 from cifar_jax.experiments import stats
+from cifar_jax.core import metrics
 from cifar_jax.job import results as results_lib
 from cifar_jax.job import storage
 from cifar_jax.job import workdir as workdir_lib
@@ -80,7 +81,6 @@ def path_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._,=+-]", "_", text.replace("[", "").replace("]", "")) or "_"
 
 
-minimize = stats.lower_is_better
 
 
 display_scale = plots.display_scale
@@ -224,10 +224,10 @@ def metric_names(settings: Sequence[Setting]) -> list[str]:
 def stage_rows(settings: Sequence[Setting], metric: str, alpha: float = ALPHA) -> list[dict[str, Any]]:
     """One row per setting of one stage: statistics of `metric` and the comparison with the best."""
     samples = [s.sample(metric) for s in settings]
-    comparison = compare_to_best(samples, minimize(metric), alpha)
+    comparison = compare_to_best(samples, results_lib.lower_is_better(metric), alpha)
     rows = []
     for setting, sample, cmp in zip(settings, samples, comparison):
-        summary = stats.summarize(sample)
+        summary = metrics.summarize(sample)
         rows.append({"stage": setting.stage, "setting": setting.label, "group": setting.group,
                      "metric": metric, "n": summary["n"], "diverged": setting.num_diverged,
                      "mean": summary["mean"], "std": summary["std"], "ci_low": summary["ci_low"],
@@ -272,10 +272,11 @@ def format_p(value: float) -> str:
 
 
 def legend(alpha: float, primary: str, folds: bool) -> str:
+    direction = "lowest" if results_lib.lower_is_better(primary) else "highest"
     text = (
         f"Each setting is trained over several seeds; statistics are over its runs that did not diverge "
         f"(**n**; **diverged** = runs with a NaN/inf loss, excluded and counted). **95% CI** is Student-t. "
-        f"{MARK_BEST} = best setting of its stage by mean ({'lowest' if minimize(primary) else 'highest'} "
+        f"{MARK_BEST} = best setting of its stage by mean ({direction} "
         f"for `{primary}`); {MARK_SAME} = *not* significantly different from the best "
         f"(Welch's t-test, two-sided, p ≥ {alpha}); no mark = significantly worse (p < {alpha}); "
         f"{MARK_UNTESTED} = fewer than 2 runs, not testable. **p (Holm)** corrects for comparing several "

@@ -26,9 +26,9 @@ from cifar_jax.errors import ConfigError
 from cifar_jax.experiments import evidence as evidence_lib
 from cifar_jax.experiments import study_report
 from cifar_jax.experiments import sweep
+from cifar_jax.experiments import sweep_spec
 from cifar_jax.experiments import verdicts
-from cifar_jax.experiments.dsl import (ALPHA, EXPECTATIONS, METRIC_TITLES, SCALES, by_scale, check_scale,  # noqa: F401
-                                       claim, display_id, experiment, study_config)
+from cifar_jax.experiments.dsl import EXPECTATIONS, METRIC_TITLES, display_id
 from cifar_jax.experiments.verdicts import GRAD_NORMS
 from cifar_jax.job import storage
 from cifar_jax.job import workdir as workdir_lib
@@ -86,7 +86,7 @@ def experiments(config: ml_collections.ConfigDict) -> list[Experiment]:
         swept = entry.config.copy_and_resolve_references()
         swept.name = f"{config.study.name}/{key}"
         for field in SHARED_FIELDS:
-            sweep.set_field(swept, field, sweep.get_field(config, field))
+            sweep_spec.set_field(swept, field, sweep_spec.get_field(config, field))
         out.append(Experiment(key=key, ids=tuple(entry.ids), title=entry.title, config=swept,
                               reported=tuple(tuple(r) for r in entry.reported),
                               needs_full_scale=bool(entry.needs_full_scale), missing=entry.missing,

@@ -91,8 +91,10 @@ def axis_fields(plan: dict[str, Any]) -> list[str]:
     return []
 
 
-def experiment_plots(workdir: str, exp: Any, settings: Sequence[report.Setting], ev: dict[str, Any]) -> list[str]:
-    """Learning curves, step curves and metric-vs-value charts, paths relative to workdir."""
+def experiment_plots(workdir: str, exp: Any, settings: Sequence[report.Setting], ev: dict[str, Any],
+                     reference: Sequence[report.Setting] = ()) -> list[str]:
+    """Learning curves, step curves and metric-vs-value charts, paths relative to workdir; a chain
+    of cross-validation folds gets the fold chart against `reference` (its fresh folds) instead."""
     plan = ev["plan"]
     storage.makedirs(os.path.join(workdir, "plots"))
     written = []
@@ -104,6 +106,9 @@ def experiment_plots(workdir: str, exp: Any, settings: Sequence[report.Setting],
         name = f"plots/{exp.key}_{'grad_norm' if curve == GRAD_NORMS else curve}_steps.png"
         if plot_steps(os.path.join(workdir, name), ev, settings, curve, exp.name):
             written.append(name)
+    if exp.fold_reference:
+        name = f"plots/{exp.key}_folds.png"
+        return written + ([name] if fold_plot(os.path.join(workdir, name), exp, settings, reference) else [])
     metric = plan.get("metric", "val_accuracy")
     if any(s.sample(metric).size for s in settings):
         for field in axis_fields(plan):
@@ -112,6 +117,20 @@ def experiment_plots(workdir: str, exp: Any, settings: Sequence[report.Setting],
             plots.plot_axis(os.path.join(workdir, name), settings, rows, field, metric, plan.get("alpha", stats.ALPHA))
             written.append(name)
     return written
+
+
+def fold_plot(path: str, exp: Any, leaky: Sequence[report.Setting], correct: Sequence[report.Setting]) -> bool:
+    """Leaky (chained) against correct (fresh) folds, per fold, with the study's own fold numbers."""
+    folds, complete, values = study_tables.paired_folds(leaky, correct)
+    if not folds or not complete:
+        return False
+    fold_of = {s.label: int(s.runs[0]["fold"]) for s in leaky if s.runs and "fold" in s.runs[0]}
+    series = [(f"correct: every fold freshly initialised ({exp.fold_reference})", values["correct"]),
+              ("leaky: fold k starts from fold k−1's trained weights", values["leaky"])]
+    return plots.plot_folds(path, folds, [(label, 100.0 * np.array([[by_key[(f, s)] for s in complete] for f in folds]))
+                                          for label, by_key in series],
+                            [(fold_of[label], value) for label, value, _, metric in exp.reported
+                             if label in fold_of and metric == "val_accuracy"], exp.name)
 
 
 def step_series(ev: dict[str, Any], setting: report.Setting, metric: str, collapsed: bool = False
@@ -154,7 +173,7 @@ def experiment_section(workdir: str, exp: Any, ev: dict[str, Any] | None, settin
                        loaded: dict[str, list[report.Setting]]) -> tuple[list[str], list[str]]:
     """(markdown lines, plot paths) of one experiment that was run."""
     head = [f"## {exp.name}", "", f"Directory `{exp.key}/`.", ""]
-    written = experiment_plots(workdir, exp, settings, ev) if settings else []
+    written = experiment_plots(workdir, exp, settings, ev, loaded.get(exp.fold_reference, [])) if settings else []
     lines = head + ([f"The study showed: {exp.figure}.", ""] if exp.figure else [])
     lines += study_tables.experiment_table(exp, settings) if settings else ["No finished runs yet."]
     if not exp.fold_reference and any("fold" in run for s in settings for run in s.runs):

@@ -42,13 +42,12 @@ import ml_collections
 from cifar_jax.experiments import report
 from cifar_jax.core import execution
 from cifar_jax.experiments import stats
+from cifar_jax.job import results as results_lib
 from cifar_jax.job import storage, train
 from cifar_jax.job import workdir as workdir_lib
 from cifar_jax.errors import CheckpointError, ConfigError, WorkdirInUse
-from cifar_jax.experiments.sweep_spec import (KINDS, TRACED_FIELDS, Spec, check_traced_value,  # noqa: F401
-                                              as_config_value, constraint_fields, evaluate, get_field,
-                                              parse_constraint, parse_field, read_spec, satisfies, set_field,
-                                              with_values)
+from cifar_jax.experiments.sweep_spec import (TRACED_FIELDS, Spec, check_traced_value, as_config_value, get_field,
+                                              parse_field, read_spec, satisfies, with_values)
 
 SWEEP_FILE = report.SWEEP_FILE
 
@@ -271,7 +270,7 @@ def preflight(groups: Sequence[Group]) -> None:
 def choose(settings: Sequence[report.Setting], field: str, metric: str) -> Any:
     """one_factor: the value of `field` in the setting with the best mean `metric` (first on ties)."""
     means = [stats.mean(s.sample(metric)) for s in settings]
-    scored = [(m if report.minimize(metric) else -m, i) for i, m in enumerate(means) if not math.isnan(m)]
+    scored = [(m if results_lib.lower_is_better(metric) else -m, i) for i, m in enumerate(means) if not math.isnan(m)]
     if not scored:
         raise ConfigError(f"sweep.axes {field}: no run of this stage has a finite {metric} "
                           "(all diverged?); nothing to carry over")
