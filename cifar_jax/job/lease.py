@@ -131,8 +131,8 @@ def _gone_here(holder: dict[str, Any]) -> bool:
 
 
 def _renew(path: str, holder: dict[str, Any]) -> None:
-    """Rewrites the lease whole: on a file system in place, on an object store by one upload."""
-    storage.path(path).write_text(json.dumps({**holder, "renewed": time.time()}))
+    """Replaces the lease whole, so a reader never sees it half written."""
+    storage.write_text_atomic(path, json.dumps({**holder, "renewed": time.time()}))
 
 
 def _keep_renewing(path: str, holder: dict[str, Any], stop: threading.Event, every_s: float) -> None:
