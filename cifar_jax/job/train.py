@@ -257,6 +257,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                        "wall_time_s": resume.wall_time_s + time.time() - session_start}
     plan = setup.program.plan
     images, labels, train_index, evals = _placed_data(splits, setup)
+    del splits  # on several devices the placed data are copies: the default device keeps one (`memory.py`)
     resumed_epoch = len(history) + 1  # resume.step and resume.sums belong to it
     clock = chunks.ChunkClock(plan, setup.program.steps_per_epoch)
     loop.compiling(clock)
