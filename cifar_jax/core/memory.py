@@ -52,6 +52,7 @@ class RunMemory:
     best: int  # of `held`: the copy of its weights at its best epoch (0 where none is kept)
     restore: int  # only while the job starts: a restored state beside its own (0 where none)
     step: int  # a training chunk's temporaries, while the run's group trains
+    grouped: float  # kept while any group trains, where runs train in groups: its inputs and outputs sliced and stacked
     eval_example: float  # evaluation temporaries per example, while the run's group evaluates
     eval_weight: float  # its 0/1 weight per example of an evaluation batch, while any group evaluates
     eval_input: float  # shared per example of an evaluation batch: the image and label
@@ -80,34 +81,48 @@ def tree_bytes(tree: Any) -> int:
     return sum(int(np.prod(leaf.shape)) * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree))
 
 
-def measure(config: ml_collections.ConfigDict, ctx: step.StepContext, data_shape: tuple[int, ...],
-            chunk: Callable[..., Any], zero_sums: Callable[[int, tuple[str, ...]], step.EpochSums],
-            data: JobData | None = None) -> RunMemory:
-    """What one run needs: `chunk` (one run's training call: state, hparams, images, labels,
-    batches, start, sums) and one run's evaluation batch, compiled on `data_shape` (the training
-    set's) and read from XLA's memory analysis, plus what the job keeps beside them (`data`;
-    None: the training set alone)."""
-    hparams = {k: jnp.asarray(v[:1]) for k, v in runs.make_run_grid(config, data_shape[-1]).hparams.items()}
-    keys = jnp.stack([runs.run_keys(config.seed, np.zeros(1, int), np.zeros(1, int))] * 2, axis=1)
+def _chunk_args(config: ml_collections.ConfigDict, ctx: step.StepContext, data_shape: tuple[int, ...],
+                zero_sums: Callable[[int, tuple[str, ...]], step.EpochSums], num_runs: int) -> tuple[Any, tuple]:
+    """The run keys and the abstract arguments of a training call over `num_runs` runs (state,
+    hparams, images, labels, batch order, start, sums)."""
+    hparams = {k: jnp.asarray(np.repeat(v[:1], num_runs, axis=0))
+               for k, v in runs.make_run_grid(config, data_shape[-1]).hparams.items()}
+    zeros = np.zeros(num_runs, int)
+    keys = jnp.stack([runs.run_keys(config.seed, zeros, zeros)] * 2, axis=1)
     state = jax.eval_shape(jax.vmap(functools.partial(step.init_run, ctx)), keys, hparams)
     images = jax.ShapeDtypeStruct(data_shape, jnp.uint8)
     labels = jax.ShapeDtypeStruct(data_shape[:1], jnp.int32)
     batches = jax.eval_shape(jax.vmap(functools.partial(step.epoch_batches, ctx), (0, None, 0)), state,
-                             jnp.int32(1), jax.ShapeDtypeStruct((1, data_shape[0]), jnp.int32))
-    sums = jax.eval_shape(lambda: zero_sums(1, tuple(metrics.layer_names(state.params))))
-    args, step_bytes = compiled_bytes(chunk, state, hparams, images, labels, batches, jnp.int32(0), sums,
-                                      donate_argnums=(0, 6))
+                             jnp.int32(1), jax.ShapeDtypeStruct((num_runs, data_shape[0]), jnp.int32))
+    sums = jax.eval_shape(lambda: zero_sums(num_runs, tuple(metrics.layer_names(state.params))))
+    return keys, (state, hparams, images, labels, batches, jnp.int32(0), sums)
+
+
+def measure(config: ml_collections.ConfigDict, ctx: step.StepContext, data_shape: tuple[int, ...],
+            chunk: Callable[[int | None], Callable[..., Any]],
+            zero_sums: Callable[[int, tuple[str, ...]], step.EpochSums], data: JobData | None = None) -> RunMemory:
+    """What a run needs, from XLA's memory analysis of training calls compiled on `data_shape`
+    (the training set's): `chunk(g)` is a call over runs in groups of g (None: all at once),
+    compiled for 2 runs at once (a vmap of 1 run compiles leaner than of n) and for 2 and 4 runs
+    one at a time (what grouping adds per run), and of 2 runs' evaluation batch; plus what the job
+    keeps beside them (`data`; None: the training set alone)."""
+    keys, args = _chunk_args(config, ctx, data_shape, zero_sums, 2)
+    state, hparams, images, labels = args[:4]
+    arg_bytes, step_bytes = compiled_bytes(chunk(None), *args, donate_argnums=(0, 6))
+    grouped = [compiled_bytes(chunk(1), *_chunk_args(config, ctx, data_shape, zero_sums, n)[1],
+                              donate_argnums=(0, 6))[1] for n in (2, 4)]
     data = data or JobData(shared=tree_bytes((images, labels)))
     batch = int(config.eval_batch_size)
     eval_args = (images.update(shape=(batch, *data_shape[1:])), labels.update(shape=(batch,)),
-                 jax.ShapeDtypeStruct((1, batch), jnp.float32))
+                 jax.ShapeDtypeStruct((2, batch), jnp.float32))
     _, eval_bytes = compiled_bytes(jax.vmap(functools.partial(step.eval_step, ctx), (0, 0, None, None, 0)), state,
                                    hparams, *eval_args)
-    best = tree_bytes((state.params, state.model_state)) if data.keeps_best else 0
-    return RunMemory(held=args - tree_bytes((images, labels)) + tree_bytes(keys) + data.per_run + best, best=best,
-                     restore=tree_bytes(state) if data.restores else 0, step=step_bytes,
-                     eval_example=eval_bytes / batch, eval_weight=tree_bytes(eval_args[2]) / batch,
-                     eval_input=tree_bytes(eval_args[:2]) / batch, shared=data.shared)
+    best = tree_bytes((state.params, state.model_state)) // 2 if data.keeps_best else 0
+    return RunMemory(held=(arg_bytes - tree_bytes((images, labels)) + tree_bytes(keys)) // 2 + data.per_run + best,
+                     best=best, restore=tree_bytes(state) // 2 if data.restores else 0, step=step_bytes // 2,
+                     grouped=max(grouped[1] - grouped[0], 0) / 2, eval_example=eval_bytes / 2 / batch,
+                     eval_weight=tree_bytes(eval_args[2]) / 2 / batch, eval_input=tree_bytes(eval_args[:2]) / batch,
+                     shared=data.shared)
 
 
 def device_limit(config: ml_collections.ConfigDict, device: jax.Device | None = None) -> int | None:
@@ -125,10 +140,11 @@ def runs_that_fit(memory: RunMemory, limit: int, at_once: bool) -> int:
     all at once: their held bytes beside the largest of a group's training temporaries, a
     one-example evaluation batch, and a state restored per run as the job starts."""
     room = limit - memory.shared
+    held = memory.held + (0 if at_once else memory.grouped)
     group_eval = memory.eval_weight + memory.eval_example if at_once else memory.eval_weight
-    bounds = ((room - (0 if at_once else memory.step)) // max(memory.held + (memory.step if at_once else 0), 1),
+    bounds = ((room - (0 if at_once else memory.step)) // max(held + (memory.step if at_once else 0), 1),
               room // max(memory.held + memory.restore, 1),
-              (room - memory.eval_input - (0 if at_once else memory.eval_example)) // max(memory.held + group_eval, 1))
+              (room - memory.eval_input - (0 if at_once else memory.eval_example)) // max(held + group_eval, 1))
     return max(0, int(min(bounds)))
 
 
@@ -137,15 +153,17 @@ def sized(plan: execution.ExecutionPlan, memory: RunMemory, num_runs: int, limit
     """The plan with runs per group and the evaluation batch that fit `limit` bytes a device,
     or a one-line `ConfigError` with the largest run count that fits."""
     local = -(-plan.padded(num_runs) // plan.num_devices)
-    if runs_that_fit(memory, limit, at_once=False) < local:
+    at_once = runs_that_fit(memory, limit, at_once=True) >= local
+    if not at_once and runs_that_fit(memory, limit, at_once=False) < local:
         fits = runs_that_fit(memory, limit, at_once=False) * plan.num_devices
         raise ConfigError(f"{num_runs} runs do not fit the device memory ({mib(limit)} a device; "
                           f"{memory.describe()}): at most {fits} runs fit; use fewer seeds or settings, "
                           f"a smaller batch, or set execution.memory_limit_bytes")
-    free = limit - memory.shared - local * memory.held
+    free = limit - memory.shared - local * (memory.held + (0 if at_once else memory.grouped))
     eval_free = free - memory.eval_input - local * memory.eval_weight  # beside a one-example batch's inputs
-    group = int(min(local, free // max(memory.step, 1), eval_free // max(memory.eval_example, 1e-9)))
+    group = local if at_once else int(min(local, free // max(memory.step, 1),
+                                          eval_free // max(memory.eval_example, 1e-9)))
     per_example = memory.eval_input + local * memory.eval_weight + group * memory.eval_example
     eval_batch = min(eval_batch_size, int(free // max(per_example, 1e-9)))
-    return dataclasses.replace(plan, runs_per_group=None if group >= local else int(group),
+    return dataclasses.replace(plan, runs_per_group=None if group >= local else group,
                                eval_batch_size=eval_batch, memory=memory)

@@ -176,8 +176,9 @@ def _sized_to_memory(config: ml_collections.ConfigDict, ctx: step.StepContext, p
     limit = memory.device_limit(config)
     if limit is None:
         return plan
-    chunk = functools.partial(_local_train_steps, ctx, None, dataclasses.replace(plan, mesh=None, runs_per_group=None),
-                              length=1)
+    def chunk(group: int | None):  # one device's training call over runs in groups of `group`
+        return functools.partial(_local_train_steps, ctx, None,
+                                 dataclasses.replace(plan, mesh=None, runs_per_group=group), length=1)
     measured = memory.measure(config, ctx, data_shape, chunk, zero_sums, data)
     return memory.sized(plan, measured, num_runs, limit, int(config.eval_batch_size))
 
