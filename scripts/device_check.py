@@ -91,8 +91,7 @@ def largest_block_cnn(splits: Splits, shrink: bool, limit: int | None) -> dict:
     limit = memory.device_limit(config)
     if limit is None:
         return {"note": "the device reports no memory limit"}
-    m = program_lib.make_train(config, splits.image_shape, 10, splits.num_train, num_runs=1,
-                               data=train.job_data(config, splits)).plan.memory
+    m = program_lib.run_memory(config, splits.image_shape, 10, splits.num_train, data=train.job_data(config, splits))
     return {"limit_bytes": limit, "run": m.describe(), "all_at_once": memory.runs_that_fit(m, limit, at_once=True),
             "one_at_a_time": memory.runs_that_fit(m, limit, at_once=False)}
 

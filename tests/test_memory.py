@@ -28,24 +28,28 @@ def plan_for(limit: int, num_seeds: int = 4, data: memory.JobData | None = None)
 
 @functools.cache
 def measured(with_job_data: bool = False) -> memory.RunMemory:
-    """A run's memory: of the training set alone, or of the whole job (`job_data`)."""
-    return plan_for(2**30, data=job_data() if with_job_data else None)[1].memory
+    """A run's memory, grouping included: of the training set alone, or of the whole job (`job_data`)."""
+    splits = synthetic_splits()
+    return program_lib.run_memory(tiny_config(**ACCELERATOR), splits.image_shape, 10, splits.num_train,
+                                  data=job_data() if with_job_data else None)
 
 
 def splits_with_test():
     """`synthetic_splits` with a test split beside val: the job keeps each run's best-epoch weights."""
     splits = synthetic_splits()
     val = splits.eval["val"]
-    return dataclasses.replace(splits, eval={"val": val, "test": Examples(jnp.array(val.images), jnp.array(val.labels))})
+    test = Examples(jnp.array(val.images), jnp.array(val.labels))
+    return dataclasses.replace(splits, eval={"val": val, "test": test})
 
 
 def job_data() -> memory.JobData:
     return train.job_data(tiny_config(), splits_with_test())
 
 
-def test_a_roomy_limit_maps_all_runs_at_once_and_names_a_runs_memory():
+def test_a_roomy_limit_maps_all_runs_at_once_without_measuring_groups_and_names_a_runs_memory():
     _, plan = plan_for(2**30)
     assert plan.runs_per_group is None and plan.eval_batch_size == 500
+    assert plan.memory == dataclasses.replace(measured(), grouped=0.0) and measured().grouped > 0
     assert plan.memory.held > 0 and plan.memory.step > 0 and plan.memory.eval_example > 0
     assert "a run" in plan.memory.describe()
 
@@ -138,3 +142,21 @@ def test_job_data_counts_a_shared_pool_once_and_each_folds_index_and_weights_per
     data = train.job_data(tiny_config(), folds)
     assert data.shared == 256 * (144 + 4) + 2 * 200 * 4 + 2 * 256 * 4
     assert data.per_run == 200 * 4 + 256 * 4 and not data.keeps_best and not data.restores
+
+
+@pytest.mark.parametrize("groups", [False, True])
+def test_the_sized_training_call_as_xla_compiles_it_fits_the_limit(groups):
+    m = measured()
+    limit = int(m.shared + 4 * (m.held + m.grouped) + m.step if groups else m.shared + 4 * (m.held + m.step))
+    config, plan = plan_for(limit)
+    assert plan.runs_per_group == (1 if groups else None)
+    splits = synthetic_splits()
+    setup = program_lib.setup_runs(config, splits.image_shape, 10, splits.num_train, abstract=True)
+    images = jax.ShapeDtypeStruct((splits.num_train, *splits.image_shape), jnp.uint8)
+    batches = jax.eval_shape(setup.program.epoch_batches, setup.state, jnp.int32(1),
+                             jax.ShapeDtypeStruct((4, splits.num_train), jnp.int32))
+    sums = program_lib.zero_sums(4, setup.program.layer_names)
+    stats = setup.program.train_steps.lower(setup.state, setup.hparams, images, images.update(
+        shape=images.shape[:1], dtype=jnp.int32), batches, jnp.int32(0), sums, length=1).compile().memory_analysis()
+    unaliased = stats.output_size_in_bytes - stats.alias_size_in_bytes
+    assert stats.argument_size_in_bytes + stats.temp_size_in_bytes + unaliased <= limit, (stats, limit)

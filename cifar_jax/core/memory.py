@@ -100,17 +100,17 @@ def _chunk_args(config: ml_collections.ConfigDict, ctx: step.StepContext, data_s
 
 def measure(config: ml_collections.ConfigDict, ctx: step.StepContext, data_shape: tuple[int, ...],
             chunk: Callable[[int | None], Callable[..., Any]],
-            zero_sums: Callable[[int, tuple[str, ...]], step.EpochSums], data: JobData | None = None) -> RunMemory:
+            zero_sums: Callable[[int, tuple[str, ...]], step.EpochSums], data: JobData | None = None,
+            needs_groups: Callable[[RunMemory], bool] = lambda _: True) -> RunMemory:
     """What a run needs, from XLA's memory analysis of training calls compiled on `data_shape`
     (the training set's): `chunk(g)` is a call over runs in groups of g (None: all at once),
-    compiled for 2 runs at once (a vmap of 1 run compiles leaner than of n) and for 2 and 4 runs
-    one at a time (what grouping adds per run), and of 2 runs' evaluation batch; plus what the job
+    compiled for 2 runs at once (a vmap of 1 run compiles leaner than of n) and, where
+    `needs_groups` says the runs may not fit at once, for 2 and 4 runs one at a time (what grouping
+    adds per run; else 0, two compiles saved); and of 2 runs' evaluation batch; plus what the job
     keeps beside them (`data`; None: the training set alone)."""
     keys, args = _chunk_args(config, ctx, data_shape, zero_sums, 2)
     state, hparams, images, labels = args[:4]
     arg_bytes, step_bytes = compiled_bytes(chunk(None), *args, donate_argnums=(0, 6))
-    grouped = [compiled_bytes(chunk(1), *_chunk_args(config, ctx, data_shape, zero_sums, n)[1],
-                              donate_argnums=(0, 6))[1] for n in (2, 4)]
     data = data or JobData(shared=tree_bytes((images, labels)))
     batch = int(config.eval_batch_size)
     eval_args = (images.update(shape=(batch, *data_shape[1:])), labels.update(shape=(batch,)),
@@ -118,11 +118,16 @@ def measure(config: ml_collections.ConfigDict, ctx: step.StepContext, data_shape
     _, eval_bytes = compiled_bytes(jax.vmap(functools.partial(step.eval_step, ctx), (0, 0, None, None, 0)), state,
                                    hparams, *eval_args)
     best = tree_bytes((state.params, state.model_state)) // 2 if data.keeps_best else 0
-    return RunMemory(held=(arg_bytes - tree_bytes((images, labels)) + tree_bytes(keys)) // 2 + data.per_run + best,
-                     best=best, restore=tree_bytes(state) // 2 if data.restores else 0, step=step_bytes // 2,
-                     grouped=max(grouped[1] - grouped[0], 0) / 2, eval_example=eval_bytes / 2 / batch,
-                     eval_weight=tree_bytes(eval_args[2]) / 2 / batch, eval_input=tree_bytes(eval_args[:2]) / batch,
-                     shared=data.shared)
+    ungrouped = RunMemory(held=(arg_bytes - tree_bytes((images, labels)) + tree_bytes(keys)) // 2 + data.per_run + best,
+                          best=best, restore=tree_bytes(state) // 2 if data.restores else 0, step=step_bytes // 2,
+                          grouped=0.0, eval_example=eval_bytes / 2 / batch,
+                          eval_weight=tree_bytes(eval_args[2]) / 2 / batch, eval_input=tree_bytes(eval_args[:2]) / batch,
+                          shared=data.shared)
+    if not needs_groups(ungrouped):
+        return ungrouped
+    grouped = [compiled_bytes(chunk(1), *runs_args, donate_argnums=(0, 6))[1]
+               for runs_args in (args, _chunk_args(config, ctx, data_shape, zero_sums, 4)[1])]
+    return dataclasses.replace(ungrouped, grouped=max(grouped[1] - grouped[0], 0) / 2)
 
 
 def device_limit(config: ml_collections.ConfigDict, device: jax.Device | None = None) -> int | None:
@@ -133,6 +138,16 @@ def device_limit(config: ml_collections.ConfigDict, device: jax.Device | None = 
         return requested
     stats = (device or jax.local_devices()[0]).memory_stats() or {}
     return int(stats["bytes_limit"] * DEVICE_LIMIT_SHARE) if "bytes_limit" in stats else None
+
+
+def local_runs(plan: execution.ExecutionPlan, num_runs: int) -> int:
+    """The runs each device trains: `num_runs` padded to the device count, split over the devices."""
+    return plan.padded(num_runs) // plan.num_devices
+
+
+def fits_at_once(memory: RunMemory, limit: int, plan: execution.ExecutionPlan, num_runs: int) -> bool:
+    """Whether every run of a device trains and evaluates in one vmap within `limit` bytes."""
+    return runs_that_fit(memory, limit, at_once=True) >= local_runs(plan, num_runs)
 
 
 def runs_that_fit(memory: RunMemory, limit: int, at_once: bool) -> int:
@@ -152,8 +167,8 @@ def sized(plan: execution.ExecutionPlan, memory: RunMemory, num_runs: int, limit
           eval_batch_size: int) -> execution.ExecutionPlan:
     """The plan with runs per group and the evaluation batch that fit `limit` bytes a device,
     or a one-line `ConfigError` with the largest run count that fits."""
-    local = -(-plan.padded(num_runs) // plan.num_devices)
-    at_once = runs_that_fit(memory, limit, at_once=True) >= local
+    local = local_runs(plan, num_runs)
+    at_once = fits_at_once(memory, limit, plan, num_runs)
     if not at_once and runs_that_fit(memory, limit, at_once=False) < local:
         fits = runs_that_fit(memory, limit, at_once=False) * plan.num_devices
         raise ConfigError(f"{num_runs} runs do not fit the device memory ({mib(limit)} a device; "

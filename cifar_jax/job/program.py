@@ -176,11 +176,26 @@ def _sized_to_memory(config: ml_collections.ConfigDict, ctx: step.StepContext, p
     limit = memory.device_limit(config)
     if limit is None:
         return plan
-    def chunk(group: int | None):  # one device's training call over runs in groups of `group`
+    measured = memory.measure(config, ctx, data_shape, _chunk_in_groups(ctx, plan), zero_sums, data,
+                              needs_groups=lambda m: not memory.fits_at_once(m, limit, plan, num_runs))
+    return memory.sized(plan, measured, num_runs, limit, int(config.eval_batch_size))
+
+
+def _chunk_in_groups(ctx: step.StepContext, plan: execution.ExecutionPlan) -> Callable[[int | None], Callable]:
+    """One device's one-step training call over runs in groups of a given size (`memory.measure`)."""
+    def chunk(group: int | None) -> Callable:
         return functools.partial(_local_train_steps, ctx, None,
                                  dataclasses.replace(plan, mesh=None, runs_per_group=group), length=1)
-    measured = memory.measure(config, ctx, data_shape, chunk, zero_sums, data)
-    return memory.sized(plan, measured, num_runs, limit, int(config.eval_batch_size))
+    return chunk
+
+
+def run_memory(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], num_classes: int,
+               num_train: int, data: memory.JobData | None = None) -> memory.RunMemory:
+    """A run's memory (`memory.measure`), what grouping adds included: how many runs fit a limit
+    at once and one at a time (scripts/device_check.py)."""
+    plan = make_train(config, image_shape, num_classes, num_train).plan
+    ctx, _ = _step_context(config, image_shape, num_classes, num_train, plan)
+    return memory.measure(config, ctx, (num_train, *image_shape), _chunk_in_groups(ctx, plan), zero_sums, data)
 
 
 class RunSetup(NamedTuple):

@@ -262,8 +262,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     clock = chunks.ChunkClock(plan, setup.program.steps_per_epoch)
     loop.compiling(clock)
     best = _best_runs(config, setup, checkpoints, evals, history, state)
-    grace_s = float(config.execution.get("stop_grace_s", interrupts.DEFAULT_GRACE_S))
-    with interrupts.stop_on_signals(grace_s) as stop:
+    with interrupts.stop_on_signals(float(config.execution.get("stop_grace_s", interrupts.DEFAULT_GRACE_S))) as stop:
         for epoch in range(resumed_epoch, config.num_epochs + 1):
             start, sums = (resume.step, resume.sums) if epoch == resumed_epoch else (0, None)
             state, sums, done = train_epoch(setup.program, state, setup.hparams, images, labels, epoch, train_index,
