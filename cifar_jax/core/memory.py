@@ -1,13 +1,15 @@
 """Runs sized to the device's memory on accelerators, from XLA's own accounting of the compiled step.
 
-One run's training chunk and evaluation batch are compiled once at start-up and
-`memory_analysis()` says what they hold (optimizer state included: it is the chunk's argument).
+A training chunk and an evaluation batch of 2 runs are compiled once at start-up and
+`memory_analysis()` says what a run holds (optimizer state included: it is the chunk's argument).
 A run keeps for the whole job its state, hyperparameters, keys, epoch sums, batch order, its own
 data (a fold's index and weights) and, where the test split waits for each run's best epoch, a
 second copy of its weights (`job/best_runs.py`); its step's temporaries only while its group runs.
 Every run reads the same training set and evaluation splits, held once a device. So with n runs
-on a device in groups of g:  shared + n x held + g x step  must fit the limit, as must the
-evaluation of g runs (the batch is cut to fit) and, as the job starts, a state restored per run.
+on a device in groups of g:  shared + n x (held + grouped) + g x step  must fit the limit (grouped:
+what slicing the runs into groups and stacking their outputs holds per run, measured only where
+the runs may not fit at once; 0 for one vmap), as must the evaluation of g runs (the batch is cut
+to fit) and, as the job starts, a state restored per run.
 A job that cannot fit even one run at a time is refused before its workdir is claimed, with the
 largest run count that fits. On CPU the plan keeps its cache-sized groups (execution.py).
 """
@@ -36,7 +38,7 @@ DEVICE_LIMIT_SHARE = 0.9
 @dataclasses.dataclass(frozen=True)
 class JobData:
     """What a job keeps on a device beside its runs' training state, in bytes measured from the
-    placed arrays (`job/program.py`'s `job_data`): counted once, or once per run."""
+    placed arrays (`job/train.py`'s `job_data`): counted once, or once per run."""
 
     shared: int  # read by every run, once a device: the training set, the evaluation splits, the fold indices
     per_run: int = 0  # each run's own arrays: its fold's training index and validation weights
@@ -46,7 +48,7 @@ class JobData:
 
 @dataclasses.dataclass(frozen=True)
 class RunMemory:
-    """Bytes one run needs on a device, from the compiled programs of a single run."""
+    """Bytes one run needs on a device, from compiled programs of 2 (and 4) runs."""
 
     held: int  # kept for the whole job: state, hparams, keys, epoch sums, batch order, own data, best weights
     best: int  # of `held`: the copy of its weights at its best epoch (0 where none is kept)
