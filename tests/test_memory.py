@@ -101,6 +101,7 @@ def test_a_limit_that_fit_all_runs_without_the_evaluation_data_and_best_weights_
     limit = whole.shared + 4 * (whole.held + whole.grouped) + whole.step
     assert plan_for(limit)[1].runs_per_group is None
     assert plan_for(limit, data=job_data())[1].runs_per_group == 1
+    assert 1 <= memory.runs_that_fit(whole, 2**30, at_once=True) <= memory.runs_that_fit(whole, 2**30, at_once=False)
 
 
 def test_a_limit_that_fit_one_run_at_a_time_without_them_is_now_refused():

@@ -190,12 +190,13 @@ def _chunk_in_groups(ctx: step.StepContext, plan: execution.ExecutionPlan) -> Ca
 
 
 def run_memory(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], num_classes: int,
-               num_train: int, data: memory.JobData | None = None) -> memory.RunMemory:
-    """A run's memory (`memory.measure`), what grouping adds included: how many runs fit a limit
-    at once and one at a time (scripts/device_check.py)."""
+               num_train: int, data: memory.JobData | None = None, groups: bool = True) -> memory.RunMemory:
+    """A run's memory (`memory.measure`), with what grouping adds where `groups`: how many runs fit
+    a limit at once and one at a time (scripts/device_check.py)."""
     plan = make_train(config, image_shape, num_classes, num_train).plan
     ctx, _ = _step_context(config, image_shape, num_classes, num_train, plan)
-    return memory.measure(config, ctx, (num_train, *image_shape), _chunk_in_groups(ctx, plan), zero_sums, data)
+    return memory.measure(config, ctx, (num_train, *image_shape), _chunk_in_groups(ctx, plan), zero_sums, data,
+                          needs_groups=lambda _: groups)
 
 
 class RunSetup(NamedTuple):
