@@ -173,9 +173,10 @@ def sized(plan: execution.ExecutionPlan, memory: RunMemory, num_runs: int, limit
     at_once = fits_at_once(memory, limit, plan, num_runs)
     if not at_once and runs_that_fit(memory, limit, at_once=False) < local:
         fits = runs_that_fit(memory, limit, at_once=False) * plan.num_devices
-        raise ConfigError(f"{num_runs} runs do not fit the device memory ({mib(limit)} a device; "
-                          f"{memory.describe()}): at most {fits} runs fit; use fewer seeds or settings, "
-                          f"a smaller batch, or set execution.memory_limit_bytes")
+        best = f", {mib(memory.best)} of it best-epoch weights" if memory.best else ""
+        raise ConfigError(f"{num_runs} runs do not fit the device memory ({mib(limit)} a device, {mib(memory.shared)} "
+                          f"of it shared data; {mib(memory.held + memory.step)} a run{best}): at most {fits} runs "
+                          f"fit; use fewer seeds or settings, a smaller batch, or set execution.memory_limit_bytes")
     free = limit - memory.shared - local * (memory.held + (0 if at_once else memory.grouped))
     eval_free = free - memory.eval_input - local * memory.eval_weight  # beside a one-example batch's inputs
     group = local if at_once else int(min(local, free // max(memory.step, 1),
