@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 
 from cifar_jax.core import metrics
+from cifar_jax.core.memory import mib
 from cifar_jax.job import results, storage
 from cifar_jax.core.runs import RunGrid
 from cifar_jax.core.splits import Splits
@@ -57,7 +58,9 @@ def memory_text(plan: Any) -> str:
     """Where runs were sized to memory (accelerators): a run's bytes and how runs were grouped."""
     if plan is None or plan.memory is None:
         return ""
-    groups = "all runs at once" if plan.runs_per_group is None else f"{plan.runs_per_group} runs at a time"
+    groups = ("all runs at once" if plan.runs_per_group is None else
+              f"{plan.runs_per_group} run{'s' if plan.runs_per_group > 1 else ''} at a time "
+              f"({mib(plan.memory.grouped)} more a run while grouped)")
     return f"; {plan.memory.describe()}; {groups}, evaluation batch {plan.eval_batch_size}"
 
 
