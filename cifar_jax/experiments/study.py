@@ -61,6 +61,7 @@ class Experiment:
     analysis: str
     fold_reference: str
     step_curves: tuple[str, ...]
+    not_cheap: bool = False  # at :cheap_full, an experiment a CPU cannot afford at the study's scale
 
     @property
     def name(self) -> str:
@@ -69,11 +70,15 @@ class Experiment:
 
     @property
     def runnable(self) -> bool:
-        return not self.missing and not self.needs_full_scale
+        return not self.skip_reason
 
     @property
     def skip_reason(self) -> str:
-        return f"missing: {self.missing}" if self.missing else ("needs :full scale" if self.needs_full_scale else "")
+        if self.missing:
+            return f"missing: {self.missing}"
+        if self.needs_full_scale:
+            return "needs :full scale"
+        return "not CPU-cheap at the study's scale (STUDIES.md §7.1): run it with :full" if self.not_cheap else ""
 
 
 def experiments(config: ml_collections.ConfigDict) -> list[Experiment]:
@@ -92,7 +97,8 @@ def experiments(config: ml_collections.ConfigDict) -> list[Experiment]:
                               torch_images_per_s=float(entry.torch_images_per_s), figure=entry.figure,
                               columns=tuple(entry.columns), curves=tuple(entry.curves),
                               analysis=entry.analysis, fold_reference=entry.get("fold_reference", ""),
-                              step_curves=tuple(entry.get("step_curves", ()))))
+                              step_curves=tuple(entry.get("step_curves", ())),
+                              not_cheap=config.study.scale == "cheap_full" and not entry.get("cpu_cheap", False)))
     return out
 
 

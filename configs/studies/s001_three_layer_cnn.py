@@ -119,12 +119,13 @@ def get_config(scale: str = "cpu"):
     E.E1_6_mixup = experiment(
         base(scale, epochs=10), ids=("E1.6", "F1.4"), title="mixup from scratch (α n/s: 0.2, 0.4, 1.0)",
         axes=(("augment.mixup_alpha", (0.0, 0.2, 0.4, 1.0)),), metric="best_val_accuracy",
-        torch_images_per_s=TORCH_RATE,
+        torch_images_per_s=TORCH_RATE, cpu_cheap=True,
         reported=(("mixup_alpha=1", 9.7, BEST.format(e=10) + ", α n/s", "best_val_accuracy"),
                   ("mixup_alpha=1", 2.333, "val loss, best", "best_val_loss")))
     E.E1_7_final = experiment(
         base(scale), ids=("E1.7", "F1.1"), title="final model, test split read once at the validation-selected epoch",
         metric="best_val_accuracy", torch_images_per_s=TORCH_RATE, figure="test loss and test accuracy per epoch",
+        cpu_cheap=True,
         reported=(("baseline", 72.5, "test, best epoch (4): chosen on test", "test_accuracy"),
                   ("baseline", 71.75, "test, final epoch", "test_accuracy")))
 

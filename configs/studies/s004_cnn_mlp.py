@@ -87,7 +87,7 @@ def get_config(scale: str = "cpu"):
         title="MLP 3072-512-10 with BN and dropout 0.5, without BN, without dropout", kind="zip",
         axes=ablation_axes("model.dense_batch_norm"), labels=("mlp", "mlp_no_bn", "mlp_no_dropout"),
         metric="best_val_accuracy", columns=("train_accuracy", "val_loss"), curves=("train_loss", "val_loss"),
-        torch_images_per_s=TORCH_MLP,
+        torch_images_per_s=TORCH_MLP, cpu_cheap=True,  # ~7 min per seed and run at full scale (STUDIES.md §7.1)
         figure="train/val loss and accuracy curves per run",
         reported=logged("mlp", best_val=55.82, val=55.20, test=55.40, train_loss=0.8642, train_acc=69.92,
                         val_loss=1.3865, test_loss=1.3071)
