@@ -71,8 +71,8 @@ def study_config(*, name: str, title: str, scale: str, config_path: str, source:
     """The top level of a study config. `execution` is the project's default execution section
     (its multi-host fields are set once for the whole study). `evidence_dir` (relative to the
     directory the command runs in) holds the committed per-run results, one JSON per experiment
-    (default docs/studies/<name>/evidence); at :cheap_full `num_seeds` is CHEAP_FULL_SEEDS; `deviations` say, one sentence each, where our models
-    or protocol differ from the study's. Experiments and claims run and are reported in key order
+    (default docs/studies/<name>/evidence); `deviations` say, one sentence each, where our models
+    or protocol differ from the study's. At :cheap_full `num_seeds` is CHEAP_FULL_SEEDS. Experiments and claims run and are reported in key order
     (a ConfigDict sorts its keys: 'E0_02' keeps E0.2 before E0.10)."""
     config = ml_collections.ConfigDict()
     config.name = f"study_{name}"

@@ -13,11 +13,13 @@ from whatever has finished, or on a fresh clone from the committed evidence.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib.util
 import os
 import platform
 import subprocess
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import ml_collections
 
@@ -263,7 +265,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, exp: Experim
         execution.primary_print(head)
         sweep.run_sweep(exp.config, exp_dir, train_fn=train_fn)
     if outcome in ("trained", "skipped"):
-        execution.primary_decides(lambda: study_report.gather(config, workdir, exp) and 0)  # evidence/<key>.json
+        execution.primary_decides(lambda: study_report.gather(config, workdir, exp, scales(config)) and 0)
     return "skipped" if outcome == "evidence" else outcome
 
 
@@ -275,9 +277,10 @@ def _outcome(config: ml_collections.ConfigDict, exp: Experiment, exp_dir: str, h
     if not exp.runnable:
         print(f"{head}: not run ({exp.skip_reason})", flush=True)
         return "not run"
-    committed = evidence_lib.read(config.study.evidence_dir, exp.key) if config.study.evidence_dir else None
-    if not os.path.exists(exp_dir) and evidence_lib.matches(committed, workdir_lib.config_to_dict(exp.config)):
-        print(f"{head}: committed evidence in {config.study.evidence_dir} matches its config, skipped", flush=True)
+    committed = study_report.committed(config, exp, scales(config), larger_only=True)
+    if not os.path.exists(exp_dir) and committed:
+        at = "" if committed["scale"] == config.study.scale else f" at :{committed['scale']}"
+        print(f"{head}: committed evidence{at} in {config.study.evidence_dir} matches its config, skipped", flush=True)
         return "evidence"
     if experiment_done(exp, exp_dir):
         print(f"{head}: finished earlier, skipped", flush=True)
@@ -287,4 +290,21 @@ def _outcome(config: ml_collections.ConfigDict, exp: Experiment, exp_dir: str, h
 
 def write_study_report(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Writes workdir/report.md, plots/ and evidence/ (`study_report`); returns the report's path."""
-    return study_report.write_study_report(config, workdir, experiments(config))
+    return study_report.write_study_report(config, workdir, experiments(config), scales(config))
+
+
+def scales(config: ml_collections.ConfigDict) -> Callable[[str], Sequence[Experiment]]:
+    """scale -> the study's experiments at that scale (from `config.study.config_path`), so
+    evidence committed at another scale is checked against the config it was trained with."""
+    return functools.partial(_experiments_at, config.study.config_path)
+
+
+@functools.lru_cache(maxsize=None)
+def _experiments_at(config_path: str, scale: str) -> tuple[Experiment, ...]:
+    """() where the path is not a study config file (a test's study built in code)."""
+    if not os.path.isfile(config_path) or "def get_config(" not in open(config_path).read():
+        return ()
+    spec = importlib.util.spec_from_file_location(f"study_at_{scale}", config_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return tuple(experiments(module.get_config(scale)))

@@ -63,7 +63,7 @@ def get_config(scale: str = "cpu"):
                                                                     "kernel (16 runs; lr 1e-3 assumed)",
         axes=(("model.conv_features[0]", (32, 64)), ("model.kernel_size[0]", (3, 5)),
               ("model.conv_features[1]", (64, 128)), ("model.kernel_size[1]", (5, 7))),
-        metric="best_val_accuracy", needs_full_scale=scale != "full", torch_images_per_s=TORCH_RATE,
+        metric="best_val_accuracy", needs_full_scale=by_scale(scale, False, True, True), torch_images_per_s=TORCH_RATE,
         figure="val loss and val accuracy curves of the 16 runs",
         reported=(("conv_features=32-128,kernel_size=3-5", 70.0,
                    b11 + " ('≥ 70 %')", "best_val_accuracy"),))

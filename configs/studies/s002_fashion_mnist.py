@@ -75,8 +75,9 @@ def kfold_experiments(E, scale: str, arch: str, keys: tuple[str, str], study_fol
         reported=(("baseline", 95.57, "mean 'fold accuracy' of 5 folds (they climb: leakage)", "val_accuracy"),)
         if study_folds else ())
     E[keys[1]] = experiment(
-        kfold, ids=("E2.6", "F2.1"), title=f"leaky 5-fold CV of {what}: fold k starts from fold k−1's trained weights "
-                                           f"(the study's protocol), against {keys[0]}'s freshly initialised folds",
+        kfold, ids=("E2.6", "F2.1"), title=f"leaky 5-fold CV of {what}: fold k starts from fold k−1's trained "
+                                           f"weights (the study's protocol), against {keys[0]}'s freshly initialised "
+                                           "folds",
         kind="zip", axes=(("data.folds", tuple((k,) for k in range(5))),
                           ("init_from", ("",) + tuple(f"../fold_{k}" for k in range(1, 5)))),
         labels=tuple(f"fold_{k + 1}" for k in range(5)), fold_reference=keys[0], torch_images_per_s=TORCH_A1,
@@ -154,7 +155,8 @@ def get_config(scale: str = "cpu"):
     resnet = base(scale)
     resnet.model = fashion_mnist.get_config("resnet18").model
     E.E2_7b_resnet18 = experiment(
-        resnet, ids=("E2.7", "F2.4"), analysis="output_correlation", needs_full_scale=scale != "full",
+        resnet, ids=("E2.7", "F2.4"), analysis="output_correlation",
+        needs_full_scale=by_scale(scale, False, True, True),
         title="the same statistic for a ResNet-18 trained here on Fashion-MNIST: equal width (10 outputs), no "
               "pretrained weights needed (the study: 512 ImageNet features, mean 0.0221, sd 0.1641)",
         torch_images_per_s=TORCH_A1)

@@ -98,7 +98,7 @@ def get_config(scale: str = "cpu"):
     batch_sizes = by_scale(scale, (10, 100, 1000, 10000), (10, 100, 1000), (10, 100, 1000))
     config.experiments.E4_7_batch = experiment(
         recipe(cnn_bn_dropout, scale, main_run=False), ids=("E4.7",),
-        title="CNN batch size at a fixed lr and epoch count" + ("" if scale == "full" else
+        title="CNN batch size at a fixed lr and epoch count" + ("" if by_scale(scale, True, False, False) else
                                                                  " (batch 10,000 needs :full scale: ~41 GB)"),
         axes=(("batch_size", batch_sizes),), metric="best_val_accuracy", torch_images_per_s=TORCH_CNN_MIXED_BS,
         figure="val accuracy against batch size",
