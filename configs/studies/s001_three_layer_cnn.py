@@ -9,7 +9,8 @@ validation images of the shared JPEG copy, 2 epochs, 3 seeds, the 16-run grid (E
 needs-full-scale (also at :smoke: its 16 programs took ~100 s each there under load): about 40
 minutes on 2 cores (830k training images at the ~490 model-images/s this CNN trained here at
 batch 20 with 3 seeds, 280k evaluated images, ~15 compiles);
-`:smoke` 1,000 / 200 images, 1 epoch, 2 seeds.
+`:smoke` 1,000 / 200 images, 1 epoch, 2 seeds; `:cheap_full` only mixup (E1.6) and the final
+run (E1.7) as at :full, with 3 seeds.
 
 The recipe and the study's unstated values (n/s), as assumptions:
 - conv 32@3x3 -> pool -> conv 128@5x5 -> pool (SAME, ReLU, max-pool 2) -> FC H -> FC 10;

@@ -7,7 +7,8 @@ Scales: `:full` the study's (60k train of which 10k become validation, the 10k t
 once at the validation-selected epoch, 10 epochs, 5 seeds); `:cpu` 8,000 training and 2,000
 validation images (test 2,000), 3 epochs, 3 seeds, E2.7's ResNet-18 not run (nor at :smoke): about 35 minutes on 2 cores
 (2.5M training images at the ~1,700 model-images/s A1 measured here at batch 128 with 3 seeds
-under load, 1.3M evaluated, ~30 compiles); `:smoke` 1,000 / 200 images, 1 epoch, 2 seeds.
+under load, 1.3M evaluated, ~30 compiles); `:smoke` 1,000 / 200 images, 1 epoch, 2 seeds; `:cheap_full` only the fresh-vs-leaky 5-fold CV
+of A2 and A3 (STUDIES.md §7.1) as at :full, with 3 seeds.
 Data: Debian's dataset-fashion-mnist IDX files.
 
 The recipe and the study's unstated values (n/s), as assumptions:

@@ -10,7 +10,7 @@ about 35 minutes on a quiet 2-core CPU (490k CNN training images at the ~270-360
 README benchmark, 330k evaluated, 160k MLP images at ~8,500/s, ~10 compiles; under the load of
 other jobs the CNN measured 170-190 images/s here: ~55 minutes), plus E4.7c's equal-step runs (batch
 100 x 2 epochs and 1,000 x 20: 396k CNN images, ~20 more minutes); `:smoke` 1,000 / 200 images,
-1 epoch, 2 seeds.
+1 epoch, 2 seeds; `:cheap_full` only the MLP runs (E4.2, E4.4, E4.6) as at :full, with 3 seeds.
 
 The recipe, with the study's unstated values (n/s) as assumptions:
 - Adam lr 1e-3, batch 100, last partial batch dropped (the course template).
