@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
+from cifar_jax.experiments import evidence
 from cifar_jax.experiments import stats
 from cifar_jax.experiments import study
 from cifar_jax.experiments import study_report
@@ -65,6 +66,8 @@ def test_a_report_rebuilt_from_its_evidence_alone_is_the_same(tmp_path):
     study.run_study(config, str(tmp_path / "work"))
     assert sorted(os.listdir(tmp_path / "work" / "evidence")) == ["A_lr.json", "B_width.json"]
     assert max(os.path.getsize(p) for p in glob.glob(str(tmp_path / "work" / "evidence" / "*"))) < 50_000
+    first = evidence.read(str(tmp_path / "work" / "evidence"), "A_lr")
+    assert first["commits"] and first["hardware"]  # written before the study's first session was saved
     docs = tmp_path / "docs"
     published = study_report.publish(config, str(tmp_path / "work"), str(docs))
     evidence_dir = str(docs / "mini" / "evidence")
@@ -158,7 +161,6 @@ def test_evidence_of_a_larger_scale_stands_in_marked_and_judged_at_its_scale(tmp
     assert "| supported" in claim_row  # a full-scale verdict word, never "consistent" at :cpu
     # a smaller scale never stands in for a larger one's training
     smaller = {**study_report.committed(config, study.experiments(config)[0], study.scales(config)), "scale": "smoke"}
-    from cifar_jax.experiments import evidence
     evidence.write(str(tmp_path / "smoke"), smaller)
     config.study.evidence_dir = str(tmp_path / "smoke")
     assert study_report.committed(config, study.experiments(config)[0], study.scales(config), larger_only=True) is None

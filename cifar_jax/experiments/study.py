@@ -242,6 +242,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str,
             workdir_lib.write_json_atomic(os.path.join(workdir, STUDY_FILE), state)
 
     try:
+        save_session()  # before the first experiment's evidence, which quotes the session's commit and hardware
         for i, exp in enumerate(exps, start=1):
             outcome = run_experiment(config, workdir, exp, f"study: {i}/{len(exps)} {exp.key} ({exp.name})", train_fn)
             {"trained": trained, "skipped": skipped}.get(outcome, []).append(exp.key)
