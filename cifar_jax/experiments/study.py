@@ -80,7 +80,7 @@ class Experiment:
             return f"missing: {self.missing}"
         if self.needs_full_scale:
             return "needs :full scale"
-        return "not CPU-cheap at the study's scale (STUDIES.md §7.1): run it with :full" if self.not_cheap else ""
+        return "not CPU-cheap (STUDIES.md §7.1): run it at :full" if self.not_cheap else ""
 
 
 def experiments(config: ml_collections.ConfigDict) -> list[Experiment]:
