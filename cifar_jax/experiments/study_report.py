@@ -11,7 +11,7 @@ fresh clone rebuilds the same text from the committed evidence (`--mode=report`,
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import ml_collections
 import numpy as np
@@ -29,6 +29,8 @@ from cifar_jax.job import workdir as workdir_lib
 
 REPORT_FILE = "report.md"
 PLOTS = "plots"
+SIZE = {scale: i for i, scale in enumerate(reversed(dsl.SCALES))}  # smoke < cpu < cheap_full < full
+AtScale = Callable[[str], Sequence[Any]]  # scale -> the study's experiments at that scale
 
 
 # ----------------------------------------------------------------------------- evidence
@@ -52,21 +54,35 @@ def group_analysis(workdir: str, exp: Any, group: dict[str, Any]) -> dict[str, A
     return cached
 
 
-def gather(config: ml_collections.ConfigDict, workdir: str, exp: Any) -> dict[str, Any] | None:
+def committed(config: ml_collections.ConfigDict, exp: Any, at_scale: AtScale | None,
+              larger_only: bool = False) -> dict[str, Any] | None:
+    """The committed evidence of `exp` when it matches the experiment's config at the scale it was
+    trained: this config's, or another (`at_scale`), so a :cpu report carries the :cheap_full runs
+    of its CPU-cheap experiments and a :cheap_full report the :cpu runs of the others, each marked.
+    `larger_only`: no smaller scale than this config's (what lets a study skip training)."""
+    found = evidence_lib.read(config.study.evidence_dir, exp.key) if config.study.evidence_dir else None
+    scale = (found or {}).get("scale", config.study.scale)
+    if scale == config.study.scale:
+        twin = exp
+    elif scale not in SIZE or not at_scale or (larger_only and SIZE[scale] < SIZE[config.study.scale]):
+        twin = None
+    else:
+        twin = next((e for e in at_scale(scale) if e.key == exp.key), None)
+    return found if twin and evidence_lib.matches(found, workdir_lib.config_to_dict(twin.config)) else None
+
+
+def gather(config: ml_collections.ConfigDict, workdir: str, exp: Any, at_scale: AtScale | None = None
+           ) -> dict[str, Any] | None:
     """One experiment's evidence: extracted from the workdir (and written to WORKDIR/evidence/), else
-    a file there, else the committed one when it matches the experiment's config; None without any."""
+    a file there, else the committed one (`committed`); None without any."""
     analyse = (lambda exp_dir, group: group_analysis(workdir, exp, group)) if exp.analysis else None
-    extracted = evidence_lib.extract(workdir, exp, config.study.scale, analyse)
+    extracted = evidence_lib.extract(workdir, exp, config.study.scale, analyse) if exp.runnable else None
     own_dir = os.path.join(workdir, evidence_lib.DIR)
     if extracted is not None:
         evidence_lib.write(own_dir, extracted)
         return extracted
-    config_dict = workdir_lib.config_to_dict(exp.config)
-    for directory in (own_dir, config.study.evidence_dir):
-        found = evidence_lib.read(directory, exp.key) if directory else None
-        if found is not None and (directory == own_dir or evidence_lib.matches(found, config_dict)):
-            return found
-    return None
+    found = evidence_lib.read(own_dir, exp.key) if exp.runnable else None
+    return found or committed(config, exp, at_scale)
 
 
 def loaded_settings(ev: dict[str, Any]) -> list[report.Setting]:
@@ -169,10 +185,21 @@ def plot_steps(path: str, ev: dict[str, Any], settings: Sequence[report.Setting]
 
 # ----------------------------------------------------------------------------- sections
 
+def scale_mark(config: ml_collections.ConfigDict, exp: Any, ev: dict[str, Any] | None) -> list[str]:
+    """The line that says an experiment's runs are of another scale than the report's."""
+    scale = (ev or {}).get("scale", config.study.scale)
+    if scale == config.study.scale:
+        return []
+    what = "the study's own epochs and data" if scale in dsl.FULL_SCALES else "fewer epochs and images than the study"
+    why = f"; here: {exp.skip_reason}" if not exp.runnable else ""
+    return [f"**Trained at `:{scale}`** ({what}), not at this report's `:{config.study.scale}`{why}.", ""]
+
+
 def experiment_section(workdir: str, exp: Any, ev: dict[str, Any] | None, settings: Sequence[report.Setting],
-                       loaded: dict[str, list[report.Setting]]) -> tuple[list[str], list[str]]:
-    """(markdown lines, plot paths) of one experiment that was run."""
-    head = [f"## {exp.name}", "", f"Directory `{exp.key}/`.", ""]
+                       loaded: dict[str, list[report.Setting]], mark: Sequence[str] = ()
+                       ) -> tuple[list[str], list[str]]:
+    """(markdown lines, plot paths) of one experiment that was run (`mark`: `scale_mark`)."""
+    head = [f"## {exp.name}", "", f"Directory `{exp.key}/`.", "", *mark]
     written = experiment_plots(workdir, exp, settings, ev, loaded.get(exp.fold_reference, [])) if settings else []
     lines = head + ([f"The study showed: {exp.figure}.", ""] if exp.figure else [])
     lines += study_tables.experiment_table(exp, settings) if settings else ["No finished runs yet."]
@@ -227,11 +254,23 @@ def what_holds(claims: Sequence[verdicts.ClaimResult]) -> list[str]:
     return lines + [""]
 
 
+def scales_line(config: ml_collections.ConfigDict, evidence: dict[str, dict[str, Any]]) -> list[str]:
+    """Which experiments' runs are of which scale, where they are not all of the report's."""
+    by_scale = {}
+    for key, ev in evidence.items():
+        by_scale.setdefault(ev.get("scale", config.study.scale), []).append(f"`{key}`")
+    if set(by_scale) <= {config.study.scale}:
+        return []
+    return ["Scales: " + "; ".join(f"at `:{scale}` {', '.join(keys)}" for scale, keys in
+                                   sorted(by_scale.items(), key=lambda item: -SIZE.get(item[0], 0)))
+            + ". Each experiment's section and claims are read at its own scale.", ""]
+
+
 def header(config: ml_collections.ConfigDict, evidence: dict[str, dict[str, Any]],
            claims: Sequence[verdicts.ClaimResult]) -> list[str]:
     study = config.study
     commits = study_tables._commits(evidence)
-    scale_note = ("" if study.scale == "full" else
+    scale_note = ("" if study.scale in dsl.FULL_SCALES else
                   f" At `:{study.scale}` the runs train on fewer images for fewer epochs than the study: a claim "
                   "about the study's full training is *consistent*, *not reproduced at this scale* or "
                   "*inconclusive* here; *supported* and *refuted* are kept for tests that hold at any scale "
@@ -243,7 +282,7 @@ def header(config: ml_collections.ConfigDict, evidence: dict[str, dict[str, Any]
              f"study's numbers and claims: {study.source}.", "",
              "Each of our cells is a mean over seeds with a Student-t 95% CI; the study's single runs are compared "
              "with our 95% prediction interval." + scale_note, ""]
-    lines += what_holds(claims)
+    lines += scales_line(config, evidence) + what_holds(claims)
     if study.get("deviations"):
         lines += ["## Where our runs differ from the study's", ""] + [f"- {d}" for d in study.deviations] + [""]
     return lines + ["## Claims", "", verdicts.verdict_counts(claims, study.scale), ""] + claims_table(claims) + [""]
@@ -251,25 +290,28 @@ def header(config: ml_collections.ConfigDict, evidence: dict[str, dict[str, Any]
 
 # ----------------------------------------------------------------------------- the report
 
-def write_study_report(config: ml_collections.ConfigDict, workdir: str, exps: Sequence[Any]) -> str:
-    """Writes WORKDIR/report.md, plots/ and evidence/ from the experiments' evidence; returns the path."""
+def write_study_report(config: ml_collections.ConfigDict, workdir: str, exps: Sequence[Any],
+                       at_scale: AtScale | None = None) -> str:
+    """Writes WORKDIR/report.md, plots/ and evidence/ from the experiments' evidence; returns the path.
+    An experiment whose evidence is of another scale (`committed`) is shown and judged at that scale."""
     storage.makedirs(workdir)
     evidence, loaded, skipped, figures, horizons, sections = {}, {}, {}, {}, {}, []
     for exp in exps:
-        if not exp.runnable:
+        ev = gather(config, workdir, exp, at_scale)
+        if not exp.runnable and ev is None:
             skipped[exp.key] = exp.skip_reason
             sections += skipped_section(config, exp)
             continue
-        ev = gather(config, workdir, exp)
         if ev is not None:
             evidence[exp.key] = ev
             horizons[exp.key] = study_tables.horizon(ev)
         loaded[exp.key] = loaded_settings(ev) if ev else []
-        lines, written = experiment_section(workdir, exp, ev, loaded[exp.key], loaded)
+        lines, written = experiment_section(workdir, exp, ev, loaded[exp.key], loaded, scale_mark(config, exp, ev))
         sections += lines
         if written:
             figures[exp.key] = f"[{os.path.basename(written[0])}]({written[0]})"
-    ctx = verdicts.Context(loaded=loaded, skipped=skipped, scale=config.study.scale, horizon=horizons)
+    ctx = verdicts.Context(loaded=loaded, skipped=skipped, scale=config.study.scale, horizon=horizons,
+                           scales={key: ev.get("scale", config.study.scale) for key, ev in evidence.items()})
     claims = verdicts.judge_claims(config, ctx)
     for c, entry in zip(claims, config.get("claims", {}).values()):
         keys = dict.fromkeys(r.partition(":")[0] for r in verdicts.refs(entry))

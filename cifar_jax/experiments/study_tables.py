@@ -223,15 +223,16 @@ def protocol_section(config: ml_collections.ConfigDict, exps: Sequence[Any],
              f"{', '.join(hardware.get('devices', ['?']))}; commits {', '.join(_commits(evidence)) or '–'}.",
              f"- **Wall time**: {_duration(total_wall)} of training (compiles and evaluation included) over the "
              "experiments below; `ours: model-img/s` is every run's training images over that time.", ""]
-    return lines + protocol_table(exps, evidence)
+    return lines + protocol_table(exps, evidence, config.study.scale)
 
 
 def _commits(evidence: dict[str, dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(c for ev in evidence.values() for c in ev.get("commits", [])))
 
 
-def protocol_table(exps: Sequence[Any], evidence: dict[str, dict[str, Any]]) -> list[str]:
-    """One row per experiment with evidence, and the PyTorch estimate's total."""
+def protocol_table(exps: Sequence[Any], evidence: dict[str, dict[str, Any]], scale: str = "") -> list[str]:
+    """One row per experiment with evidence (its scale where not the report's `scale`), and the
+    PyTorch estimate's total."""
     lines = ["| experiment | train images | test split | epochs | runs | training wall time | ours: model-img/s | "
              "PyTorch img/s (one run) | PyTorch, runs one after another (est.) |",
              "|---|---:|---|---|---:|---:|---:|---:|---:|"]
@@ -242,7 +243,9 @@ def protocol_table(exps: Sequence[Any], evidence: dict[str, dict[str, Any]]) -> 
             "n/a (no measured rate)" if rows["images"] else "–")
         torch_total += rows["images"] / rate if rate else 0.0
         unknown += [exp.key] if rows["images"] and not rate else []
-        lines.append(f"| {exp.key} | {', '.join(map(str, sorted(rows['train']))) or '–'} | "
+        at = evidence[exp.key].get("scale", scale)
+        lines.append(f"| {exp.key}{f' (at :{at})' if at != scale else ''} | "
+                     f"{', '.join(map(str, sorted(rows['train']))) or '–'} | "
                      f"{'read at the val-selected epoch' if rows['test'] else 'none'} | "
                      f"{', '.join(map(str, sorted(rows['epochs']))) or '–'} | {rows['runs']} | "
                      f"{_duration(rows['wall_s'])} | {_rate(rows['images'], rows['wall_s'])} | "

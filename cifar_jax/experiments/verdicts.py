@@ -160,6 +160,7 @@ class Context:
     skipped: dict[str, str]
     scale: str
     horizon: dict[str, str]
+    scales: dict[str, str] = dataclasses.field(default_factory=dict)  # an experiment's, where not `scale`
 
 
 def _find(ctx: Context, ref: str) -> report.Setting | None:
@@ -275,9 +276,9 @@ def judge_claim(key: str, entry: ml_collections.ConfigDict, ctx: Context) -> Cla
     exp_keys = list(dict.fromkeys(r.partition(":")[0] for r in refs(entry)))
     horizon = "; ".join(dict.fromkeys(ctx.horizon[k] for k in exp_keys if ctx.horizon.get(k)))
     lower = entry.expect == "less" or (entry.expect == "best" and lower_is_better(entry.metric))
+    full = all(ctx.scales.get(k, ctx.scale) in dsl.FULL_SCALES for k in exp_keys)
     result = ClaimResult(key=key, text=entry.text, expect=entry.expect, sign=-1 if lower else 1,
-                         any_scale=entry.get("any_scale", False) or ctx.scale == "full",
-                         horizon="" if ctx.scale == "full" else horizon)
+                         any_scale=entry.get("any_scale", False) or full, horizon="" if full else horizon)
     blocked = [f"{k} {ctx.skipped[k]}" for k in exp_keys if k in ctx.skipped]
     if entry.expect == "untested":
         result.level, result.detail = "not tested", entry.note
