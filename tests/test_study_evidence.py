@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
+from cifar_jax.experiments import evidence
 from cifar_jax.experiments import stats
 from cifar_jax.experiments import study
 from cifar_jax.experiments import study_report
@@ -65,6 +66,8 @@ def test_a_report_rebuilt_from_its_evidence_alone_is_the_same(tmp_path):
     study.run_study(config, str(tmp_path / "work"))
     assert sorted(os.listdir(tmp_path / "work" / "evidence")) == ["A_lr.json", "B_width.json"]
     assert max(os.path.getsize(p) for p in glob.glob(str(tmp_path / "work" / "evidence" / "*"))) < 50_000
+    first = evidence.read(str(tmp_path / "work" / "evidence"), "A_lr")
+    assert first["commits"] and first["hardware"]  # written before the study's first session was saved
     docs = tmp_path / "docs"
     published = study_report.publish(config, str(tmp_path / "work"), str(docs))
     evidence_dir = str(docs / "mini" / "evidence")
@@ -115,3 +118,49 @@ def test_evidence_matches_a_config_on_what_it_trained_not_where():
     assert older["eval"].pop("test_every_epoch") is False  # written before the field existed
     assert evidence.matches({**stored, "config": older}, config)
     assert evidence.compact({"x": [0.123456789, 2], "y": 1 / 3}) == {"x": [0.1234568, 2], "y": 0.3333333}
+
+
+def _only(config, keys: list[str]):
+    """The study config with just the experiments `keys` and the claims on them."""
+    import ml_collections
+
+    from cifar_jax.experiments import verdicts
+
+    config.experiments = ml_collections.ConfigDict({k: config.experiments[k] for k in keys})
+    config.claims = ml_collections.ConfigDict({k: c for k, c in config.claims.items()
+                                               if {r.partition(":")[0] for r in verdicts.refs(c)} <= set(keys)})
+    return config
+
+
+def test_cheap_full_trains_the_cpu_cheap_experiments_as_full_does_with_3_seeds():
+    from cifar_jax.job import workdir as workdir_lib
+
+    cheap_keys = {}
+    for path in sorted(glob.glob(os.path.join(REPO, "configs", "studies", "s*.py"))):
+        full, cheap = load_study(path, "full"), load_study(path, "cheap_full")
+        assert cheap.num_seeds == 3
+        cheap_keys[cheap.study.name] = [e.key for e in study.experiments(cheap) if e.runnable]
+        for a, b in zip(study.experiments(full), study.experiments(cheap)):
+            a_dict, b_dict = workdir_lib.config_to_dict(a.config), workdir_lib.config_to_dict(b.config)
+            assert (a_dict.pop("num_seeds"), b_dict.pop("num_seeds")) == (full.num_seeds, 3) and a_dict == b_dict
+            assert b.runnable == (a.runnable and bool(full.experiments[a.key].cpu_cheap))
+    assert cheap_keys["001"] == ["E1_6_mixup", "E1_7_final"] and cheap_keys["004"] == ["E4_2_mlp"]
+    assert cheap_keys["002"] == ["E2_6b_kfold_A2", "E2_6b_kfold_A3", "F2_1b_leaky_kfold_A2", "F2_1b_leaky_kfold_A3"]
+
+
+def test_evidence_of_a_larger_scale_stands_in_marked_and_judged_at_its_scale(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)  # the committed :full evidence of study 000, checked against the :full config
+    config = _only(load_study("configs/studies/s000_lenet.py", "cpu"), ["E0_04_kernel"])
+    calls = []
+    out = study.run_study(config, str(tmp_path / "work"), train_fn=lambda c, w: calls.append(w))
+    assert calls == [] and out["skipped"] == ["E0_04_kernel"]
+    text = open(out["report"]).read()
+    assert "Scales: at `:full` `E0_04_kernel`." in text and "| E0_04_kernel (at :full) |" in text
+    assert "**Trained at `:full`** (the study's own epochs and data), not at this report's `:cpu`." in text
+    claim_row = next(line for line in text.splitlines() if line.startswith("| C0.4 |"))
+    assert "| supported" in claim_row  # a full-scale verdict word, never "consistent" at :cpu
+    # a smaller scale never stands in for a larger one's training
+    smaller = {**study_report.committed(config, study.experiments(config)[0], study.scales(config)), "scale": "smoke"}
+    evidence.write(str(tmp_path / "smoke"), smaller)
+    config.study.evidence_dir = str(tmp_path / "smoke")
+    assert study_report.committed(config, study.experiments(config)[0], study.scales(config), larger_only=True) is None

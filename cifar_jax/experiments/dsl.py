@@ -4,7 +4,7 @@ A leaf module (ml_collections and the standard library only): a study config und
 loads in a fraction of a second without JAX, Flax, Optax, Orbax or TensorFlow, and a mistyped
 field fails there. `cifar_jax.experiments.study` reads, checks and runs what these build.
 
-A study config (`configs/studies/*.py:get_config(scale)`, scale full | cpu | smoke) holds
+A study config (`configs/studies/*.py:get_config(scale)`, scale full | cheap_full | cpu | smoke) holds
 
     config.seed, config.num_seeds, config.data.*   shared by every experiment
     config.study.{name, title, scale, config_path, source, evidence_dir, deviations}
@@ -21,7 +21,12 @@ import ml_collections
 
 from cifar_jax.errors import ConfigError
 
-SCALES = ("full", "cpu", "smoke")
+SCALES = ("full", "cheap_full", "cpu", "smoke")
+# :cheap_full is the study's own training (every `by_scale` value of :full) for just the experiments
+# a 2-core CPU affords (`experiment(cpu_cheap=True)`, STUDIES.md §7.1), with CHEAP_FULL_SEEDS seeds;
+# the others are not run. Verdicts at both are full-scale verdicts.
+FULL_SCALES = ("full", "cheap_full")
+CHEAP_FULL_SEEDS = 3
 ALPHA = 0.05
 # greater / less: a's mean above / below b's (Welch), or, with `c` and `d`, the interaction
 # (a - b) - (c - d) above / below 0; equal: equivalence within `margin` (two one-sided tests);
@@ -47,15 +52,16 @@ METRIC_TITLES = {
 
 
 def check_scale(scale: str) -> str:
-    """The config argument of a study: full | cpu | smoke (ConfigError otherwise)."""
+    """The config argument of a study: full | cheap_full | cpu | smoke (ConfigError otherwise)."""
     if scale not in SCALES:
         raise ConfigError(f"study scale {scale!r} is unknown; use :{' | :'.join(SCALES)}")
     return scale
 
 
 def by_scale(scale: str, full: Any, cpu: Any, smoke: Any) -> Any:
-    """The value for this scale: study configs write every scale-dependent choice in one line."""
-    return {"full": full, "cpu": cpu, "smoke": smoke}[check_scale(scale)]
+    """The value for this scale (:cheap_full takes :full's): study configs write every
+    scale-dependent choice in one line."""
+    return {"full": full, "cheap_full": full, "cpu": cpu, "smoke": smoke}[check_scale(scale)]
 
 
 def study_config(*, name: str, title: str, scale: str, config_path: str, source: str, num_seeds: int,
@@ -66,12 +72,12 @@ def study_config(*, name: str, title: str, scale: str, config_path: str, source:
     (its multi-host fields are set once for the whole study). `evidence_dir` (relative to the
     directory the command runs in) holds the committed per-run results, one JSON per experiment
     (default docs/studies/<name>/evidence); `deviations` say, one sentence each, where our models
-    or protocol differ from the study's. Experiments and claims run and are reported in key order
+    or protocol differ from the study's. At :cheap_full `num_seeds` is CHEAP_FULL_SEEDS. Experiments and claims run and are reported in key order
     (a ConfigDict sorts its keys: 'E0_02' keeps E0.2 before E0.10)."""
     config = ml_collections.ConfigDict()
     config.name = f"study_{name}"
     config.seed = 0
-    config.num_seeds = num_seeds
+    config.num_seeds = CHEAP_FULL_SEEDS if scale == "cheap_full" else num_seeds
     config.execution = execution.copy_and_resolve_references()
     config.data = ml_collections.ConfigDict({"dir": data_dir, "source": "auto", "tfds_data_dir": "",
                                              "train_limit": train_limit, "test_limit": test_limit,
@@ -90,8 +96,8 @@ def experiment(config: ml_collections.ConfigDict, *, ids: Sequence[str], title: 
                reported: Sequence[tuple[str, float, str, str]] = (), metric: str = "val_accuracy",
                needs_full_scale: bool = False, missing: str = "", torch_images_per_s: float = 0.0,
                figure: str = "", columns: Sequence[str] = (), curves: Sequence[str] = (),
-               analysis: str = "", fold_reference: str = "", step_curves: Sequence[str] = ()
-               ) -> ml_collections.ConfigDict:
+               analysis: str = "", fold_reference: str = "", step_curves: Sequence[str] = (),
+               cpu_cheap: bool = False) -> ml_collections.ConfigDict:
     """One experiment of a study: `config` (a training config) swept over `axes`.
 
     `ids`: the STUDIES.md experiments (E4.1, ...) or flaws (F4.5) it reproduces.
@@ -104,6 +110,7 @@ def experiment(config: ml_collections.ConfigDict, *, ids: Sequence[str], title: 
     learning curves; `analysis`: 'gates' (the block CNN's branch weights) or 'output_correlation';
     `fold_reference`: for single cross-validation folds trained as a chain, the key of the
     experiment that trained the same folds fresh (the report then shows the leak).
+    `cpu_cheap`: a 2-core CPU can run it at the study's own scale (STUDIES.md §7.1): :cheap_full runs it.
     """
     swept = config.copy_and_resolve_references()
     swept.sweep = ml_collections.ConfigDict({"kind": kind, "axes": tuple(axes), "constraints": (),
@@ -113,7 +120,7 @@ def experiment(config: ml_collections.ConfigDict, *, ids: Sequence[str], title: 
         "needs_full_scale": needs_full_scale, "missing": missing,
         "torch_images_per_s": float(torch_images_per_s), "figure": figure, "columns": tuple(columns),
         "curves": tuple(curves), "analysis": analysis, "fold_reference": fold_reference,
-        "step_curves": tuple(step_curves)})
+        "step_curves": tuple(step_curves), "cpu_cheap": bool(cpu_cheap)})
 
 
 def claim(text: str, a: str = "", b: str = "", *, expect: str, metric: str = "val_accuracy", note: str = "",

@@ -13,23 +13,25 @@ from whatever has finished, or on a fresh clone from the committed evidence.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib.util
 import os
 import platform
 import subprocess
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import ml_collections
 
 from cifar_jax.core import execution
 from cifar_jax.errors import ConfigError
-from cifar_jax.experiments import evidence as evidence_lib
 from cifar_jax.experiments import study_report
 from cifar_jax.experiments import sweep
+from cifar_jax.experiments import sweep_spec
 from cifar_jax.experiments import verdicts
-from cifar_jax.experiments.dsl import (ALPHA, EXPECTATIONS, METRIC_TITLES, SCALES, by_scale, check_scale,  # noqa: F401
-                                       claim, display_id, experiment, study_config)
+from cifar_jax.experiments.dsl import EXPECTATIONS, METRIC_TITLES, display_id
 from cifar_jax.experiments.verdicts import GRAD_NORMS
+from cifar_jax.job import storage
 from cifar_jax.job import workdir as workdir_lib
 
 # Top-level fields every experiment takes from the study: seeds, data source, data size.
@@ -61,6 +63,7 @@ class Experiment:
     analysis: str
     fold_reference: str
     step_curves: tuple[str, ...]
+    not_cheap: bool = False  # at :cheap_full, an experiment a CPU cannot afford at the study's scale
 
     @property
     def name(self) -> str:
@@ -69,11 +72,15 @@ class Experiment:
 
     @property
     def runnable(self) -> bool:
-        return not self.missing and not self.needs_full_scale
+        return not self.skip_reason
 
     @property
     def skip_reason(self) -> str:
-        return f"missing: {self.missing}" if self.missing else ("needs :full scale" if self.needs_full_scale else "")
+        if self.missing:
+            return f"missing: {self.missing}"
+        if self.needs_full_scale:
+            return "needs :full scale"
+        return "not CPU-cheap (STUDIES.md §7.1): run it at :full" if self.not_cheap else ""
 
 
 def experiments(config: ml_collections.ConfigDict) -> list[Experiment]:
@@ -85,14 +92,15 @@ def experiments(config: ml_collections.ConfigDict) -> list[Experiment]:
         swept = entry.config.copy_and_resolve_references()
         swept.name = f"{config.study.name}/{key}"
         for field in SHARED_FIELDS:
-            sweep.set_field(swept, field, sweep.get_field(config, field))
+            sweep_spec.set_field(swept, field, sweep_spec.get_field(config, field))
         out.append(Experiment(key=key, ids=tuple(entry.ids), title=entry.title, config=swept,
                               reported=tuple(tuple(r) for r in entry.reported),
                               needs_full_scale=bool(entry.needs_full_scale), missing=entry.missing,
                               torch_images_per_s=float(entry.torch_images_per_s), figure=entry.figure,
                               columns=tuple(entry.columns), curves=tuple(entry.curves),
                               analysis=entry.analysis, fold_reference=entry.get("fold_reference", ""),
-                              step_curves=tuple(entry.get("step_curves", ()))))
+                              step_curves=tuple(entry.get("step_curves", ())),
+                              not_cheap=config.study.scale == "cheap_full" and not entry.get("cpu_cheap", False)))
     return out
 
 
@@ -221,7 +229,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str,
     'report': path}.
     """
     exps = validate(config)
-    os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)
     state = workdir_lib.load_json(workdir, STUDY_FILE) or {"sessions": []}
     session = {"start": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "hardware": hardware(),
                "commit": code_version(), "wall_s": 0.0}
@@ -234,6 +242,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str,
             workdir_lib.write_json_atomic(os.path.join(workdir, STUDY_FILE), state)
 
     try:
+        save_session()  # before the first experiment's evidence, which quotes the session's commit and hardware
         for i, exp in enumerate(exps, start=1):
             outcome = run_experiment(config, workdir, exp, f"study: {i}/{len(exps)} {exp.key} ({exp.name})", train_fn)
             {"trained": trained, "skipped": skipped}.get(outcome, []).append(exp.key)
@@ -257,7 +266,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, exp: Experim
         execution.primary_print(head)
         sweep.run_sweep(exp.config, exp_dir, train_fn=train_fn)
     if outcome in ("trained", "skipped"):
-        execution.primary_decides(lambda: study_report.gather(config, workdir, exp) and 0)  # evidence/<key>.json
+        execution.primary_decides(lambda: study_report.gather(config, workdir, exp, scales(config)) and 0)
     return "skipped" if outcome == "evidence" else outcome
 
 
@@ -269,9 +278,10 @@ def _outcome(config: ml_collections.ConfigDict, exp: Experiment, exp_dir: str, h
     if not exp.runnable:
         print(f"{head}: not run ({exp.skip_reason})", flush=True)
         return "not run"
-    committed = evidence_lib.read(config.study.evidence_dir, exp.key) if config.study.evidence_dir else None
-    if not os.path.exists(exp_dir) and evidence_lib.matches(committed, workdir_lib.config_to_dict(exp.config)):
-        print(f"{head}: committed evidence in {config.study.evidence_dir} matches its config, skipped", flush=True)
+    committed = study_report.committed(config, exp, scales(config), larger_only=True)
+    if not storage.exists(exp_dir) and committed:
+        at = "" if committed["scale"] == config.study.scale else f" at :{committed['scale']}"
+        print(f"{head}: committed evidence{at} in {config.study.evidence_dir} matches its config, skipped", flush=True)
         return "evidence"
     if experiment_done(exp, exp_dir):
         print(f"{head}: finished earlier, skipped", flush=True)
@@ -281,4 +291,21 @@ def _outcome(config: ml_collections.ConfigDict, exp: Experiment, exp_dir: str, h
 
 def write_study_report(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Writes workdir/report.md, plots/ and evidence/ (`study_report`); returns the report's path."""
-    return study_report.write_study_report(config, workdir, experiments(config))
+    return study_report.write_study_report(config, workdir, experiments(config), scales(config))
+
+
+def scales(config: ml_collections.ConfigDict) -> Callable[[str], Sequence[Experiment]]:
+    """scale -> the study's experiments at that scale (from `config.study.config_path`), so
+    evidence committed at another scale is checked against the config it was trained with."""
+    return functools.partial(_experiments_at, config.study.config_path)
+
+
+@functools.lru_cache(maxsize=None)
+def _experiments_at(config_path: str, scale: str) -> tuple[Experiment, ...]:
+    """() where the path is not a study config file (a test's study built in code)."""
+    if not os.path.isfile(config_path) or "def get_config(" not in open(config_path).read():
+        return ()
+    spec = importlib.util.spec_from_file_location(f"study_at_{scale}", config_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return tuple(experiments(module.get_config(scale)))

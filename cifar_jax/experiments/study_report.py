@@ -11,8 +11,7 @@ fresh clone rebuilds the same text from the committed evidence (`--mode=report`,
 from __future__ import annotations
 
 import os
-import shutil
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import ml_collections
 import numpy as np
@@ -25,10 +24,13 @@ from cifar_jax.experiments import stats
 from cifar_jax.experiments import study_tables
 from cifar_jax.experiments import verdicts
 from cifar_jax.experiments.verdicts import GRAD_NORMS
+from cifar_jax.job import storage
 from cifar_jax.job import workdir as workdir_lib
 
 REPORT_FILE = "report.md"
 PLOTS = "plots"
+SIZE = {scale: i for i, scale in enumerate(reversed(dsl.SCALES))}  # smoke < cpu < cheap_full < full
+AtScale = Callable[[str], Sequence[Any]]  # scale -> the study's experiments at that scale
 
 
 # ----------------------------------------------------------------------------- evidence
@@ -40,33 +42,47 @@ def group_analysis(workdir: str, exp: Any, group: dict[str, Any]) -> dict[str, A
     from cifar_jax.experiments import analysis
 
     group_dir = os.path.join(workdir, exp.key, group["name"])
-    if not os.path.exists(os.path.join(group_dir, "results.json")):
+    if not storage.exists(os.path.join(group_dir, "results.json")):
         return None
     cache = os.path.join(workdir, "analysis", exp.key, f"{report.path_name(group['name'])}.json")
     cached = workdir_lib.load_json(*os.path.split(cache))
     if cached is None:
         run = {"gates": analysis.gate_weights, "output_correlation": analysis.output_correlation}[exp.analysis]
         cached = run(group_dir)
-        os.makedirs(os.path.dirname(cache), exist_ok=True)
+        storage.makedirs(os.path.dirname(cache))
         workdir_lib.write_json_atomic(cache, cached)
     return cached
 
 
-def gather(config: ml_collections.ConfigDict, workdir: str, exp: Any) -> dict[str, Any] | None:
+def committed(config: ml_collections.ConfigDict, exp: Any, at_scale: AtScale | None,
+              larger_only: bool = False) -> dict[str, Any] | None:
+    """The committed evidence of `exp` when it matches the experiment's config at the scale it was
+    trained: this config's, or another (`at_scale`), so a :cpu report carries the :cheap_full runs
+    of its CPU-cheap experiments and a :cheap_full report the :cpu runs of the others, each marked.
+    `larger_only`: no smaller scale than this config's (what lets a study skip training)."""
+    found = evidence_lib.read(config.study.evidence_dir, exp.key) if config.study.evidence_dir else None
+    scale = (found or {}).get("scale", config.study.scale)
+    if scale == config.study.scale:
+        twin = exp
+    elif scale not in SIZE or not at_scale or (larger_only and SIZE[scale] < SIZE[config.study.scale]):
+        twin = None
+    else:
+        twin = next((e for e in at_scale(scale) if e.key == exp.key), None)
+    return found if twin and evidence_lib.matches(found, workdir_lib.config_to_dict(twin.config)) else None
+
+
+def gather(config: ml_collections.ConfigDict, workdir: str, exp: Any, at_scale: AtScale | None = None
+           ) -> dict[str, Any] | None:
     """One experiment's evidence: extracted from the workdir (and written to WORKDIR/evidence/), else
-    a file there, else the committed one when it matches the experiment's config; None without any."""
+    a file there, else the committed one (`committed`); None without any."""
     analyse = (lambda exp_dir, group: group_analysis(workdir, exp, group)) if exp.analysis else None
-    extracted = evidence_lib.extract(workdir, exp, config.study.scale, analyse)
+    extracted = evidence_lib.extract(workdir, exp, config.study.scale, analyse) if exp.runnable else None
     own_dir = os.path.join(workdir, evidence_lib.DIR)
     if extracted is not None:
         evidence_lib.write(own_dir, extracted)
         return extracted
-    config_dict = workdir_lib.config_to_dict(exp.config)
-    for directory in (own_dir, config.study.evidence_dir):
-        found = evidence_lib.read(directory, exp.key) if directory else None
-        if found is not None and (directory == own_dir or evidence_lib.matches(found, config_dict)):
-            return found
-    return None
+    found = evidence_lib.read(own_dir, exp.key) if exp.runnable else None
+    return found or committed(config, exp, at_scale)
 
 
 def loaded_settings(ev: dict[str, Any]) -> list[report.Setting]:
@@ -91,11 +107,12 @@ def axis_fields(plan: dict[str, Any]) -> list[str]:
     return []
 
 
-def experiment_plots(workdir: str, exp: Any, settings: Sequence[report.Setting], ev: dict[str, Any]) -> list[str]:
-    """Learning curves, step curves and metric-vs-value charts, paths relative to workdir."""
+def experiment_plots(workdir: str, exp: Any, settings: Sequence[report.Setting], ev: dict[str, Any],
+                     reference: Sequence[report.Setting] = ()) -> list[str]:
+    """Learning curves, step curves and metric-vs-value charts, paths relative to workdir; a chain
+    of cross-validation folds gets the fold chart against `reference` (its fresh folds) instead."""
     plan = ev["plan"]
-    plot_dir = os.path.join(workdir, "plots")
-    os.makedirs(plot_dir, exist_ok=True)
+    storage.makedirs(os.path.join(workdir, "plots"))
     written = []
     for curve in (None, *exp.curves):
         name = f"plots/{exp.key}_{curve + '_' if curve else ''}curves.png"
@@ -105,6 +122,9 @@ def experiment_plots(workdir: str, exp: Any, settings: Sequence[report.Setting],
         name = f"plots/{exp.key}_{'grad_norm' if curve == GRAD_NORMS else curve}_steps.png"
         if plot_steps(os.path.join(workdir, name), ev, settings, curve, exp.name):
             written.append(name)
+    if exp.fold_reference:
+        name = f"plots/{exp.key}_folds.png"
+        return written + ([name] if fold_plot(os.path.join(workdir, name), exp, settings, reference) else [])
     metric = plan.get("metric", "val_accuracy")
     if any(s.sample(metric).size for s in settings):
         for field in axis_fields(plan):
@@ -113,6 +133,20 @@ def experiment_plots(workdir: str, exp: Any, settings: Sequence[report.Setting],
             plots.plot_axis(os.path.join(workdir, name), settings, rows, field, metric, plan.get("alpha", stats.ALPHA))
             written.append(name)
     return written
+
+
+def fold_plot(path: str, exp: Any, leaky: Sequence[report.Setting], correct: Sequence[report.Setting]) -> bool:
+    """Leaky (chained) against correct (fresh) folds, per fold, with the study's own fold numbers."""
+    folds, complete, values = study_tables.paired_folds(leaky, correct)
+    if not folds or not complete:
+        return False
+    fold_of = {s.label: int(s.runs[0]["fold"]) for s in leaky if s.runs and "fold" in s.runs[0]}
+    series = [(f"correct: every fold freshly initialised ({exp.fold_reference})", values["correct"]),
+              ("leaky: fold k starts from fold k−1's trained weights", values["leaky"])]
+    return plots.plot_folds(path, folds, [(label, 100.0 * np.array([[by_key[(f, s)] for s in complete] for f in folds]))
+                                          for label, by_key in series],
+                            [(fold_of[label], value) for label, value, _, metric in exp.reported
+                             if label in fold_of and metric == "val_accuracy"], exp.name)
 
 
 def step_series(ev: dict[str, Any], setting: report.Setting, metric: str, collapsed: bool = False
@@ -151,11 +185,22 @@ def plot_steps(path: str, ev: dict[str, Any], settings: Sequence[report.Setting]
 
 # ----------------------------------------------------------------------------- sections
 
+def scale_mark(config: ml_collections.ConfigDict, exp: Any, ev: dict[str, Any] | None) -> list[str]:
+    """The line that says an experiment's runs are of another scale than the report's."""
+    scale = (ev or {}).get("scale", config.study.scale)
+    if scale == config.study.scale:
+        return []
+    what = "the study's own epochs and data" if scale in dsl.FULL_SCALES else "fewer epochs and images than the study"
+    why = f"; here: {exp.skip_reason}" if not exp.runnable else ""
+    return [f"**Trained at `:{scale}`** ({what}), not at this report's `:{config.study.scale}`{why}.", ""]
+
+
 def experiment_section(workdir: str, exp: Any, ev: dict[str, Any] | None, settings: Sequence[report.Setting],
-                       loaded: dict[str, list[report.Setting]]) -> tuple[list[str], list[str]]:
-    """(markdown lines, plot paths) of one experiment that was run."""
-    head = [f"## {exp.name}", "", f"Directory `{exp.key}/`.", ""]
-    written = experiment_plots(workdir, exp, settings, ev) if settings else []
+                       loaded: dict[str, list[report.Setting]], mark: Sequence[str] = ()
+                       ) -> tuple[list[str], list[str]]:
+    """(markdown lines, plot paths) of one experiment that was run (`mark`: `scale_mark`)."""
+    head = [f"## {exp.name}", "", f"Directory `{exp.key}/`.", "", *mark]
+    written = experiment_plots(workdir, exp, settings, ev, loaded.get(exp.fold_reference, [])) if settings else []
     lines = head + ([f"The study showed: {exp.figure}.", ""] if exp.figure else [])
     lines += study_tables.experiment_table(exp, settings) if settings else ["No finished runs yet."]
     if not exp.fold_reference and any("fold" in run for s in settings for run in s.runs):
@@ -209,11 +254,23 @@ def what_holds(claims: Sequence[verdicts.ClaimResult]) -> list[str]:
     return lines + [""]
 
 
+def scales_line(config: ml_collections.ConfigDict, evidence: dict[str, dict[str, Any]]) -> list[str]:
+    """Which experiments' runs are of which scale, where they are not all of the report's."""
+    by_scale = {}
+    for key, ev in evidence.items():
+        by_scale.setdefault(ev.get("scale", config.study.scale), []).append(f"`{key}`")
+    if set(by_scale) <= {config.study.scale}:
+        return []
+    return ["Scales: " + "; ".join(f"at `:{scale}` {', '.join(keys)}" for scale, keys in
+                                   sorted(by_scale.items(), key=lambda item: -SIZE.get(item[0], 0)))
+            + ". Each experiment's section and claims are read at its own scale.", ""]
+
+
 def header(config: ml_collections.ConfigDict, evidence: dict[str, dict[str, Any]],
            claims: Sequence[verdicts.ClaimResult]) -> list[str]:
     study = config.study
     commits = study_tables._commits(evidence)
-    scale_note = ("" if study.scale == "full" else
+    scale_note = ("" if study.scale in dsl.FULL_SCALES else
                   f" At `:{study.scale}` the runs train on fewer images for fewer epochs than the study: a claim "
                   "about the study's full training is *consistent*, *not reproduced at this scale* or "
                   "*inconclusive* here; *supported* and *refuted* are kept for tests that hold at any scale "
@@ -225,7 +282,7 @@ def header(config: ml_collections.ConfigDict, evidence: dict[str, dict[str, Any]
              f"study's numbers and claims: {study.source}.", "",
              "Each of our cells is a mean over seeds with a Student-t 95% CI; the study's single runs are compared "
              "with our 95% prediction interval." + scale_note, ""]
-    lines += what_holds(claims)
+    lines += scales_line(config, evidence) + what_holds(claims)
     if study.get("deviations"):
         lines += ["## Where our runs differ from the study's", ""] + [f"- {d}" for d in study.deviations] + [""]
     return lines + ["## Claims", "", verdicts.verdict_counts(claims, study.scale), ""] + claims_table(claims) + [""]
@@ -233,25 +290,28 @@ def header(config: ml_collections.ConfigDict, evidence: dict[str, dict[str, Any]
 
 # ----------------------------------------------------------------------------- the report
 
-def write_study_report(config: ml_collections.ConfigDict, workdir: str, exps: Sequence[Any]) -> str:
-    """Writes WORKDIR/report.md, plots/ and evidence/ from the experiments' evidence; returns the path."""
-    os.makedirs(workdir, exist_ok=True)
+def write_study_report(config: ml_collections.ConfigDict, workdir: str, exps: Sequence[Any],
+                       at_scale: AtScale | None = None) -> str:
+    """Writes WORKDIR/report.md, plots/ and evidence/ from the experiments' evidence; returns the path.
+    An experiment whose evidence is of another scale (`committed`) is shown and judged at that scale."""
+    storage.makedirs(workdir)
     evidence, loaded, skipped, figures, horizons, sections = {}, {}, {}, {}, {}, []
     for exp in exps:
-        if not exp.runnable:
+        ev = gather(config, workdir, exp, at_scale)
+        if not exp.runnable and ev is None:
             skipped[exp.key] = exp.skip_reason
             sections += skipped_section(config, exp)
             continue
-        ev = gather(config, workdir, exp)
         if ev is not None:
             evidence[exp.key] = ev
             horizons[exp.key] = study_tables.horizon(ev)
         loaded[exp.key] = loaded_settings(ev) if ev else []
-        lines, written = experiment_section(workdir, exp, ev, loaded[exp.key], loaded)
+        lines, written = experiment_section(workdir, exp, ev, loaded[exp.key], loaded, scale_mark(config, exp, ev))
         sections += lines
         if written:
             figures[exp.key] = f"[{os.path.basename(written[0])}]({written[0]})"
-    ctx = verdicts.Context(loaded=loaded, skipped=skipped, scale=config.study.scale, horizon=horizons)
+    ctx = verdicts.Context(loaded=loaded, skipped=skipped, scale=config.study.scale, horizon=horizons,
+                           scales={key: ev.get("scale", config.study.scale) for key, ev in evidence.items()})
     claims = verdicts.judge_claims(config, ctx)
     for c, entry in zip(claims, config.get("claims", {}).values()):
         keys = dict.fromkeys(r.partition(":")[0] for r in verdicts.refs(entry))
@@ -273,10 +333,9 @@ def publish(config: ml_collections.ConfigDict, workdir: str, root: str = "docs/s
     name = config.study.name
     target = os.path.join(root, name)
     os.makedirs(os.path.join(target, evidence_lib.DIR), exist_ok=True)
-    with open(os.path.join(workdir, REPORT_FILE)) as f:
-        workdir_lib.write_text_atomic(os.path.join(root, f"{name}.md"), published_text(f.read(), name))
+    text = storage.path(os.path.join(workdir, REPORT_FILE)).read_text()
+    workdir_lib.write_text_atomic(os.path.join(root, f"{name}.md"), published_text(text, name))
     for folder, destination in ((PLOTS, target), (evidence_lib.DIR, os.path.join(target, evidence_lib.DIR))):
-        source = os.path.join(workdir, folder)
-        for file in sorted(os.listdir(source)) if os.path.isdir(source) else []:
-            shutil.copyfile(os.path.join(source, file), os.path.join(destination, file))
+        for file in storage.listdir(os.path.join(workdir, folder)):
+            storage.path(os.path.join(workdir, folder, file)).copy(os.path.join(destination, file), overwrite=True)
     return os.path.join(root, f"{name}.md")

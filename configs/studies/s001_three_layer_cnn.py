@@ -9,7 +9,8 @@ validation images of the shared JPEG copy, 2 epochs, 3 seeds, the 16-run grid (E
 needs-full-scale (also at :smoke: its 16 programs took ~100 s each there under load): about 40
 minutes on 2 cores (830k training images at the ~490 model-images/s this CNN trained here at
 batch 20 with 3 seeds, 280k evaluated images, ~15 compiles);
-`:smoke` 1,000 / 200 images, 1 epoch, 2 seeds.
+`:smoke` 1,000 / 200 images, 1 epoch, 2 seeds; `:cheap_full` only mixup (E1.6) and the final
+run (E1.7) as at :full, with 3 seeds.
 
 The recipe and the study's unstated values (n/s), as assumptions:
 - conv 32@3x3 -> pool -> conv 128@5x5 -> pool (SAME, ReLU, max-pool 2) -> FC H -> FC 10;
@@ -63,7 +64,7 @@ def get_config(scale: str = "cpu"):
                                                                     "kernel (16 runs; lr 1e-3 assumed)",
         axes=(("model.conv_features[0]", (32, 64)), ("model.kernel_size[0]", (3, 5)),
               ("model.conv_features[1]", (64, 128)), ("model.kernel_size[1]", (5, 7))),
-        metric="best_val_accuracy", needs_full_scale=scale != "full", torch_images_per_s=TORCH_RATE,
+        metric="best_val_accuracy", needs_full_scale=by_scale(scale, False, True, True), torch_images_per_s=TORCH_RATE,
         figure="val loss and val accuracy curves of the 16 runs",
         reported=(("conv_features=32-128,kernel_size=3-5", 70.0,
                    b11 + " ('≥ 70 %')", "best_val_accuracy"),))
@@ -119,12 +120,13 @@ def get_config(scale: str = "cpu"):
     E.E1_6_mixup = experiment(
         base(scale, epochs=10), ids=("E1.6", "F1.4"), title="mixup from scratch (α n/s: 0.2, 0.4, 1.0)",
         axes=(("augment.mixup_alpha", (0.0, 0.2, 0.4, 1.0)),), metric="best_val_accuracy",
-        torch_images_per_s=TORCH_RATE,
+        torch_images_per_s=TORCH_RATE, cpu_cheap=True,
         reported=(("mixup_alpha=1", 9.7, BEST.format(e=10) + ", α n/s", "best_val_accuracy"),
                   ("mixup_alpha=1", 2.333, "val loss, best", "best_val_loss")))
     E.E1_7_final = experiment(
         base(scale), ids=("E1.7", "F1.1"), title="final model, test split read once at the validation-selected epoch",
         metric="best_val_accuracy", torch_images_per_s=TORCH_RATE, figure="test loss and test accuracy per epoch",
+        cpu_cheap=True,
         reported=(("baseline", 72.5, "test, best epoch (4): chosen on test", "test_accuracy"),
                   ("baseline", 71.75, "test, final epoch", "test_accuracy")))
 

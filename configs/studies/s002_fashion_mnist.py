@@ -7,7 +7,8 @@ Scales: `:full` the study's (60k train of which 10k become validation, the 10k t
 once at the validation-selected epoch, 10 epochs, 5 seeds); `:cpu` 8,000 training and 2,000
 validation images (test 2,000), 3 epochs, 3 seeds, E2.7's ResNet-18 not run (nor at :smoke): about 35 minutes on 2 cores
 (2.5M training images at the ~1,700 model-images/s A1 measured here at batch 128 with 3 seeds
-under load, 1.3M evaluated, ~30 compiles); `:smoke` 1,000 / 200 images, 1 epoch, 2 seeds.
+under load, 1.3M evaluated, ~30 compiles); `:smoke` 1,000 / 200 images, 1 epoch, 2 seeds; `:cheap_full` only the fresh-vs-leaky 5-fold CV
+of A2 and A3 (STUDIES.md §7.1) as at :full, with 3 seeds.
 Data: Debian's dataset-fashion-mnist IDX files.
 
 The recipe and the study's unstated values (n/s), as assumptions:
@@ -28,6 +29,7 @@ from configs import fashion_mnist
 
 TORCH_A1 = 0.0  # no PyTorch rate measured for these models: the report says n/a
 TEST = "test after epoch 10"
+STUDY_FOLDS = (91.33, 93.88, 96.12, 97.45, 99.07)  # E2.6's fold "accuracies" (A1)
 # Study architecture -> (model.name, conv_features, dense_features): A2's FC widths are 64 then 128.
 ARCHS = {"A3_mlp": ("mlp", (), (64, 128, 256)), "A2_conv_fc_fc": ("cnn", (32,), (64, 128)),
          "A4_conv_conv_conv": ("cnn", (32, 64, 128), ()), "A1_conv_conv_fc": ("cnn", (32, 64), (128,))}
@@ -51,6 +53,38 @@ def base(scale: str):
     config.optim.learning_rate = 0.01
     config.optim.momentum = 0.9
     return config
+
+
+def kfold_experiments(E, scale: str, arch: str, keys: tuple[str, str], study_folds: tuple[float, ...] = ()) -> None:
+    """5-fold cross-validation of one architecture twice: every fold freshly initialised (keys[0]),
+    and chained as the study did (keys[1], F2.1): each fold is one job (data.folds), fold k starts
+    from fold k-1's final weights and batch statistics (init_from; fold 1 is fresh, the optimizer
+    restarts each fold: whether the study's did is n/s). Both train on the same folds. Only A2 and
+    A3 are CPU-cheap at the study's scale (STUDIES.md §7.1)."""
+    kfold = base(scale)
+    kfold.data.num_folds = 5
+    cheap = not arch.startswith("A1")  # A1 is base()'s network
+    if cheap:
+        name, conv, dense = ARCHS[arch]
+        kfold.model.update({"name": name, "conv_features": conv, "dense_features": dense,
+                            "kernel_size": (3,) * len(conv), "strides": (1,) * len(conv)})
+    what = arch[:2]
+    figure = f"fold accuracies {', '.join(map(str, study_folds))}" if study_folds else ""
+    E[keys[0]] = experiment(
+        kfold, ids=("E2.6", "F2.1"), title=f"5-fold cross-validation of {what} at lr 0.01, every fold freshly "
+                                           "initialised", torch_images_per_s=TORCH_A1, figure=figure, cpu_cheap=cheap,
+        reported=(("baseline", 95.57, "mean 'fold accuracy' of 5 folds (they climb: leakage)", "val_accuracy"),)
+        if study_folds else ())
+    E[keys[1]] = experiment(
+        kfold, ids=("E2.6", "F2.1"), title=f"leaky 5-fold CV of {what}: fold k starts from fold k−1's trained "
+                                           f"weights (the study's protocol), against {keys[0]}'s freshly initialised "
+                                           "folds",
+        kind="zip", axes=(("data.folds", tuple((k,) for k in range(5))),
+                          ("init_from", ("",) + tuple(f"../fold_{k}" for k in range(1, 5)))),
+        labels=tuple(f"fold_{k + 1}" for k in range(5)), fold_reference=keys[0], torch_images_per_s=TORCH_A1,
+        figure=figure, cpu_cheap=cheap,
+        reported=tuple((f"fold_{k + 1}", v, f"fold {k + 1} 'accuracy' (trained on in earlier folds)", "val_accuracy")
+                       for k, v in enumerate(study_folds)))
 
 
 def get_config(scale: str = "cpu"):
@@ -112,25 +146,9 @@ def get_config(scale: str = "cpu"):
                           ("augment.rotation_degrees", (0.0, 0.0, 0.0, 10.0))),
         labels=augments, torch_images_per_s=TORCH_A1, figure="loss curves per augmentation",
         reported=table(augments, (87.99, 87.50, 87.92, 87.16), (0.2964, 0.3178, 0.3092, 0.3351)))
-    kfold = base(scale)
-    kfold.data.num_folds = 5
-    E.E2_6_kfold = experiment(
-        kfold, ids=("E2.6", "F2.1"), title="5-fold cross-validation of A1 at lr 0.01, every fold freshly initialised",
-        torch_images_per_s=TORCH_A1, figure="fold accuracies 91.33, 93.88, 96.12, 97.45, 99.07",
-        reported=(("baseline", 95.57, "mean 'fold accuracy' of 5 folds (they climb: leakage)", "val_accuracy"),))
-    # F2.1: the study never re-initialised between folds. Here each fold is one job (data.folds), and
-    # fold k starts from fold k-1's final weights and batch statistics (init_from; fold 1 is fresh, the
-    # optimizer restarts each fold: whether the study's did is n/s). E2.6's folds are the same data.
-    study_folds = (91.33, 93.88, 96.12, 97.45, 99.07)
-    E.F2_1_leaky_kfold = experiment(
-        kfold, ids=("E2.6", "F2.1"), title="leaky 5-fold CV: fold k starts from fold k−1's trained weights (the "
-                                           "study's protocol), against E2.6's freshly initialised folds",
-        kind="zip", axes=(("data.folds", tuple((k,) for k in range(5))),
-                          ("init_from", ("",) + tuple(f"../fold_{k}" for k in range(1, 5)))),
-        labels=tuple(f"fold_{k + 1}" for k in range(5)), fold_reference="E2_6_kfold", torch_images_per_s=TORCH_A1,
-        figure="fold accuracies 91.33, 93.88, 96.12, 97.45, 99.07",
-        reported=tuple((f"fold_{k + 1}", v, f"fold {k + 1} 'accuracy' (trained on in earlier folds)", "val_accuracy")
-                       for k, v in enumerate(study_folds)))
+    kfold_experiments(E, scale, "A1_conv_conv_fc", ("E2_6_kfold", "F2_1_leaky_kfold"), study_folds=STUDY_FOLDS)
+    for arch in ("A2_conv_fc_fc", "A3_mlp"):  # STUDIES.md §7.1: the leak on networks a CPU trains at full scale
+        kfold_experiments(E, scale, arch, (f"E2_6b_kfold_{arch[:2]}", f"F2_1b_leaky_kfold_{arch[:2]}"))
     E.E2_7_correlation = experiment(
         base(scale), ids=("E2.7", "F2.4"), analysis="output_correlation", torch_images_per_s=TORCH_A1,
         title="neuron correlations of A1's 10 output units (the study: mean 0.1635, sd 0.5271 with the diagonal)",
@@ -138,7 +156,8 @@ def get_config(scale: str = "cpu"):
     resnet = base(scale)
     resnet.model = fashion_mnist.get_config("resnet18").model
     E.E2_7b_resnet18 = experiment(
-        resnet, ids=("E2.7", "F2.4"), analysis="output_correlation", needs_full_scale=scale != "full",
+        resnet, ids=("E2.7", "F2.4"), analysis="output_correlation",
+        needs_full_scale=by_scale(scale, False, True, True),
         title="the same statistic for a ResNet-18 trained here on Fashion-MNIST: equal width (10 outputs), no "
               "pretrained weights needed (the study: 512 ImageNet features, mean 0.0221, sd 0.1641)",
         torch_images_per_s=TORCH_A1)
@@ -178,6 +197,11 @@ def get_config(scale: str = "cpu"):
                      "F2_1_leaky_kfold:fold_5", "E2_6_kfold:baseline", expect="equal", margin=1.0, any_scale=True,
                      metric="val_accuracy",
                      note="the last leaky fold against the fresh folds; the leak table gives the paired difference")
+    for arch in ("A2", "A3"):
+        C[f"C2_06{'c' if arch == 'A2' else 'd'}"] = claim(
+            f"… nor with {arch} (the leak, not the network: the same test on a CPU-cheap network)",
+            f"F2_1b_leaky_kfold_{arch}:fold_5", f"E2_6b_kfold_{arch}:baseline", expect="equal", margin=1.0,
+            any_scale=True, metric="val_accuracy", note="as C2.6b")
     C.C2_07 = claim("higher output-neuron correlation than ResNet-18 means less diverse neurons, over-fitting",
                     expect="untested", note="not a two-setting test: E2.7's tables give both networks' statistics "
                                             "at equal width, with and without the diagonal (the ResNet at :full)")

@@ -66,7 +66,7 @@ def get_config(scale: str = "cpu"):
                                           ":cpu it reached 19-25% validation accuracy (chance 10%), so its verdicts "
                                           "say little about the study's model.",),) * 2))
     E = config.experiments
-    cpu = scale != "full"
+    cpu = by_scale(scale, False, True, True)
     E.E3_1_final = experiment(
         recipe(scale, reduced=False), ids=("E3.1",), title="the study's model and recipe",
         needs_full_scale=cpu, metric="best_val_accuracy", torch_images_per_s=TORCH_BLOCK_FULL, analysis="gates",

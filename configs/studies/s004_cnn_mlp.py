@@ -10,7 +10,7 @@ about 35 minutes on a quiet 2-core CPU (490k CNN training images at the ~270-360
 README benchmark, 330k evaluated, 160k MLP images at ~8,500/s, ~10 compiles; under the load of
 other jobs the CNN measured 170-190 images/s here: ~55 minutes), plus E4.7c's equal-step runs (batch
 100 x 2 epochs and 1,000 x 20: 396k CNN images, ~20 more minutes); `:smoke` 1,000 / 200 images,
-1 epoch, 2 seeds.
+1 epoch, 2 seeds; `:cheap_full` only the MLP runs (E4.2, E4.4, E4.6) as at :full, with 3 seeds.
 
 The recipe, with the study's unstated values (n/s) as assumptions:
 - Adam lr 1e-3, batch 100, last partial batch dropped (the course template).
@@ -87,7 +87,7 @@ def get_config(scale: str = "cpu"):
         title="MLP 3072-512-10 with BN and dropout 0.5, without BN, without dropout", kind="zip",
         axes=ablation_axes("model.dense_batch_norm"), labels=("mlp", "mlp_no_bn", "mlp_no_dropout"),
         metric="best_val_accuracy", columns=("train_accuracy", "val_loss"), curves=("train_loss", "val_loss"),
-        torch_images_per_s=TORCH_MLP,
+        torch_images_per_s=TORCH_MLP, cpu_cheap=True,  # ~7 min per seed and run at full scale (STUDIES.md §7.1)
         figure="train/val loss and accuracy curves per run",
         reported=logged("mlp", best_val=55.82, val=55.20, test=55.40, train_loss=0.8642, train_acc=69.92,
                         val_loss=1.3865, test_loss=1.3071)
@@ -98,7 +98,7 @@ def get_config(scale: str = "cpu"):
     batch_sizes = by_scale(scale, (10, 100, 1000, 10000), (10, 100, 1000), (10, 100, 1000))
     config.experiments.E4_7_batch = experiment(
         recipe(cnn_bn_dropout, scale, main_run=False), ids=("E4.7",),
-        title="CNN batch size at a fixed lr and epoch count" + ("" if scale == "full" else
+        title="CNN batch size at a fixed lr and epoch count" + ("" if by_scale(scale, True, False, False) else
                                                                  " (batch 10,000 needs :full scale: ~41 GB)"),
         axes=(("batch_size", batch_sizes),), metric="best_val_accuracy", torch_images_per_s=TORCH_CNN_MIXED_BS,
         figure="val accuracy against batch size",
