@@ -241,6 +241,28 @@ def _epoch_record(config: ml_collections.ConfigDict, setup: RunSetup, state: ste
     return results.epoch_record(setup.real_runs(sums)._asdict(), scores, diverged), diverged
 
 
+def _stop_mid_epoch(checkpoints: Any, loop: progress.TrainingLog, stop: Any, epoch: int, done: int) -> None:
+    """Ends a job that a signal stopped inside an epoch: its last checkpoint is flushed, and the
+    exit status tells a scheduler to requeue (`errors.Interrupted`)."""
+    checkpoints.wait()
+    checkpoints.close()
+    loop.close()
+    raise Interrupted(f"{stop.reason()} at epoch {epoch} step {done}; rerun the same command to resume",
+                      stop.exit_code())
+
+
+def _best_test(config: ml_collections.ConfigDict, setup: Any, best: Any, state: Any, evals: dict[str, Any],
+               history: list[dict[str, Any]]) -> Any:
+    """Test scores at each run's best epoch, from the weights kept on the device (None without them):
+    the final epoch's record where that was the best, one test pass otherwise."""
+    if best is None:
+        return None
+    return best.best_scores(
+        config.num_epochs, {name: history[-1][f"test_{name}"] for name in results.RECORDED_EVAL_METRICS},
+        lambda: setup.real_runs(score_split(setup.program, best.state(state), setup.hparams, *evals["test"][0],
+                                            setup.program.plan.eval_batch_size, weights=evals["test"][1])))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains (or resumes) every run of `config`, evaluating each epoch, checkpointing, and writing
     metrics.jsonl, TensorBoard events and results.json into `workdir`. SIGTERM or Ctrl-C stop it
@@ -275,11 +297,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                             clock)
             loop.trained(clock)
             if done < setup.program.steps_per_epoch:
-                checkpoints.wait()
-                checkpoints.close()
-                loop.close()
-                raise Interrupted(f"{stop.reason()} at epoch {epoch} step {done}; rerun the same command to resume",
-                                  stop.exit_code())
+                _stop_mid_epoch(checkpoints, loop, stop, epoch, done)
             record, diverged = _epoch_record(config, setup, state, sums, evals, epoch)
             history.append(results.jsonable(record))
             diverged_by_epoch.append(diverged.tolist())
@@ -292,12 +310,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 checkpoints.drop_partial()
     checkpoints.wait()
     checkpoints.close()
-    best_test = None if best is None else best.best_scores(
-        config.num_epochs, {name: history[-1][f"test_{name}"] for name in results.RECORDED_EVAL_METRICS},
-        lambda: setup.real_runs(score_split(setup.program, best.state(state), setup.hparams, *evals["test"][0],
-                                            plan.eval_batch_size, weights=evals["test"][1])))
     summary = results.summarize_results(config, setup.grid, history, np.asarray(diverged_by_epoch[-1]),
-                                        records()["wall_time_s"], best_test)
+                                        records()["wall_time_s"], _best_test(config, setup, best, state, evals, history))
     summary["plan"] = execution.plan_record(plan)
     if primary:
         workdir_lib.write_json_atomic(os.path.join(workdir, "results.json"), summary)
