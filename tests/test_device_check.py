@@ -22,6 +22,6 @@ def test_device_check_smoke_trains_compares_sizes_and_evaluates_a_checkpoint_on_
     assert all(r["img_per_s"] > 0 and r["runs"] == 2 for r in report["train"].values())
     assert {"xla/float32", "patches/float32"} <= set(report["conv_and_dtype"])
     largest = report["largest_block_cnn"]
-    assert 1 <= largest["all_at_once"] <= largest["one_at_a_time"], largest
+    assert largest["all_at_once"] >= 1 and largest["one_at_a_time"] == "not measured (smoke)", largest
     assert report["checkpoint_on_cpu"]["equal_accuracy"], report["checkpoint_on_cpu"]
     assert "note" in report["pytorch_same_device"] or report["pytorch_same_device"]["img_per_s"]["torch.func"] > 0

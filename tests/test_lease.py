@@ -9,7 +9,7 @@ import time
 import pytest
 
 from cifar_jax.errors import UsageError, WorkdirInUse
-from cifar_jax.job import lease
+from cifar_jax.job import lease, storage
 from cifar_jax.job import workdir as workdir_lib
 
 
@@ -82,8 +82,16 @@ def test_two_overwrites_within_a_second_move_the_old_runs_aside_under_distinct_n
     assert all((tmp_path / name / workdir_lib.CONFIG_FILE).exists() for name in names)
 
 
-@pytest.mark.parametrize("uri", ["gs://bucket/runs/x", "s3://bucket/x"])
-def test_an_object_store_workdir_is_refused_in_one_line_instead_of_becoming_a_local_path(uri):
-    with pytest.raises(UsageError, match=r"workdirs are not supported .*NFS"):
-        workdir_lib.check_local(uri)
-    workdir_lib.check_local("runs/gs:x")  # a local name with a colon is a local name
+@pytest.mark.parametrize("uri", ["s3://bucket/x", "az://bucket/x"])
+def test_a_workdir_uri_orbax_cannot_write_is_refused_in_one_line_instead_of_becoming_a_local_path(uri):
+    with pytest.raises(UsageError, match=r"not supported \(Orbax writes checkpoints natively to gs:// only"):
+        storage.check_workdir(uri)
+    storage.check_workdir("runs/gs:x")  # a local name with a colon is a local name
+
+
+def test_a_gs_workdir_without_the_package_orbax_lists_it_with_is_refused_naming_it(monkeypatch):
+    monkeypatch.setattr(storage, "GCS_PACKAGES", ("no_such_package.storage",))
+    with pytest.raises(UsageError, match=r"needs google-cloud-storage .*pip install google-cloud-storage"):
+        storage.check_workdir("gs://bucket/runs/x")
+    monkeypatch.setattr(storage, "GCS_PACKAGES", ())
+    storage.check_workdir("gs://bucket/runs/x")

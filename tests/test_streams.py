@@ -79,3 +79,20 @@ def test_stream_batched_training_equals_every_run_alone(overrides):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5), params, flat_params)
     np.testing.assert_allclose(sums.loss, flat_sums.loss, rtol=1e-5)
     np.testing.assert_allclose(accuracy, flat_accuracy, atol=1 / 128 + 1e-6)  # at most one flipped prediction
+
+
+def test_a_zero_dropout_setting_repeats_the_model_without_dropout():
+    """Study 000 repeats a configuration: E0.5's dropout 0 (dropout layers built for its rate grid,
+    run at rate 0) is E0.3's width 240 (no dropout layers). A rate-0 layer keeps every unit at
+    scale 1 and draws from its own random stream, so that setting trained alone is the model
+    without dropout bit for bit. Inside the grid its seeds train beside the other rates' runs
+    (shared streams, other vmap groups): another compiled program, equal within float rounding
+    only (the test above; the study reports' protocol section)."""
+    splits = synthetic_splits()
+    trained = []
+    for rate, grid in ((0.0, {}), (0.25, {"hparam_grid.dropout_rate": (0.0,)})):
+        setup = program_lib.setup_runs(tiny_config(num_seeds=2, **{"model.dropout_rate": rate}, **grid),
+                                       splits.image_shape, 10, splits.num_train)
+        state, sums, _ = train.train_epoch(setup.program, setup.state, setup.hparams, *splits.train, 1)
+        trained.append((state.params, sums.loss))
+    jax.tree.map(np.testing.assert_array_equal, *trained)

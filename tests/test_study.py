@@ -15,6 +15,7 @@ import pytest
 import scipy.stats
 
 from cifar_jax.experiments import analysis
+from cifar_jax.experiments import dsl
 from cifar_jax.experiments import report
 from cifar_jax.experiments import study
 from cifar_jax.experiments import study_tables
@@ -37,26 +38,26 @@ def load_study(path: str, scale: str) -> ml_collections.ConfigDict:
 def mini_study() -> ml_collections.ConfigDict:
     """Two experiments (a traced lr pair in one program; one setting of another width), 1 epoch,
     2 seeds, 600 Fashion-MNIST images, a 4-channel conv net."""
-    config = study.study_config(name="mini", title="miniature", scale="smoke", config_path="tests/test_study.py",
-                                source="this test", num_seeds=2, data_dir="/usr/share/datasets/fashion-mnist",
-                                train_limit=600, val_size=200, test_limit=200, execution=tiny_config().execution)
+    config = dsl.study_config(name="mini", title="miniature", scale="smoke", config_path="tests/test_study.py",
+                              source="this test", num_seeds=2, data_dir="/usr/share/datasets/fashion-mnist",
+                              train_limit=600, val_size=200, test_limit=200, execution=tiny_config().execution)
     base = tiny_config(**{"model.dropout_rate": 0.0, "log_step_metrics": True})
-    config.experiments.A_lr = study.experiment(
+    config.experiments.A_lr = dsl.experiment(
         base, ids=("A",), title="learning rate", axes=(("optim.learning_rate", (0.01, 0.05)),),
         step_curves=("dead_relu_fraction", "grad_norm/*"),
         reported=(("learning_rate=0.05", 80.0, "test, epoch 1", "test_accuracy"),
                   ("learning_rate=0.01", 9.0, "test, epoch 1", "test_accuracy")),
         torch_images_per_s=1000.0, columns=("dead_relu_fraction", "grad_norm/*"), curves=("train_loss",))
-    config.experiments.B_width = study.experiment(
+    config.experiments.B_width = dsl.experiment(
         base, ids=("B",), title="width", kind="zip", axes=(("model.dense_features", ((8,),)),), labels=("narrow",),
         reported=(("narrow", 0.5, "train loss, epoch 1", "train_loss"),), analysis="output_correlation")
-    config.experiments.C_full = study.experiment(base, ids=("C",), title="big", needs_full_scale=True)
-    config.claims.C1_01 = study.claim("lr 0.05 beats 0.01", "A_lr:learning_rate=0.05", "A_lr:learning_rate=0.01",
-                                      expect="greater")
-    config.claims.C1_02 = study.claim("the narrow net is as good", "B_width:narrow", "A_lr:learning_rate=0.05",
-                                      expect="equal", margin=5.0)
-    config.claims.C1_03 = study.claim("big is better", "C_full:baseline", "A_lr:learning_rate=0.05",
-                                      expect="greater")
+    config.experiments.C_full = dsl.experiment(base, ids=("C",), title="big", needs_full_scale=True)
+    config.claims.C1_01 = dsl.claim("lr 0.05 beats 0.01", "A_lr:learning_rate=0.05", "A_lr:learning_rate=0.01",
+                                    expect="greater")
+    config.claims.C1_02 = dsl.claim("the narrow net is as good", "B_width:narrow", "A_lr:learning_rate=0.05",
+                                    expect="equal", margin=5.0)
+    config.claims.C1_03 = dsl.claim("big is better", "C_full:baseline", "A_lr:learning_rate=0.05",
+                                    expect="greater")
     return config
 
 
@@ -156,12 +157,12 @@ def test_leak_table_pairs_each_seed_over_folds():
 def test_a_leaky_fold_chain_trains_fold_after_fold_and_reports_the_leak(tmp_path):
     """Study 002's leaky k-fold as a study: one job per fold, fold k starting from fold k-1's
     directory (init_from), reported against the same folds trained fresh."""
-    config = study.study_config(name="leak", title="leak", scale="smoke", config_path="tests/test_study.py",
-                                source="this test", num_seeds=2, data_dir="/usr/share/datasets/fashion-mnist",
-                                train_limit=600, val_size=0, execution=tiny_config().execution)
+    config = dsl.study_config(name="leak", title="leak", scale="smoke", config_path="tests/test_study.py",
+                              source="this test", num_seeds=2, data_dir="/usr/share/datasets/fashion-mnist",
+                              train_limit=600, val_size=0, execution=tiny_config().execution)
     base = tiny_config(**{"model.dropout_rate": 0.0, "data.num_folds": 3})
-    config.experiments.K = study.experiment(base, ids=("K",), title="fresh folds")
-    config.experiments.L = study.experiment(
+    config.experiments.K = dsl.experiment(base, ids=("K",), title="fresh folds")
+    config.experiments.L = dsl.experiment(
         base, ids=("L",), title="leaky folds", kind="zip", fold_reference="K",
         axes=(("data.folds", ((0,), (1,), (2,))), ("init_from", ("", "../fold_1", "../fold_2"))),
         labels=("fold_1", "fold_2", "fold_3"))
@@ -176,6 +177,9 @@ def test_a_leaky_fold_chain_trains_fold_after_fold_and_reports_the_leak(tmp_path
     assert len(leak) == 5 and ours(leak[-1])[2] == 2  # 3 folds + the mean over folds, 2 seeds
     assert table_cells(markdown, "leaky: fold k starts from fold k−1's trained weights")
     assert ours(leak[1])[0] == pytest.approx(0.0, abs=0.006)  # fold 1 is fresh in both: the same runs
+    # the chain's chart: folds from 1 beside the fresh folds, not an axis chart of data.folds / init_from
+    assert sorted(p.name for p in (tmp_path / "plots").glob("L_*")) == ["L_curves.png", "L_folds.png"]
+    assert "![L](plots/L_folds.png)" in markdown
 
 
 def test_report_mode_on_an_unstarted_study_lists_every_experiment(tmp_path):
@@ -191,14 +195,14 @@ def test_report_mode_on_an_unstarted_study_lists_every_experiment(tmp_path):
 @needs_fashion_mnist
 def test_gate_analysis_of_a_block_cnn_experiment(tmp_path):
     """The learned branch weights per block (study 003's unmeasured claim) land in the report."""
-    config = study.study_config(name="gates", title="gates", scale="smoke", config_path="tests/test_study.py",
-                                source="this test", num_seeds=2, data_dir="/usr/share/datasets/fashion-mnist",
-                                train_limit=400, val_size=100, test_limit=100, execution=tiny_config().execution)
+    config = dsl.study_config(name="gates", title="gates", scale="smoke", config_path="tests/test_study.py",
+                              source="this test", num_seeds=2, data_dir="/usr/share/datasets/fashion-mnist",
+                              train_limit=400, val_size=100, test_limit=100, execution=tiny_config().execution)
     base = tiny_config(**{"model.name": "block_cnn", "model.dropout_rate": 0.0, "model.dropout_placement": "none"})
     base.model.update({name: common.CNN_FIELD_DEFAULTS[name] for name in block.IGNORED})  # unread by block_cnn
     base.model.block_channels, base.model.num_branches, base.model.gate = (4, 8), 3, "softmax"
     base.model.classifier_features = (16,)
-    config.experiments.G = study.experiment(base, ids=("G",), title="gates", analysis="gates")
+    config.experiments.G = dsl.experiment(base, ids=("G",), title="gates", analysis="gates")
     study.run_study(config, str(tmp_path))
     markdown = (tmp_path / "report.md").read_text()
     assert "| setting | block | a_1 | a_2 | a_3 |" in markdown
@@ -234,12 +238,12 @@ def test_failure_and_row_rules():
 
 def _claims_config(scale: str) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict({"study": {"scale": scale}, "claims": {}})
-    config.claims.C_01 = study.claim("a beats b", "E:a", "E:b", expect="greater")
-    config.claims.C_02 = study.claim("a equals c", "E:a", "E:c", expect="equal", margin=5.0)
-    config.claims.C_03 = study.claim("b beats a", "E:b", "E:a", expect="greater")
-    config.claims.C_04 = study.claim("a is best", "E:a", expect="best", others=("E:b", "E:c"))
-    config.claims.C_05 = study.claim("the gap grows", "E:a", "E:b", c="E:c", d="E:b", expect="greater")
-    config.claims.C_06 = study.claim("f fails", "E:f", "E:a", expect="collapsed")
+    config.claims.C_01 = dsl.claim("a beats b", "E:a", "E:b", expect="greater")
+    config.claims.C_02 = dsl.claim("a equals c", "E:a", "E:c", expect="equal", margin=5.0)
+    config.claims.C_03 = dsl.claim("b beats a", "E:b", "E:a", expect="greater")
+    config.claims.C_04 = dsl.claim("a is best", "E:a", expect="best", others=("E:b", "E:c"))
+    config.claims.C_05 = dsl.claim("the gap grows", "E:a", "E:b", c="E:c", d="E:b", expect="greater")
+    config.claims.C_06 = dsl.claim("f fails", "E:f", "E:a", expect="collapsed")
     return config
 
 
@@ -275,7 +279,7 @@ def test_claim_checks():
     with pytest.raises(ConfigError, match="margin > 0"):
         study.validate(config)
     config = mini_study()
-    config.claims.C1_04 = study.claim("best", "A_lr:learning_rate=0.05", expect="best", others=("A_lr:nope",))
+    config.claims.C1_04 = dsl.claim("best", "A_lr:learning_rate=0.05", expect="best", others=("A_lr:nope",))
     with pytest.raises(ConfigError, match="names no setting"):
         study.validate(config)
 
@@ -312,7 +316,7 @@ def test_top_level_overrides_reach_every_experiment():
         assert exp.config.execution.num_processes == 4
 
 
-@pytest.mark.parametrize("scale", study.SCALES)
+@pytest.mark.parametrize("scale", dsl.SCALES)
 @pytest.mark.parametrize("path", STUDY_CONFIGS, ids=os.path.basename)
 def test_study_configs_build_and_validate(path, scale):
     config = load_study(path, scale)

@@ -19,6 +19,7 @@ import pytest
 from cifar_jax.experiments import report
 from cifar_jax.core import runs
 from cifar_jax.experiments import sweep
+from cifar_jax.experiments import sweep_spec
 from cifar_jax.job import train
 from cifar_jax.job import workdir as workdir_lib
 from cifar_jax.cli import main
@@ -147,8 +148,8 @@ def test_study_grid_has_16_settings_and_its_constraint_binds_when_widened():
 ])
 def test_constraint_evaluator(text, expected):
     config = default.get_config()
-    tree = sweep.parse_constraint(text)
-    assert sweep.evaluate(tree, lambda name: sweep.get_field(config, name)) is expected
+    tree = sweep_spec.parse_constraint(text)
+    assert sweep_spec.evaluate(tree, lambda name: sweep_spec.get_field(config, name)) is expected
 
 
 @pytest.mark.parametrize("text", ["__import__('os').system('true')", "(lambda: 1)()", "[x for x in (1,)]",
@@ -239,9 +240,9 @@ def test_hparam_grid_in_a_sweep_config_is_refused():
 def test_traced_fields_are_the_trainers():
     """A value a sweep writes into each traced field is the value the trainer reads for it."""
     config = default.get_config()
-    for field, name in sweep.TRACED_FIELDS.items():
-        assert sweep.get_field(config, field) == runs.traced_values(config)[name]
-        changed = sweep.with_values(config, {field: 0.125})
+    for field, name in sweep_spec.TRACED_FIELDS.items():
+        assert sweep_spec.get_field(config, field) == runs.traced_values(config)[name]
+        changed = sweep_spec.with_values(config, {field: 0.125})
         assert runs.traced_values(changed)[name] == 0.125, field
 
 

@@ -22,6 +22,7 @@ from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from cifar_jax.job import dev_run  # noqa: E402
+from cifar_jax.job import storage  # noqa: E402
 from cifar_jax.job import workdir as workdir_lib  # noqa: E402
 from cifar_jax.errors import CifarJaxError, ConfigError, Interrupted, UsageError  # noqa: E402
 
@@ -232,7 +233,7 @@ def dispatch(config: ml_collections.ConfigDict, workdir: str, mode: str) -> Any:
     from cifar_jax.experiments import sweep
     from cifar_jax.job import train
 
-    workdir_lib.check_local(workdir)
+    storage.check_workdir(workdir)
     execution.apply_xla_flags(config)  # before anything touches a JAX backend
     execution.initialize_distributed(config)
     execution.enable_compilation_cache(workdir)

@@ -449,14 +449,16 @@ def enable_compilation_cache(workdir: str | None = None) -> str | None:
     compiled programs instead of recompiling them (a LeNet step: ~10 s of XLA:CPU compile).
 
     The cache lives in `default_cache_dir()` (shared by all runs of this user), or in
-    `<workdir>/jax_cache` when that directory cannot be created. CIFAR_JAX_CACHE_DIR=off turns
+    `<workdir>/jax_cache` when that directory cannot be created (a local workdir only: the
+    fallback is a private local directory). CIFAR_JAX_CACHE_DIR=off turns
     it off. Call it before the first compilation. Thresholds are low enough that CPU programs
     are cached. The cache holds executable code: keep it private to the user (created 0700).
     Returns the directory used, or None when off or unavailable.
     """
     if os.environ.get(_CACHE_ENV, "").lower() in ("off", "0", "none", "false"):
         return None
-    candidates = [default_cache_dir()] + ([os.path.join(workdir, "jax_cache")] if workdir else [])
+    local = workdir and "://" not in workdir
+    candidates = [default_cache_dir()] + ([os.path.join(workdir, "jax_cache")] if local else [])
     for path in candidates:
         try:
             os.makedirs(path, mode=0o700, exist_ok=True)

@@ -22,7 +22,7 @@ import os
 from typing import Any
 
 from cifar_jax.experiments import report
-from cifar_jax.job import progress
+from cifar_jax.job import progress, storage
 from cifar_jax.job import workdir as workdir_lib
 
 FORMAT = 1
@@ -101,7 +101,7 @@ def extract(workdir: str, exp: Any, scale: str, analyse: Any = None) -> dict[str
     for group in plan["groups"]:
         group_dir = os.path.join(exp_dir, group["name"])
         record = None
-        if analyse and os.path.exists(os.path.join(group_dir, "results.json")):
+        if analyse and storage.exists(os.path.join(group_dir, "results.json")):
             record = analyse(exp_dir, group)
         found = extract_group(group_dir, group, record)
         if found:
@@ -120,7 +120,7 @@ def path(directory: str, key: str) -> str:
 
 def write(directory: str, evidence: dict[str, Any]) -> str:
     """Writes DIRECTORY/<experiment>.json (one line per group: small diffs when it changes)."""
-    os.makedirs(directory, exist_ok=True)
+    storage.makedirs(directory)
     target = path(directory, evidence["experiment"])
     head = {k: v for k, v in evidence.items() if k != "groups"}
     body = ",\n".join(json.dumps(g, separators=(",", ":")) for g in evidence["groups"])

@@ -4,10 +4,14 @@ per-step panels, and a metric against one swept field. Sweep and study reports s
 from __future__ import annotations
 
 import math
+import os
 import textwrap
 from typing import Any, Sequence
 
 import numpy as np
+
+from cifar_jax.core.metrics import summarize
+from cifar_jax.job import storage
 
 
 def display_scale(metric: str) -> float:
@@ -24,6 +28,12 @@ def format_value(value: Any) -> str:
     if isinstance(value, (tuple, list)):
         return "-".join(format_value(v) for v in value) if value else "none"
     return str(value)
+
+
+def _save(fig: Any, path: str) -> None:
+    """Writes the figure through the workdir's path type (a gs:// workdir too), as its suffix says."""
+    with storage.path(path).open("wb") as f:
+        fig.savefig(f, format=os.path.splitext(path)[1].lstrip("."))
 
 
 def _figure(width: float, height: float):
@@ -84,7 +94,7 @@ def plot_learning_curves(path: str, settings: Sequence[Any], title: str, metric:
     fig.supxlabel("epoch")
     fig.supylabel(f"{metric}{' (%)' if display_scale(metric) > 1 else ''}")
     fig.suptitle(f"{title}: mean over seeds, band = min–max", fontsize=9)
-    fig.savefig(path)
+    _save(fig, path)
     return True
 
 
@@ -117,7 +127,7 @@ def plot_step_panels(path: str, panels: dict[str, list[tuple[str, np.ndarray, np
     fig.supxlabel("training step")
     fig.supylabel(ylabel)
     fig.suptitle(textwrap.fill(f"{title}: mean over seeds, band = min–max", 15 * width), fontsize=9)
-    fig.savefig(path)
+    _save(fig, path)
     return True
 
 
@@ -158,7 +168,31 @@ def plot_axis(path: str, settings: Sequence[Any], rows: Sequence[dict[str, Any]]
                  f"(Welch p ≥ {alpha} against the best, unadjusted)   ○ significantly worse", fontsize=8)
     if legend_rows:
         fig.legend(loc="outside lower center", ncols=legend_cols, fontsize=6, frameon=False)
-    fig.savefig(path)
+    _save(fig, path)
     return True
 
 
+def plot_folds(path: str, folds: Sequence[int], series: Sequence[tuple[str, np.ndarray]],
+               reference: Sequence[tuple[int, float]], title: str) -> bool:
+    """Cross-validation protocols side by side: per fold (numbered from 1, as the tables), each
+    series' mean ± 95% CI over seeds (`series`: label, values (folds, seeds) in %), and the study's
+    own numbers (`reference`: 0-based fold, value) as crosses."""
+    fig = _figure(6.5, 4.3)
+    ax = fig.subplots()
+    x = np.arange(1, len(folds) + 1)
+    for j, (label, values) in enumerate(series):
+        summaries = [summarize(row) for row in values]
+        mean = np.array([s["mean"] for s in summaries])
+        err = np.nan_to_num(np.array([s["ci_high"] for s in summaries]) - mean)
+        ax.errorbar(x + (j - (len(series) - 1) / 2) * 0.08, mean, yerr=err, capsize=3, marker="o", label=label)
+    shown = [(folds.index(f) + 1, v) for f, v in reference if f in folds]
+    if shown:
+        ax.plot(*zip(*shown), marker="x", markersize=8, linestyle="none", color="black",
+                label="the study (its leaky folds, one run)")
+    ax.set_xticks(x, [str(f + 1) for f in folds])
+    ax.set_xlabel("fold")
+    ax.set_ylabel("val_accuracy (%)")
+    ax.set_title("\n".join(textwrap.wrap(f"{title}: mean ± 95% CI over seeds", 90)), fontsize=8)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+    return True

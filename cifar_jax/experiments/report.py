@@ -35,18 +35,21 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
 import re
-import shutil
 from typing import Any, Sequence
 
 import numpy as np
 
 from cifar_jax.experiments import plots
 from cifar_jax.experiments import stats
+from cifar_jax.core import metrics
 from cifar_jax.job import results as results_lib
+from cifar_jax.job import storage
+from cifar_jax.job import workdir as workdir_lib
 
 SWEEP_FILE = "sweep.json"
 ALPHA = 0.05
@@ -78,7 +81,6 @@ def path_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._,=+-]", "_", text.replace("[", "").replace("]", "")) or "_"
 
 
-minimize = stats.lower_is_better
 
 
 display_scale = plots.display_scale
@@ -143,10 +145,7 @@ def _matches(grid: dict[str, Any], stored: dict[str, Any]) -> bool:
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    rows = [json.loads(line) for line in (storage.read_text(path) or "").splitlines() if line.strip()]
     latest = {(row["epoch"], row["run"]): row for row in rows}  # a resumed run may repeat lines
     return [latest[key] for key in sorted(latest)]
 
@@ -184,11 +183,9 @@ def add_best_epoch(runs: list[dict[str, Any]], curves: dict[str, np.ndarray], me
 def load_group(workdir: str, group: dict[str, Any]) -> list[Setting] | None:
     """The settings of one finished group (None while its results.json does not exist)."""
     group_dir = os.path.join(workdir, group["name"])
-    results_path = os.path.join(group_dir, "results.json")
-    if not os.path.exists(results_path):
+    results = workdir_lib.load_json(group_dir, "results.json")
+    if results is None:
         return None
-    with open(results_path) as f:
-        results = json.load(f)
     return group_settings(group, results, read_jsonl(os.path.join(group_dir, "metrics.jsonl")))
 
 
@@ -213,8 +210,7 @@ def load_settings(workdir: str, groups: list[dict[str, Any]]) -> list[Setting]:
 
 
 def read_sweep(workdir: str) -> dict[str, Any]:
-    with open(os.path.join(workdir, SWEEP_FILE)) as f:
-        return json.load(f)
+    return workdir_lib.load_json(workdir, SWEEP_FILE)
 
 
 # ----------------------------------------------------------------------------- tables
@@ -228,10 +224,10 @@ def metric_names(settings: Sequence[Setting]) -> list[str]:
 def stage_rows(settings: Sequence[Setting], metric: str, alpha: float = ALPHA) -> list[dict[str, Any]]:
     """One row per setting of one stage: statistics of `metric` and the comparison with the best."""
     samples = [s.sample(metric) for s in settings]
-    comparison = compare_to_best(samples, minimize(metric), alpha)
+    comparison = compare_to_best(samples, results_lib.lower_is_better(metric), alpha)
     rows = []
     for setting, sample, cmp in zip(settings, samples, comparison):
-        summary = stats.summarize(sample)
+        summary = metrics.summarize(sample)
         rows.append({"stage": setting.stage, "setting": setting.label, "group": setting.group,
                      "metric": metric, "n": summary["n"], "diverged": setting.num_diverged,
                      "mean": summary["mean"], "std": summary["std"], "ci_low": summary["ci_low"],
@@ -255,13 +251,14 @@ def write_csv(path: str, rows: list[dict[str, Any]], settings: Sequence[Setting]
     values = {(s.stage, s.label): s.values for s in settings}
     header = ["stage", "setting", "group", *fields, "metric", "n", "diverged", "mean", "std", "ci_low",
               "ci_high", "best", "p", "p_holm", "not_different"]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=header, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            swept = {k: format_value(v) for k, v in values[(row["stage"], row["setting"])].items()}
-            writer.writerow({**row, **swept, "stage": row["stage"] + 1, "best": int(row["best"]),
-                             "not_different": int(row["not_different"])})
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=header, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        swept = {k: format_value(v) for k, v in values[(row["stage"], row["setting"])].items()}
+        writer.writerow({**row, **swept, "stage": row["stage"] + 1, "best": int(row["best"]),
+                         "not_different": int(row["not_different"])})
+    workdir_lib.write_text_atomic(path, text.getvalue())
 
 
 def _number(value: float, metric: str, digits: int = 2) -> str:
@@ -275,10 +272,11 @@ def format_p(value: float) -> str:
 
 
 def legend(alpha: float, primary: str, folds: bool) -> str:
+    direction = "lowest" if results_lib.lower_is_better(primary) else "highest"
     text = (
         f"Each setting is trained over several seeds; statistics are over its runs that did not diverge "
         f"(**n**; **diverged** = runs with a NaN/inf loss, excluded and counted). **95% CI** is Student-t. "
-        f"{MARK_BEST} = best setting of its stage by mean ({'lowest' if minimize(primary) else 'highest'} "
+        f"{MARK_BEST} = best setting of its stage by mean ({direction} "
         f"for `{primary}`); {MARK_SAME} = *not* significantly different from the best "
         f"(Welch's t-test, two-sided, p ≥ {alpha}); no mark = significantly worse (p < {alpha}); "
         f"{MARK_UNTESTED} = fewer than 2 runs, not testable. **p (Holm)** corrects for comparing several "
@@ -366,7 +364,7 @@ def write_tensorboard(root: str, settings: Sequence[Setting]) -> list[str]:
     written = []
     for setting in settings:
         logdir = os.path.join(root, path_name(f"{setting.stage + 1}-{setting.label}"))
-        shutil.rmtree(logdir, ignore_errors=True)  # the report is regenerated from the results each time
+        storage.path(logdir).rmtree(missing_ok=True)  # the report is regenerated from the results each time
         writer = metric_writers.SummaryWriter(logdir)
         hparams = {k: (v if isinstance(v, (int, float)) and not isinstance(v, bool) else format_value(v))
                    for k, v in setting.values.items()}
@@ -387,16 +385,16 @@ def write_report(workdir: str, *, tensorboard: bool = True) -> dict[str, Any]:
     """Writes results.csv, results.md, plots/ and tensorboard/ from the sweep's finished groups."""
     sweep = read_sweep(workdir)
     settings = load_settings(workdir, sweep["groups"])
-    pending = [g["name"] for g in sweep["groups"] if not os.path.exists(os.path.join(workdir, g["name"], "results.json"))]
+    pending = [g["name"] for g in sweep["groups"]
+               if not storage.exists(os.path.join(workdir, g["name"], "results.json"))]
     alpha, primary = sweep.get("alpha", ALPHA), sweep.get("metric", "val_accuracy")
     rows = table_rows(settings, alpha)
     paths = {"csv": os.path.join(workdir, "results.csv"), "markdown": os.path.join(workdir, "results.md"),
              "plots": []}
     write_csv(paths["csv"], rows, settings)
-    with open(paths["markdown"], "w") as f:
-        f.write(render_markdown(sweep, settings, pending))
+    workdir_lib.write_text_atomic(paths["markdown"], render_markdown(sweep, settings, pending))
     plot_dir = os.path.join(workdir, "plots")
-    os.makedirs(plot_dir, exist_ok=True)
+    storage.makedirs(plot_dir)
     stages = sorted({s.stage for s in settings})
     for stage in stages:
         members = [s for s in settings if s.stage == stage]

@@ -1,7 +1,8 @@
-"""Statistics over seeds, in one place: summaries and CIs (`summarize`, shared with the job's
-results), Welch's test and the CI of a difference, differences combined into an interaction,
-Holm's adjustment, the smallest effect a test detects with 80% power, equivalence (TOST),
-prediction intervals, Fisher's exact test for failure counts, and which metrics are better lower.
+"""Statistics over seeds, in one place: Welch's test and the CI of a difference, differences
+combined into an interaction, Holm's adjustment, the smallest effect a test detects with 80%
+power, equivalence (TOST), prediction intervals and Fisher's exact test for failure counts. The
+mean and CI of one sample are the job's own (`core.metrics.summarize`), and which metrics are
+better lower is `job.results.lower_is_better`.
 
 Every function takes plain samples (NaN entries, i.e. diverged runs, are dropped) and returns
 plain numbers, so reports and tests can call them on anything.
@@ -16,8 +17,6 @@ from typing import Iterable, Sequence
 import numpy as np
 import scipy.stats
 
-from cifar_jax.core.metrics import summarize  # noqa: F401  (the job's summaries: one definition)
-from cifar_jax.job.results import lower_is_better  # noqa: F401
 
 ALPHA = 0.05
 POWER = 0.8

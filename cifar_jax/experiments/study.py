@@ -26,10 +26,11 @@ from cifar_jax.errors import ConfigError
 from cifar_jax.experiments import evidence as evidence_lib
 from cifar_jax.experiments import study_report
 from cifar_jax.experiments import sweep
+from cifar_jax.experiments import sweep_spec
 from cifar_jax.experiments import verdicts
-from cifar_jax.experiments.dsl import (ALPHA, EXPECTATIONS, METRIC_TITLES, SCALES, by_scale, check_scale,  # noqa: F401
-                                       claim, display_id, experiment, study_config)
+from cifar_jax.experiments.dsl import EXPECTATIONS, METRIC_TITLES, display_id
 from cifar_jax.experiments.verdicts import GRAD_NORMS
+from cifar_jax.job import storage
 from cifar_jax.job import workdir as workdir_lib
 
 # Top-level fields every experiment takes from the study: seeds, data source, data size.
@@ -85,7 +86,7 @@ def experiments(config: ml_collections.ConfigDict) -> list[Experiment]:
         swept = entry.config.copy_and_resolve_references()
         swept.name = f"{config.study.name}/{key}"
         for field in SHARED_FIELDS:
-            sweep.set_field(swept, field, sweep.get_field(config, field))
+            sweep_spec.set_field(swept, field, sweep_spec.get_field(config, field))
         out.append(Experiment(key=key, ids=tuple(entry.ids), title=entry.title, config=swept,
                               reported=tuple(tuple(r) for r in entry.reported),
                               needs_full_scale=bool(entry.needs_full_scale), missing=entry.missing,
@@ -221,7 +222,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str,
     'report': path}.
     """
     exps = validate(config)
-    os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)
     state = workdir_lib.load_json(workdir, STUDY_FILE) or {"sessions": []}
     session = {"start": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "hardware": hardware(),
                "commit": code_version(), "wall_s": 0.0}
@@ -270,7 +271,7 @@ def _outcome(config: ml_collections.ConfigDict, exp: Experiment, exp_dir: str, h
         print(f"{head}: not run ({exp.skip_reason})", flush=True)
         return "not run"
     committed = evidence_lib.read(config.study.evidence_dir, exp.key) if config.study.evidence_dir else None
-    if not os.path.exists(exp_dir) and evidence_lib.matches(committed, workdir_lib.config_to_dict(exp.config)):
+    if not storage.exists(exp_dir) and evidence_lib.matches(committed, workdir_lib.config_to_dict(exp.config)):
         print(f"{head}: committed evidence in {config.study.evidence_dir} matches its config, skipped", flush=True)
         return "evidence"
     if experiment_done(exp, exp_dir):

@@ -11,7 +11,6 @@ fresh clone rebuilds the same text from the committed evidence (`--mode=report`,
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Any, Sequence
 
 import ml_collections
@@ -25,6 +24,7 @@ from cifar_jax.experiments import stats
 from cifar_jax.experiments import study_tables
 from cifar_jax.experiments import verdicts
 from cifar_jax.experiments.verdicts import GRAD_NORMS
+from cifar_jax.job import storage
 from cifar_jax.job import workdir as workdir_lib
 
 REPORT_FILE = "report.md"
@@ -40,14 +40,14 @@ def group_analysis(workdir: str, exp: Any, group: dict[str, Any]) -> dict[str, A
     from cifar_jax.experiments import analysis
 
     group_dir = os.path.join(workdir, exp.key, group["name"])
-    if not os.path.exists(os.path.join(group_dir, "results.json")):
+    if not storage.exists(os.path.join(group_dir, "results.json")):
         return None
     cache = os.path.join(workdir, "analysis", exp.key, f"{report.path_name(group['name'])}.json")
     cached = workdir_lib.load_json(*os.path.split(cache))
     if cached is None:
         run = {"gates": analysis.gate_weights, "output_correlation": analysis.output_correlation}[exp.analysis]
         cached = run(group_dir)
-        os.makedirs(os.path.dirname(cache), exist_ok=True)
+        storage.makedirs(os.path.dirname(cache))
         workdir_lib.write_json_atomic(cache, cached)
     return cached
 
@@ -91,11 +91,12 @@ def axis_fields(plan: dict[str, Any]) -> list[str]:
     return []
 
 
-def experiment_plots(workdir: str, exp: Any, settings: Sequence[report.Setting], ev: dict[str, Any]) -> list[str]:
-    """Learning curves, step curves and metric-vs-value charts, paths relative to workdir."""
+def experiment_plots(workdir: str, exp: Any, settings: Sequence[report.Setting], ev: dict[str, Any],
+                     reference: Sequence[report.Setting] = ()) -> list[str]:
+    """Learning curves, step curves and metric-vs-value charts, paths relative to workdir; a chain
+    of cross-validation folds gets the fold chart against `reference` (its fresh folds) instead."""
     plan = ev["plan"]
-    plot_dir = os.path.join(workdir, "plots")
-    os.makedirs(plot_dir, exist_ok=True)
+    storage.makedirs(os.path.join(workdir, "plots"))
     written = []
     for curve in (None, *exp.curves):
         name = f"plots/{exp.key}_{curve + '_' if curve else ''}curves.png"
@@ -105,6 +106,9 @@ def experiment_plots(workdir: str, exp: Any, settings: Sequence[report.Setting],
         name = f"plots/{exp.key}_{'grad_norm' if curve == GRAD_NORMS else curve}_steps.png"
         if plot_steps(os.path.join(workdir, name), ev, settings, curve, exp.name):
             written.append(name)
+    if exp.fold_reference:
+        name = f"plots/{exp.key}_folds.png"
+        return written + ([name] if fold_plot(os.path.join(workdir, name), exp, settings, reference) else [])
     metric = plan.get("metric", "val_accuracy")
     if any(s.sample(metric).size for s in settings):
         for field in axis_fields(plan):
@@ -113,6 +117,20 @@ def experiment_plots(workdir: str, exp: Any, settings: Sequence[report.Setting],
             plots.plot_axis(os.path.join(workdir, name), settings, rows, field, metric, plan.get("alpha", stats.ALPHA))
             written.append(name)
     return written
+
+
+def fold_plot(path: str, exp: Any, leaky: Sequence[report.Setting], correct: Sequence[report.Setting]) -> bool:
+    """Leaky (chained) against correct (fresh) folds, per fold, with the study's own fold numbers."""
+    folds, complete, values = study_tables.paired_folds(leaky, correct)
+    if not folds or not complete:
+        return False
+    fold_of = {s.label: int(s.runs[0]["fold"]) for s in leaky if s.runs and "fold" in s.runs[0]}
+    series = [(f"correct: every fold freshly initialised ({exp.fold_reference})", values["correct"]),
+              ("leaky: fold k starts from fold k−1's trained weights", values["leaky"])]
+    return plots.plot_folds(path, folds, [(label, 100.0 * np.array([[by_key[(f, s)] for s in complete] for f in folds]))
+                                          for label, by_key in series],
+                            [(fold_of[label], value) for label, value, _, metric in exp.reported
+                             if label in fold_of and metric == "val_accuracy"], exp.name)
 
 
 def step_series(ev: dict[str, Any], setting: report.Setting, metric: str, collapsed: bool = False
@@ -155,7 +173,7 @@ def experiment_section(workdir: str, exp: Any, ev: dict[str, Any] | None, settin
                        loaded: dict[str, list[report.Setting]]) -> tuple[list[str], list[str]]:
     """(markdown lines, plot paths) of one experiment that was run."""
     head = [f"## {exp.name}", "", f"Directory `{exp.key}/`.", ""]
-    written = experiment_plots(workdir, exp, settings, ev) if settings else []
+    written = experiment_plots(workdir, exp, settings, ev, loaded.get(exp.fold_reference, [])) if settings else []
     lines = head + ([f"The study showed: {exp.figure}.", ""] if exp.figure else [])
     lines += study_tables.experiment_table(exp, settings) if settings else ["No finished runs yet."]
     if not exp.fold_reference and any("fold" in run for s in settings for run in s.runs):
@@ -235,7 +253,7 @@ def header(config: ml_collections.ConfigDict, evidence: dict[str, dict[str, Any]
 
 def write_study_report(config: ml_collections.ConfigDict, workdir: str, exps: Sequence[Any]) -> str:
     """Writes WORKDIR/report.md, plots/ and evidence/ from the experiments' evidence; returns the path."""
-    os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)
     evidence, loaded, skipped, figures, horizons, sections = {}, {}, {}, {}, {}, []
     for exp in exps:
         if not exp.runnable:
@@ -273,10 +291,9 @@ def publish(config: ml_collections.ConfigDict, workdir: str, root: str = "docs/s
     name = config.study.name
     target = os.path.join(root, name)
     os.makedirs(os.path.join(target, evidence_lib.DIR), exist_ok=True)
-    with open(os.path.join(workdir, REPORT_FILE)) as f:
-        workdir_lib.write_text_atomic(os.path.join(root, f"{name}.md"), published_text(f.read(), name))
+    text = storage.path(os.path.join(workdir, REPORT_FILE)).read_text()
+    workdir_lib.write_text_atomic(os.path.join(root, f"{name}.md"), published_text(text, name))
     for folder, destination in ((PLOTS, target), (evidence_lib.DIR, os.path.join(target, evidence_lib.DIR))):
-        source = os.path.join(workdir, folder)
-        for file in sorted(os.listdir(source)) if os.path.isdir(source) else []:
-            shutil.copyfile(os.path.join(source, file), os.path.join(destination, file))
+        for file in storage.listdir(os.path.join(workdir, folder)):
+            storage.path(os.path.join(workdir, folder, file)).copy(os.path.join(destination, file), overwrite=True)
     return os.path.join(root, f"{name}.md")

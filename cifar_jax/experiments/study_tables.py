@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 
+from cifar_jax.core import metrics
 from cifar_jax.experiments import report
 from cifar_jax.experiments import stats
 from cifar_jax.experiments import verdicts
@@ -107,23 +108,32 @@ def fold_values(settings: Sequence[report.Setting], metric: str = "val_accuracy"
             for s in settings for run, kept in zip(s.runs, s.kept) if kept and "fold" in run and metric in run}
 
 
-def leak_table(leaky: Sequence[report.Setting], correct: Sequence[report.Setting], reference: str) -> list[str]:
-    """Chained (leaky) vs fresh (correct) k-fold CV, final-epoch validation accuracy: each fold's mean
-    over seeds, and the mean over folds per seed, whose paired difference (same seed, same folds)
-    is the leak: how much a fold's score rises because an earlier fold trained on its images."""
+def paired_folds(leaky: Sequence[report.Setting], correct: Sequence[report.Setting]
+                 ) -> tuple[list[int], list[int], dict[str, dict[tuple[int, int], float]]]:
+    """The chained folds, the seeds with every one of them in both protocols, and each protocol's
+    {(fold, seed index): val accuracy} with their paired difference ('leak')."""
     values = {"correct": fold_values(correct), "leaky": fold_values(leaky)}
     folds = sorted({fold for fold, _ in values["leaky"]})
     seeds = sorted({seed for _, seed in values["leaky"]} & {seed for _, seed in values["correct"]})
     complete = [s for s in seeds if all((f, s) in v for v in values.values() for f in folds)]
+    values["leak"] = {key: values["leaky"][key] - values["correct"][key] for key in values["leaky"]
+                      if key in values["correct"]}
+    return folds, complete, values
+
+
+def leak_table(leaky: Sequence[report.Setting], correct: Sequence[report.Setting], reference: str) -> list[str]:
+    """Chained (leaky) vs fresh (correct) k-fold CV, final-epoch validation accuracy: each fold's mean
+    over seeds, and the mean over folds per seed, whose paired difference (same seed, same folds)
+    is the leak: how much a fold's score rises because an earlier fold trained on its images."""
+    folds, complete, values = paired_folds(leaky, correct)
     if not folds or not complete:
         return []
-    diff = {key: values["leaky"][key] - values["correct"][key] for key in values["leaky"] if key in values["correct"]}
     rows = [("correct: every fold freshly initialised (`" + reference + "`)", values["correct"]),
             ("leaky: fold k starts from fold k−1's trained weights", values["leaky"]),
-            ("**leak** (leaky − correct, paired by seed)", diff)]
+            ("**leak** (leaky − correct, paired by seed)", values["leak"])]
 
     def cell(sample: Sequence[float]) -> str:
-        return _mean_ci(stats.summarize(100.0 * np.asarray(sample)))
+        return _mean_ci(metrics.summarize(100.0 * np.asarray(sample)))
 
     lines = [f"Leaky vs correct {len(folds)}-fold cross-validation: validation accuracy (%) of each fold's held-out "
              "part at the final epoch, mean ± 95% CI over seeds (n); the last column averages each seed's folds "
@@ -203,6 +213,12 @@ def protocol_section(config: ml_collections.ConfigDict, exps: Sequence[Any],
              "- **Per-row comparisons**: the study's single run against our 95% prediction interval "
              "(t · s · √(1 + 1/n)), where one more of our runs would fall; at a reduced scale the two are different "
              "trainings.",
+             "- **Repeated settings**: a traced grid's settings (learning rates, dropout rates, ...) train as one "
+             "program in which seed i of every setting reads the same batches. A setting repeated in another "
+             "experiment and trained alone (a dropout rate of 0 in a rate grid against the model without dropout) "
+             "starts from the same weights and batches, and a rate-0 dropout is the identity, but that other "
+             "program sums float32 products in another order: its runs part through rounding after the first steps "
+             "and agree in distribution, not bit for bit.",
              f"- **Hardware**: {hardware.get('platform', '?')}, {hardware.get('cpu_count', '?')} CPUs, JAX devices "
              f"{', '.join(hardware.get('devices', ['?']))}; commits {', '.join(_commits(evidence)) or '–'}.",
              f"- **Wall time**: {_duration(total_wall)} of training (compiles and evaluation included) over the "

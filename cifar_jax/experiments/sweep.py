@@ -42,13 +42,12 @@ import ml_collections
 from cifar_jax.experiments import report
 from cifar_jax.core import execution
 from cifar_jax.experiments import stats
-from cifar_jax.job import train
+from cifar_jax.job import results as results_lib
+from cifar_jax.job import storage, train
 from cifar_jax.job import workdir as workdir_lib
 from cifar_jax.errors import CheckpointError, ConfigError, WorkdirInUse
-from cifar_jax.experiments.sweep_spec import (KINDS, TRACED_FIELDS, Spec, check_traced_value,  # noqa: F401
-                                              as_config_value, constraint_fields, evaluate, get_field,
-                                              parse_constraint, parse_field, read_spec, satisfies, set_field,
-                                              with_values)
+from cifar_jax.experiments.sweep_spec import (TRACED_FIELDS, Spec, check_traced_value, as_config_value, get_field,
+                                              parse_field, read_spec, satisfies, with_values)
 
 SWEEP_FILE = report.SWEEP_FILE
 
@@ -271,7 +270,7 @@ def preflight(groups: Sequence[Group]) -> None:
 def choose(settings: Sequence[report.Setting], field: str, metric: str) -> Any:
     """one_factor: the value of `field` in the setting with the best mean `metric` (first on ties)."""
     means = [stats.mean(s.sample(metric)) for s in settings]
-    scored = [(m if report.minimize(metric) else -m, i) for i, m in enumerate(means) if not math.isnan(m)]
+    scored = [(m if results_lib.lower_is_better(metric) else -m, i) for i, m in enumerate(means) if not math.isnan(m)]
     if not scored:
         raise ConfigError(f"sweep.axes {field}: no run of this stage has a finite {metric} "
                           "(all diverged?); nothing to carry over")
@@ -281,7 +280,7 @@ def choose(settings: Sequence[report.Setting], field: str, metric: str) -> Any:
 def write_plan(workdir: str, config: ml_collections.ConfigDict, spec: Spec, groups: Sequence[Group],
                chosen: Mapping[str, Any]) -> None:
     """sweep.json: the spec, the groups so far and the values one_factor carried over."""
-    os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)
     payload = {"name": config.get("name", ""), "num_seeds": config.num_seeds, "num_epochs": config.num_epochs,
                **spec.record(), "chosen": dict(chosen),
                "groups": [g.record() for g in groups]}
@@ -376,7 +375,7 @@ def write_sweep_report(workdir: str) -> dict[str, Any] | None:
     """results.md, results.csv and plots/ from the groups finished so far (the end of a sweep, or
     `--mode=report`), under the sweep root's lock: of two workers finishing together one writes
     it; returns the paths, or None when another process is writing it."""
-    if not os.path.exists(os.path.join(workdir, SWEEP_FILE)):
+    if not storage.exists(os.path.join(workdir, SWEEP_FILE)):
         raise CheckpointError(f"{workdir} holds no sweep (no {SWEEP_FILE}); run --mode=sweep with this config first")
     try:
         with workdir_lib.workdir_lock(workdir):

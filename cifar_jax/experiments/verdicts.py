@@ -29,6 +29,8 @@ import numpy as np
 from cifar_jax.experiments import dsl
 from cifar_jax.experiments import report
 from cifar_jax.experiments import stats
+from cifar_jax.core import metrics
+from cifar_jax.job.results import lower_is_better
 
 LN10 = math.log(10.0)
 COLLAPSE_TOLERANCE = 0.05  # a final train loss above ln 10 - this, at chance accuracy: a uniform prediction
@@ -68,7 +70,7 @@ def annotate(setting: report.Setting, num_classes: int = 10) -> None:
 
 def scale_of(metric: str) -> float:
     """Accuracies, F1 and dead-unit fractions in %, losses and gradient norms as they are."""
-    return 1.0 if report.minimize(metric) or metric.startswith(GRAD_NORMS[:-1]) else 100.0
+    return 1.0 if lower_is_better(metric) or metric.startswith(GRAD_NORMS[:-1]) else 100.0
 
 
 def sample(setting: report.Setting, field: str) -> np.ndarray:
@@ -84,7 +86,7 @@ def sample(setting: report.Setting, field: str) -> np.ndarray:
 def summary(setting: report.Setting, field: str) -> dict[str, Any]:
     """Mean, CI, n (seeds) and the prediction half-width over the kept runs, with the failure count."""
     values = sample(setting, field)
-    return {**stats.summarize(values), "pi": stats.prediction_half_width(values),
+    return {**metrics.summarize(values), "pi": stats.prediction_half_width(values),
             "collapsed": sum(bool(r.get("collapsed")) for r in setting.runs), "runs": len(setting.runs)}
 
 
@@ -103,7 +105,7 @@ def resolve_metric(metric: str, settings: Sequence[report.Setting]) -> tuple[str
 
 def reported_collapse(value: float, metric: str) -> bool:
     """Whether the study's own number is a failed run (near-chance accuracy or a loss at ln 10)."""
-    if report.minimize(metric):
+    if lower_is_better(metric):
         return value >= LN10 - COLLAPSE_TOLERANCE
     return "accuracy" in metric and value <= (0.1 + NEAR_CHANCE) * 100
 
@@ -171,7 +173,7 @@ def refs(entry: ml_collections.ConfigDict) -> list[str]:
 
 
 def _unit(field: str) -> str:
-    return "" if report.minimize(field) else " pts"
+    return "" if lower_is_better(field) else " pts"
 
 
 def judge_failures(result: ClaimResult, entry: ml_collections.ConfigDict, a: report.Setting,
@@ -272,7 +274,7 @@ def judge_claim(key: str, entry: ml_collections.ConfigDict, ctx: Context) -> Cla
     """One claim's test; a directional claim's level waits for the study's Holm adjustment."""
     exp_keys = list(dict.fromkeys(r.partition(":")[0] for r in refs(entry)))
     horizon = "; ".join(dict.fromkeys(ctx.horizon[k] for k in exp_keys if ctx.horizon.get(k)))
-    lower = entry.expect == "less" or (entry.expect == "best" and report.minimize(entry.metric))
+    lower = entry.expect == "less" or (entry.expect == "best" and lower_is_better(entry.metric))
     result = ClaimResult(key=key, text=entry.text, expect=entry.expect, sign=-1 if lower else 1,
                          any_scale=entry.get("any_scale", False) or ctx.scale == "full",
                          horizon="" if ctx.scale == "full" else horizon)

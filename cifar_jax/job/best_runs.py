@@ -32,17 +32,26 @@ def test_every_epoch(config: ml_collections.ConfigDict, eval_splits) -> bool:
     return bool(config.eval.get("test_every_epoch", False)) or "val" not in eval_splits
 
 
+def keeps_best(config: ml_collections.ConfigDict, eval_splits) -> bool:
+    """Whether each run's best-epoch weights are kept on the devices: the test split waits for them."""
+    return "test" in eval_splits and not test_every_epoch(config, eval_splits)
+
+
 def splits_to_score(config: ml_collections.ConfigDict, eval_splits, epoch: int) -> list[str]:
     """The held-out splits scored after `epoch`: validation always, test every epoch or at the last."""
     every = test_every_epoch(config, eval_splits)
     return [name for name in eval_splits if name != "test" or every or epoch == config.num_epochs]
 
 
-@jax.jit
-def _select(improved: jax.Array, new: Any, old: Any) -> Any:
-    """Per run (leading axis), `new` where it improved, else `old`: new arrays, never aliases of
-    the state that the next training call donates."""
+def _where(improved: jax.Array, new: Any, old: Any) -> Any:
+    """Per run (leading axis), `new` where it improved, else `old`."""
     return jax.tree.map(lambda n, o: jnp.where(improved.reshape((-1,) + (1,) * (n.ndim - 1)), n, o), new, old)
+
+
+# New arrays, never aliases of the state that the next training call donates. The kept copy is
+# donated when replaced, so an update holds no third copy of the weights (`core/memory.py`).
+_select = jax.jit(_where)
+_replace = jax.jit(_where, donate_argnums=2)
 
 
 class BestRuns:
@@ -67,8 +76,9 @@ class BestRuns:
         filled = results.nan_as_worst(record[self.metric], self.metric)
         improved = self._improved(filled)
         weights = (state.params, state.model_state)
-        self.weights = _select(self.on_devices(jnp.asarray(improved)), weights,
-                               weights if self.weights is None else self.weights)
+        improved_on_devices = self.on_devices(jnp.asarray(improved))
+        self.weights = (_select(improved_on_devices, weights, weights) if self.weights is None
+                        else _replace(improved_on_devices, weights, self.weights))
         self.values = np.where(improved, filled, filled if self.values is None else self.values)
         self.epochs = np.where(improved, epoch, 0 if self.epochs is None else self.epochs)
         if self.missing is not None:
@@ -89,7 +99,8 @@ class BestRuns:
             self.epochs = np.where(improved, epoch, 0 if self.epochs is None else self.epochs)
         if self.epochs is None:
             return
-        self.weights, self.missing = (state.params, state.model_state), np.zeros(self.epochs.shape, bool)
+        self.weights = jax.tree.map(jnp.copy, (state.params, state.model_state))  # a copy: `_replace` donates it
+        self.missing = np.zeros(self.epochs.shape, bool)
         for epoch in sorted(set(self.epochs.tolist())):
             runs = self.epochs == epoch
             try:
@@ -99,7 +110,7 @@ class BestRuns:
                                 "at the best epoch will be NaN", epoch, np.flatnonzero(runs).tolist(), problem)
                 self.missing |= runs
                 continue
-            self.weights = _select(self.on_devices(jnp.asarray(runs)), (old.params, old.model_state), self.weights)
+            self.weights = _replace(self.on_devices(jnp.asarray(runs)), (old.params, old.model_state), self.weights)
 
     def best_scores(self, final_epoch: int, final: dict[str, Any], score) -> dict[str, np.ndarray]:
         """Test metrics at each run's best epoch as `best_test_*`: `final` (the final epoch's

@@ -28,9 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-from etils import epath
 
 from cifar_jax.errors import CheckpointError, brief
+from cifar_jax.job import storage
 
 
 def _flatten(tree: Any) -> dict[str, Any]:
@@ -160,7 +160,7 @@ class Checkpoints:
     def __init__(self, workdir: str, *, keep: int, best_metric: str, read_only: bool = False):
         if keep < 1:
             raise CheckpointError(f"checkpoint.keep={keep} must be at least 1")
-        root = epath.Path(os.path.abspath(workdir)) / "checkpoints"  # Orbax refuses relative paths
+        root = storage.path(workdir) / "checkpoints"  # absolute: Orbax refuses relative paths
         self.root = root
         self.last_save_time = time.time()  # for checkpoint.every_minutes
         self.best_metric = best_metric
@@ -337,7 +337,7 @@ def warm_start_state(source: str, like: Any, best_metric: str, num_runs: int | N
     first `num_runs` real),
     for `init_from`: a one-line CheckpointError when `source` has no checkpoint or its runs do
     not fit this job's (another model, optimizer or number of runs)."""
-    if not os.path.isdir(os.path.join(source, "checkpoints", "latest")):
+    if not storage.isdir(os.path.join(source, "checkpoints", "latest")):
         raise CheckpointError(f"init_from: {source} has no checkpoint; train that run first")
     checkpoints = Checkpoints(source, keep=1, best_metric=best_metric, read_only=True)
     try:

@@ -24,6 +24,7 @@ from cifar_jax.core import splits as splits_lib
 from cifar_jax.core import step
 from cifar_jax.job import train
 from cifar_jax.job import program as program_lib
+from cifar_jax.job import storage
 from cifar_jax.job import workdir as workdir_lib
 from cifar_jax.job.checkpoint import Checkpoints
 from cifar_jax.errors import CheckpointError, ConfigError
@@ -192,7 +193,7 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if not execution.is_primary():  # every process evaluates (collectives); process 0 prints and writes
         return report
     print(format_report(report, split), flush=True)
-    os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+    storage.makedirs(os.path.join(workdir, "eval"))
     workdir_lib.write_json_atomic(
         os.path.join(workdir, "eval", f"{config.eval.checkpoint}-epoch{loaded.epoch}-{split}.json"), report)
     return report

@@ -1,16 +1,20 @@
-"""The one-writer rule of a workdir on a file system without `flock` (some NFS and FUSE mounts).
+"""The one-writer rule of a workdir where `flock` does not exist: some NFS and FUSE mounts, and
+object stores (gs://).
 
-There the OS cannot release a dead holder's lock, so the holder takes a *lease*: WORKDIR/.lease,
-created exclusively (O_EXCL), records the holder (process, host, start) and when it last renewed
-the lease; a thread renews it every RENEW_S seconds while the holder runs. Another process is
-refused while the lease is fresh, and takes it over (with a warning) once nobody renewed it for
-STALE_S seconds, or at once when the holder is a process of this host that no longer exists. An
-empty lease (its holder died between creating and writing it) ages from the file's mtime.
+There the OS cannot release a dead holder's lock, so the holder takes a *lease*: WORKDIR/.lease
+records the holder (process, host, start, a token) and when it last renewed the lease; a thread
+renews it every RENEW_S seconds while the holder runs. Another process is refused while the
+lease is fresh, and takes it over (with a warning) once nobody renewed it for STALE_S seconds, or
+at once when the holder is a process of this host that no longer exists. An empty lease (its
+holder died between creating and writing it) ages from the file's mtime.
 
-The ages compare the holder's clock with the reader's: hosts whose clocks differ by minutes see
-a lease as fresher or staler by as much. The take-over of a stale lease is a rename followed by
-an exclusive create; two processes taking over the same stale lease at the same instant can,
-rarely, both succeed.
+Creating the lease is exclusive on a file system (O_EXCL). An object store has no exclusive
+create through epath, so there the taker writes the lease, waits SETTLE_S and reads it back: of
+two takers that both saw no lease, the one whose token was overwritten sees the other's fresh
+lease and is refused. Two takers whose writes are more than SETTLE_S apart after both found no
+lease (a store that slow) can both succeed; so can two taking over one stale lease at the same
+instant. The ages compare the holder's clock with the reader's: hosts whose clocks differ by
+minutes see a lease as fresher or staler by as much.
 """
 
 from __future__ import annotations
@@ -21,38 +25,55 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 from cifar_jax.errors import WorkdirInUse
+from cifar_jax.job import storage
 
 LEASE_FILE = ".lease"
 RENEW_S = 30.0  # how often the holder renews its lease
 STALE_S = 300.0  # a lease nobody renewed for this long belongs to a holder that is gone
+SETTLE_S = 2.0  # on an object store: how long a taker waits before reading its lease back
 
 
-def take(workdir: str, *, renew_s: float = RENEW_S, stale_s: float = STALE_S) -> Callable[[], None]:
+def take(workdir: str, *, renew_s: float = RENEW_S, stale_s: float = STALE_S,
+         settle_s: float | None = None) -> Callable[[], None]:
     """Takes WORKDIR's lease (refusing with WorkdirInUse while another holder's is fresh) and
-    renews it in a thread; returns the function that releases it."""
+    renews it in a thread; returns the function that releases it. `settle_s`: SETTLE_S."""
+    settle_s = SETTLE_S if settle_s is None else settle_s
     path = os.path.join(workdir, LEASE_FILE)
-    while True:
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            break
-        except FileExistsError:
-            _take_over_if_stale(workdir, path, stale_s)
-    holder = {"pid": os.getpid(), "host": socket.gethostname(), "start": time.strftime("%Y-%m-%d %H:%M:%S")}
-    _renew(fd, holder)
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "start": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "token": uuid.uuid4().hex}
+    while not _create(path, holder, settle_s):
+        _take_over_if_stale(workdir, path, stale_s)
     stop = threading.Event()
-    thread = threading.Thread(target=_keep_renewing, args=(fd, holder, stop, renew_s), name="lease", daemon=True)
+    thread = threading.Thread(target=_keep_renewing, args=(path, holder, stop, renew_s), name="lease", daemon=True)
     thread.start()
 
     def release() -> None:
         stop.set()
         thread.join()
-        os.close(fd)
-        os.unlink(path)
+        if read(path)[0].get("token") in (holder["token"], None):  # not a lease another took over
+            storage.path(path).unlink(missing_ok=True)
     return release
+
+
+def _create(path: str, holder: dict[str, Any], settle_s: float) -> bool:
+    """Whether this process created the lease (False: there is one, maybe created meanwhile)."""
+    if not storage.is_remote(path):
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        except FileExistsError:
+            return False
+        _renew(path, holder)
+        return True
+    if storage.exists(path):
+        return False
+    _renew(path, holder)
+    time.sleep(settle_s)
+    return read(path)[0].get("token") == holder["token"]
 
 
 def _take_over_if_stale(workdir: str, path: str, stale_s: float) -> None:
@@ -63,10 +84,13 @@ def _take_over_if_stale(workdir: str, path: str, stale_s: float) -> None:
     if age < stale_s and not _gone_here(holder):
         raise WorkdirInUse(
             f"{workdir} is in use by process {holder.get('pid', '?')} on {holder.get('host', '?')} (its lease was "
-            f"renewed {age:.0f} s ago; this file system has no flock); wait for it, stop it, or if it is gone "
+            f"renewed {age:.0f} s ago; no flock here); wait for it, stop it, or if it is gone "
             f"rerun in {stale_s - age:.0f} s or delete {path}")
     logging.warning("%s: taking over the lease of process %s on %s (not renewed for %.0f s)", workdir,
                     holder.get("pid"), holder.get("host"), age)
+    if storage.is_remote(path):
+        storage.path(path).unlink(missing_ok=True)  # a rename would copy: the takers' read-back decides
+        return
     stale = f"{path}.stale-{socket.gethostname()}-{os.getpid()}"
     try:
         os.replace(path, stale)
@@ -77,11 +101,12 @@ def _take_over_if_stale(workdir: str, path: str, stale_s: float) -> None:
 
 def read(path: str) -> tuple[dict[str, Any], float | None]:
     """(holder, seconds since its last renewal) of a lease file; age None when there is none."""
+    text = storage.read_text(path)
     try:
-        with open(path) as f:
-            text = f.read()
-        modified = os.path.getmtime(path)
+        modified = storage.path(path).stat().mtime if text is not None else None
     except FileNotFoundError:
+        modified = None
+    if text is None or modified is None:
         return {}, None
     try:
         holder = json.loads(text) if text.strip() else {}
@@ -105,14 +130,14 @@ def _gone_here(holder: dict[str, Any]) -> bool:
     return False
 
 
-def _renew(fd: int, holder: dict[str, Any]) -> None:
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps({**holder, "renewed": time.time()}).encode(), 0)
+def _renew(path: str, holder: dict[str, Any]) -> None:
+    """Replaces the lease whole, so a reader never sees it half written."""
+    storage.write_text_atomic(path, json.dumps({**holder, "renewed": time.time()}))
 
 
-def _keep_renewing(fd: int, holder: dict[str, Any], stop: threading.Event, every_s: float) -> None:
+def _keep_renewing(path: str, holder: dict[str, Any], stop: threading.Event, every_s: float) -> None:
     while not stop.wait(every_s):
         try:
-            _renew(fd, holder)
+            _renew(path, holder)
         except OSError as error:  # a transient server error: the next renewal tries again
             logging.warning("cannot renew the workdir lease (%s)", error)

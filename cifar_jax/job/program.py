@@ -115,7 +115,7 @@ def _step_context(config: ml_collections.ConfigDict, image_shape: tuple[int, int
 
 def make_train(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], num_classes: int,
                num_train: int, backend: str | None = None, grid: runs.RunGrid | None = None,
-               num_runs: int | None = None) -> Program:
+               num_runs: int | None = None, data: memory.JobData | None = None) -> Program:
     """Resolves the static parts of `config` and returns the jitted, run-vmapped functions.
 
     `config` has passed `validation.validate_config` (`setup_runs` sees to it): nothing here
@@ -123,7 +123,8 @@ def make_train(config: ml_collections.ConfigDict, image_shape: tuple[int, int, i
     run grid in run order, so runs sharing a data stream share its batch (`streams.py`); None
     trains every run on its own (e.g. a chosen subset of seeds).
     `num_runs` sizes groups and the evaluation batch to the device's memory under the accelerator
-    policy (`memory.py`); None leaves them."""
+    policy (`memory.py`), counting `data` beside the runs (None: the training set alone); None
+    leaves them."""
     steps_per_epoch = num_train // config.batch_size
     plan = execution.plan(
         config, steps_per_epoch=steps_per_epoch, backend=backend,
@@ -133,7 +134,7 @@ def make_train(config: ml_collections.ConfigDict, image_shape: tuple[int, int, i
     ctx, abstract = _step_context(config, image_shape, num_classes, num_train, plan)
 
     if num_runs is not None and plan.policy == "accelerator" and not int(config.execution.runs_per_group):
-        plan = _sized_to_memory(config, ctx, plan, num_runs, (num_train, *image_shape))
+        plan = _sized_to_memory(config, ctx, plan, num_runs, (num_train, *image_shape), data)
     plan = dataclasses.replace(plan, eval_batch_size=plan.eval_batch_size or int(config.eval_batch_size))
 
     def runs_mapped(fn, in_axes, group_size=None):  # each device maps its own runs: no collectives
@@ -168,16 +169,34 @@ def make_train(config: ml_collections.ConfigDict, image_shape: tuple[int, int, i
 
 
 def _sized_to_memory(config: ml_collections.ConfigDict, ctx: step.StepContext, plan: execution.ExecutionPlan,
-                     num_runs: int, data_shape: tuple[int, ...]) -> execution.ExecutionPlan:
+                     num_runs: int, data_shape: tuple[int, ...], data: memory.JobData | None
+                     ) -> execution.ExecutionPlan:
     """The plan with groups and evaluation batch from one run's compiled chunk and eval batch
     (`memory.py`); unchanged where the device reports no limit and the config sets none."""
     limit = memory.device_limit(config)
     if limit is None:
         return plan
-    chunk = functools.partial(_local_train_steps, ctx, None, dataclasses.replace(plan, mesh=None, runs_per_group=None),
-                              length=1)
-    measured = memory.measure(config, ctx, data_shape, chunk, zero_sums)
+    measured = memory.measure(config, ctx, data_shape, _chunk_in_groups(ctx, plan), zero_sums, data,
+                              needs_groups=lambda m: not memory.fits_at_once(m, limit, plan, num_runs))
     return memory.sized(plan, measured, num_runs, limit, int(config.eval_batch_size))
+
+
+def _chunk_in_groups(ctx: step.StepContext, plan: execution.ExecutionPlan) -> Callable[[int | None], Callable]:
+    """One device's one-step training call over runs in groups of a given size (`memory.measure`)."""
+    def chunk(group: int | None) -> Callable:
+        return functools.partial(_local_train_steps, ctx, None,
+                                 dataclasses.replace(plan, mesh=None, runs_per_group=group), length=1)
+    return chunk
+
+
+def run_memory(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], num_classes: int,
+               num_train: int, data: memory.JobData | None = None, groups: bool = True) -> memory.RunMemory:
+    """A run's memory (`memory.measure`), with what grouping adds where `groups`: how many runs fit
+    a limit at once and one at a time (scripts/device_check.py)."""
+    plan = make_train(config, image_shape, num_classes, num_train).plan
+    ctx, _ = _step_context(config, image_shape, num_classes, num_train, plan)
+    return memory.measure(config, ctx, (num_train, *image_shape), _chunk_in_groups(ctx, plan), zero_sums, data,
+                          needs_groups=lambda _: groups)
 
 
 class RunSetup(NamedTuple):
@@ -217,17 +236,18 @@ class RunSetup(NamedTuple):
 
 def setup_runs(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], num_classes: int,
                num_train: int, *, grid: runs.RunGrid | None = None, abstract: bool = False,
-               seed_index: np.ndarray | None = None) -> RunSetup:
+               seed_index: np.ndarray | None = None, data: memory.JobData | None = None) -> RunSetup:
     """The one place that turns a config into runs: grid, program, per-run hparams and keys (folds
     included). `grid`: the run grid `validation.validate_config` built for this config (None:
     validate it here). `abstract=True` only traces `init` (validating the optimizer chain) and
     returns the state's shapes (`trace_job` then traces a step and an eval); `seed_index` trains
-    just those seeds of the first setting and fold (tests that compare a seed alone with the batch)."""
+    just those seeds of the first setting and fold (tests that compare a seed alone with the batch);
+    `data`: what the job keeps on the devices beside its runs, for sizing them to memory."""
     if grid is None:
         grid = validation.validate_config(config, image_shape, num_classes, num_train)
     program = make_train(config, image_shape, num_classes, num_train,
                          grid=grid if seed_index is None else None,
-                         num_runs=grid.num_runs if seed_index is None else len(seed_index))
+                         num_runs=grid.num_runs if seed_index is None else len(seed_index), data=data)
     if seed_index is None:
         seeds, folds, count = grid.seed_index, grid.fold_index, grid.num_runs
     else:

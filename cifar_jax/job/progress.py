@@ -20,7 +20,8 @@ import ml_collections
 import numpy as np
 
 from cifar_jax.core import metrics
-from cifar_jax.job import results
+from cifar_jax.core.memory import mib
+from cifar_jax.job import results, storage
 from cifar_jax.core.runs import RunGrid
 from cifar_jax.core.splits import Splits
 from cifar_jax.errors import CheckpointError
@@ -57,7 +58,9 @@ def memory_text(plan: Any) -> str:
     """Where runs were sized to memory (accelerators): a run's bytes and how runs were grouped."""
     if plan is None or plan.memory is None:
         return ""
-    groups = "all runs at once" if plan.runs_per_group is None else f"{plan.runs_per_group} runs at a time"
+    groups = ("all runs at once" if plan.runs_per_group is None else
+              f"{plan.runs_per_group} run{'s' if plan.runs_per_group > 1 else ''} at a time "
+              f"({mib(plan.memory.grouped)} more a run while grouped)")
     return f"; {plan.memory.describe()}; {groups}, evaluation batch {plan.eval_batch_size}"
 
 
@@ -138,6 +141,7 @@ class TrainingLog:
         self.writer = None
         self._step_sums: tuple[int, dict[str, np.ndarray]] | None = None  # (epoch, its sums at the last line)
         self._pending_steps: tuple[int, int, Any] | None = None  # the chunk whose line is not written yet
+        self._step_lines: list[str] = []  # steps.jsonl lines not written yet (an object store's: until the epoch ends)
         self.clock: Any = None  # the job's chunks.ChunkClock: training time apart from compiles
         self.train_images_per_s = 0.0  # the last epoch's, training time only
 
@@ -207,10 +211,12 @@ class TrainingLog:
             self._write_step_line(*pending)
 
     def flush_steps(self) -> None:
-        """Writes the line of the last chunk `step_metrics` holds back."""
+        """Writes the line of the last chunk `step_metrics` holds back, and the lines an object
+        store's workdir collected."""
         pending, self._pending_steps = self._pending_steps, None
         if pending:
             self._write_step_line(*pending)
+        self._write_step_lines()
 
     def _write_step_line(self, epoch: int, steps_done: int, sums: Any) -> None:
         now = {"steps": np.asarray(sums.steps, np.float64),
@@ -222,8 +228,14 @@ class TrainingLog:
         record = {"epoch": epoch, "step": (epoch - 1) * self.steps_per_epoch + steps_done,
                   **{name: ((value - before.get(name, 0.0)) / span).tolist() for name, value in now.items()
                      if name != "steps"}}
-        with open(os.path.join(self.workdir, STEPS_FILE), "a") as f:
-            f.write(json.dumps(record) + "\n")
+        self._step_lines.append(json.dumps(record))
+        if not storage.is_remote(self.workdir):  # an object store rewrites the file: once an epoch there
+            self._write_step_lines()
+
+    def _write_step_lines(self) -> None:
+        lines, self._step_lines = self._step_lines, []
+        if lines:
+            storage.append_lines(os.path.join(self.workdir, STEPS_FILE), lines)
 
     def end_epoch(self, epoch: int, record: dict, history: list[dict], diverged_by_epoch: list[list[bool]]) -> None:
         self.epochs_done = epoch - self.first_epoch + 1
@@ -246,12 +258,9 @@ class TrainingLog:
         if epoch == self.first_epoch:
             lines = [line for e, (record, diverged) in enumerate(zip(history, diverged_by_epoch), start=1)
                      for line in results.metrics_lines(e, record, ids, diverged)]
-            with open(f"{path}.tmp", "w") as f:
-                f.writelines(line + "\n" for line in lines)
-            os.replace(f"{path}.tmp", path)
+            storage.write_text_atomic(path, "".join(line + "\n" for line in lines))
             return
-        with open(path, "a") as f:
-            f.writelines(line + "\n" for line in results.metrics_lines(epoch, history[-1], ids, diverged_by_epoch[-1]))
+        storage.append_lines(path, results.metrics_lines(epoch, history[-1], ids, diverged_by_epoch[-1]))
 
     def close(self) -> None:
         self.flush_steps()
@@ -272,11 +281,8 @@ class TrainingLog:
 def read_steps(workdir: str) -> list[dict[str, Any]]:
     """steps.jsonl's lines in step order, the last line of each step (a resume retrains steps); []
     without the file."""
-    path = os.path.join(workdir, STEPS_FILE)
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        by_step = {record["step"]: record for record in map(json.loads, f) if record}
+    text = storage.read_text(os.path.join(workdir, STEPS_FILE)) or ""
+    by_step = {record["step"]: record for record in map(json.loads, text.splitlines()) if record}
     return [by_step[step] for step in sorted(by_step)]
 
 
@@ -285,10 +291,8 @@ def read_history(workdir: str, epochs: int, run_ids: list[dict[str, Any]]) -> tu
     (`results.metrics_lines` inverted): what a resume continues, kept out of the checkpoints so
     their size does not grow with the epochs. A run's last line of an epoch wins."""
     path = os.path.join(workdir, METRICS_FILE)
-    rows = {}
-    if os.path.exists(path):
-        with open(path) as f:
-            rows = {(row["epoch"], row["run"]): row for row in map(json.loads, f) if row}
+    text = storage.read_text(path) or ""
+    rows = {(row["epoch"], row["run"]): row for row in map(json.loads, text.splitlines()) if row}
     records, diverged = [], []
     for epoch in range(1, epochs + 1):
         epoch_rows = [rows.get((epoch, r)) for r in range(len(run_ids))]

@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from cifar_jax.core import execution
+from cifar_jax.core import execution, memory
 from cifar_jax.job import best_runs, chunks, interrupts
 from cifar_jax.core import metrics
 from cifar_jax.job import progress
@@ -23,7 +23,7 @@ from cifar_jax.job.program import Program, RunSetup, setup_runs, trace_job, zero
 from cifar_jax.job import results
 from cifar_jax.core import runs
 from cifar_jax.core import step
-from cifar_jax.job import validation
+from cifar_jax.job import storage, validation
 from cifar_jax.job import workdir as workdir_lib
 from cifar_jax.job.checkpoint import Checkpoints, warm_start_state
 from cifar_jax.errors import CheckpointError, Interrupted
@@ -69,13 +69,13 @@ def score_split(program: Program, state: step.TrainState, hparams: dict, images:
 
     `weights` (runs, n) of 0/1 restricts each run to its own examples (its held-out fold)."""
     num_runs = state.step.shape[0]
-    if weights is None:
-        weights = jnp.ones((num_runs, images.shape[0]), jnp.float32)
     confusion, loss_sum, probs = 0.0, 0.0, []
     for start in range(0, images.shape[0], batch_size):
         batch = slice(start, start + batch_size)
+        batch_weights = (jnp.ones((num_runs, min(batch_size, images.shape[0] - start)), jnp.float32)
+                         if weights is None else weights[:, batch])  # a batch's: what `memory.py` counts
         batch_confusion, batch_loss, batch_probs = program.eval_batch(
-            state, hparams, images[batch], labels[batch], weights[:, batch])
+            state, hparams, images[batch], labels[batch], batch_weights)
         confusion, loss_sum = confusion + batch_confusion, loss_sum + batch_loss
         if return_probs:
             probs.append(batch_probs)
@@ -106,7 +106,7 @@ def _initial_state(setup: RunSetup, config: ml_collections.ConfigDict, workdir: 
     state = setup.init()
     if not config.get("init_from"):
         return state
-    path = os.path.normpath(os.path.join(workdir, config.init_from))  # relative: to this run's workdir
+    path = storage.resolve(workdir, config.init_from)  # relative: to this run's workdir
     source = setup.on_devices(warm_start_state(path, setup.checkpoint_like(), config.checkpoint.best_metric,
                                                setup.num_runs))
     batch_stats = jax.tree.map(lambda fresh, old: old if isinstance(fresh, nnx.BatchStat) else fresh,
@@ -178,7 +178,7 @@ def _best_runs(config: ml_collections.ConfigDict, setup: RunSetup, checkpoints: 
                history: list[dict], state: step.TrainState) -> best_runs.BestRuns | None:
     """Each run's best weights, kept while the test split waits for the end of the job (None when
     test is scored every epoch, or there is none); a resumed job's from its checkpoints."""
-    if "test" not in evals or best_runs.test_every_epoch(config, evals):
+    if not best_runs.keeps_best(config, evals):
         return None
     metric = config.checkpoint.best_metric
     best = best_runs.BestRuns(metric if metric in results.BEST_METRICS else "val_accuracy", setup.on_devices)
@@ -203,6 +203,17 @@ def _claim(config: ml_collections.ConfigDict, workdir: str, setup: RunSetup, spl
                                                       splits.num_train, "class_names": list(splits.class_names),
                                                       "plan": execution.plan_record(setup.program.plan)})
     return checkpoints, resume
+
+
+def job_data(config: ml_collections.ConfigDict, splits: Any) -> memory.JobData:
+    """What the job keeps on each device beside its runs' state (`memory.py`): every split and
+    fold index once, each run's fold index and validation weights, its best-epoch weights."""
+    arrays = {id(leaf): leaf for leaf in jax.tree.leaves((splits.train, splits.eval, splits.fold_train_index,
+                                                          splits.fold_val_mask))}
+    per_run = [] if splits.fold_train_index is None else [splits.fold_train_index[0], splits.fold_val_mask[0]]
+    keeps = best_runs.keeps_best(config, splits.eval)
+    return memory.JobData(shared=memory.tree_bytes(list(arrays.values())), per_run=memory.tree_bytes(per_run),
+                          keeps_best=keeps, restores=keeps or bool(config.get("init_from")))
 
 
 def _placed_data(splits: Any, setup: RunSetup) -> tuple[jax.Array, jax.Array, jax.Array, dict]:
@@ -233,7 +244,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     at the next step boundary with a checkpoint (`errors.Interrupted`)."""
     splits, grid = validation.load_checked_splits(config)  # before touching the workdir: a bad start changes nothing
     setup = setup_runs(config, splits.image_shape, len(splits.class_names), splits.num_train, grid=grid,
-                       abstract=True)
+                       abstract=True, data=job_data(config, splits))
     trace_job(setup, splits.image_shape, splits.num_train, setup.program.plan.eval_batch_size)
     primary = execution.is_primary()  # process 0 writes everything but the checkpoints
     checkpoints, resume = _claim(config, workdir, setup, splits, primary)
@@ -246,12 +257,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                        "wall_time_s": resume.wall_time_s + time.time() - session_start}
     plan = setup.program.plan
     images, labels, train_index, evals = _placed_data(splits, setup)
+    del splits  # on several devices the placed data are copies: the default device keeps one (`memory.py`)
     resumed_epoch = len(history) + 1  # resume.step and resume.sums belong to it
     clock = chunks.ChunkClock(plan, setup.program.steps_per_epoch)
     loop.compiling(clock)
     best = _best_runs(config, setup, checkpoints, evals, history, state)
-    grace_s = float(config.execution.get("stop_grace_s", interrupts.DEFAULT_GRACE_S))
-    with interrupts.stop_on_signals(grace_s) as stop:
+    with interrupts.stop_on_signals(float(config.execution.get("stop_grace_s", interrupts.DEFAULT_GRACE_S))) as stop:
         for epoch in range(resumed_epoch, config.num_epochs + 1):
             start, sums = (resume.step, resume.sums) if epoch == resumed_epoch else (0, None)
             state, sums, done = train_epoch(setup.program, state, setup.hparams, images, labels, epoch, train_index,

@@ -11,18 +11,17 @@ import fcntl
 import json
 import logging
 import os
-import re
-import shutil
 import socket
-import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import ml_collections
 
-from cifar_jax.errors import CheckpointError, UsageError, WorkdirInUse
-from cifar_jax.job import lease
+from cifar_jax.errors import CheckpointError, WorkdirInUse
+from cifar_jax.job import lease, storage
+from cifar_jax.job.storage import write_text_atomic  # the writers of workdir files call it from here
 
 CONFIG_FILE = "config.json"
 DATA_FILE = "data.json"  # image shape, class names, train size: what rebuilding the program needs
@@ -87,16 +86,6 @@ def differing_fields(stored: dict[str, Any], current: dict[str, Any]) -> list[st
     return sorted(name for name in set(old) | set(new) if differs(name) and not name.startswith(RESUMABLE_FIELDS))
 
 
-def check_local(workdir: str) -> None:
-    """Refuses an object-store URI (gs://, s3://) as --workdir: its lock, metrics.jsonl and results
-    are POSIX files (appends, renames, flock or an exclusive-create lease), and os.path would
-    silently make `gs://b/x` a local `./gs:/b/x` on every host."""
-    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", workdir)
-    if scheme:
-        raise UsageError(f"--workdir {workdir}: {scheme.group(1)}:// workdirs are not supported (a workdir needs a "
-                         "POSIX file system); on several hosts use a directory they all mount (NFS, Filestore)")
-
-
 def describe_differences(stored: dict[str, Any], current: dict[str, Any], differing: list[str],
                          shown: int = 4) -> str:
     """'field (old -> new), ...' for the first `shown` differing fields, then how many more."""
@@ -108,11 +97,9 @@ def describe_differences(stored: dict[str, Any], current: dict[str, Any], differ
 def load_json(workdir: str, name: str) -> Any:
     """A JSON file of the workdir, or None when it does not exist."""
     path = os.path.join(workdir, name)
-    if not os.path.exists(path):
-        return None
     try:
-        with open(path) as f:
-            return json.load(f)
+        text = storage.read_text(path)
+        return None if text is None else json.loads(text)
     except (OSError, ValueError) as error:
         raise CheckpointError(f"{path} cannot be read ({type(error).__name__}: {error}); restore it from a copy, "
                               "or pass another --workdir") from None
@@ -151,7 +138,7 @@ def make_room(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 def write_run_files(workdir: str, config: ml_collections.ConfigDict, data_meta: dict[str, Any]) -> None:
     """config.json and data.json, written only when they change (a resume leaves them as they are)."""
-    os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)
     current = config_to_dict(config)
     for name, payload in ((CONFIG_FILE, current), (DATA_FILE, data_meta)):
         if load_json(workdir, name) != payload:  # a resume leaves the run's files untouched
@@ -160,30 +147,18 @@ def write_run_files(workdir: str, config: ml_collections.ConfigDict, data_meta: 
 
 def _move_aside(workdir: str) -> str:
     """Moves the previous run's files into a new `replaced-<time>-<unique>/`: an overwrite never
-    deletes results, and two overwrites within a second never collide."""
-    target = tempfile.mkdtemp(prefix=time.strftime("replaced-%Y%m%d-%H%M%S-"), dir=workdir)
-    os.chmod(target, 0o755)  # mkdtemp's 0700 would hide the old run from the rest of a group
+    deletes results, and two overwrites within a second never collide. (On an object store each
+    moved object is copied, then deleted.)"""
+    target = os.path.join(workdir, time.strftime("replaced-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8])
+    storage.path(target).mkdir(mode=0o755)
     for name in RUN_FILES:
-        if os.path.exists(os.path.join(workdir, name)):
-            shutil.move(os.path.join(workdir, name), os.path.join(target, name))
+        if storage.exists(os.path.join(workdir, name)):
+            storage.path(os.path.join(workdir, name)).rename(os.path.join(target, name))
     return target
 
 
-def write_text_atomic(path: str, text: str) -> None:
-    """Writes through a temporary file and a rename, so a killed process never leaves half a file
-    and two writers (sweep workers) never mix theirs: each has its own temporary file."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=f".{os.path.basename(path)}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-
-
 def write_json_atomic(path: str, payload: Any) -> None:
+    """A JSON file written whole (`storage.write_text_atomic`)."""
     write_text_atomic(path, json.dumps(payload, indent=1))
 
 
@@ -201,22 +176,25 @@ def workdir_lock(workdir: str, *, create: bool = True) -> Iterator[None]:
     this call created and nothing wrote into (a start that failed) is removed again, so a
     mistyped --workdir leaves no stray directory.
     """
-    if not create and not os.path.isdir(workdir):
+    if not create and not storage.isdir(workdir):
         yield
         return
-    created = not os.path.exists(workdir)
+    created = not storage.exists(workdir)
     release = _take(workdir)
     try:
         yield
     finally:
         release()
-        if created and not os.listdir(workdir):
-            os.rmdir(workdir)
+        if created and not storage.listdir(workdir):
+            storage.path(workdir).rmtree(missing_ok=True)
 
 
 def _take(workdir: str) -> Callable[[], None]:
-    """Takes the flock on WORKDIR/.lock, or where the file system has no flock the lease
-    (`lease.take`); returns the function that releases it."""
+    """Takes the flock on WORKDIR/.lock, or where the file system has no flock (an object store
+    among them) the lease (`lease.take`); returns the function that releases it."""
+    if storage.is_remote(workdir):
+        storage.makedirs(workdir)
+        return lease.take(workdir)
     try:
         fd, holder = _lock(workdir)
     except _NoFlock:
