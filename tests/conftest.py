@@ -18,7 +18,8 @@ REQUIRE_DATA = ("CI", "CIFAR_JAX_REQUIRE_DATA")  # set to true/1: missing test d
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "slow: end-to-end tests that train through the CLI (deselect: -m 'not slow')")
+    config.addinivalue_line("markers", "slow: end-to-end tests that train through the CLI (deselect locally: "
+                            "-m 'not slow'; CI runs every test, see docs/testing.md)")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
