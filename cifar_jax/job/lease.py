@@ -85,7 +85,7 @@ def _take_over_if_stale(workdir: str, path: str, stale_s: float) -> None:
         raise WorkdirInUse(
             f"{workdir} is in use by process {holder.get('pid', '?')} on {holder.get('host', '?')} (its lease was "
             f"renewed {age:.0f} s ago; no flock here); wait for it, stop it, or if it is gone "
-            f"rerun in {stale_s - age:.0f} s or delete {path}")
+            f"rerun in {stale_s - age:.0f} s or delete its {os.path.basename(path)} file")
     logging.warning("%s: taking over the lease of process %s on %s (not renewed for %.0f s)", workdir,
                     holder.get("pid"), holder.get("host"), age)
     if storage.is_remote(path):
