@@ -253,6 +253,6 @@ def protocol_table(exps: Sequence[Any], evidence: dict[str, dict[str, Any]], sca
     return lines + ["", f"PyTorch estimate: {_duration(torch_total)} for the experiments with a measured rate"
                     + (f" (not counted: {', '.join(unknown)})" if unknown else "") + ". It is the images these runs "
                     "trained (runs × epochs × full batches) divided by PyTorch's training images/s for one run of "
-                    "the same model and batch size on a 2-core CPU (`scripts/torch_reference.py` via "
-                    "`scripts/benchmark.py`; the rates are in the study config); evaluation passes are not counted, "
-                    "so it is a lower bound.", ""]
+                    "the same model and batch size on a 2-core CPU (`scripts/torch_reference.py`'s loop; the study config "
+                    "gives the rates and how they were measured); evaluation passes are not counted, so it is a lower "
+                    "bound.", ""]
