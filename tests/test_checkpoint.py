@@ -334,8 +334,9 @@ def test_sigkill_after_a_periodic_mid_epoch_checkpoint_resumes_to_identical_numb
     try:
         wait_for_epoch_line(process, 1)
         deadline = time.time() + 120
-        while not any(int(p.name) > 50 for p in (workdir / "checkpoints" / "partial").glob("[0-9]*")
-                      if (p / "commit_success.txt").exists()):  # a checkpoint inside epoch 2 (50 steps each)
+        while not any(int(p.name) > 50 for p in (workdir / "checkpoints" / "partial").glob("*")
+                      if p.name.isdigit() and (p / "commit_success.txt").exists()):
+            # a committed checkpoint inside epoch 2 (50 steps each); Orbax writes "<step>.orbax-checkpoint-tmp" first
             assert process.poll() is None and time.time() < deadline, "no mid-epoch checkpoint in epoch 2"
             time.sleep(0.02)
     finally:
