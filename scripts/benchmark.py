@@ -229,9 +229,13 @@ def train_flops_per_image(model: str, batch_size: int) -> float:
     return _FLOPS_CACHE[key]
 
 
-def torch_ways(cell: Cell, threads: int, seconds: float, sequential: dict) -> dict[str, TorchCell]:
+def torch_ways(cell: Cell, threads: int, seconds: float, sequential: dict,
+               max_bytes: float) -> tuple[dict[str, TorchCell], dict[str, str]]:
     """PyTorch's ways of training the cell's runs: one after another (a runner shared by the cells
-    of a model and batch size, in `sequential`) and, for several runs, torch.func."""
+    of a model and batch size, in `sequential`) and, for several runs, torch.func; and the ways
+    skipped, with why. torch.func holds every model's activations at once: it runs only where
+    runs x one sequential step's measured memory fits `max_bytes` (the full block CNN's 8 models
+    at batch 128 took this 24 GB machine out of memory)."""
     import torch
     import torch_reference
 
@@ -242,14 +246,18 @@ def torch_ways(cell: Cell, threads: int, seconds: float, sequential: dict) -> di
     if key not in sequential:
         sequential[key] = TorchCell("sequential", torch_reference.ThroughputRunner(
             config, cell.batch_size, threads=threads), cell.batch_size, 1, seconds)
-    ways = {"sequential": sequential[key]}
-    if cell.runs > 1:
+    ways, skipped = {"sequential": sequential[key]}, {}
+    func_bytes = cell.runs * sequential[key].step_bytes
+    if cell.runs > 1 and max_bytes and func_bytes > max_bytes:
+        skipped["torch.func"] = (f"{cell.runs} models need ~{func_bytes / 2**30:.1f} GB "
+                                 f"(measured one at a time) > {max_bytes / 2**30:.1f} GB")
+    elif cell.runs > 1:
         base_rate = config.optim.learning_rate
         scales = [rate / base_rate for rate in cell.rates for _ in range(cell.seeds)] if cell.rates else None
         ways["torch.func"] = TorchCell("torch.func", torch_reference.FuncThroughputRunner(
             config, cell.batch_size, cell.runs, threads=threads, lr_scales=scales),
             cell.batch_size, cell.runs, seconds)
-    return ways
+    return ways, skipped
 
 
 def _program_variants(cell: Cell, quick: bool) -> dict[str, tuple[int, bool, int]]:
@@ -417,11 +425,12 @@ def throughput_rows(args, cells: list[Cell], threads: int) -> list[dict]:
     rows = []
     for cell in cells:
         seconds = 0.01 if args.tiny else 0.5 if args.quick else 1.5
-        ways = {} if args.no_torch else torch_ways(cell, threads, seconds, sequential)
+        ways, skipped = ({}, {}) if args.no_torch else torch_ways(cell, threads, seconds, sequential, max_bytes)
         steps = 1 if args.tiny else timed_steps(cell.model, cell.batch_size, cell.runs, args.quick, args.scale)
         # best of 4 rounds in --quick: the shared machine has slow spells; 2 for a HEAVY model's long steps
         repeats = 1 if args.tiny else 2 if cell.model in HEAVY else 4 if args.quick else args.repeats
         row = jax_cell(cell, steps, repeats, max_bytes, few, ways)
+        row["torch"].update({way: {"skipped": why} for way, why in skipped.items()})
         print(benchmark_report.cell_line(row), flush=True)
         rows.append(row)
     return rows

@@ -15,7 +15,7 @@ def _rate(result: dict | None) -> float | None:
 
 def best_torch(row: dict) -> tuple[str, float] | None:
     """PyTorch's faster way in the cell (model-images/s), or None without PyTorch."""
-    ways = [(way, t["images_per_s"]) for way, t in row["torch"].items()]
+    ways = [(way, t["images_per_s"]) for way, t in row["torch"].items() if "skipped" not in t]
     return max(ways, key=lambda w: w[1]) if ways else None
 
 
@@ -23,6 +23,11 @@ def best_candidate(row: dict) -> tuple[str, float]:
     """The fastest measured grouping of the streamed program (the auto choice among them)."""
     timed = [(name, _rate(r)) for name, r in row["jax"].items() if name != "flat vmap" and _rate(r)]
     return max(timed, key=lambda c: c[1])
+
+
+def _torch_rate(row: dict, way: str) -> str:
+    result = row["torch"].get(way)
+    return "skipped (memory)" if result and "skipped" in result else _fmt(_rate(result))
 
 
 def table(rows: list[dict], peak: float) -> str:
@@ -42,7 +47,7 @@ def table(rows: list[dict], peak: float) -> str:
         mfu = row["flops_per_image"] * auto["images_per_s"] / peak
         lines.append(
             f"| {row['cell']} | {_fmt(auto['images_per_s'])} | {auto['runs_per_group']} "
-            f"| {_fmt(_rate(row['torch'].get('sequential')))} | {_fmt(_rate(row['torch'].get('torch.func')))} "
+            f"| {_torch_rate(row, 'sequential')} | {_torch_rate(row, 'torch.func')} "
             f"| {_fmt(ratio, '.2f')} | {_fmt(cpu_ratio, '.2f')} | {candidates or '-'} "
             f"| {_fmt(_rate(row['jax'].get('flat vmap')))} | {auto['compile_s']:.1f} | {auto['peak_rss_mb']:,.0f} "
             f"| {100 * mfu:.0f}% |")
@@ -99,7 +104,8 @@ def cell_line(row: dict) -> str:
     if "skipped" in auto:
         return f"  {row['cell']:32s} skipped: {auto['skipped']}"
     jax_side = "  ".join(f"{name} {_fmt(_rate(r))}" for name, r in row["jax"].items())
-    torch_side = "  ".join(f"{way} {_fmt(_rate(t))}" for way, t in row["torch"].items())
+    torch_side = "  ".join(f"{way} {_fmt(_rate(t))}" + (f" (skipped: {t['skipped']})" if "skipped" in t else "")
+                           for way, t in row["torch"].items())
     return (f"  {row['cell']:32s} cifar_jax {jax_side} model-img/s ({auto['steps']} steps, "
             f"{auto['steps_per_call']}/call, {auto['runs_per_group']} runs/group, streams of "
             f"{auto['streams'] or 1}, {auto['microbatches']} microbatches, compile {auto['compile_s']:.1f} s)" + (f"  | pytorch {torch_side}" if torch_side else ""))
