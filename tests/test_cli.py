@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -121,6 +122,32 @@ def test_a_workdir_created_for_a_failed_start_is_removed(tmp_path):
     with workdir_lock(str(tmp_path / "used")):
         (tmp_path / "used" / "config.json").write_text("{}")
     assert not (tmp_path / "typo").exists() and (tmp_path / "used" / "config.json").exists()
+
+
+def test_a_workdir_deleted_under_the_job_is_one_line_not_a_traceback(tmp_path, monkeypatch, capfd):
+    """What a user who removes a run's folder while it trains sees (it was a traceback through the
+    lock's release, which found its own file gone)."""
+    workdir = tmp_path / "run"
+
+    def train_then_lose_the_folder(config, workdir_arg, mode):
+        with workdir_lock(workdir_arg):
+            group = Path(workdir_arg) / "E1" / "all"
+            group.mkdir(parents=True)
+            shutil.rmtree(workdir_arg)
+            (group / "metrics.jsonl.tmp").write_text("{}")
+    monkeypatch.setattr(main, "dispatch", train_then_lose_the_folder)
+    assert main.cli(["prog", *TINY, "--workdir", str(workdir)]) == 1
+    error = capfd.readouterr().err.strip()
+    assert error == (f"error: {workdir}/E1/all was removed while the job wrote into it; rerun the same command: "
+                     "what is left of the workdir is resumed or started afresh")
+
+
+def test_a_missing_file_outside_the_workdir_is_not_called_a_removed_workdir(tmp_path, monkeypatch):
+    def read_a_missing_input(config, workdir_arg, mode):
+        (tmp_path / "no_such_dir" / "x").read_text()
+    monkeypatch.setattr(main, "dispatch", read_a_missing_input)
+    with pytest.raises(FileNotFoundError):
+        main.cli(["prog", *TINY, "--workdir", str(tmp_path / "run")])
 
 
 def test_eval_creates_no_workdir(tmp_path):

@@ -18,6 +18,7 @@ from cifar_jax.experiments import analysis
 from cifar_jax.experiments import dsl
 from cifar_jax.experiments import report
 from cifar_jax.experiments import study
+from cifar_jax.experiments import study_report
 from cifar_jax.experiments import study_tables
 from cifar_jax.experiments import verdicts
 from cifar_jax.job import train
@@ -327,3 +328,10 @@ def test_study_configs_build_and_validate(path, scale):
         assert 0 < config.data.train_limit <= 2000
     for exp in exps:
         assert exp.config.num_seeds == config.num_seeds
+
+
+def test_the_header_names_the_commits_of_each_scale_apart():
+    evidence = {"E1": {"scale": "cpu", "commits": ["aaa", "bbb"]}, "E2": {"scale": "cpu", "commits": ["aaa"]},
+                "E3": {"scale": "cheap_full", "commits": ["ccc"]}}
+    assert study_report.commits_line("cpu", evidence) == "aaa, bbb (evidence at `:cheap_full`: ccc)"
+    assert study_report.commits_line("full", {"E3": evidence["E3"]}) == "– (evidence at `:cheap_full`: ccc)"

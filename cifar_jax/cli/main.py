@@ -279,6 +279,7 @@ def cli(argv: list[str]) -> int:
     Repeatable in one process (every call parses into fresh flags), so tests can drive many
     command lines without paying a jax + TensorFlow import each.
     """
+    parsed = None
     try:
         parsed = parse(argv)
         if parsed is None:
@@ -296,7 +297,21 @@ def cli(argv: list[str]) -> int:
     except CifarJaxError as error:
         print(error_line(str(error)), file=sys.stderr, flush=True)
         return 1
+    except FileNotFoundError as error:
+        if not _removed_under_the_job(error, parsed[1] if parsed else None):
+            raise
+        print(error_line(f"{os.path.dirname(error.filename)} was removed while the job wrote into it; "
+                         "rerun the same command: what is left of the workdir is resumed or started afresh"),
+              file=sys.stderr, flush=True)
+        return 1
     return 0
+
+
+def _removed_under_the_job(error: FileNotFoundError, workdir: str | None) -> bool:
+    """Whether `error` is a write into a directory of the workdir that someone deleted meanwhile."""
+    folder = os.path.dirname(str(error.filename or ""))
+    return bool(workdir and folder and not storage.is_remote(workdir)
+                and os.path.abspath(folder).startswith(os.path.abspath(workdir)) and not os.path.isdir(folder))
 
 
 def run() -> None:

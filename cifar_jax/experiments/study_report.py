@@ -266,10 +266,20 @@ def scales_line(config: ml_collections.ConfigDict, evidence: dict[str, dict[str,
             + ". Each experiment's section and claims are read at its own scale.", ""]
 
 
+def commits_line(scale: str, evidence: dict[str, dict[str, Any]]) -> str:
+    """The commits that trained the report's own scale, then those of evidence standing in from
+    another scale, each named: the command above trains only the first."""
+    by_scale = {}
+    for ev in evidence.values():
+        by_scale.setdefault(ev.get("scale", scale), {}).update(dict.fromkeys(ev.get("commits", [])))
+    own = ", ".join(by_scale.pop(scale, {})) or "–"
+    return own + "".join(f" (evidence at `:{other}`: {', '.join(commits)})" for other, commits in
+                         sorted(by_scale.items(), key=lambda item: -SIZE.get(item[0], 0)))
+
+
 def header(config: ml_collections.ConfigDict, evidence: dict[str, dict[str, Any]],
            claims: Sequence[verdicts.ClaimResult]) -> list[str]:
     study = config.study
-    commits = study_tables._commits(evidence)
     scale_note = ("" if study.scale in dsl.FULL_SCALES else
                   f" At `:{study.scale}` the runs train on fewer images for fewer epochs than the study: a claim "
                   "about the study's full training is *consistent*, *not reproduced at this scale* or "
@@ -277,7 +287,7 @@ def header(config: ml_collections.ConfigDict, evidence: dict[str, dict[str, Any]
                   "(failures, a no-op layer, a leak).")
     lines = [f"# Study {study.name}: {study.title}", "",
              f"Trained with `python -m cifar_jax.main --mode=study --config {study.config_path}:{study.scale} "
-             f"--workdir WORKDIR` at commit {', '.join(commits) or '–'}; every number and plot below is rebuilt from "
+             f"--workdir WORKDIR` at commit {commits_line(study.scale, evidence)}; every number and plot below is rebuilt from "
              f"the per-run evidence in `{study.evidence_dir}/` by `--mode=report` (any workdir). Source of the "
              f"study's numbers and claims: {study.source}.", "",
              "Each of our cells is a mean over seeds with a Student-t 95% CI; the study's single runs are compared "

@@ -185,7 +185,7 @@ def workdir_lock(workdir: str, *, create: bool = True) -> Iterator[None]:
         yield
     finally:
         release()
-        if created and not storage.listdir(workdir):
+        if created and storage.isdir(workdir) and not storage.listdir(workdir):
             storage.path(workdir).rmtree(missing_ok=True)
 
 
@@ -208,7 +208,8 @@ def _take(workdir: str) -> Callable[[], None]:
 
     def release() -> None:
         # Removed while still locked: a process that opened it meanwhile finds it gone (see `_lock`).
-        os.unlink(os.path.join(workdir, LOCK_FILE))
+        with contextlib.suppress(FileNotFoundError):  # the user deleted the workdir under the job
+            os.unlink(os.path.join(workdir, LOCK_FILE))
         os.close(fd)  # releases the flock
     return release
 
