@@ -234,8 +234,8 @@ def torch_ways(cell: Cell, threads: int, seconds: float, sequential: dict,
     """PyTorch's ways of training the cell's runs: one after another (a runner shared by the cells
     of a model and batch size, in `sequential`) and, for several runs, torch.func; and the ways
     skipped, with why. torch.func holds every model's activations at once: it runs only where
-    runs x one sequential step's measured memory fits `max_bytes` (the full block CNN's 8 models
-    at batch 128 took this 24 GB machine out of memory)."""
+    runs x one model's step memory fits `max_bytes` (the full block CNN's 8 models at batch 128
+    took this 24 GB machine out of memory)."""
     import torch
     import torch_reference
 
@@ -247,10 +247,10 @@ def torch_ways(cell: Cell, threads: int, seconds: float, sequential: dict,
         sequential[key] = TorchCell("sequential", torch_reference.ThroughputRunner(
             config, cell.batch_size, threads=threads), cell.batch_size, 1, seconds)
     ways, skipped = {"sequential": sequential[key]}, {}
-    func_bytes = cell.runs * sequential[key].step_bytes
+    func_bytes = cell.runs * sequential[key].runner.step_bytes()
     if cell.runs > 1 and max_bytes and func_bytes > max_bytes:
-        skipped["torch.func"] = (f"{cell.runs} models need ~{func_bytes / 2**30:.1f} GB "
-                                 f"(measured one at a time) > {max_bytes / 2**30:.1f} GB")
+        skipped["torch.func"] = (f"{cell.runs} models hold ~{func_bytes / 2**30:.1f} GB for the backward "
+                                 f"> {max_bytes / 2**30:.1f} GB")
     elif cell.runs > 1:
         base_rate = config.optim.learning_rate
         scales = [rate / base_rate for rate in cell.rates for _ in range(cell.seeds)] if cell.rates else None

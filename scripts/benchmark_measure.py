@@ -62,10 +62,7 @@ class TorchCell:
     def __init__(self, way: str, runner, batch_size: int, models_per_step: int, seconds: float):
         self.way, self.runner = way, runner
         self.images_per_step = batch_size * models_per_step
-        with PeakRSS() as rss:
-            before = rss.peak
-            self.runner.steps(1)  # warm-up: allocator, oneDNN primitives
-        self.step_bytes = rss.peak - before  # what a step held beyond the process: activations, gradients
+        self.runner.steps(1)  # warm-up: allocator, oneDNN primitives
         wall, _ = self.runner.steps(1)
         # At least 3 steps a round, or 1 where a step alone takes longer than a round should.
         self.steps_per_repeat = int(min(2000, max(1 if wall > seconds else 3, seconds / wall)))

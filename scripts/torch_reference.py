@@ -361,6 +361,21 @@ class ThroughputRunner(_SyntheticRunner):
         self.criterion(self.model(x), y).backward()
         self.optimizer.step()
 
+    def step_bytes(self) -> int:
+        """Bytes a training step holds: the tensors autograd saves for the backward (counted by a
+        saved-tensors hook over one forward) plus parameters, gradients and two optimizer slots.
+        Counted, not read from the RSS, which a process's earlier frees hide."""
+        saved = 0
+
+        def count(tensor: torch.Tensor) -> torch.Tensor:
+            nonlocal saved
+            saved += tensor.numel() * tensor.element_size()
+            return tensor
+        x = to_input(self.images[: self.batch_size], self.config.data.mean, self.config.data.std)
+        with torch.autograd.graph.saved_tensors_hooks(count, lambda tensor: tensor):
+            self.criterion(self.model(x), self.labels[: self.batch_size])
+        return saved + 4 * sum(p.numel() * p.element_size() for p in self.model.parameters())
+
 
 class FuncThroughputRunner(_SyntheticRunner):
     """Many models at once the strongest plain-PyTorch way, `torch.func`: the models' parameters

@@ -79,3 +79,13 @@ def test_pytorch_runners_step(torch_reference):
     moved = [not np.allclose(before[k][0], v[0].detach()) for k, v in many.params.items()]
     frozen = [np.allclose(before[k][1], v[1].detach()) for k, v in many.params.items()]
     assert any(moved) and all(frozen)  # lr scale 0 leaves the second model where it was (SGD)
+
+
+def test_pytorch_step_memory_counts_activations_and_parameters(torch_reference):
+    """The count the benchmark sizes torch.func by: at least LeNet's first conv output and its
+    parameters four times over, and growing with the batch."""
+    config = study_models.MODELS["lenet"].config(4)
+    small, large = (torch_reference.ThroughputRunner(config, b, threads=1, num_images=16).step_bytes() for b in (2, 8))
+    first_conv = 2 * 6 * 28 * 28 * 4  # 2 images x 6 channels x 28 x 28 float32, saved for ReLU's backward
+    assert small >= first_conv + 4 * 4 * study_models.MODELS["lenet"].params
+    assert large > small + 3 * first_conv
