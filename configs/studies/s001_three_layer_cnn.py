@@ -31,7 +31,9 @@ from configs import three_layer_cnn
 from configs.shared_data import shared_copy
 
 SHARED_CIFAR10 = shared_copy("cifar10-jpeg")  # else TFDS, or --config.data.dir
-TORCH_RATE = 0.0  # no PyTorch rate measured for this CNN: the report says n/a
+# PyTorch's training images/s for one run at batch 20 (1,018 at 80), 2 threads, this 2-core CPU:
+# `python scripts/benchmark.py --models cnn3` (docs/benchmarks/2026-12-06-models-part1.txt).
+TORCH_RATE = 872.0
 BEST = "val, best over {e} epochs"
 
 

@@ -27,7 +27,11 @@ The recipe and the study's unstated values (n/s), as assumptions:
 from cifar_jax.experiments.dsl import by_scale, claim, experiment, study_config
 from configs import fashion_mnist
 
-TORCH_A1 = 0.0  # no PyTorch rate measured for these models: the report says n/a
+# PyTorch's training images/s, one run at batch 64 on 2 threads of this 2-core CPU, from
+# `python scripts/benchmark.py --models` (sequential; docs/benchmarks/2026-12-06-models-part1.txt).
+TORCH_RATES = {"A1_conv_conv_fc": 4625.0, "A2_conv_fc_fc": 8737.0, "A3_mlp": 73413.0, "A4_conv_conv_conv": 3536.0}
+TORCH_A1 = TORCH_RATES["A1_conv_conv_fc"]  # every experiment but E2.1 and the cheap CV pairs trains A1
+TORCH_ALL_FOUR = len(TORCH_RATES) / sum(1 / rate for rate in TORCH_RATES.values())  # E2.1: equal images each
 TEST = "test after epoch 10"
 STUDY_FOLDS = (91.33, 93.88, 96.12, 97.45, 99.07)  # E2.6's fold "accuracies" (A1)
 # Study architecture -> (model.name, conv_features, dense_features): A2's FC widths are 64 then 128.
@@ -72,7 +76,7 @@ def kfold_experiments(E, scale: str, arch: str, keys: tuple[str, str], study_fol
     figure = f"fold accuracies {', '.join(map(str, study_folds))}" if study_folds else ""
     E[keys[0]] = experiment(
         kfold, ids=("E2.6", "F2.1"), title=f"5-fold cross-validation of {what} at lr 0.01, every fold freshly "
-                                           "initialised", torch_images_per_s=TORCH_A1, figure=figure, cpu_cheap=cheap,
+                                           "initialised", torch_images_per_s=TORCH_RATES[arch], figure=figure, cpu_cheap=cheap,
         reported=(("baseline", 95.57, "mean 'fold accuracy' of 5 folds (they climb: leakage)", "val_accuracy"),)
         if study_folds else ())
     E[keys[1]] = experiment(
@@ -81,7 +85,7 @@ def kfold_experiments(E, scale: str, arch: str, keys: tuple[str, str], study_fol
                                            "folds",
         kind="zip", axes=(("data.folds", tuple((k,) for k in range(5))),
                           ("init_from", ("",) + tuple(f"../fold_{k}" for k in range(1, 5)))),
-        labels=tuple(f"fold_{k + 1}" for k in range(5)), fold_reference=keys[0], torch_images_per_s=TORCH_A1,
+        labels=tuple(f"fold_{k + 1}" for k in range(5)), fold_reference=keys[0], torch_images_per_s=TORCH_RATES[arch],
         figure=figure, cpu_cheap=cheap,
         reported=tuple((f"fold_{k + 1}", v, f"fold {k + 1} 'accuracy' (trained on in earlier folds)", "val_accuracy")
                        for k, v in enumerate(study_folds)))
@@ -96,7 +100,12 @@ def get_config(scale: str = "cpu"):
         train_limit=by_scale(scale, 0, 10000, 1200), val_size=by_scale(scale, 10000, 2000, 200),
         test_limit=by_scale(scale, 0, 2000, 200),
         deviations=("A1 and A4 (E2.1) are not the study's networks: our CNN pools after every conv, so A1 has 0.42 M "
-                    "parameters against the study's 1.63 M and A4 pools three times; C2.1 compares our versions.",))
+                    "parameters against the study's 1.63 M and A4 pools three times; C2.1 compares our versions.",
+                    "Timing: the wall times below are not a speed measurement. The runs shared the machine's 2 cores "
+                    "with other work at nice 19 and were paused (SIGSTOP) while benchmarks ran; a pause counts in "
+                    "the wall time (E2_3b's hour is mostly one). Quiet, side by side: A1 trains at 0.78x PyTorch's "
+                    "images/s for one run, A2 at 1.31x, A3 at 1.54x, A4 at 0.71x (docs/benchmarks/"
+                    "2026-12-06-models-part1.txt)."))
     E = config.experiments
     names = tuple(ARCHS)
     E.E2_1_arch = experiment(
@@ -106,7 +115,7 @@ def get_config(scale: str = "cpu"):
               ("model.dense_features", tuple(a[2] for a in ARCHS.values())),
               ("model.kernel_size", tuple((3,) * len(a[1]) for a in ARCHS.values())),
               ("model.strides", tuple((1,) * len(a[1]) for a in ARCHS.values()))),
-        labels=names, torch_images_per_s=TORCH_A1, figure="loss curves per architecture; a table",
+        labels=names, torch_images_per_s=TORCH_ALL_FOUR, figure="loss curves per architecture; a table",
         reported=table(names, (83.73, 86.90, 86.09, 88.87), (0.4242, 0.3371, 0.3688, 0.2942)))
     rates = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
     E.E2_2_lr = experiment(
