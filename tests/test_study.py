@@ -335,3 +335,11 @@ def test_the_header_names_the_commits_of_each_scale_apart():
                 "E3": {"scale": "cheap_full", "commits": ["ccc"]}}
     assert study_report.commits_line("cpu", evidence) == "aaa, bbb (evidence at `:cheap_full`: ccc)"
     assert study_report.commits_line("full", {"E3": evidence["E3"]}) == "– (evidence at `:cheap_full`: ccc)"
+
+
+def test_what_holds_says_a_verdict_stands_at_any_scale_only_in_a_reduced_report():
+    from types import SimpleNamespace
+    leak = SimpleNamespace(key="C2_6d", text="the folds are real", level="refuted", evidence="difference +5.44",
+                           detail="", any_scale=True)
+    assert study_report.what_holds([leak], "cpu")[2].endswith("(difference +5.44); the test holds at any scale.")
+    assert study_report.what_holds([leak], "full")[2].endswith("(difference +5.44).")

@@ -243,14 +243,16 @@ def claims_table(claims: Sequence[verdicts.ClaimResult]) -> list[str]:
     return lines
 
 
-def what_holds(claims: Sequence[verdicts.ClaimResult]) -> list[str]:
-    """One plain sentence per claim: its evidence level and the number it rests on."""
+def what_holds(claims: Sequence[verdicts.ClaimResult], scale: str) -> list[str]:
+    """One plain sentence per claim: its evidence level and the number it rests on; at a reduced
+    scale, which verdicts stand regardless of it."""
     lines = ["## What holds", ""]
+    reduced = scale not in dsl.FULL_SCALES
     for c in claims:
         basis = c.evidence or c.detail
         lines.append(f"- **{dsl.display_id(c.key)}** {c.text}: **{c.level}**" + (f" ({basis})" if basis else "")
-                     + ("; the test holds at any scale" if c.any_scale and c.level in ("supported", "refuted") else "")
-                     + ".")
+                     + ("; the test holds at any scale" if reduced and c.any_scale
+                        and c.level in ("supported", "refuted") else "") + ".")
     return lines + [""]
 
 
@@ -292,7 +294,7 @@ def header(config: ml_collections.ConfigDict, evidence: dict[str, dict[str, Any]
              f"study's numbers and claims: {study.source}.", "",
              "Each of our cells is a mean over seeds with a Student-t 95% CI; the study's single runs are compared "
              "with our 95% prediction interval." + scale_note, ""]
-    lines += scales_line(config, evidence) + what_holds(claims)
+    lines += scales_line(config, evidence) + what_holds(claims, study.scale)
     if study.get("deviations"):
         lines += ["## Where our runs differ from the study's", ""] + [f"- {d}" for d in study.deviations] + [""]
     return lines + ["## Claims", "", verdicts.verdict_counts(claims, study.scale), ""] + claims_table(claims) + [""]
