@@ -86,9 +86,10 @@ def get_config(scale: str = "cpu"):
                     "The study chose every value on the test split; we select on validation and, where the data have "
                     "no test split (the shared JPEG copy), report final-epoch validation accuracy in its place.",
                     "Timing: the wall times below were measured while other work shared the machine's 2 cores (the "
-                    "study ran at nice 19); on the quiet machine a sample of the walk's runs (5 seeds of one setting "
-                    "per job, batch 1/4/6/10, 20,000 images, 1 epoch, compile included) took 0.31 of PyTorch's "
-                    "run-after-run time (docs/benchmarks/2026-12-06-study000-time-sample.txt)."))
+                    "study ran at nice 19) and include the pauses (SIGSTOP) while benchmarks ran (E0.11's and "
+                    "E0.12's are mostly pauses): they are not a speed measurement. On the quiet machine a sample "
+                    "of the walk's runs (5 seeds of one setting per job, batch 1/4/6/10, 20,000 images, 1 epoch, "
+                    "compile included) took 0.31 of PyTorch's run-after-run time (docs/benchmarks/2026-12-06-study000-time-sample.txt)."))
     rate, rate4 = torch_rate(6), torch_rate(4)  # the walk's batch: 6 to E0.8, 4 from E0.9 on
     t5 = TEST.format(e=5)
     E = config.experiments
