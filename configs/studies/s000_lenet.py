@@ -89,7 +89,8 @@ def get_config(scale: str = "cpu"):
                     "study ran at nice 19) and include the pauses (SIGSTOP) while benchmarks ran (E0.11's and "
                     "E0.12's are mostly pauses): they are not a speed measurement. On the quiet machine a sample "
                     "of the walk's runs (5 seeds of one setting per job, batch 1/4/6/10, 20,000 images, 1 epoch, "
-                    "compile included) took 0.31 of PyTorch's run-after-run time (docs/benchmarks/2026-12-06-study000-time-sample.txt)."))
+                    "compile included) took 0.31 of PyTorch's run-after-run time "
+                    "(docs/benchmarks/2026-12-06-study000-time-sample.txt)."))
     rate, rate4 = torch_rate(6), torch_rate(4)  # the walk's batch: 6 to E0.8, 4 from E0.9 on
     t5 = TEST.format(e=5)
     E = config.experiments
