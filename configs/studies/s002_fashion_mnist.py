@@ -76,7 +76,8 @@ def kfold_experiments(E, scale: str, arch: str, keys: tuple[str, str], study_fol
     figure = f"fold accuracies {', '.join(map(str, study_folds))}" if study_folds else ""
     E[keys[0]] = experiment(
         kfold, ids=("E2.6", "F2.1"), title=f"5-fold cross-validation of {what} at lr 0.01, every fold freshly "
-                                           "initialised", torch_images_per_s=TORCH_RATES[arch], figure=figure, cpu_cheap=cheap,
+                                           "initialised", torch_images_per_s=TORCH_RATES[arch], figure=figure,
+        cpu_cheap=cheap,
         reported=(("baseline", 95.57, "mean 'fold accuracy' of 5 folds (they climb: leakage)", "val_accuracy"),)
         if study_folds else ())
     E[keys[1]] = experiment(

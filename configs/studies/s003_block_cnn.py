@@ -34,7 +34,8 @@ SHARED_CIFAR10 = shared_copy("cifar10-jpeg")  # else TFDS, or --config.data.dir
 # 16-32-64 channels, K = 2: a little bigger than the :cpu model here, so the estimate is high). The full
 # model is an accelerator job; no PyTorch rate was measured for it (0 = the report says n/a).
 TORCH_BLOCK_SMALL = 842.0
-TORCH_BLOCK_FULL = 38.0  # batch 128: `scripts/benchmark.py --models block_full` (docs/benchmarks/2026-12-06-models-part2.txt)
+# Batch 128, one run: `scripts/benchmark.py --models block_full` (docs/benchmarks/2026-12-06-models-part2.txt).
+TORCH_BLOCK_FULL = 38.0
 
 
 def recipe(scale: str, *, reduced: bool):

@@ -31,7 +31,8 @@ SHARED_CIFAR10 = shared_copy("cifar10-jpeg")  # else TFDS, or --config.data.dir
 # PyTorch training images/s for one run on a 2-core CPU (this project's machines):
 TORCH_CNN_BS100 = 395.0  # DESIGN.md: scripts/torch_reference.py --model cnn_bn_dropout, batch 100, 2 threads
 TORCH_CNN_MIXED_BS = 300.0  # README benchmark (scripts/benchmark.py): 229 at batch 4, 256 at batch 128; 395 at 100
-TORCH_MLP = 9998.0  # batch 100, one run: `scripts/benchmark.py --models mlp` (docs/benchmarks/2026-12-06-models-part2.txt)
+# Batch 100, one run: `scripts/benchmark.py --models mlp` (docs/benchmarks/2026-12-06-models-part2.txt).
+TORCH_MLP = 9998.0
 
 
 def logged(label: str, *, epochs: int = 50, **numbers: float) -> tuple:
