@@ -310,8 +310,10 @@ def cli(argv: list[str]) -> int:
 def _removed_under_the_job(error: FileNotFoundError, workdir: str | None) -> bool:
     """Whether `error` is a write into a directory of the workdir that someone deleted meanwhile."""
     folder = os.path.dirname(str(error.filename or ""))
-    return bool(workdir and folder and not storage.is_remote(workdir)
-                and os.path.abspath(folder).startswith(os.path.abspath(workdir)) and not os.path.isdir(folder))
+    if not (workdir and folder) or storage.is_remote(workdir) or os.path.isdir(folder):
+        return False
+    root = os.path.abspath(workdir)
+    return os.path.commonpath([os.path.abspath(folder), root]) == root
 
 
 def run() -> None:

@@ -289,9 +289,9 @@ def header(config: ml_collections.ConfigDict, evidence: dict[str, dict[str, Any]
                   "(failures, a no-op layer, a leak).")
     lines = [f"# Study {study.name}: {study.title}", "",
              f"Trained with `python -m cifar_jax.main --mode=study --config {study.config_path}:{study.scale} "
-             f"--workdir WORKDIR` at commit {commits_line(study.scale, evidence)}; every number and plot below is rebuilt from "
-             f"the per-run evidence in `{study.evidence_dir}/` by `--mode=report` (any workdir). Source of the "
-             f"study's numbers and claims: {study.source}.", "",
+             f"--workdir WORKDIR` at commit {commits_line(study.scale, evidence)}; every number and plot below "
+             f"is rebuilt from the per-run evidence in `{study.evidence_dir}/` by `--mode=report` (any workdir). "
+             f"Source of the study's numbers and claims: {study.source}.", "",
              "Each of our cells is a mean over seeds with a Student-t 95% CI; the study's single runs are compared "
              "with our 95% prediction interval." + scale_note, ""]
     lines += scales_line(config, evidence) + what_holds(claims, study.scale)
