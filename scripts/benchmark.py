@@ -247,11 +247,13 @@ def torch_ways(cell: Cell, threads: int, seconds: float, sequential: dict,
         sequential[key] = TorchCell("sequential", torch_reference.ThroughputRunner(
             config, cell.batch_size, threads=threads), cell.batch_size, 1, seconds)
     ways, skipped = {"sequential": sequential[key]}, {}
-    func_bytes = cell.runs * sequential[key].runner.step_bytes()
-    if cell.runs > 1 and max_bytes and func_bytes > max_bytes:
+    if cell.runs == 1:
+        return ways, skipped
+    func_bytes = cell.runs * sequential[key].runner.step_bytes()  # a forward pass: only where torch.func may run
+    if max_bytes and func_bytes > max_bytes:
         skipped["torch.func"] = (f"{cell.runs} models hold ~{func_bytes / 2**30:.1f} GB for the backward "
                                  f"> {max_bytes / 2**30:.1f} GB")
-    elif cell.runs > 1:
+    else:
         base_rate = config.optim.learning_rate
         scales = [rate / base_rate for rate in cell.rates for _ in range(cell.seeds)] if cell.rates else None
         ways["torch.func"] = TorchCell("torch.func", torch_reference.FuncThroughputRunner(
