@@ -90,7 +90,7 @@ def _chunk_args(config: ml_collections.ConfigDict, ctx: step.StepContext, data_s
     hparams = {k: jnp.asarray(np.repeat(v[:1], num_runs, axis=0))
                for k, v in runs.make_run_grid(config, data_shape[-1]).hparams.items()}
     zeros = np.zeros(num_runs, int)
-    keys = jnp.stack([runs.run_keys(config.seed, zeros, zeros)] * 2, axis=1)
+    keys = jax.eval_shape(lambda: jnp.stack([runs.run_keys(config.seed, zeros, zeros)] * 2, axis=1))  # shapes only
     state = jax.eval_shape(jax.vmap(functools.partial(step.init_run, ctx)), keys, hparams)
     images = jax.ShapeDtypeStruct(data_shape, jnp.uint8)
     labels = jax.ShapeDtypeStruct(data_shape[:1], jnp.int32)

@@ -157,10 +157,15 @@ def run_keys(seed: int, seed_index: np.ndarray, fold_index: np.ndarray | None = 
     """Per-run key data: run i of every setting shares seed i, so settings are paired comparisons;
     each cross-validation fold f > 0 starts from a fresh initialization of its own, while fold 0
     keeps the plain key, so fold 0 of a cross-validated run equals the run without folds."""
-    base = jax.random.key(seed)
-    folds = jnp.zeros_like(seed_index) if fold_index is None else jnp.asarray(fold_index)
+    folds = np.zeros_like(seed_index) if fold_index is None else fold_index
+    return _derived_keys(jax.random.key(seed), np.asarray(seed_index, np.int32), np.asarray(folds, np.int32))
 
+
+@jax.jit
+def _derived_keys(base: jax.Array, seed_index: jax.Array, fold_index: jax.Array) -> jax.Array:
+    """`run_keys`' derivation as one program: eagerly, its dozen small ops compiled one by one
+    (~1 s of a small job's start-up on 2 cores)."""
     def key(i, fold):
         run_key = jax.random.fold_in(base, i)
         return jax.random.key_data(jax.lax.cond(fold > 0, lambda: jax.random.fold_in(run_key, fold), lambda: run_key))
-    return jax.vmap(key)(jnp.asarray(seed_index), folds)
+    return jax.vmap(key)(seed_index, fold_index)

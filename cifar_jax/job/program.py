@@ -285,6 +285,7 @@ def trace_job(setup: RunSetup, image_shape: tuple[int, int, int], num_train: int
 
 def zero_sums(num_runs: int, layer_names: tuple[str, ...]) -> step.EpochSums:
     """An epoch's sums before its first step."""
-    zeros = lambda: jnp.zeros((num_runs,), jnp.float32)  # noqa: E731 -- a new buffer per leaf: sums are donated
+    # A new buffer per leaf (sums are donated), put from the host: no op to compile.
+    zeros = lambda: jnp.asarray(np.zeros((num_runs,), np.float32))  # noqa: E731
     return step.EpochSums(**{name: zeros() for name in step.EpochSums._fields if name != "grad_norm"},
                      grad_norm={layer: zeros() for layer in layer_names})

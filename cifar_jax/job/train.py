@@ -46,7 +46,7 @@ def train_epoch(program: Program, state: step.TrainState, hparams: dict, images:
     clock.start_epoch()
     num_runs = state.step.shape[0]
     if train_index is None:
-        train_index = jnp.broadcast_to(jnp.arange(images.shape[0]), (num_runs, images.shape[0]))
+        train_index = np.broadcast_to(np.arange(images.shape[0], dtype=np.int32), (num_runs, images.shape[0]))
     batches = program.epoch_batches(state, jnp.int32(epoch), train_index)  # a function of the data key and epoch
     sums = zero_sums(num_runs, program.layer_names) if sums is None else sums
     while start < program.steps_per_epoch:
@@ -69,14 +69,15 @@ def score_split(program: Program, state: step.TrainState, hparams: dict, images:
 
     `weights` (runs, n) of 0/1 restricts each run to its own examples (its held-out fold)."""
     num_runs = state.step.shape[0]
-    confusion, loss_sum, probs = 0.0, 0.0, []
+    confusion, loss_sum, probs = None, None, []
     for start in range(0, images.shape[0], batch_size):
         batch = slice(start, start + batch_size)
-        batch_weights = (jnp.ones((num_runs, min(batch_size, images.shape[0] - start)), jnp.float32)
+        batch_weights = (np.ones((num_runs, min(batch_size, images.shape[0] - start)), np.float32)
                          if weights is None else weights[:, batch])  # a batch's: what `memory.py` counts
         batch_confusion, batch_loss, batch_probs = program.eval_batch(
             state, hparams, images[batch], labels[batch], batch_weights)
-        confusion, loss_sum = confusion + batch_confusion, loss_sum + batch_loss
+        confusion, loss_sum = ((batch_confusion, batch_loss) if confusion is None  # one batch: nothing to add
+                               else (confusion + batch_confusion, loss_sum + batch_loss))
         if return_probs:
             probs.append(batch_probs)
     confusion, loss_sum = (np.asarray(x) for x in execution.replicate((confusion, loss_sum), program.plan))
@@ -219,6 +220,13 @@ def job_data(config: ml_collections.ConfigDict, splits: Any) -> memory.JobData:
                           keeps_best=keeps, restores=keeps or bool(config.get("init_from")))
 
 
+def _first_eval_batch(splits: Any, eval_batch_size: int) -> int:
+    """The size of the first evaluation batch `score_split` will call with: what `trace_job`
+    traces, so that trace is the one the first evaluation reuses (a small split is one short batch)."""
+    first = next(iter(splits.eval.values()), None)  # validation, scored first every epoch
+    return eval_batch_size if first is None else min(eval_batch_size, len(first.labels))
+
+
 def _placed_data(splits: Any, setup: RunSetup) -> tuple[jax.Array, jax.Array, jax.Array, dict]:
     """Training images and labels, each run's training index and the evaluation splits (examples,
     per-run weights), on the devices."""
@@ -270,7 +278,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     splits, grid = validation.load_checked_splits(config)  # before touching the workdir: a bad start changes nothing
     setup = setup_runs(config, splits.image_shape, len(splits.class_names), splits.num_train, grid=grid,
                        abstract=True, data=job_data(config, splits))
-    trace_job(setup, splits.image_shape, splits.num_train, setup.program.plan.eval_batch_size)
+    trace_job(setup, splits.image_shape, splits.num_train, _first_eval_batch(splits, setup.program.plan.eval_batch_size))
     primary = execution.is_primary()  # process 0 writes everything but the checkpoints
     checkpoints, resume = _claim(config, workdir, setup, splits, primary)
     loop = progress.TrainingLog(workdir, config, setup.grid, splits, setup.program, is_primary=primary)
