@@ -237,8 +237,9 @@ def get_config(scale: str = "cpu"):
                     metric="test_accuracy")
     C.C0_02 = claim("fewer hidden layers lower accuracy (4 > 3 hidden)", "E0_02_depth:4_hidden",
                     "E0_02_depth:3_hidden", expect="greater", metric="test_accuracy")
-    C.C0_03 = claim("width 240 is best (beats 120)", "E0_03_width:width=240", "E0_03_width:width=120",
-                    expect="greater", metric="test_accuracy")
+    C.C0_03 = claim("width 240 is best", "E0_03_width:width=240", expect="best", metric="test_accuracy",
+                    others=tuple(f"E0_03_width:width={w}" for w in widths if w != 240),
+                    note="'best' means better than every other width tried")
     C.C0_04 = claim("a 3x3 conv1 kernel gives no gain", "E0_04_kernel:conv1_3x3", "E0_04_kernel:conv1_5x5",
                     expect="equal", margin=2.0, metric="test_accuracy",
                     note="a 'no gain' claim: equivalence within 2 points, the study's own gap being 3")
@@ -267,8 +268,9 @@ def get_config(scale: str = "cpu"):
                     expect="greater", metric="test_accuracy")
     C.C0_13 = claim("normalisation 0.475 instead of 0.5 is 'a significant improvement'", "E0_17_norm:c=0.475",
                     "E0_17_norm:c=0.5", expect="greater", metric="test_accuracy")
-    C.C0_14 = claim("momentum 0.9 is best (beats 0.95)", "E0_16_momentum:momentum=0.9",
-                    "E0_16_momentum:momentum=0.95", expect="greater", metric="test_accuracy")
+    C.C0_14 = claim("momentum 0.9 is best", "E0_16_momentum:momentum=0.9", expect="best", metric="test_accuracy",
+                    others=("E0_16_momentum:momentum=0.75", "E0_16_momentum:momentum=0.95"),
+                    note="'best' means better than every other momentum tried")
     C.C0_15 = claim("minimising train loss does not raise test accuracy (50 epochs: lower loss, 59% vs 63% at 25)",
                     "E0_14_lr_epochs:lr=0.001,epochs=50", "E0_14_lr_epochs:lr=0.001,epochs=25", expect="less",
                     metric="test_accuracy", note="E0.14's long runs: the lower-loss run against the shorter one")
