@@ -12,6 +12,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from cifar_jax.errors import CifarJaxError  # noqa: E402
 from cifar_jax.experiments import study_report  # noqa: E402
 
 
@@ -23,7 +24,11 @@ def main(argv: list[str]) -> int:
     spec = importlib.util.spec_from_file_location("study_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    print(study_report.publish(module.get_config(scale), argv[2], argv[3] if len(argv) == 4 else "docs/studies"))
+    try:
+        print(study_report.publish(module.get_config(scale), argv[2], argv[3] if len(argv) == 4 else "docs/studies"))
+    except CifarJaxError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -10,7 +10,7 @@ from configs import fashion_mnist
 from configs import test as test_config
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(scale: str = "smoke") -> ml_collections.ConfigDict:  # noqa: ARG001 -- one scale; publish_study passes it
     base = test_config.get_config()
     base.model.conv_features = (4, 8)
     base.model.dense_features = (16,)

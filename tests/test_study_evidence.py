@@ -91,7 +91,7 @@ def test_every_committed_report_is_rebuilt_from_its_committed_evidence(tmp_path,
         report_path = os.path.join(REPO, "docs", "studies", f"{config.study.name}.md")
         if not glob.glob(os.path.join(evidence_dir, "*.json")):
             continue  # a report not yet regenerated with evidence
-        scale = open(report_path).read().split("--config ", 1)[1].split(" ", 1)[0].rsplit(":", 1)[1]
+        scale = study_report.report_scale(open(report_path).read())
         config = load_study(path, scale)
         text = _rebuilt(config, config.study.evidence_dir, str(tmp_path / config.study.name))
         assert text == open(report_path).read(), config.study.name
@@ -164,3 +164,28 @@ def test_evidence_of_a_larger_scale_stands_in_marked_and_judged_at_its_scale(tmp
     evidence.write(str(tmp_path / "smoke"), smaller)
     config.study.evidence_dir = str(tmp_path / "smoke")
     assert study_report.committed(config, study.experiments(config)[0], study.scales(config), larger_only=True) is None
+
+
+def test_publishing_never_replaces_evidence_of_a_larger_scale(tmp_path, capsys):
+    from cifar_jax.errors import UsageError
+
+    config = mini_study()
+    work, docs = tmp_path / "work", tmp_path / "docs"
+    for folder, scale in ((work / "evidence", "cpu"), (docs / "mini" / "evidence", "full")):
+        folder.mkdir(parents=True)
+        (folder / "A_lr.json").write_text(f'{{"experiment": "A_lr", "scale": "{scale}"}}')
+    (work / "report.md").write_text("# a :cpu report\n")
+    with pytest.raises(UsageError, match=r"holds `:full` runs and this workdir's are `:cpu`"):
+        study_report.publish(config, str(work), str(docs))
+    assert '"full"' in (docs / "mini" / "evidence" / "A_lr.json").read_text()
+    assert not (docs / "mini.md").exists()  # refused before anything was copied
+    script = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "publish_study.py"),
+                             os.path.join(REPO, "tests", "mini_study_config.py") + ":cpu", str(work), str(docs)],
+                            capture_output=True, text=True, timeout=120)
+    assert script.returncode == 2 and script.stderr.startswith("error: ") and "Traceback" not in script.stderr
+    (docs / "mini" / "evidence" / "A_lr.json").write_text('{"experiment": "A_lr", "scale": "smoke"}')  # same scale
+    assert study_report.publish(config, str(work), str(docs)).endswith("mini.md")
+    assert (docs / "mini.md").read_text() == "# a :cpu report\n"
+    (docs / "mini.md").write_text("Trained with `python -m cifar_jax.main --mode=study --config s.py:full --workdir W`")
+    with pytest.raises(UsageError, match=r"mini.md is a `:full` report and this one is `:smoke`"):
+        study_report.publish(config, str(work), str(docs))

@@ -23,6 +23,7 @@ from cifar_jax.experiments import report
 from cifar_jax.experiments import stats
 from cifar_jax.experiments import study_tables
 from cifar_jax.experiments import verdicts
+from cifar_jax.errors import UsageError
 from cifar_jax.experiments.verdicts import GRAD_NORMS
 from cifar_jax.job import storage
 from cifar_jax.job import workdir as workdir_lib
@@ -339,11 +340,40 @@ def published_text(text: str, name: str) -> str:
     return text.replace(f"]({PLOTS}/", f"]({name}/")
 
 
+def report_scale(text: str) -> str | None:
+    """The scale a report was trained at, from its header's command line (`--config PATH:SCALE`)."""
+    command = text.partition("--config ")[2].split(" ", 1)[0]
+    return command.rsplit(":", 1)[1] if ":" in command else None
+
+
+def check_no_smaller_scale_over_larger(config: ml_collections.ConfigDict, workdir: str, root: str) -> None:
+    """Refuses, before anything is copied, to replace a published report or evidence with one of a
+    smaller scale (a `:cpu` run published over `:full` evidence would lose hours of runs)."""
+    scale, report_path = config.study.scale, os.path.join(root, f"{config.study.name}.md")
+    published = report_scale(open(report_path).read()) if os.path.isfile(report_path) else None
+    if published in SIZE and scale in SIZE and SIZE[scale] < SIZE[published]:
+        raise UsageError(f"{report_path} is a `:{published}` report and this one is `:{scale}`: publishing would "
+                         "replace it; publish into another root (python scripts/publish_study.py CONFIG:SCALE WORKDIR "
+                         "OTHER_ROOT)")
+    published_dir = os.path.join(root, config.study.name, evidence_lib.DIR)
+    source_dir = os.path.join(workdir, evidence_lib.DIR)
+    for file in sorted(storage.listdir(source_dir)) if storage.exists(source_dir) else ():
+        key = file[:-len(".json")]
+        new, old = evidence_lib.read(source_dir, key), evidence_lib.read(published_dir, key)
+        new_scale, old_scale = (new or {}).get("scale"), (old or {}).get("scale")
+        if old_scale in SIZE and new_scale in SIZE and SIZE[new_scale] < SIZE[old_scale]:
+            raise UsageError(f"{evidence_lib.path(published_dir, key)} holds `:{old_scale}` runs and this workdir's are "
+                             f"`:{new_scale}`: publishing would replace them; publish into another root "
+                             "(python scripts/publish_study.py CONFIG:SCALE WORKDIR OTHER_ROOT) or remove that file first")
+
+
 def publish(config: ml_collections.ConfigDict, workdir: str, root: str = "docs/studies") -> str:
     """Copies WORKDIR's report, plots and evidence to ROOT/<name>.md and ROOT/<name>/ (the layout
-    `config.study.evidence_dir` expects by default); returns the report's path."""
+    `config.study.evidence_dir` expects by default); returns the report's path. Never replaces
+    evidence of a larger scale (`check_no_smaller_scale_over_larger`)."""
     name = config.study.name
     target = os.path.join(root, name)
+    check_no_smaller_scale_over_larger(config, workdir, root)
     os.makedirs(os.path.join(target, evidence_lib.DIR), exist_ok=True)
     text = storage.path(os.path.join(workdir, REPORT_FILE)).read_text()
     workdir_lib.write_text_atomic(os.path.join(root, f"{name}.md"), published_text(text, name))
