@@ -15,6 +15,7 @@ from cifar_jax.experiments import evidence
 from cifar_jax.experiments import stats
 from cifar_jax.experiments import study
 from cifar_jax.experiments import study_report
+from cifar_jax.job import workdir as workdir_lib
 from tests.helpers import REPO, needs_fashion_mnist
 from tests.test_study import load_study, mini_study
 
@@ -85,16 +86,43 @@ def test_a_report_rebuilt_from_its_evidence_alone_is_the_same(tmp_path):
 
 def test_every_committed_report_is_rebuilt_from_its_committed_evidence(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)  # config.study.evidence_dir is relative to the repository root
+    rebuilt = []
     for path in sorted(glob.glob(os.path.join(REPO, "configs", "studies", "s*.py"))):
-        config = load_study(path, "cpu")
-        evidence_dir = os.path.join(REPO, config.study.evidence_dir)
-        report_path = os.path.join(REPO, "docs", "studies", f"{config.study.name}.md")
-        if not glob.glob(os.path.join(evidence_dir, "*.json")):
-            continue  # a report not yet regenerated with evidence
-        scale = study_report.report_scale(open(report_path).read())
-        config = load_study(path, scale)
-        text = _rebuilt(config, config.study.evidence_dir, str(tmp_path / config.study.name))
-        assert text == open(report_path).read(), config.study.name
+        for scale in ("full", "cpu"):  # a report is published beside its evidence: <dir>/evidence -> <dir>.md
+            config = load_study(path, scale)
+            report_path = os.path.dirname(os.path.join(REPO, config.study.evidence_dir)) + ".md"
+            if not (glob.glob(os.path.join(REPO, config.study.evidence_dir, "*.json")) and os.path.isfile(report_path)
+                    and study_report.report_scale(open(report_path).read()) == scale):
+                continue  # a report not (yet) regenerated with evidence at this scale
+            text = _rebuilt(config, config.study.evidence_dir, str(tmp_path / f"{config.study.name}_{scale}"))
+            assert text == open(report_path).read(), report_path
+            rebuilt.append(os.path.relpath(report_path, REPO))
+    assert {"docs/studies/000.md", "docs/studies/002.md"} <= set(rebuilt)
+
+
+def test_a_full_report_names_the_reduced_scale_effects_it_does_not_bear_out(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)  # the committed :full evidence of study 000, copied as if it were :cpu runs
+    keys = ["E0_04_kernel", "E0_12_init"]
+    full = _only(load_study("configs/studies/s000_lenet.py", "full"), keys)
+    cpu = _only(load_study("configs/studies/s000_lenet.py", "cpu"), keys)
+    cpu.study.evidence_dir = str(tmp_path / "cpu_evidence")
+    for exp in study.experiments(cpu):
+        ev = evidence.read("docs/studies/000/evidence", exp.key)
+        ev.update(scale="cpu", config=evidence.compact(workdir_lib.config_to_dict(exp.config)))
+        if exp.key == "E0_12_init":  # He init helps at this "scale": the full-scale effect reversed
+            groups = {g["name"]: g for g in ev["groups"]}
+            for field in ("runs", "curves"):
+                groups["default"][field], groups["he_all"][field] = groups["he_all"][field], groups["default"][field]
+        evidence.write(cpu.study.evidence_dir, ev)
+    monkeypatch.setattr(study, "config_at", lambda path, scale: cpu if scale == "cpu" else None)
+    text = open(study.write_study_report(full, str(tmp_path / "work"))).read()
+    section = text.split("## At `:full` against `:cpu`", 1)[1].split("\n## ", 1)[0]
+    assert "Short-horizon artefacts, a `:cpu` effect that `:full` does not show or reverses: C0.10." in section
+    row = next(line for line in section.splitlines() if line.startswith("| C0.10 |"))
+    assert "supported (-2.83 [-4.07, -1.60])" in row and "(+2.83 [1.60, 4.07])" in row and "reversed here" in row
+    assert "neither shows an effect" in next(line for line in section.splitlines() if line.startswith("| C0.4 |"))
+    cpu.study.evidence_dir = str(tmp_path / "nothing")  # no reduced-scale evidence: no section
+    assert "against `:cpu`" not in open(study.write_study_report(full, str(tmp_path / "work2"))).read()
 
 
 def test_evidence_matches_a_config_on_what_it_trained_not_where():
@@ -151,6 +179,7 @@ def test_cheap_full_trains_the_cpu_cheap_experiments_as_full_does_with_3_seeds()
 def test_evidence_of_a_larger_scale_stands_in_marked_and_judged_at_its_scale(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)  # the committed :full evidence of study 000, checked against the :full config
     config = _only(load_study("configs/studies/s000_lenet.py", "cpu"), ["E0_04_kernel"])
+    config.study.evidence_dir = "docs/studies/000/evidence"  # where the :full runs are
     calls = []
     out = study.run_study(config, str(tmp_path / "work"), train_fn=lambda c, w: calls.append(w))
     assert calls == [] and out["skipped"] == ["E0_04_kernel"]

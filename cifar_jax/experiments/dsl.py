@@ -66,13 +66,15 @@ def by_scale(scale: str, full: Any, cpu: Any, smoke: Any) -> Any:
 
 def study_config(*, name: str, title: str, scale: str, config_path: str, source: str, num_seeds: int,
                  data_dir: str, train_limit: int, val_size: float, execution: ml_collections.ConfigDict,
-                 test_limit: int = 0, evidence_dir: str | None = None, deviations: Sequence[str] = ()
-                 ) -> ml_collections.ConfigDict:
+                 test_limit: int = 0, evidence_dir: str | None = None, deviations: Sequence[str] = (),
+                 compare_scales: Sequence[str] = ()) -> ml_collections.ConfigDict:
     """The top level of a study config. `execution` is the project's default execution section
     (its multi-host fields are set once for the whole study). `evidence_dir` (relative to the
     directory the command runs in) holds the committed per-run results, one JSON per experiment
     (default docs/studies/<name>/evidence); `deviations` say, one sentence each, where our models
-    or protocol differ from the study's. At :cheap_full `num_seeds` is CHEAP_FULL_SEEDS. Experiments and claims run and are reported in key order
+    or protocol differ from the study's. `compare_scales`: scales whose committed evidence (each in
+    its own config's `evidence_dir`) the report judges too and shows beside its own verdicts, so a
+    full-scale report names the reduced-scale effects that were short-horizon artefacts. At :cheap_full `num_seeds` is CHEAP_FULL_SEEDS. Experiments and claims run and are reported in key order
     (a ConfigDict sorts its keys: 'E0_02' keeps E0.2 before E0.10)."""
     config = ml_collections.ConfigDict()
     config.name = f"study_{name}"
@@ -85,7 +87,7 @@ def study_config(*, name: str, title: str, scale: str, config_path: str, source:
     config.study = ml_collections.ConfigDict({
         "name": name, "title": title, "scale": check_scale(scale), "config_path": config_path, "source": source,
         "evidence_dir": f"docs/studies/{name}/evidence" if evidence_dir is None else evidence_dir,
-        "deviations": tuple(deviations)})
+        "deviations": tuple(deviations), "compare_scales": tuple(check_scale(s) for s in compare_scales)})
     config.experiments = ml_collections.ConfigDict()
     config.claims = ml_collections.ConfigDict()
     return config

@@ -291,7 +291,9 @@ def _outcome(config: ml_collections.ConfigDict, exp: Experiment, exp_dir: str, h
 
 def write_study_report(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Writes workdir/report.md, plots/ and evidence/ (`study_report`); returns the report's path."""
-    return study_report.write_study_report(config, workdir, experiments(config), scales(config))
+    compared = (config_at(config.study.config_path, scale) for scale in config.study.get("compare_scales", ()))
+    return study_report.write_study_report(config, workdir, experiments(config), scales(config),
+                                           [(other, experiments(other)) for other in compared if other is not None])
 
 
 def scales(config: ml_collections.ConfigDict) -> Callable[[str], Sequence[Experiment]]:
@@ -303,9 +305,15 @@ def scales(config: ml_collections.ConfigDict) -> Callable[[str], Sequence[Experi
 @functools.lru_cache(maxsize=None)
 def _experiments_at(config_path: str, scale: str) -> tuple[Experiment, ...]:
     """() where the path is not a study config file (a test's study built in code)."""
+    config = config_at(config_path, scale)
+    return () if config is None else tuple(experiments(config))
+
+
+def config_at(config_path: str, scale: str) -> ml_collections.ConfigDict | None:
+    """The study config of `config_path` at `scale`; None where the path is not a study config file."""
     if not os.path.isfile(config_path) or "def get_config(" not in open(config_path).read():
-        return ()
+        return None
     spec = importlib.util.spec_from_file_location(f"study_at_{scale}", config_path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return tuple(experiments(module.get_config(scale)))
+    return module.get_config(scale)

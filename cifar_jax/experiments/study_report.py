@@ -303,10 +303,68 @@ def header(config: ml_collections.ConfigDict, evidence: dict[str, dict[str, Any]
 
 # ----------------------------------------------------------------------------- the report
 
+def judged_on_committed(config: ml_collections.ConfigDict, exps: Sequence[Any]) -> list[verdicts.ClaimResult] | None:
+    """The claims of `config` judged on its committed evidence of its own scale alone; None without any."""
+    loaded, horizons = {}, {}
+    for exp in exps:
+        ev = committed(config, exp, None)
+        if ev is not None:
+            loaded[exp.key], horizons[exp.key] = loaded_settings(ev), study_tables.horizon(ev)
+    if not loaded:
+        return None
+    return verdicts.judge_claims(config, verdicts.Context(loaded=loaded, skipped={}, scale=config.study.scale,
+                                                          horizon=horizons))
+
+
+def _decisive(claim: verdicts.ClaimResult) -> bool:
+    """Whether the claim's difference has a 95% CI that excludes 0."""
+    d = claim.diff
+    return bool(np.isfinite(d["diff"]) and (d["low"] > 0 or d["high"] < 0))
+
+
+def scale_reading(own: verdicts.ClaimResult, other: verdicts.ClaimResult) -> str:
+    """How a reduced-scale result (`other`) reads beside this scale's (`own`)."""
+    if not (np.isfinite(own.diff["diff"]) and np.isfinite(other.diff["diff"])):
+        return "the same" if own.level == other.level else "they differ"
+    if _decisive(other) and not _decisive(own):
+        return "**short-horizon**: its effect is not seen here"
+    if _decisive(other) and _decisive(own) and np.sign(other.diff["diff"]) != np.sign(own.diff["diff"]):
+        return "**short-horizon**: reversed here"
+    if _decisive(own) and not _decisive(other):
+        return "seen only here"
+    return "the same direction" if _decisive(own) else "neither shows an effect"
+
+
+def scale_comparison(scale: str, claims: Sequence[verdicts.ClaimResult], other_scale: str,
+                     others: Sequence[verdicts.ClaimResult]) -> list[str]:
+    """Each claim's verdict here beside its verdict at `other_scale`, and the reduced scale's
+    short-horizon artefacts named in one sentence."""
+    by_key = {c.key: c for c in others}
+    rows, artefacts = [], []
+    for c in claims:
+        other = by_key.get(c.key)
+        if other is None:
+            continue
+        reading = scale_reading(c, other)
+        artefacts += [dsl.display_id(c.key)] if reading.startswith("**short-horizon**") else []
+        horizon = f" ({other.horizon})" if other.horizon else ""
+        rows.append(f"| {dsl.display_id(c.key)} | {c.level} ({_diff_cell(c)}) | {other.level} ({_diff_cell(other)})"
+                    f"{horizon} | {reading} |")
+    return [f"## At `:{scale}` against `:{other_scale}`", "",
+            f"The same claims judged on the committed `:{other_scale}` evidence (a shorter training on fewer images). "
+            + (f"Short-horizon artefacts, a `:{other_scale}` effect that `:{scale}` does not show or reverses: "
+               f"{', '.join(artefacts)}." if artefacts else f"No `:{other_scale}` effect is contradicted here."), "",
+            f"| claim | at `:{scale}`: verdict (difference [95% CI]) | at `:{other_scale}` | reading |",
+            "|---|---|---|---|", *rows, ""]
+
+
 def write_study_report(config: ml_collections.ConfigDict, workdir: str, exps: Sequence[Any],
-                       at_scale: AtScale | None = None) -> str:
+                       at_scale: AtScale | None = None,
+                       compare: Sequence[tuple[ml_collections.ConfigDict, Sequence[Any]]] = ()) -> str:
     """Writes WORKDIR/report.md, plots/ and evidence/ from the experiments' evidence; returns the path.
-    An experiment whose evidence is of another scale (`committed`) is shown and judged at that scale."""
+    An experiment whose evidence is of another scale (`committed`) is shown and judged at that scale.
+    `compare`: (config, experiments) of other scales, judged on their committed evidence and shown
+    beside this report's verdicts (`scale_comparison`) where they have any."""
     storage.makedirs(workdir)
     evidence, loaded, skipped, figures, horizons, sections = {}, {}, {}, {}, {}, []
     for exp in exps:
@@ -329,7 +387,13 @@ def write_study_report(config: ml_collections.ConfigDict, workdir: str, exps: Se
     for c, entry in zip(claims, config.get("claims", {}).values()):
         keys = dict.fromkeys(r.partition(":")[0] for r in verdicts.refs(entry))
         c.figure = ", ".join(figures[k] for k in keys if k in figures)
-    lines = header(config, evidence, claims) + sections + study_tables.protocol_section(config, exps, evidence)
+    comparisons = []
+    for other_config, other_exps in compare:
+        others = judged_on_committed(other_config, other_exps)
+        if others is not None:
+            comparisons += scale_comparison(config.study.scale, claims, other_config.study.scale, others)
+    lines = (header(config, evidence, claims) + comparisons + sections
+             + study_tables.protocol_section(config, exps, evidence))
     path = os.path.join(workdir, REPORT_FILE)
     workdir_lib.write_text_atomic(path, "\n".join(lines))
     return path
@@ -351,10 +415,12 @@ def check_no_smaller_scale_over_larger(config: ml_collections.ConfigDict, workdi
     smaller scale (a `:cpu` run published over `:full` evidence would lose hours of runs)."""
     scale, report_path = config.study.scale, os.path.join(root, f"{config.study.name}.md")
     published = report_scale(open(report_path).read()) if os.path.isfile(report_path) else None
+    own_root = os.path.dirname(os.path.dirname(os.path.normpath(config.study.evidence_dir or "."))) or "OTHER_ROOT"
+    fix = (f"publish into another root (python scripts/publish_study.py {config.study.config_path}:{scale} {workdir} "
+           f"{own_root if os.path.normpath(own_root) != os.path.normpath(root) else 'OTHER_ROOT'})")
     if published in SIZE and scale in SIZE and SIZE[scale] < SIZE[published]:
         raise UsageError(f"{report_path} is a `:{published}` report and this one is `:{scale}`: publishing would "
-                         "replace it; publish into another root (python scripts/publish_study.py CONFIG:SCALE WORKDIR "
-                         "OTHER_ROOT)")
+                         f"replace it; {fix}")
     published_dir = os.path.join(root, config.study.name, evidence_lib.DIR)
     source_dir = os.path.join(workdir, evidence_lib.DIR)
     for file in sorted(storage.listdir(source_dir)) if storage.exists(source_dir) else ():
@@ -363,8 +429,7 @@ def check_no_smaller_scale_over_larger(config: ml_collections.ConfigDict, workdi
         new_scale, old_scale = (new or {}).get("scale"), (old or {}).get("scale")
         if old_scale in SIZE and new_scale in SIZE and SIZE[new_scale] < SIZE[old_scale]:
             raise UsageError(f"{evidence_lib.path(published_dir, key)} holds `:{old_scale}` runs and this workdir's are "
-                             f"`:{new_scale}`: publishing would replace them; publish into another root "
-                             "(python scripts/publish_study.py CONFIG:SCALE WORKDIR OTHER_ROOT) or remove that file first")
+                             f"`:{new_scale}`: publishing would replace them; {fix} or remove that file first")
 
 
 def publish(config: ml_collections.ConfigDict, workdir: str, root: str = "docs/studies") -> str:

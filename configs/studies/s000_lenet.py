@@ -80,6 +80,10 @@ def get_config(scale: str = "cpu"):
         execution=lenet_tutorial.get_config().execution, num_seeds=by_scale(scale, 5, 5, 2),
         data_dir=by_scale(scale, "", SHARED_CIFAR10, SHARED_CIFAR10),
         train_limit=by_scale(scale, 0, 13000, 1200), val_size=by_scale(scale, 10000, 5000, 200),
+        # The report of record is :full; :cpu is published beside it (publish_study.py ... docs/studies/cpu)
+        # and judged in the :full report's comparison section.
+        evidence_dir=by_scale(scale, None, "docs/studies/cpu/000/evidence", None),
+        compare_scales=by_scale(scale, ("cpu",), (), ()),
         deviations=("E0.11: the study's RMSprop settings are not stated; we train lr 1e-3 (its Adam's) and PyTorch's "
                     "default lr 1e-2, with and without the walk's momentum 0.9 (C0.9 is judged at lr 1e-2).",
                     "E0.12: He init keeps PyTorch's default bias; whether the study zeroed the biases is not stated.",
