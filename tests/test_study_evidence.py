@@ -195,7 +195,7 @@ def test_evidence_of_a_larger_scale_stands_in_marked_and_judged_at_its_scale(tmp
     assert study_report.committed(config, study.experiments(config)[0], study.scales(config), larger_only=True) is None
 
 
-def test_publishing_never_replaces_evidence_of_a_larger_scale(tmp_path, capsys):
+def test_publishing_never_replaces_evidence_of_a_larger_scale(tmp_path):
     from cifar_jax.errors import UsageError
 
     config = mini_study()

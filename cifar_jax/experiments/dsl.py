@@ -74,8 +74,9 @@ def study_config(*, name: str, title: str, scale: str, config_path: str, source:
     (default docs/studies/<name>/evidence); `deviations` say, one sentence each, where our models
     or protocol differ from the study's. `compare_scales`: scales whose committed evidence (each in
     its own config's `evidence_dir`) the report judges too and shows beside its own verdicts, so a
-    full-scale report names the reduced-scale effects that were short-horizon artefacts. At :cheap_full `num_seeds` is CHEAP_FULL_SEEDS. Experiments and claims run and are reported in key order
-    (a ConfigDict sorts its keys: 'E0_02' keeps E0.2 before E0.10)."""
+    full-scale report names the reduced-scale effects that were short-horizon artefacts. At
+    :cheap_full `num_seeds` is CHEAP_FULL_SEEDS. Experiments and claims run and are reported in key
+    order (a ConfigDict sorts its keys: 'E0_02' keeps E0.2 before E0.10)."""
     config = ml_collections.ConfigDict()
     config.name = f"study_{name}"
     config.seed = 0

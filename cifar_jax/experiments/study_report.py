@@ -415,9 +415,11 @@ def check_no_smaller_scale_over_larger(config: ml_collections.ConfigDict, workdi
     smaller scale (a `:cpu` run published over `:full` evidence would lose hours of runs)."""
     scale, report_path = config.study.scale, os.path.join(root, f"{config.study.name}.md")
     published = report_scale(open(report_path).read()) if os.path.isfile(report_path) else None
-    own_root = os.path.dirname(os.path.dirname(os.path.normpath(config.study.evidence_dir or "."))) or "OTHER_ROOT"
+    # The root this config publishes into: its evidence_dir is ROOT/NAME/evidence.
+    own_root = os.path.dirname(os.path.dirname(os.path.normpath(config.study.evidence_dir or ".")))
+    other_root = own_root if own_root and os.path.normpath(own_root) != os.path.normpath(root) else "OTHER_ROOT"
     fix = (f"publish into another root (python scripts/publish_study.py {config.study.config_path}:{scale} {workdir} "
-           f"{own_root if os.path.normpath(own_root) != os.path.normpath(root) else 'OTHER_ROOT'})")
+           f"{other_root})")
     if published in SIZE and scale in SIZE and SIZE[scale] < SIZE[published]:
         raise UsageError(f"{report_path} is a `:{published}` report and this one is `:{scale}`: publishing would "
                          f"replace it; {fix}")
@@ -428,8 +430,8 @@ def check_no_smaller_scale_over_larger(config: ml_collections.ConfigDict, workdi
         new, old = evidence_lib.read(source_dir, key), evidence_lib.read(published_dir, key)
         new_scale, old_scale = (new or {}).get("scale"), (old or {}).get("scale")
         if old_scale in SIZE and new_scale in SIZE and SIZE[new_scale] < SIZE[old_scale]:
-            raise UsageError(f"{evidence_lib.path(published_dir, key)} holds `:{old_scale}` runs and this workdir's are "
-                             f"`:{new_scale}`: publishing would replace them; {fix} or remove that file first")
+            raise UsageError(f"{evidence_lib.path(published_dir, key)} holds `:{old_scale}` runs and this workdir's "
+                             f"are `:{new_scale}`: publishing would replace them; {fix} or remove that file first")
 
 
 def publish(config: ml_collections.ConfigDict, workdir: str, root: str = "docs/studies") -> str:

@@ -278,7 +278,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     splits, grid = validation.load_checked_splits(config)  # before touching the workdir: a bad start changes nothing
     setup = setup_runs(config, splits.image_shape, len(splits.class_names), splits.num_train, grid=grid,
                        abstract=True, data=job_data(config, splits))
-    trace_job(setup, splits.image_shape, splits.num_train, _first_eval_batch(splits, setup.program.plan.eval_batch_size))
+    trace_job(setup, splits.image_shape, splits.num_train,
+              _first_eval_batch(splits, setup.program.plan.eval_batch_size))
     primary = execution.is_primary()  # process 0 writes everything but the checkpoints
     checkpoints, resume = _claim(config, workdir, setup, splits, primary)
     loop = progress.TrainingLog(workdir, config, setup.grid, splits, setup.program, is_primary=primary)
