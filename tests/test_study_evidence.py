@@ -70,7 +70,11 @@ def test_a_report_rebuilt_from_its_evidence_alone_is_the_same(tmp_path):
     first = evidence.read(str(tmp_path / "work" / "evidence"), "A_lr")
     assert first["commits"] and first["hardware"]  # written before the study's first session was saved
     docs = tmp_path / "docs"
+    (docs / "mini").mkdir(parents=True)
+    (docs / "mini" / "an_older_report_plot.png").write_bytes(b"png")
     published = study_report.publish(config, str(tmp_path / "work"), str(docs))
+    assert not (docs / "mini" / "an_older_report_plot.png").exists()  # a replaced report's plot goes with it
+    assert (docs / "mini" / "A_lr_curves.png").exists()
     evidence_dir = str(docs / "mini" / "evidence")
     config.study.evidence_dir = evidence_dir  # the published report names it: rebuild the work copy with it
     first = _rebuilt(config, evidence_dir, str(tmp_path / "work"))

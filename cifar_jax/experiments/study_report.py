@@ -437,11 +437,16 @@ def check_no_smaller_scale_over_larger(config: ml_collections.ConfigDict, workdi
 def publish(config: ml_collections.ConfigDict, workdir: str, root: str = "docs/studies") -> str:
     """Copies WORKDIR's report, plots and evidence to ROOT/<name>.md and ROOT/<name>/ (the layout
     `config.study.evidence_dir` expects by default); returns the report's path. Never replaces
-    evidence of a larger scale (`check_no_smaller_scale_over_larger`)."""
+    evidence of a larger scale (`check_no_smaller_scale_over_larger`); removes the plots of the
+    report it replaces that the new one does not draw, so none is left that no report links."""
     name = config.study.name
     target = os.path.join(root, name)
     check_no_smaller_scale_over_larger(config, workdir, root)
     os.makedirs(os.path.join(target, evidence_lib.DIR), exist_ok=True)
+    drawn = set(storage.listdir(os.path.join(workdir, PLOTS)))
+    for stale in sorted(set(storage.listdir(target)) - drawn):
+        if stale.endswith(".png"):
+            storage.path(os.path.join(target, stale)).unlink()
     text = storage.path(os.path.join(workdir, REPORT_FILE)).read_text()
     workdir_lib.write_text_atomic(os.path.join(root, f"{name}.md"), published_text(text, name))
     for folder, destination in ((PLOTS, target), (evidence_lib.DIR, os.path.join(target, evidence_lib.DIR))):
