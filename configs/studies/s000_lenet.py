@@ -73,6 +73,16 @@ def epochs_axis(scale: str, epochs: tuple[int, ...]) -> tuple[int, ...]:
     return by_scale(scale, epochs, tuple(round(e * 0.4) for e in epochs), tuple(range(1, len(epochs) + 1)))
 
 
+FULL_TIMING = ("Timing: the wall times below were measured while other work shared the machine's 2 cores (the "
+               "study ran at nice 19) and include the pauses (SIGSTOP) while benchmarks ran (E0.11's and E0.12's are "
+               "mostly pauses): they are not a speed measurement. On the quiet machine a sample of the walk's runs "
+               "(5 seeds of one setting per job, batch 1/4/6/10, 20,000 images, 1 epoch, compile included) took 0.31 "
+               "of PyTorch's run-after-run time (docs/benchmarks/2026-12-06-study000-time-sample.txt).")
+CPU_TIMING = ("Timing: the study ran alone (nice 5, no pauses), beside short test runs; each job's wall time includes "
+              "its compiles and its evaluation every epoch, which PyTorch's estimate leaves out: with 2 epochs of "
+              "8,000 images a job, those fixed costs weigh far more than at :full.")
+
+
 def get_config(scale: str = "cpu"):
     config = study_config(
         name="000", title="LeNet hyper-parameter walk on CIFAR-10", scale=scale,
@@ -89,12 +99,7 @@ def get_config(scale: str = "cpu"):
                     "E0.12: He init keeps PyTorch's default bias; whether the study zeroed the biases is not stated.",
                     "The study chose every value on the test split; we select on validation and, where the data have "
                     "no test split (the shared JPEG copy), report final-epoch validation accuracy in its place.",
-                    "Timing: the wall times below were measured while other work shared the machine's 2 cores (the "
-                    "study ran at nice 19) and include the pauses (SIGSTOP) while benchmarks ran (E0.11's and "
-                    "E0.12's are mostly pauses): they are not a speed measurement. On the quiet machine a sample "
-                    "of the walk's runs (5 seeds of one setting per job, batch 1/4/6/10, 20,000 images, 1 epoch, "
-                    "compile included) took 0.31 of PyTorch's run-after-run time "
-                    "(docs/benchmarks/2026-12-06-study000-time-sample.txt)."))
+                    by_scale(scale, FULL_TIMING, CPU_TIMING, CPU_TIMING)))
     rate, rate4 = torch_rate(6), torch_rate(4)  # the walk's batch: 6 to E0.8, 4 from E0.9 on
     t5 = TEST.format(e=5)
     E = config.experiments
