@@ -255,9 +255,10 @@ def get_config(scale: str = "cpu"):
     C.C0_05 = claim("two dropout layers at p = 0.25 collapse training to 9%", "E0_05_dropout:dropout_rate=0.25",
                     expect="collapsed")
     C.C0_06 = claim("BN lowers the loss but not accuracy (bs 8, width 120)", b.format(8, True), b.format(8, False),
-                    expect="equal", margin=2.0, metric="test_accuracy", any_scale=True,
-                    note="the study's BN never ran (F0.3), so its 'no gain' holds for a no-op at any scale; "
-                         "here BN is applied; the loss half of the claim is not tested")
+                    expect="equal", margin=2.0, metric="test_accuracy",
+                    note="the study's BN never ran (F0.3), so its 'no gain' is a no-op's; here BN is applied, and "
+                         "its effect on accuracy depends on the training length (large at :cpu, not shown at :full: the "
+                         ":full report's side-by-side), so the test is judged by scale; the loss half is not tested")
     C.C0_07 = claim("max pooling beats average pooling (63 vs 57)", "E0_09_pool:pool=max", "E0_09_pool:pool=avg",
                     expect="greater", metric="test_accuracy")
     C.C0_08 = claim("ReLU beats tanh", "E0_10_tanh:activation=relu", "E0_10_tanh:activation=tanh", expect="greater",
