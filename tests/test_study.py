@@ -185,7 +185,8 @@ def test_a_leaky_fold_chain_trains_fold_after_fold_and_reports_the_leak(tmp_path
 
 def test_report_mode_on_an_unstarted_study_lists_every_experiment(tmp_path):
     """--mode=report is wired in main.py and renders a study that has not trained anything yet."""
-    result = run_cli("--mode=report", "--config", "configs/studies/s004_cnn_mlp.py:smoke", "--workdir", str(tmp_path))
+    result = run_cli("--mode=report", "--config", "configs/studies/s004_cnn_mlp.py:smoke", "--workdir", str(tmp_path),
+                     "--config.study.evidence_dir=")  # no committed evidence: nothing trained anywhere
     assert result.returncode == 0, result.stderr
     markdown = (tmp_path / "report.md").read_text()
     for key in ("E4_1_cnn", "E4_2_mlp", "E4_7_batch", "E4_8_dropout", "F4_5_dropout_type"):
