@@ -63,6 +63,12 @@ def test_runs_per_group_rules():
     assert plan_for(config, "cpu", step_bytes=21 * mib).runs_per_group == 1  # LeNet, batch 128
     assert plan_for(config, "cpu", step_bytes=414 * mib).runs_per_group == 1  # fifth study's CNN
     assert plan_for(config, "tpu", step_bytes=414 * mib).runs_per_group is None  # all runs in one vmap
+
+    def weighed(param_bytes):
+        return execution.plan(config, steps_per_epoch=100, backend="cpu", step_bytes=lambda _: 2.5 * mib,
+                              param_bytes=lambda _: param_bytes).runs_per_group
+    assert weighed(6 * mib) is None  # 004's MLP: weight-bound, all runs in one vmap
+    assert weighed(0.2 * mib) == 4  # the same activations with LeNet's parameters: the cache budget
     config.execution.runs_per_group = 3
     assert plan_for(config, "cpu", step_bytes=414 * mib).runs_per_group == 3
 

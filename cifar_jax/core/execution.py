@@ -16,7 +16,10 @@ choice                                 CPU (2-core AVX2 machine)  GPU / TPU
                                        slower; 1 with XLA convs
 `execution.runs_per_group` (0 = auto)  runs whose activations     all runs in one vmap
                                        fit 12 MiB per step (LeNet
-                                       b4: 11, b128: 1; CNN: 1)
+                                       b4: 11, b128: 1; CNN: 1);
+                                       all runs for a model whose
+                                       parameters outweigh its
+                                       activations (004's MLP)
 `execution.microbatches` (0 = auto)    slices of a batch whose    1 (the whole batch)
                                        activations fit 12 MiB,
                                        for models whose examples
@@ -74,6 +77,12 @@ CHUNK_SECONDS = 2.0
 # a group twice that size ran 10-25% slower, and vmapping 8 runs of LeNet at batch 128 was 30%
 # slower than one at a time: the step's working set must stay in the caches.
 CPU_STEP_BYTES_PER_GROUP = 12 * 2**20
+# ... unless a run's parameters outweigh its activations: the step then streams every run's
+# weights through the caches whatever the group, and one vmap of all runs turns each layer's
+# matmuls into one batched matmul that keeps both cores busy. Measured (004's MLP, 6 MiB of
+# parameters and 2.5 MiB of activations a run at batch 100, 8 seeds, quiet 2-core EPYC): groups
+# of 8 ran 16% faster than the budget's groups of 4 (docs/performance.md). No other study model
+# is weight-bound: their activations are 1.7-2,400x their parameters at the studies' batch sizes.
 
 _CACHE_ENV = "CIFAR_JAX_CACHE_DIR"
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
@@ -144,11 +153,13 @@ def runs_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh | None:
 
 def plan(config: ml_collections.ConfigDict, *, steps_per_epoch: int, step_bytes: Callable[[ExecutionPlan], int],
          backend: str | None = None, devices: Sequence[jax.Device] | None = None,
-         batch_separable: Callable[[ExecutionPlan], bool] = lambda _: False) -> ExecutionPlan:
+         batch_separable: Callable[[ExecutionPlan], bool] = lambda _: False,
+         param_bytes: Callable[[ExecutionPlan], int] = lambda _: 0) -> ExecutionPlan:
     """The execution plan of one program on `backend` (default: JAX's) over `devices` (default:
     all). `step_bytes(plan)` gives the activations one run's step keeps for backward on the whole
-    batch; `batch_separable(plan)` whether the model's examples never interact (`batch_separable`).
-    Both are only called when a CPU choice is made automatically, or to check a requested one.
+    batch; `batch_separable(plan)` whether the model's examples never interact (`batch_separable`);
+    `param_bytes(plan)` one run's parameters (`model_param_bytes`). They are only called when a
+    CPU choice is made automatically, or to check a requested one.
     The config's execution fields have passed `validate` (the job's one validation pass)."""
     backend = backend or jax.default_backend()
     policy = resolved_policy(config, backend)
@@ -166,7 +177,7 @@ def plan(config: ml_collections.ConfigDict, *, steps_per_epoch: int, step_bytes:
     microbatches = _microbatches(config, policy, provisional, lambda _: whole_batch_bytes(), batch_separable)
     with_microbatches = dataclasses.replace(provisional, microbatches=microbatches)
     return dataclasses.replace(with_microbatches, runs_per_group=_runs_per_group(
-        config, policy, with_microbatches, lambda _: whole_batch_bytes() // microbatches))
+        config, policy, with_microbatches, lambda _: whole_batch_bytes() // microbatches, param_bytes))
 
 
 def plan_record(plan: ExecutionPlan) -> dict[str, Any]:
@@ -240,15 +251,20 @@ def _steps_per_call(config: ml_collections.ConfigDict, steps_per_epoch: int, pol
 
 
 def _runs_per_group(config: ml_collections.ConfigDict, policy: str, provisional: ExecutionPlan,
-                    step_bytes: Callable[[ExecutionPlan], int]) -> int | None:
+                    step_bytes: Callable[[ExecutionPlan], int],
+                    param_bytes: Callable[[ExecutionPlan], int]) -> int | None:
     """Auto (0): all runs on accelerators; on CPU as many runs as fit `CPU_STEP_BYTES_PER_GROUP`
-    of activations kept for the backward pass."""
+    of activations kept for the backward pass, or all runs when a run's parameters outweigh its
+    activations (a weight-bound step)."""
     requested = int(config.execution.runs_per_group)
     if requested:
         return requested
     if policy != "cpu":
         return None
-    return max(1, CPU_STEP_BYTES_PER_GROUP // max(int(step_bytes(provisional)), 1))
+    activations = max(int(step_bytes(provisional)), 1)
+    if int(param_bytes(provisional)) > activations:
+        return None
+    return max(1, CPU_STEP_BYTES_PER_GROUP // activations)
 
 
 def _microbatches(config: ml_collections.ConfigDict, policy: str, provisional: ExecutionPlan,
@@ -301,6 +317,12 @@ def residual_bytes(fn: Callable[..., Any], *args: Any, argnums: Sequence[int] = 
 
     shapes = jax.eval_shape(residuals, *args)
     return int(sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(shapes)))
+
+
+def model_param_bytes(build: Callable[[jax.Array, jax.Array], Any]) -> int:
+    """Bytes of one run's parameters in the model `build(params_key, dropout_key)` makes, from
+    shapes alone."""
+    return int(sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(_abstract_split(build)[1])))
 
 
 def model_step_bytes(build: Callable[[jax.Array, jax.Array], Any], batch_shape: tuple[int, ...]) -> int:

@@ -130,7 +130,8 @@ def make_train(config: ml_collections.ConfigDict, image_shape: tuple[int, int, i
         config, steps_per_epoch=steps_per_epoch, backend=backend,
         step_bytes=lambda p: execution.model_step_bytes(_model_builder(config, image_shape, num_classes, p),
                                                         (config.batch_size, *image_shape)),
-        batch_separable=lambda p: execution.batch_separable(_model_builder(config, image_shape, num_classes, p)))
+        batch_separable=lambda p: execution.batch_separable(_model_builder(config, image_shape, num_classes, p)),
+        param_bytes=lambda p: execution.model_param_bytes(_model_builder(config, image_shape, num_classes, p)))
     ctx, abstract = _step_context(config, image_shape, num_classes, num_train, plan)
 
     if num_runs is not None and plan.policy == "accelerator" and not int(config.execution.runs_per_group):
