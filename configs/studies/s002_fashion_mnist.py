@@ -103,10 +103,10 @@ def get_config(scale: str = "cpu"):
         deviations=("A1 and A4 (E2.1) are not the study's networks: our CNN pools after every conv, so A1 has 0.42 M "
                     "parameters against the study's 1.63 M and A4 pools three times; C2.1 compares our versions.",
                     "Timing: the wall times below are upper bounds, not a speed measurement. The :cpu runs trained "
-                    "at nice 5 over two sessions: E2_1 and E2_2 shared the 2 cores with another study for ~8 "
-                    "minutes, E2_3 was paused (SIGSTOP) for ~2 minutes while a benchmark ran, and E2_3 to E2_3c "
-                    "shared them with short test runs; the :cheap_full A3 pair (at fb2b2a9) shared them with other "
-                    "work. Quiet, side by side: A1 trains at 0.78x PyTorch's images/s for one run, A2 at 1.31x, A3 "
+                    "at nice 5 over two sessions: E2_1, E2_2 and E2_3's first group ran in the first and shared the 2 "
+                    "cores with another study for ~8 minutes; E2_3b was paused (SIGSTOP) for ~2 minutes while a "
+                    "benchmark ran, and E2_3b to E2_4 shared the cores with short test runs; the :cheap_full A3 "
+                    "pair (at fb2b2a9) shared them with other work. Quiet, side by side: A1 trains at 0.78x PyTorch's images/s for one run, A2 at 1.31x, A3 "
                     "at 1.54x, A4 at 0.71x (docs/benchmarks/2026-12-06-models-part1.txt)."))
     E = config.experiments
     names = tuple(ARCHS)
