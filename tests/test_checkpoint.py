@@ -226,6 +226,28 @@ def test_checkpoint_meta_holds_the_state_checksum_and_restore_hides_it(tmp_path,
     assert Checkpoints(str(tmp_path), keep=3, best_metric="val_accuracy").restore(saved_state)[2] == {"history": [1]}
 
 
+def test_best_weights_round_trip_beside_the_state_and_are_none_where_not_saved(tmp_path, saved_state, caplog):
+    """A job keeping best weights saves them as a third item with their own checksum; a checkpoint
+    without them (another job, an earlier version) or with damaged ones gives None, never others."""
+    best = (jax.tree.map(lambda x: x + 1, saved_state.params), saved_state.model_state)
+    checkpoints = Checkpoints(str(tmp_path), keep=3, best_metric="val_accuracy")
+    checkpoints.save(1, saved_state, {}, best_value=None)
+    checkpoints.save(2, saved_state, {}, best_value=None, best_weights=best)
+    checkpoints.save_partial(7, saved_state, {}, best_weights=best)
+    checkpoints.wait()
+    like = (saved_state.params, saved_state.model_state)
+    assert_trees_equal(checkpoints.restore_best_weights(like, 2, num_runs=2), best)
+    assert_trees_equal(checkpoints.restore_best_weights(like, None, num_runs=2), best)  # the mid-epoch one
+    assert checkpoints.restore_best_weights(like, 1, num_runs=2) is None
+    assert checkpoints.restore(saved_state)[2] == {}  # the checksums stay out of the meta
+    meta_path = tmp_path / "checkpoints/latest/2/meta/metadata"
+    meta = json.loads(meta_path.read_text())
+    meta["best_weights_checksum"] = "0" * len(meta["best_weights_checksum"])
+    meta_path.write_text(json.dumps(meta))
+    assert checkpoints.restore_best_weights(like, 2, num_runs=2) is None
+    assert "fail their checksum" in caplog.text
+
+
 @pytest.mark.parametrize("damage", [overwrite_array_bytes, tamper_digest])
 def test_damaged_newest_checkpoint_falls_back_with_a_warning(tmp_path, saved_state, caplog, damage):
     checkpoints = save_epochs(tmp_path, saved_state)

@@ -2,6 +2,7 @@
 (job/best_runs.py); results.json holds the same numbers as when it was scored every epoch."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -43,3 +44,21 @@ def test_test_split_at_final_and_best_epochs_only_with_the_same_results(tmp_path
             np.testing.assert_allclose(got[name], value, rtol=1e-6, err_msg=name)
         assert set(got) == set(want)
     assert lazy["summary"].keys() == every["summary"].keys()
+
+
+@pytest.mark.slow
+def test_a_resumed_job_scores_the_best_weights_its_checkpoint_saved(tmp_path):
+    """Resumed after epoch 3 with `checkpoint.keep=1` and the best-epoch checkpoint removed, the
+    job has no checkpoint of earlier best epochs left: the best weights saved beside the state
+    give the same best-epoch test numbers as the uninterrupted job (same machine: bit for bit)."""
+    keep_one = {"checkpoint.keep": 1}
+    straight, _ = job(tmp_path, "straight", **keep_one)
+    job(tmp_path, "resumed", **keep_one, num_epochs=3)
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "best")
+    resumed, _ = job(tmp_path, "resumed", **keep_one)
+    best = [run["best_epoch"] for run in straight["runs"]]
+    assert min(best) < 3, best  # some run's best weights come from before the resume
+    for got, want in zip(resumed["runs"], straight["runs"]):
+        assert got["best_epoch"] == want["best_epoch"]
+        for name in ("best_test_accuracy", "best_test_loss", "test_accuracy"):
+            np.testing.assert_array_equal(got[name], want[name], err_msg=name)

@@ -8,9 +8,11 @@ epoch, which `BestRuns` keeps on the devices as training goes (a copy of the par
 statistics, per run). `eval.test_every_epoch=True` scores it every epoch as before, and so does a
 job without a validation split (no best epoch to choose).
 
-A resumed job gets the best weights of epochs before the resume back from the kept checkpoints
-(`checkpoint.keep`); a run whose best epoch's checkpoint is gone reports NaN test metrics at its
-best epoch, with a warning, never another epoch's numbers.
+Every checkpoint saves the best weights so far beside the state (`checkpoint.BEST_ITEM`), so a
+resumed job has them back whatever `checkpoint.keep` has deleted since. A checkpoint of an earlier
+version holds none: the best weights then come from the checkpoints of the best epochs, and a run
+whose best epoch's checkpoint is gone reports NaN test metrics at its best epoch, with a warning,
+never another epoch's numbers.
 """
 
 from __future__ import annotations
@@ -89,9 +91,10 @@ class BestRuns:
         params, model_state = self.weights
         return state._replace(params=params, model_state=model_state)
 
-    def resume(self, history: list[dict], state, restore) -> None:
-        """Rebuilds the best epochs from the history and their weights from the checkpoints:
-        `restore(epoch)` is that epoch's (real-run) state or raises CheckpointError."""
+    def resume(self, history: list[dict], state, restore, saved: Any = None) -> None:
+        """Rebuilds the best epochs from the history, and their weights: `saved` (the best weights
+        the resumed checkpoint holds, placed like the state), else from the checkpoints of those
+        epochs: `restore(epoch)` is that epoch's (real-run) state or raises CheckpointError."""
         for epoch, record in enumerate(history, start=1):
             filled = results.nan_as_worst(record[self.metric], self.metric)
             improved = self._improved(filled)
@@ -99,8 +102,11 @@ class BestRuns:
             self.epochs = np.where(improved, epoch, 0 if self.epochs is None else self.epochs)
         if self.epochs is None:
             return
-        self.weights = jax.tree.map(jnp.copy, (state.params, state.model_state))  # a copy: `_replace` donates it
         self.missing = np.zeros(self.epochs.shape, bool)
+        if saved is not None:
+            self.weights = saved
+            return
+        self.weights = jax.tree.map(jnp.copy, (state.params, state.model_state))  # a copy: `_replace` donates it
         for epoch in sorted(set(self.epochs.tolist())):
             runs = self.epochs == epoch
             try:

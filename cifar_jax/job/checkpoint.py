@@ -1,9 +1,10 @@
 """Orbax checkpoints of all runs at once: save, resume, restore for evaluation.
 
 A checkpoint is the whole `TrainState` of every run (parameters, batch statistics, dropout
-streams, optimizer state, data keys, step, divergence flags) plus a small meta (epochs done, wall
-time; the metrics history stays in metrics.jsonl, so the meta does not grow with the epochs), so a
-killed run resumes to bit-identical results. The state is stored as a flat dict
+streams, optimizer state, data keys, step, divergence flags), each run's weights at its best epoch
+so far where the job keeps them for the test split (`BEST_ITEM`), and a small meta (epochs done,
+wall time; the metrics history stays in metrics.jsonl, so the meta does not grow with the epochs),
+so a killed run resumes to bit-identical results. The state is stored as a flat dict
 keyed by pytree path, with random keys as raw key data: it restores into any process that
 builds the same program, whatever its device count.
 
@@ -124,6 +125,10 @@ DIGEST_KEY = "state_sha256"  # in the meta of earlier versions' checkpoints (of 
 # rows; the rest is padding to the saving job's device count) and their `state_checksum`.
 RUNS_KEY = "num_runs"
 CHECKSUM_KEY = "state_checksum"
+# A job that scores its test split on each run's best weights (job/best_runs.py) saves those
+# weights as a third item, so a resumed job has them whatever `checkpoint.keep` deleted since.
+BEST_ITEM = "best_weights"
+BEST_CHECKSUM_KEY = "best_weights_checksum"
 
 
 def _leading(flat: dict[str, Any]) -> int:
@@ -151,7 +156,8 @@ def _check_fits(saved: dict[str, tuple[int, ...]], abstract: dict[str, Any], sav
 def _handlers() -> dict[str, ocp.CheckpointHandler]:
     """A manager's item handlers, known before its first save or restore (`item_metadata` reads
     the saved shapes through them)."""
-    return {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+    return {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler(),
+            BEST_ITEM: ocp.StandardCheckpointHandler()}
 
 
 class Checkpoints:
@@ -185,10 +191,11 @@ class Checkpoints:
             root / "partial", item_handlers=_handlers(),
             options=ocp.CheckpointManagerOptions(max_to_keep=1, multiprocessing_options=barriers["partial"], **common))
 
-    def save_partial(self, global_step: int, state: Any, meta: dict, num_runs: int | None = None) -> None:
+    def save_partial(self, global_step: int, state: Any, meta: dict, num_runs: int | None = None,
+                     best_weights: Any = None) -> None:
         """A checkpoint inside an epoch: `meta` says the epoch, the step within it and the sums so far."""
         with self._write_errors(None):
-            self.partial.save(global_step, args=self._args(state, meta, num_runs))
+            self.partial.save(global_step, args=self._args(state, meta, num_runs, best_weights))
         self.last_save_time = time.time()
 
     def restore_partial(self, like: Any, num_runs: int | None = None) -> tuple[Any, dict] | None:
@@ -211,24 +218,31 @@ class Checkpoints:
             self.partial.delete(step)
 
     @staticmethod
-    def _args(state: Any, meta: dict, num_runs: int | None = None) -> ocp.args.Composite:
-        """The sharded state as it is (padding included) and the meta with the real-run count and
-        the checksum of the real runs."""
+    def _args(state: Any, meta: dict, num_runs: int | None = None, best_weights: Any = None) -> ocp.args.Composite:
+        """The sharded state as it is (padding included), the best weights where given, and the meta
+        with the real-run count and the checksums of the real runs."""
         flat = _flatten(state)
         num_runs = _leading(flat) if num_runs is None else num_runs
         meta = {**meta, RUNS_KEY: num_runs, CHECKSUM_KEY: state_checksum(flat, num_runs)}
-        return ocp.args.Composite(state=ocp.args.StandardSave(flat), meta=ocp.args.JsonSave(meta))
+        items = {"state": ocp.args.StandardSave(flat)}
+        if best_weights is not None:
+            best = _flatten(best_weights)
+            meta[BEST_CHECKSUM_KEY] = state_checksum(best, num_runs)
+            items[BEST_ITEM] = ocp.args.StandardSave(best)
+        return ocp.args.Composite(meta=ocp.args.JsonSave(meta), **items)
 
-    def save(self, epoch: int, state: Any, meta: dict, best_value: float | None, num_runs: int | None = None) -> None:
+    def save(self, epoch: int, state: Any, meta: dict, best_value: float | None, num_runs: int | None = None,
+             best_weights: Any = None) -> None:
         """Saves asynchronously: Orbax copies each process's shards to its host, then writes them in
         the background. `state` may hold padding runs after its first `num_runs` (default: all
         real); they are saved too (no gather to slice them off) and dropped by `restore`.
+        `best_weights`: each run's weights at its best epoch so far (`restore_best_weights`).
 
         A write that fails (disk full, unwritable workdir) is a one-line CheckpointError, raised
         here or by `wait`; Orbax writes into a temporary directory first, so earlier checkpoints
         stay intact.
         """
-        args = self._args(state, meta, num_runs)
+        args = self._args(state, meta, num_runs, best_weights)
         self.last_save_time = time.time()
         with self._write_errors(epoch):
             self.latest.save(epoch, args=args)
@@ -308,6 +322,29 @@ class Checkpoints:
                 "retrain with --config.checkpoint.overwrite=True (the old run is moved aside)")
         return None
 
+    def restore_best_weights(self, like: Any, epoch: int | None, num_runs: int) -> Any:
+        """The best weights saved with the whole epoch `epoch`'s checkpoint (None: the newest
+        mid-epoch one), shaped and sharded like `like`; None when that checkpoint has none (saved
+        by a job that kept none, or by an earlier version) or they fail their checksum."""
+        manager = self.partial if epoch is None else self.latest
+        step = manager.latest_step() if epoch is None else epoch
+        if step is None:
+            return None
+        abstract = _abstract_flat(like)
+        try:
+            meta = dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+            if BEST_CHECKSUM_KEY not in meta:
+                return None
+            flat = dict(manager.restore(step, args=ocp.args.Composite(
+                **{BEST_ITEM: ocp.args.StandardRestore(abstract, strict=False)}))[BEST_ITEM])
+        except Exception as error:  # noqa: BLE001 -- any read failure means "not usable"
+            logging.warning("the best weights saved at step %d cannot be read (%s)", step, brief(error, 160))
+            return None
+        if state_checksum(flat, num_runs) != meta[BEST_CHECKSUM_KEY]:
+            logging.warning("the best weights saved at step %d fail their checksum", step)
+            return None
+        return _unflatten(flat, like)
+
     @staticmethod
     def _read(manager: ocp.CheckpointManager, epoch: int, abstract: dict, num_runs: int) -> tuple[dict, dict]:
         """The flat state (shaped and sharded like `abstract`) and meta of one checkpoint;
@@ -325,6 +362,7 @@ class Checkpoints:
             raise _Unusable(f"cannot be read ({brief(error, 160)})") from None
         flat = dict(restored["state"])
         checksum, digest = meta.pop(CHECKSUM_KEY, None), meta.pop(DIGEST_KEY, None)  # None: not recorded
+        meta.pop(BEST_CHECKSUM_KEY, None)  # `restore_best_weights` checks it
         if checksum is not None and state_checksum(flat, num_runs) != checksum:
             raise _Unusable("fails its checksum (its files were modified or damaged)")
         if digest is not None and state_digest({p: np.asarray(v)[:num_runs] for p, v in flat.items()}) != digest:

@@ -99,6 +99,7 @@ class ResumePoint(NamedTuple):
     step: int = 0
     sums: step.EpochSums | None = None
     steps_per_call: int | None = None  # the chunk length the run decided (job/chunks.py), if it did
+    best_weights: Any = None  # each run's best weights so far, when the checkpoint holds them (job/best_runs.py)
 
 
 def _initial_state(setup: RunSetup, config: ml_collections.ConfigDict, workdir: str) -> step.TrainState:
@@ -120,19 +121,24 @@ def _resume_point(setup: RunSetup, checkpoints: Checkpoints, workdir: str,
                   fresh: Callable[[], step.TrainState]) -> ResumePoint:
     """The newest usable checkpoint, a whole epoch's or a mid-epoch one, placed on the devices,
     with the records of its epochs (from metrics.jsonl); `fresh()` when there is none."""
-    restored = checkpoints.restore(setup.checkpoint_like(), num_runs=setup.num_runs)
-    partial = checkpoints.restore_partial(setup.checkpoint_like(), num_runs=setup.num_runs)
+    like = setup.checkpoint_like()
+    restored = checkpoints.restore(like, num_runs=setup.num_runs)
+    partial = checkpoints.restore_partial(like, num_runs=setup.num_runs)
     whole_epochs = 0 if restored is None else _epochs_done(restored[2])
+
+    def best_weights(epoch: int | None) -> Any:  # None: the mid-epoch checkpoint's
+        saved = checkpoints.restore_best_weights((like.params, like.model_state), epoch, setup.num_runs)
+        return None if saved is None else setup.on_devices(saved)
     if partial is not None and partial[1]["epoch"] > whole_epochs:
         state, meta = partial
         return ResumePoint(setup.on_devices(state), *_history(meta, workdir, setup.grid), meta["wall_time_s"],
                            meta["step"], setup.on_devices(step.EpochSums.from_json(meta["sums"])),
-                           meta.get("steps_per_call"))
+                           meta.get("steps_per_call"), best_weights(None))
     if restored is None:
         return ResumePoint(fresh(), [], [], 0.0)
-    _, state, meta = restored
+    epoch, state, meta = restored
     return ResumePoint(setup.on_devices(state), *_history(meta, workdir, setup.grid), meta["wall_time_s"],
-                       steps_per_call=meta.get("steps_per_call"))
+                       steps_per_call=meta.get("steps_per_call"), best_weights=best_weights(epoch))
 
 
 def _epochs_done(meta: dict) -> int:
@@ -149,7 +155,8 @@ def _history(meta: dict, workdir: str, grid: runs.RunGrid) -> tuple[list[dict], 
 
 
 def _chunk_hook(setup: RunSetup, checkpoints: Checkpoints, loop: progress.TrainingLog, stop: interrupts.StopFlag,
-                epoch: int, records: Callable[[], dict]) -> Callable[[int, step.TrainState, step.EpochSums], bool]:
+                epoch: int, records: Callable[[], dict], best: best_runs.BestRuns | None
+                ) -> Callable[[int, step.TrainState, step.EpochSums], bool]:
     """Between chunks: progress, and a mid-epoch checkpoint when the run is asked to stop or
     `checkpoint.every_minutes` have passed since the last save; returns whether to stop."""
     show = loop.chunk_callback(epoch)
@@ -163,7 +170,8 @@ def _chunk_hook(setup: RunSetup, checkpoints: Checkpoints, loop: progress.Traini
         if halt or save:
             checkpoints.save_partial((epoch - 1) * setup.program.steps_per_epoch + done, state,
                                      {**records(), "epoch": epoch, "step": done,
-                                      "sums": setup.real_runs(sums).to_json()}, num_runs=setup.num_runs)
+                                      "sums": setup.real_runs(sums).to_json()}, num_runs=setup.num_runs,
+                                     best_weights=None if best is None else best.weights)
         return halt
     return hook
 
@@ -179,15 +187,15 @@ def _refuse_another_dtype(workdir: str, plan: execution.ExecutionPlan) -> None:
 
 
 def _best_runs(config: ml_collections.ConfigDict, setup: RunSetup, checkpoints: Checkpoints, evals: dict,
-               history: list[dict], state: step.TrainState) -> best_runs.BestRuns | None:
+               resume: ResumePoint) -> best_runs.BestRuns | None:
     """Each run's best weights, kept while the test split waits for the end of the job (None when
     test is scored every epoch, or there is none); a resumed job's from its checkpoints."""
     if not best_runs.keeps_best(config, evals):
         return None
     metric = config.checkpoint.best_metric
     best = best_runs.BestRuns(metric if metric in results.BEST_METRICS else "val_accuracy", setup.on_devices)
-    best.resume(history, state, lambda epoch: checkpoints.restore(setup.checkpoint_like(), which=str(epoch),
-                                                                  num_runs=setup.num_runs)[1])
+    best.resume(resume.history, resume.state, lambda epoch: checkpoints.restore(
+        setup.checkpoint_like(), which=str(epoch), num_runs=setup.num_runs)[1], saved=resume.best_weights)
     return best
 
 
@@ -297,13 +305,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     del splits  # on several devices the placed data are copies: the default device keeps one (`memory.py`)
     resumed_epoch = len(history) + 1  # resume.step and resume.sums belong to it
     loop.compiling(clock)
-    best = _best_runs(config, setup, checkpoints, evals, history, state)
+    best = _best_runs(config, setup, checkpoints, evals, resume)
     with interrupts.stop_on_signals(float(config.execution.get("stop_grace_s", interrupts.DEFAULT_GRACE_S))) as stop:
         for epoch in range(resumed_epoch, config.num_epochs + 1):
             start, sums = (resume.step, resume.sums) if epoch == resumed_epoch else (0, None)
+            hook = _chunk_hook(setup, checkpoints, loop, stop, epoch, records, best)
             state, sums, done = train_epoch(setup.program, state, setup.hparams, images, labels, epoch, train_index,
-                                            _chunk_hook(setup, checkpoints, loop, stop, epoch, records), start, sums,
-                                            clock)
+                                            hook, start, sums, clock)
             loop.trained(clock)
             if done < setup.program.steps_per_epoch:
                 _stop_mid_epoch(checkpoints, loop, stop, epoch, done)
@@ -315,7 +323,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             loop.end_epoch(epoch, record, history, diverged_by_epoch)  # metrics.jsonl before the checkpoint
             if epoch % config.checkpoint_every_epochs == 0 or epoch == config.num_epochs:
                 checkpoints.save(epoch, state, records(), results.mean_over_runs(record, config.checkpoint.best_metric),
-                                 num_runs=setup.num_runs)  # sharded and padded as trained: nothing gathered
+                                 num_runs=setup.num_runs,  # sharded and padded as trained: nothing gathered
+                                 best_weights=None if best is None else best.weights)
                 checkpoints.drop_partial()
     checkpoints.wait()
     checkpoints.close()
