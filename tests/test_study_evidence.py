@@ -223,3 +223,40 @@ def test_publishing_never_replaces_evidence_of_a_larger_scale(tmp_path):
     (docs / "mini.md").write_text("Trained with `python -m cifar_jax.main --mode=study --config s.py:full --workdir W`")
     with pytest.raises(UsageError, match=r"mini.md is a `:full` report and this one is `:smoke`"):
         study_report.publish(config, str(work), str(docs))
+
+
+def test_a_cpu_report_shows_its_cheap_full_runs_with_its_own_beside_them(tmp_path, monkeypatch):
+    """Study 002's A3 cross-validation pair ran at :cheap_full (docs/studies/002/full/evidence) and
+    at :cpu: the :cpu report shows the full-scale runs and judges the claim on both, side by side."""
+    monkeypatch.chdir(REPO)
+    keys = ["E2_6b_kfold_A3", "F2_1b_leaky_kfold_A3"]
+    config = _only(load_study("configs/studies/s002_fashion_mnist.py", "cpu"), keys)
+    text = _rebuilt(config, config.study.evidence_dir, str(tmp_path / "both"))
+    assert "and, for the `:cheap_full` runs, in `docs/studies/002/full/evidence/`" in text
+    assert "Scales: at `:cheap_full` `E2_6b_kfold_A3`, `F2_1b_leaky_kfold_A3`." in text
+    section = text.partition("## At `:cheap_full` against `:cpu`")[2].partition("\n## ")[0]
+    row = next(line for line in section.splitlines() if line.startswith("| C2.6d |"))
+    full_cell, cpu_cell = row.split(" | ")[1:3]
+    assert "epochs × 8,000 images" in cpu_cell and full_cell.split("(")[1] != cpu_cell.split("(")[1], row
+    alone = _rebuilt(config, str(tmp_path / "no_cpu_runs"), str(tmp_path / "alone"))
+    assert "Scales: at `:cheap_full`" in alone and "against `:cpu`" not in alone  # nothing to put beside them
+
+
+def test_publishing_a_carried_scale_copies_its_complete_evidence_and_no_report(tmp_path):
+    from cifar_jax.errors import UsageError
+
+    config = mini_study()
+    config.study.scale, config.study.evidence_dir = "cheap_full", str(tmp_path / "docs" / "mini" / "full" / "evidence")
+    work = tmp_path / "work"
+    (work / "evidence").mkdir(parents=True)
+    (work / "report.md").write_text("# a :cheap_full report\n")
+    for key, complete in (("A_lr", True), ("B_width", False)):
+        evidence.write(str(work / "evidence"), {"experiment": key, "scale": "cheap_full", "complete": complete,
+                                                "groups": []})
+    assert study_report.publish(config, str(work), str(tmp_path / "docs")) == config.study.evidence_dir
+    assert sorted(os.listdir(config.study.evidence_dir)) == ["A_lr.json"]  # the unfinished one stays behind
+    assert not (tmp_path / "docs" / "mini.md").exists()  # the :cpu report shows them once rebuilt
+    evidence.write(config.study.evidence_dir, {"experiment": "A_lr", "scale": "full", "complete": True, "groups": []})
+    with pytest.raises(UsageError, match=r"holds `:full` runs and this workdir's are `:cheap_full`"):
+        study_report.publish(config, str(work), str(tmp_path / "docs"))
+    assert evidence.read(config.study.evidence_dir, "A_lr")["scale"] == "full"

@@ -19,7 +19,7 @@ import os
 import platform
 import subprocess
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import ml_collections
 
@@ -296,17 +296,24 @@ def write_study_report(config: ml_collections.ConfigDict, workdir: str) -> str:
                                            [(other, experiments(other)) for other in compared if other is not None])
 
 
-def scales(config: ml_collections.ConfigDict) -> Callable[[str], Sequence[Experiment]]:
-    """scale -> the study's experiments at that scale (from `config.study.config_path`), so
-    evidence committed at another scale is checked against the config it was trained with."""
-    return functools.partial(_experiments_at, config.study.config_path)
+class ScaleView(NamedTuple):
+    """The study at one scale: where its evidence is committed, and its experiments."""
+
+    evidence_dir: str
+    experiments: tuple[Experiment, ...]
+
+
+def scales(config: ml_collections.ConfigDict) -> Callable[[str], ScaleView]:
+    """scale -> the study at that scale (from `config.study.config_path`), so evidence committed
+    at another scale is found and checked against the config it was trained with."""
+    return functools.partial(_view_at, config.study.config_path)
 
 
 @functools.lru_cache(maxsize=None)
-def _experiments_at(config_path: str, scale: str) -> tuple[Experiment, ...]:
-    """() where the path is not a study config file (a test's study built in code)."""
+def _view_at(config_path: str, scale: str) -> ScaleView:
+    """An empty view where the path is not a study config file (a test's study built in code)."""
     config = config_at(config_path, scale)
-    return () if config is None else tuple(experiments(config))
+    return ScaleView("", ()) if config is None else ScaleView(config.study.evidence_dir, tuple(experiments(config)))
 
 
 def config_at(config_path: str, scale: str) -> ml_collections.ConfigDict | None:

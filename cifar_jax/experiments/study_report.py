@@ -1,8 +1,9 @@
 """A study's report, built from evidence alone (`cifar_jax.experiments.evidence`).
 
 `write_study_report(config, workdir)` gathers each experiment's evidence -- extracted from
-WORKDIR/<experiment>/ where it trained, else WORKDIR/evidence/, else the committed
-`config.study.evidence_dir` when it matches the experiment's config -- writes the extracted files to
+WORKDIR/<experiment>/ where it trained, else WORKDIR/evidence/, else the committed evidence that
+matches the experiment's config (a :cpu report's :cheap_full runs first: `CARRIED_SCALE`, then
+`config.study.evidence_dir`) -- writes the extracted files to
 WORKDIR/evidence/, and renders WORKDIR/report.md and WORKDIR/plots/ from those files only, so a
 fresh clone rebuilds the same text from the committed evidence (`--mode=report`, any workdir).
 `publish(config, workdir, root)` copies report, plots and evidence to ROOT/<name>.md, ROOT/<name>/.
@@ -31,7 +32,11 @@ from cifar_jax.job import workdir as workdir_lib
 REPORT_FILE = "report.md"
 PLOTS = "plots"
 SIZE = {scale: i for i, scale in enumerate(reversed(dsl.SCALES))}  # smoke < cpu < cheap_full < full
-AtScale = Callable[[str], Sequence[Any]]  # scale -> the study's experiments at that scale
+AtScale = Callable[[str], Any]  # scale -> the study at that scale (`study.ScaleView`: evidence_dir, experiments)
+# A report at the key's scale shows the value's runs of its CPU-cheap experiments in place of its
+# own, read from the evidence directory of that scale's config, with its own runs' verdicts beside
+# them (`write_study_report`): the :cheap_full runs of 001, 002 and 004 in their :cpu reports.
+CARRIED_SCALE = {"cpu": "cheap_full"}
 
 
 # ----------------------------------------------------------------------------- evidence
@@ -58,9 +63,14 @@ def group_analysis(workdir: str, exp: Any, group: dict[str, Any]) -> dict[str, A
 def committed(config: ml_collections.ConfigDict, exp: Any, at_scale: AtScale | None,
               larger_only: bool = False) -> dict[str, Any] | None:
     """The committed evidence of `exp` when it matches the experiment's config at the scale it was
-    trained: this config's, or another (`at_scale`), so a :cpu report carries the :cheap_full runs
-    of its CPU-cheap experiments and a :cheap_full report the :cpu runs of the others, each marked.
-    `larger_only`: no smaller scale than this config's (what lets a study skip training)."""
+    trained: first the `CARRIED_SCALE` runs in that scale's evidence directory, so a :cpu report
+    carries the :cheap_full runs of its CPU-cheap experiments; else this config's directory, whose
+    file may be of another scale where scales share one directory (`at_scale` gives that scale's
+    config), each marked. `larger_only`: no smaller scale than this config's (what lets a study
+    skip training)."""
+    carried = carried_evidence(config, exp, at_scale)
+    if carried is not None:
+        return carried
     found = evidence_lib.read(config.study.evidence_dir, exp.key) if config.study.evidence_dir else None
     scale = (found or {}).get("scale", config.study.scale)
     if scale == config.study.scale:
@@ -68,8 +78,30 @@ def committed(config: ml_collections.ConfigDict, exp: Any, at_scale: AtScale | N
     elif scale not in SIZE or not at_scale or (larger_only and SIZE[scale] < SIZE[config.study.scale]):
         twin = None
     else:
-        twin = next((e for e in at_scale(scale) if e.key == exp.key), None)
+        twin = next((e for e in at_scale(scale).experiments if e.key == exp.key), None)
     return found if twin and evidence_lib.matches(found, workdir_lib.config_to_dict(twin.config)) else None
+
+
+def _carried_dir(config: ml_collections.ConfigDict, at_scale: AtScale | None) -> str:
+    """The evidence directory of this scale's `CARRIED_SCALE`, where it has its own; else ''."""
+    carried = CARRIED_SCALE.get(config.study.scale)
+    directory = at_scale(carried).evidence_dir if carried and at_scale and config.study.evidence_dir else ""
+    return "" if directory == config.study.evidence_dir else directory
+
+
+def carried_evidence(config: ml_collections.ConfigDict, exp: Any, at_scale: AtScale | None) -> dict[str, Any] | None:
+    """`exp`'s runs at this scale's `CARRIED_SCALE`, committed in its own evidence directory and
+    matching its config there; None without any, or where the two scales share one directory."""
+    directory = _carried_dir(config, at_scale)
+    if not directory:
+        return None
+    carried = CARRIED_SCALE[config.study.scale]
+    view = at_scale(carried)
+    found = evidence_lib.read(directory, exp.key)
+    twin = next((e for e in view.experiments if e.key == exp.key), None)
+    if not found or found.get("scale") != carried or twin is None:
+        return None
+    return found if evidence_lib.matches(found, workdir_lib.config_to_dict(twin.config)) else None
 
 
 def gather(config: ml_collections.ConfigDict, workdir: str, exp: Any, at_scale: AtScale | None = None
@@ -281,8 +313,11 @@ def commits_line(scale: str, evidence: dict[str, dict[str, Any]]) -> str:
 
 
 def header(config: ml_collections.ConfigDict, evidence: dict[str, dict[str, Any]],
-           claims: Sequence[verdicts.ClaimResult]) -> list[str]:
+           claims: Sequence[verdicts.ClaimResult], carried_dir: str = "") -> list[str]:
+    """Title, provenance, what holds, deviations and the claims table. `carried_dir`: where the
+    `CARRIED_SCALE` runs shown in place of this scale's are committed, if any are."""
     study = config.study
+    carried = (f" and, for the `:{CARRIED_SCALE[study.scale]}` runs, in `{carried_dir}/`" if carried_dir else "")
     scale_note = ("" if study.scale in dsl.FULL_SCALES else
                   f" At `:{study.scale}` the runs train on fewer images for fewer epochs than the study: a claim "
                   "about the study's full training is *consistent*, *not reproduced at this scale* or "
@@ -291,7 +326,8 @@ def header(config: ml_collections.ConfigDict, evidence: dict[str, dict[str, Any]
     lines = [f"# Study {study.name}: {study.title}", "",
              f"Trained with `python -m cifar_jax.main --mode=study --config {study.config_path}:{study.scale} "
              f"--workdir WORKDIR` at commit {commits_line(study.scale, evidence)}; every number and plot below "
-             f"is rebuilt from the per-run evidence in `{study.evidence_dir}/` by `--mode=report` (any workdir). "
+             f"is rebuilt from the per-run evidence in `{study.evidence_dir}/`{carried} by `--mode=report` (any "
+             "workdir). "
              f"Source of the study's numbers and claims: {study.source}.", "",
              "Each of our cells is a mean over seeds with a Student-t 95% CI; the study's single runs are compared "
              "with our 95% prediction interval." + scale_note, ""]
@@ -392,11 +428,36 @@ def write_study_report(config: ml_collections.ConfigDict, workdir: str, exps: Se
         others = judged_on_committed(other_config, other_exps)
         if others is not None:
             comparisons += scale_comparison(config.study.scale, claims, other_config.study.scale, others)
-    lines = (header(config, evidence, claims) + comparisons + sections
+    carried_scale = CARRIED_SCALE.get(config.study.scale)
+    carried = {key for key, ev in evidence.items() if carried_scale and ev.get("scale") == carried_scale}
+    carried_dir = _carried_dir(config, at_scale) if carried else ""
+    own = judged_on_committed(config, exps) if carried_dir else None
+    if own is not None:  # the carried runs' verdicts beside this scale's own runs'
+        involved = [c for c, entry in zip(claims, config.get("claims", {}).values())
+                    if carried & {r.partition(":")[0] for r in verdicts.refs(entry)}]
+        comparisons += scale_comparison(carried_scale, involved, config.study.scale, own)
+    lines = (header(config, evidence, claims, carried_dir) + comparisons + sections
              + study_tables.protocol_section(config, exps, evidence))
     path = os.path.join(workdir, REPORT_FILE)
     workdir_lib.write_text_atomic(path, "\n".join(lines))
     return path
+
+
+def publish_evidence(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """Copies WORKDIR's complete evidence into `config.study.evidence_dir`, refusing before any copy
+    to replace a file of a larger scale; returns that directory."""
+    source_dir, target = os.path.join(workdir, evidence_lib.DIR), config.study.evidence_dir
+    keys = [file[:-len(".json")] for file in sorted(storage.listdir(source_dir))] if storage.exists(source_dir) else []
+    complete = {key: ev for key in keys if (ev := evidence_lib.read(source_dir, key) or {}).get("complete")}
+    for key, new in complete.items():
+        old_scale = (evidence_lib.read(target, key) or {}).get("scale")
+        if old_scale in SIZE and SIZE.get(new.get("scale"), -1) < SIZE[old_scale]:
+            raise UsageError(f"{evidence_lib.path(target, key)} holds `:{old_scale}` runs and this workdir's are "
+                             f"`:{new.get('scale')}`: publishing would replace them; remove that file first")
+    storage.makedirs(target)
+    for key in complete:
+        storage.path(evidence_lib.path(source_dir, key)).copy(evidence_lib.path(target, key), overwrite=True)
+    return target
 
 
 def published_text(text: str, name: str) -> str:
@@ -438,9 +499,14 @@ def publish(config: ml_collections.ConfigDict, workdir: str, root: str = "docs/s
     """Copies WORKDIR's report, plots and evidence to ROOT/<name>.md and ROOT/<name>/ (the layout
     `config.study.evidence_dir` expects by default); returns the report's path. Never replaces
     evidence of a larger scale (`check_no_smaller_scale_over_larger`); removes the plots of the
-    report it replaces that the new one does not draw, so none is left that no report links."""
+    report it replaces that the new one does not draw, so none is left that no report links.
+    A scale another one carries (`CARRIED_SCALE`: :cheap_full) with its own evidence directory
+    publishes its evidence there and no report: the carrying scale's report shows it once rebuilt."""
     name = config.study.name
     target = os.path.join(root, name)
+    if config.study.scale in CARRIED_SCALE.values() and os.path.normpath(config.study.evidence_dir) != \
+            os.path.normpath(os.path.join(target, evidence_lib.DIR)):
+        return publish_evidence(config, workdir)
     check_no_smaller_scale_over_larger(config, workdir, root)
     os.makedirs(os.path.join(target, evidence_lib.DIR), exist_ok=True)
     drawn = set(storage.listdir(os.path.join(workdir, PLOTS)))

@@ -96,6 +96,7 @@ def get_config(scale: str = "cpu"):
     config = study_config(
         name="002", title="Fashion-MNIST architectures and hyper-parameters", scale=scale,
         config_path="configs/studies/s002_fashion_mnist.py", source="STUDIES.md §4 (report 002, student 234591)",
+        evidence_dir=by_scale(scale, "docs/studies/002/full/evidence", None, None),  # apart from :cpu: its report shows both
         execution=fashion_mnist.get_config().execution, num_seeds=by_scale(scale, 5, 3, 2),
         data_dir=fashion_mnist.debian_dir(),
         train_limit=by_scale(scale, 0, 10000, 1200), val_size=by_scale(scale, 10000, 2000, 200),
