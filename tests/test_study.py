@@ -275,6 +275,21 @@ def test_claim_verdicts_by_scale(scale):
     assert verdicts.verdict_counts(list(claims.values()), scale).startswith(f"Claims at `:{scale}`: ")
 
 
+def test_a_claim_across_experiments_of_two_scales_is_not_tested():
+    """A :cpu report carrying one experiment's :cheap_full runs never compares them with another
+    experiment's :cpu runs: the difference would be one of trainings, not of settings."""
+    config = ml_collections.ConfigDict({"study": {"scale": "cpu"}, "claims": {}})
+    config.claims.C_01 = dsl.claim("a beats b", "E:a", "F:b", expect="greater")
+    config.claims.C_02 = dsl.claim("a beats c", "E:a", "E:c", expect="greater")
+    loaded = {"E": [_setting("a", [0.60, 0.61, 0.62]), _setting("c", [0.50, 0.51, 0.52])],
+              "F": [_setting("b", [0.50, 0.51, 0.52])]}
+    ctx = verdicts.Context(loaded=loaded, skipped={}, scale="cpu", horizon={}, scales={"E": "cheap_full"})
+    claims = {c.key: c for c in verdicts.judge_claims(config, ctx)}
+    assert claims["C_01"].level == "not tested"
+    assert claims["C_01"].detail == "here: its experiments ran at different scales (E at :cheap_full, F at :cpu)"
+    assert claims["C_02"].level == "supported"  # both sides at :cheap_full, a full scale
+
+
 def test_claim_checks():
     config = mini_study()
     config.claims.C1_02.margin = 0.0

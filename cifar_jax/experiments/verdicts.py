@@ -280,10 +280,15 @@ def judge_claim(key: str, entry: ml_collections.ConfigDict, ctx: Context) -> Cla
     result = ClaimResult(key=key, text=entry.text, expect=entry.expect, sign=-1 if lower else 1,
                          any_scale=entry.get("any_scale", False) or full, horizon="" if full else horizon)
     blocked = [f"{k} {ctx.skipped[k]}" for k in exp_keys if k in ctx.skipped]
+    scales = {k: ctx.scales.get(k, ctx.scale) for k in exp_keys if k not in ctx.skipped}
     if entry.expect == "untested":
         result.level, result.detail = "not tested", entry.note
     elif blocked:
         result.level, result.detail = "not tested", f"here: {'; '.join(blocked)}"
+    elif len(set(scales.values())) > 1:  # a difference across two trainings would measure the trainings
+        result.level = "not tested"
+        result.detail = ("here: its experiments ran at different scales ("
+                         + ", ".join(f"{k} at :{s}" for k, s in scales.items()) + ")")
     elif any(_find(ctx, r) is None for r in refs(entry)):
         result.level, result.detail = "not tested", "its runs have not finished"
     elif entry.expect == "collapsed":
