@@ -356,6 +356,9 @@ def test_the_header_names_the_commits_of_each_scale_apart():
 def test_what_holds_says_a_verdict_stands_at_any_scale_only_in_a_reduced_report():
     from types import SimpleNamespace
     leak = SimpleNamespace(key="C2_6d", text="the folds are real", level="refuted", evidence="difference +5.44",
-                           detail="", any_scale=True)
+                           detail="", any_scale=True, full_scale=False)
     assert study_report.what_holds([leak], "cpu")[2].endswith("(difference +5.44); the test holds at any scale.")
     assert study_report.what_holds([leak], "full")[2].endswith("(difference +5.44).")
+    carried = SimpleNamespace(**{**vars(leak), "full_scale": True})  # its runs: a :cpu report's :cheap_full ones
+    assert study_report.what_holds([carried], "cpu")[2].endswith(
+        "(difference +5.44); judged on runs at the study's scale.")

@@ -234,6 +234,7 @@ def test_a_cpu_report_shows_its_cheap_full_runs_with_its_own_beside_them(tmp_pat
     text = _rebuilt(config, config.study.evidence_dir, str(tmp_path / "both"))
     assert "and, for the `:cheap_full` runs, in `docs/studies/002/full/evidence/`" in text
     assert "Scales: at `:cheap_full` `E2_6b_kfold_A3`, `F2_1b_leaky_kfold_A3`." in text
+    assert "**refuted** (difference +5.44 [3.73, 7.15]); judged on runs at the study's scale." in text
     section = text.partition("## At `:cheap_full` against `:cpu`")[2].partition("\n## ")[0]
     row = next(line for line in section.splitlines() if line.startswith("| C2.6d |"))
     full_cell, cpu_cell = row.split(" | ")[1:3]

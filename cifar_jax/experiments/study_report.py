@@ -276,6 +276,13 @@ def claims_table(claims: Sequence[verdicts.ClaimResult]) -> list[str]:
     return lines
 
 
+def _scale_basis(claim: verdicts.ClaimResult) -> str:
+    """Why a reduced-scale report may say *supported* or *refuted* of this claim."""
+    if claim.full_scale:
+        return "; judged on runs at the study's scale"
+    return "; the test holds at any scale" if claim.any_scale else ""
+
+
 def what_holds(claims: Sequence[verdicts.ClaimResult], scale: str) -> list[str]:
     """One plain sentence per claim: its evidence level and the number it rests on; at a reduced
     scale, which verdicts stand regardless of it."""
@@ -284,8 +291,7 @@ def what_holds(claims: Sequence[verdicts.ClaimResult], scale: str) -> list[str]:
     for c in claims:
         basis = c.evidence or c.detail
         lines.append(f"- **{dsl.display_id(c.key)}** {c.text}: **{c.level}**" + (f" ({basis})" if basis else "")
-                     + ("; the test holds at any scale" if reduced and c.any_scale
-                        and c.level in ("supported", "refuted") else "") + ".")
+                     + (_scale_basis(c) if reduced and c.level in ("supported", "refuted") else "") + ".")
     return lines + [""]
 
 
@@ -360,6 +366,8 @@ def _decisive(claim: verdicts.ClaimResult) -> bool:
 
 def scale_reading(own: verdicts.ClaimResult, other: verdicts.ClaimResult) -> str:
     """How a reduced-scale result (`other`) reads beside this scale's (`own`)."""
+    if "not tested" in (own.level, other.level):
+        return "not comparable: one side is not tested"
     if not (np.isfinite(own.diff["diff"]) and np.isfinite(other.diff["diff"])):
         return "the same" if own.level == other.level else "they differ"
     if _decisive(other) and not _decisive(own):

@@ -143,6 +143,7 @@ class ClaimResult:
     p_holm: float = math.nan
     sign: int = 1  # +1: the claim says a is higher; -1: lower
     horizon: str = ""  # the training the runs had, where the scale is reduced
+    full_scale: bool = False  # every run it rests on trained at the study's scale (:full or :cheap_full)
     diff: dict[str, float] = dataclasses.field(default_factory=lambda: stats.difference(None))
     figure: str = ""
 
@@ -278,7 +279,8 @@ def judge_claim(key: str, entry: ml_collections.ConfigDict, ctx: Context) -> Cla
     lower = entry.expect == "less" or (entry.expect == "best" and lower_is_better(entry.metric))
     full = all(ctx.scales.get(k, ctx.scale) in dsl.FULL_SCALES for k in exp_keys)
     result = ClaimResult(key=key, text=entry.text, expect=entry.expect, sign=-1 if lower else 1,
-                         any_scale=entry.get("any_scale", False) or full, horizon="" if full else horizon)
+                         any_scale=entry.get("any_scale", False) or full, horizon="" if full else horizon,
+                         full_scale=full)
     blocked = [f"{k} {ctx.skipped[k]}" for k in exp_keys if k in ctx.skipped]
     scales = {k: ctx.scales.get(k, ctx.scale) for k in exp_keys if k not in ctx.skipped}
     if entry.expect == "untested":

@@ -71,7 +71,8 @@ def get_config(scale: str = "cpu"):
         train_limit=by_scale(scale, 0, 10000, 1200), val_size=by_scale(scale, 10000, 4000, 200),
         deviations=by_scale(scale, (), ("Timing: the :cpu runs trained at nice 5 with no pauses, but another study's "
                                         "runs shared the 2 cores for ~8 minutes of E4_7c: its wall time is an upper "
-                                        "bound, not a speed measurement.",), ()))
+                                        "bound, not a speed measurement. E4_2's :cheap_full runs (also at a8bd9f2, "
+                                        "nice 5) shared them with test runs for ~10 of their 39 minutes.",), ()))
     ablation_axes = lambda bn_field: ((bn_field, (True, False, True)), ("model.dropout_rate", (0.5, 0.5, 0.0)))
 
     config.experiments.E4_1_cnn = experiment(
