@@ -440,9 +440,9 @@ def write_study_report(config: ml_collections.ConfigDict, workdir: str, exps: Se
     carried = {key for key, ev in evidence.items() if carried_scale and ev.get("scale") == carried_scale}
     carried_dir = _carried_dir(config, at_scale) if carried else ""
     own = judged_on_committed(config, exps) if carried_dir else None
-    if own is not None:  # the carried runs' verdicts beside this scale's own runs'
-        involved = [c for c, entry in zip(claims, config.get("claims", {}).values())
-                    if carried & {r.partition(":")[0] for r in verdicts.refs(entry)}]
+    involved = [c for c, entry in zip(claims, config.get("claims", {}).values())
+                if carried & {r.partition(":")[0] for r in verdicts.refs(entry)}]
+    if own is not None and involved:  # the carried runs' verdicts beside this scale's own runs'
         comparisons += scale_comparison(carried_scale, involved, config.study.scale, own)
     lines = (header(config, evidence, claims, carried_dir) + comparisons + sections
              + study_tables.protocol_section(config, exps, evidence))

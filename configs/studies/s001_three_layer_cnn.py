@@ -62,7 +62,9 @@ def get_config(scale: str = "cpu"):
         train_limit=by_scale(scale, 0, 8000, 1200), val_size=by_scale(scale, 10000, 2000, 200),
         deviations=by_scale(scale, (), ("Timing: the :cpu runs trained at nice 5 with no pauses, but a run of the test "
                                         "suite (nice 10) shared the 2 cores during E1_4 to E1_7: their wall times "
-                                        "are upper bounds, not a speed measurement.",), ()))
+                                        "are upper bounds, not a speed measurement. E1_7's :cheap_full runs (also at "
+                                        "a8bd9f2, nice 5) shared them with a run of the test suite for ~8 of their "
+                                        "~60 minutes.",), ()))
     E = config.experiments
     b11 = BEST.format(e=11)
     E.E1_1_grid = experiment(
