@@ -56,7 +56,8 @@ def get_config(scale: str = "cpu"):
     config = study_config(
         name="001", title="Three-layer CNN on CIFAR-10 with validation-set tuning", scale=scale,
         config_path="configs/studies/s001_three_layer_cnn.py", source="STUDIES.md §3 (report 001)",
-        evidence_dir=by_scale(scale, "docs/studies/001/full/evidence", None, None),  # apart from :cpu: its report shows both
+        # Full-scale runs apart from the :cpu ones, so the :cpu report shows both.
+        evidence_dir=by_scale(scale, "docs/studies/001/full/evidence", None, None),
         execution=three_layer_cnn.get_config().execution, num_seeds=by_scale(scale, 5, 3, 2),
         data_dir=by_scale(scale, "", SHARED_CIFAR10, SHARED_CIFAR10),
         train_limit=by_scale(scale, 0, 8000, 1200), val_size=by_scale(scale, 10000, 2000, 200),

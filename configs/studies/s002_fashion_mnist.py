@@ -96,7 +96,8 @@ def get_config(scale: str = "cpu"):
     config = study_config(
         name="002", title="Fashion-MNIST architectures and hyper-parameters", scale=scale,
         config_path="configs/studies/s002_fashion_mnist.py", source="STUDIES.md §4 (report 002, student 234591)",
-        evidence_dir=by_scale(scale, "docs/studies/002/full/evidence", None, None),  # apart from :cpu: its report shows both
+        # Full-scale runs apart from the :cpu ones, so the :cpu report shows both.
+        evidence_dir=by_scale(scale, "docs/studies/002/full/evidence", None, None),
         execution=fashion_mnist.get_config().execution, num_seeds=by_scale(scale, 5, 3, 2),
         data_dir=fashion_mnist.debian_dir(),
         train_limit=by_scale(scale, 0, 10000, 1200), val_size=by_scale(scale, 10000, 2000, 200),
@@ -107,8 +108,9 @@ def get_config(scale: str = "cpu"):
                     "at nice 5 over two sessions: E2_1, E2_2 and E2_3's first group ran in the first and shared the 2 "
                     "cores with another study for ~8 minutes; E2_3b was paused (SIGSTOP) for ~2 minutes while a "
                     "benchmark ran, and E2_3b to E2_4 shared the cores with short test runs; the :cheap_full A3 "
-                    "pair (at fb2b2a9) shared them with other work. Quiet, side by side: A1 trains at 0.78x PyTorch's images/s for one run, A2 at 1.31x, A3 "
-                    "at 1.54x, A4 at 0.71x (docs/benchmarks/2026-12-06-models-part1.txt)."))
+                    "pair (at fb2b2a9) shared them with other work. Quiet, side by side: A1 trains at 0.78x "
+                    "PyTorch's images/s for one run, A2 at 1.31x, A3 at 1.54x, A4 at 0.71x (docs/benchmarks/"
+                    "2026-12-06-models-part1.txt)."))
     E = config.experiments
     names = tuple(ARCHS)
     E.E2_1_arch = experiment(

@@ -65,7 +65,8 @@ def get_config(scale: str = "cpu"):
     config = study_config(
         name="004", title="CNN vs MLP with batch-norm and dropout ablations on CIFAR-10", scale=scale,
         config_path="configs/studies/s004_cnn_mlp.py", source="STUDIES.md §6 (report 004, Tsinghua ANN HW2)",
-        evidence_dir=by_scale(scale, "docs/studies/004/full/evidence", None, None),  # apart from :cpu: its report shows both
+        # Full-scale runs apart from the :cpu ones, so the :cpu report shows both.
+        evidence_dir=by_scale(scale, "docs/studies/004/full/evidence", None, None),
         num_seeds=by_scale(scale, 5, 3, 2), execution=cnn_bn_dropout.get_config().execution,
         data_dir=by_scale(scale, "", SHARED_CIFAR10, SHARED_CIFAR10),
         train_limit=by_scale(scale, 0, 10000, 1200), val_size=by_scale(scale, 10000, 4000, 200),
