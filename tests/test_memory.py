@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cifar_jax.core import memory, runs
+from cifar_jax.core import execution, memory, runs
 from cifar_jax.core.splits import Examples
 from cifar_jax.errors import ConfigError
 from cifar_jax.job import progress, train
@@ -91,9 +91,9 @@ def test_the_evaluation_splits_and_best_weights_are_counted_at_their_measured_si
                                      seed_index=np.array([0])).state
     eval_bytes = 2 * 128 * (12 * 12 + 4)  # val and test: uint8 images, int32 labels
     assert whole.shared == alone.shared + eval_bytes
-    assert whole.best == memory.tree_bytes((one_run.params, one_run.model_state)) > 0
-    assert whole.held == alone.held + whole.best and whole.restore == memory.tree_bytes(one_run)
-    assert memory.tree_bytes(one_run.opt_state) > 0 and alone.held >= memory.tree_bytes(one_run)  # momentum held
+    assert whole.best == execution.tree_bytes((one_run.params, one_run.model_state)) > 0
+    assert whole.held == alone.held + whole.best and whole.restore == execution.tree_bytes(one_run)
+    assert execution.tree_bytes(one_run.opt_state) > 0 and alone.held >= execution.tree_bytes(one_run)  # momentum held
 
 
 def test_a_limit_that_fit_all_runs_without_the_evaluation_data_and_best_weights_now_groups_them():

@@ -315,14 +315,18 @@ def residual_bytes(fn: Callable[..., Any], *args: Any, argnums: Sequence[int] = 
             return fn(*full)
         return jax.vjp(of_differentiated, *(all_args[i] for i in argnums))[1]
 
-    shapes = jax.eval_shape(residuals, *args)
-    return int(sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(shapes)))
+    return tree_bytes(jax.eval_shape(residuals, *args))
+
+
+def tree_bytes(tree: Any) -> int:
+    """Bytes of the arrays (or shapes) of `tree`; a PRNG key counts its key data."""
+    return sum(int(np.prod(leaf.shape)) * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree))
 
 
 def model_param_bytes(build: Callable[[jax.Array, jax.Array], Any]) -> int:
     """Bytes of one run's parameters in the model `build(params_key, dropout_key)` makes, from
     shapes alone."""
-    return int(sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(_abstract_split(build)[1])))
+    return tree_bytes(_abstract_split(build)[1])
 
 
 def model_step_bytes(build: Callable[[jax.Array, jax.Array], Any], batch_shape: tuple[int, ...]) -> int:

@@ -28,6 +28,7 @@ import ml_collections
 import numpy as np
 
 from cifar_jax.core import execution, metrics, runs, step
+from cifar_jax.core.execution import tree_bytes
 from cifar_jax.errors import ConfigError
 
 # A device's reported limit is not all usable: XLA's allocator fragments, and the runtime holds
@@ -76,11 +77,6 @@ def compiled_bytes(fn: Callable[..., Any], *args: Any, donate_argnums: tuple[int
     stats = jax.jit(fn, donate_argnums=donate_argnums).lower(*args).compile().memory_analysis()
     extra = stats.temp_size_in_bytes + max(stats.output_size_in_bytes - stats.alias_size_in_bytes, 0)
     return int(stats.argument_size_in_bytes), int(extra)
-
-
-def tree_bytes(tree: Any) -> int:
-    """Bytes of the arrays (or shapes) of `tree`; a PRNG key counts its key data."""
-    return sum(int(np.prod(leaf.shape)) * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree))
 
 
 def _chunk_args(config: ml_collections.ConfigDict, ctx: step.StepContext, data_shape: tuple[int, ...],

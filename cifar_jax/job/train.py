@@ -224,7 +224,7 @@ def job_data(config: ml_collections.ConfigDict, splits: Any) -> memory.JobData:
                                                           splits.fold_val_mask))}
     per_run = [] if splits.fold_train_index is None else [splits.fold_train_index[0], splits.fold_val_mask[0]]
     keeps = best_runs.keeps_best(config, splits.eval)
-    return memory.JobData(shared=memory.tree_bytes(list(arrays.values())), per_run=memory.tree_bytes(per_run),
+    return memory.JobData(shared=execution.tree_bytes(list(arrays.values())), per_run=execution.tree_bytes(per_run),
                           keeps_best=keeps, restores=keeps or bool(config.get("init_from")))
 
 
