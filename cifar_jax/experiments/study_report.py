@@ -74,11 +74,16 @@ def committed(config: ml_collections.ConfigDict, exp: Any, at_scale: AtScale | N
     found = evidence_lib.read(config.study.evidence_dir, exp.key) if config.study.evidence_dir else None
     scale = (found or {}).get("scale", config.study.scale)
     if scale == config.study.scale:
-        twin = exp
-    elif scale not in SIZE or not at_scale or (larger_only and SIZE[scale] < SIZE[config.study.scale]):
-        twin = None
-    else:
-        twin = next((e for e in at_scale(scale).experiments if e.key == exp.key), None)
+        return _matching(found, (exp,), exp.key)
+    if scale not in SIZE or not at_scale or (larger_only and SIZE[scale] < SIZE[config.study.scale]):
+        return None
+    return _matching(found, at_scale(scale).experiments, exp.key)
+
+
+def _matching(found: dict[str, Any] | None, experiments: Sequence[Any], key: str) -> dict[str, Any] | None:
+    """`found` where it is complete and was trained with the config of experiment `key` among
+    `experiments` (its scale's); else None."""
+    twin = next((e for e in experiments if e.key == key), None)
     return found if twin and evidence_lib.matches(found, workdir_lib.config_to_dict(twin.config)) else None
 
 
@@ -96,12 +101,10 @@ def carried_evidence(config: ml_collections.ConfigDict, exp: Any, at_scale: AtSc
     if not directory:
         return None
     carried = CARRIED_SCALE[config.study.scale]
-    view = at_scale(carried)
     found = evidence_lib.read(directory, exp.key)
-    twin = next((e for e in view.experiments if e.key == exp.key), None)
-    if not found or found.get("scale") != carried or twin is None:
+    if not found or found.get("scale") != carried:
         return None
-    return found if evidence_lib.matches(found, workdir_lib.config_to_dict(twin.config)) else None
+    return _matching(found, at_scale(carried).experiments, exp.key)
 
 
 def gather(config: ml_collections.ConfigDict, workdir: str, exp: Any, at_scale: AtScale | None = None
@@ -455,13 +458,9 @@ def publish_evidence(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Copies WORKDIR's complete evidence into `config.study.evidence_dir`, refusing before any copy
     to replace a file of a larger scale; returns that directory."""
     source_dir, target = os.path.join(workdir, evidence_lib.DIR), config.study.evidence_dir
-    keys = [file[:-len(".json")] for file in sorted(storage.listdir(source_dir))] if storage.exists(source_dir) else []
-    complete = {key: ev for key in keys if (ev := evidence_lib.read(source_dir, key) or {}).get("complete")}
-    for key, new in complete.items():
-        old_scale = (evidence_lib.read(target, key) or {}).get("scale")
-        if old_scale in SIZE and SIZE.get(new.get("scale"), -1) < SIZE[old_scale]:
-            raise UsageError(f"{evidence_lib.path(target, key)} holds `:{old_scale}` runs and this workdir's are "
-                             f"`:{new.get('scale')}`: publishing would replace them; remove that file first")
+    complete = {key: ev for key in _evidence_keys(source_dir)
+                if (ev := evidence_lib.read(source_dir, key) or {}).get("complete")}
+    refuse_replacing_larger(complete, target, "remove that file first")
     storage.makedirs(target)
     for key in complete:
         storage.path(evidence_lib.path(source_dir, key)).copy(evidence_lib.path(target, key), overwrite=True)
@@ -492,15 +491,25 @@ def check_no_smaller_scale_over_larger(config: ml_collections.ConfigDict, workdi
     if published in SIZE and scale in SIZE and SIZE[scale] < SIZE[published]:
         raise UsageError(f"{report_path} is a `:{published}` report and this one is `:{scale}`: publishing would "
                          f"replace it; {fix}")
-    published_dir = os.path.join(root, config.study.name, evidence_lib.DIR)
     source_dir = os.path.join(workdir, evidence_lib.DIR)
-    for file in sorted(storage.listdir(source_dir)) if storage.exists(source_dir) else ():
-        key = file[:-len(".json")]
-        new, old = evidence_lib.read(source_dir, key), evidence_lib.read(published_dir, key)
-        new_scale, old_scale = (new or {}).get("scale"), (old or {}).get("scale")
-        if old_scale in SIZE and new_scale in SIZE and SIZE[new_scale] < SIZE[old_scale]:
+    refuse_replacing_larger({key: evidence_lib.read(source_dir, key) for key in _evidence_keys(source_dir)},
+                            os.path.join(root, config.study.name, evidence_lib.DIR), f"{fix} or remove that file first")
+
+
+def _evidence_keys(directory: str) -> list[str]:
+    """The experiments with an evidence file in `directory`, sorted; none where it does not exist."""
+    files = sorted(storage.listdir(directory)) if storage.exists(directory) else []
+    return [file[:-len(".json")] for file in files]
+
+
+def refuse_replacing_larger(new: dict[str, dict[str, Any] | None], published_dir: str, fix: str) -> None:
+    """A one-line UsageError, before anything is copied, where an evidence file of `new` (key ->
+    evidence) would replace one of a larger scale in `published_dir`."""
+    for key, evidence in new.items():
+        new_scale, old_scale = (evidence or {}).get("scale"), (evidence_lib.read(published_dir, key) or {}).get("scale")
+        if old_scale in SIZE and SIZE.get(new_scale, -1) < SIZE[old_scale]:  # an unknown scale never replaces
             raise UsageError(f"{evidence_lib.path(published_dir, key)} holds `:{old_scale}` runs and this workdir's "
-                             f"are `:{new_scale}`: publishing would replace them; {fix} or remove that file first")
+                             f"are `:{new_scale}`: publishing would replace them; {fix}")
 
 
 def publish(config: ml_collections.ConfigDict, workdir: str, root: str = "docs/studies") -> str:
