@@ -26,6 +26,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
+from cifar_jax.models.matmul import kernel_matmul
+
 # ----------------------------------------------------------------------------- names
 
 INIT_SCHEMES = (
@@ -138,7 +140,7 @@ class Linear(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x, kernel = cast(self.dtype, x, self.kernel[...])
-        return add_bias(jnp.dot(x, kernel), self.bias)
+        return add_bias(kernel_matmul(x, kernel), self.bias)
 
 
 def cast(dtype: str, *arrays: jax.Array) -> tuple[jax.Array, ...]:

@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from cifar_jax.models.matmul import kernel_matmul
+
 
 # Costs relative to one multiply-add, for choosing the space-to-depth factor on a CPU: a matmul
 # runs at ~40 GFLOP/s on a 2-core AVX2 machine (0.05 ns per MAC) while writing the patches (a
@@ -90,7 +92,7 @@ def conv_patches(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
     oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
     f = s2d_factor or space_to_depth_factor((kh, kw), c, o, (oh, ow), (sh, sw), batch=n)
     if f == 1:
-        return jnp.dot(_im2col(x, kh, kw, sh, sw), kernel.reshape(kh * kw * c, o))
+        return kernel_matmul(_im2col(x, kh, kw, sh, sw), kernel.reshape(kh * kw * c, o))
     if (sh, sw) != (1, 1):
         raise ValueError(f"space-to-depth needs stride 1, got strides {(sh, sw)}")
     y = blocked_conv(x, kernel, f)  # (n, obh, obw, f*f*o)
@@ -119,6 +121,6 @@ def blocked_conv(x: jax.Array, kernel: jax.Array, f: int) -> jax.Array:
     # block kernel [bi, bj, (u, v, c), (a, b, o)] = kernel[f*bi + u - a, f*bj + v - b, c, o]
     blocks = _block_kernel_rows(_block_kernel_rows(kernel, f, 0), f, 3)  # (kbh, f, f, kbw, f, f, c, o)
     blocks = blocks.transpose(0, 3, 1, 4, 6, 2, 5, 7).reshape(kbh * kbw * f * f * c, f * f * o)
-    return jnp.dot(_im2col(x, kbh, kbw, 1, 1), blocks)
+    return kernel_matmul(_im2col(x, kbh, kbw, 1, 1), blocks)
 
 
