@@ -57,3 +57,15 @@ def test_small_kernels_keep_jax_rule():
     big = jnp.ones((512, 256))
     assert "custom_vjp" in str(jax.make_jaxpr(matmul.kernel_matmul)(jnp.ones((4, 512)), big))
     np.testing.assert_array_equal(matmul.kernel_matmul(x, kernel), jnp.dot(x, kernel))
+
+
+def test_kept_kernel_is_not_counted_as_activations():
+    """The custom VJP keeps the kernel for dx, as JAX's rule does: the execution plan's activation
+    count (`residual_bytes`, which sizes run groups) is the same either way. 004's MLP with the
+    kernel counted looked activation-bound and lost its all-runs vmap."""
+    from cifar_jax.core.execution import residual_bytes
+
+    x, kernel = jax.ShapeDtypeStruct((100, 3072), jnp.float32), jax.ShapeDtypeStruct((3072, 512), jnp.float32)
+    kept = {name: residual_bytes(lambda w, x: jnp.tanh(product(x, w)).sum(), kernel, x)
+            for name, product in (("jax", jnp.dot), ("ours", matmul.kernel_matmul))}
+    assert kept["ours"] == kept["jax"] == (100 * 3072 + 2 * 100 * 512) * 4

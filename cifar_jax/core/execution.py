@@ -305,7 +305,10 @@ def _abstract_split(build: Callable[[jax.Array, jax.Array], Any]) -> tuple[nnx.G
 def residual_bytes(fn: Callable[..., Any], *args: Any, argnums: Sequence[int] = (0,)) -> int:
     """Bytes that reverse-mode differentiation of `fn(*args)` with respect to `args[argnums]`
     keeps from the forward pass (the VJP's residuals: activations, patches, dropout masks), from
-    shapes alone: nothing is compiled or run. `args` may be arrays or `jax.ShapeDtypeStruct`s."""
+    shapes alone: nothing is compiled or run. `args` may be arrays or `jax.ShapeDtypeStruct`s.
+    A residual that is a differentiated argument itself (a kernel a custom VJP keeps, like
+    `models.matmul`'s) is that argument, not an activation: JAX's own rules keep such inputs
+    without a copy, and it is not counted either way."""
 
     def residuals(*all_args):
         def of_differentiated(*differentiated):
@@ -313,7 +316,9 @@ def residual_bytes(fn: Callable[..., Any], *args: Any, argnums: Sequence[int] = 
             for index, value in zip(argnums, differentiated):
                 full[index] = value
             return fn(*full)
-        return jax.vjp(of_differentiated, *(all_args[i] for i in argnums))[1]
+        inputs = jax.tree.leaves([all_args[i] for i in argnums])
+        kept = jax.tree.leaves(jax.vjp(of_differentiated, *(all_args[i] for i in argnums))[1])
+        return [leaf for leaf in kept if not any(leaf is argument for argument in inputs)]
 
     return tree_bytes(jax.eval_shape(residuals, *args))
 
