@@ -261,3 +261,8 @@ def test_publishing_a_carried_scale_copies_its_complete_evidence_and_no_report(t
     with pytest.raises(UsageError, match=r"holds `:full` runs and this workdir's are `:cheap_full`"):
         study_report.publish(config, str(work), str(tmp_path / "docs"))
     assert evidence.read(config.study.evidence_dir, "A_lr")["scale"] == "full"
+    # Another ROOT gets the same layout under it (the config's directory is left alone).
+    other = tmp_path / "other"
+    assert study_report.publish(config, str(work), str(other)) == str(other / "mini" / "full" / "evidence")
+    assert sorted(os.listdir(other / "mini" / "full" / "evidence")) == ["A_lr.json"]
+    assert evidence.read(config.study.evidence_dir, "A_lr")["scale"] == "full"

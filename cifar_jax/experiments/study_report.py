@@ -454,10 +454,20 @@ def write_study_report(config: ml_collections.ConfigDict, workdir: str, exps: Se
     return path
 
 
-def publish_evidence(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """Copies WORKDIR's complete evidence into `config.study.evidence_dir`, refusing before any copy
-    to replace a file of a larger scale; returns that directory."""
-    source_dir, target = os.path.join(workdir, evidence_lib.DIR), config.study.evidence_dir
+def carried_evidence_dir(config: ml_collections.ConfigDict, root: str) -> str:
+    """`config.study.evidence_dir` (docs/studies/NAME/full/evidence) under ROOT instead: the part
+    after the study's own folder kept, so a carried scale publishes where ROOT's reports read it."""
+    parts = os.path.normpath(config.study.evidence_dir).split(os.sep)
+    if config.study.name not in parts:
+        return config.study.evidence_dir
+    after = len(parts) - parts[::-1].index(config.study.name)
+    return os.path.join(root, config.study.name, *parts[after:])
+
+
+def publish_evidence(config: ml_collections.ConfigDict, workdir: str, target: str) -> str:
+    """Copies WORKDIR's complete evidence into `target`, refusing before any copy to replace a file
+    of a larger scale; returns that directory."""
+    source_dir = os.path.join(workdir, evidence_lib.DIR)
     complete = {key: ev for key in _evidence_keys(source_dir)
                 if (ev := evidence_lib.read(source_dir, key) or {}).get("complete")}
     refuse_replacing_larger(complete, target, "remove that file first")
@@ -521,9 +531,10 @@ def publish(config: ml_collections.ConfigDict, workdir: str, root: str = "docs/s
     publishes its evidence there and no report: the carrying scale's report shows it once rebuilt."""
     name = config.study.name
     target = os.path.join(root, name)
-    if config.study.scale in CARRIED_SCALE.values() and os.path.normpath(config.study.evidence_dir) != \
+    carried_dir = carried_evidence_dir(config, root)
+    if config.study.scale in CARRIED_SCALE.values() and os.path.normpath(carried_dir) != \
             os.path.normpath(os.path.join(target, evidence_lib.DIR)):
-        return publish_evidence(config, workdir)
+        return publish_evidence(config, workdir, carried_dir)
     check_no_smaller_scale_over_larger(config, workdir, root)
     os.makedirs(os.path.join(target, evidence_lib.DIR), exist_ok=True)
     drawn = set(storage.listdir(os.path.join(workdir, PLOTS)))
