@@ -1,6 +1,6 @@
-"""`models.matmul.kernel_matmul`: the written-out weight gradient of large kernels equals JAX's own
+"""`models.matmul.kernel_matmul`: the written-out weight gradient of large layers equals JAX's own
 (within float summation order) in both of its forms, with leading batch axes and under `vmap`
-over runs, and small kernels keep JAX's own rule."""
+over runs, and small layers keep JAX's own rule."""
 
 from __future__ import annotations
 
@@ -50,13 +50,17 @@ def test_large_kernel_gradients_under_vmap_over_runs():
         assert_close_reassociated(a, b)
 
 
-def test_small_kernels_keep_jax_rule():
+def test_small_layers_keep_jax_rule():
     x, kernel = jnp.ones((4, 400)), jnp.ones((400, 120))
     assert kernel.size < matmul.LARGE_KERNEL_ELEMENTS
     assert "custom_vjp" not in str(jax.make_jaxpr(matmul.kernel_matmul)(x, kernel))
-    big = jnp.ones((512, 256))
-    assert "custom_vjp" in str(jax.make_jaxpr(matmul.kernel_matmul)(jnp.ones((4, 512)), big))
     np.testing.assert_array_equal(matmul.kernel_matmul(x, kernel), jnp.dot(x, kernel))
+    big_kernel = jax.ShapeDtypeStruct((512, 256), jnp.float32)
+    assert "custom_vjp" in str(jax.make_jaxpr(matmul.kernel_matmul)(jnp.ones((4, 512)), big_kernel))
+    # A small kernel with a large output (004's first convolution: patches of 27 -> 64 channels).
+    patches = jax.ShapeDtypeStruct((100, 32, 32, 27), jnp.float32)
+    small_kernel = jax.ShapeDtypeStruct((27, 64), jnp.float32)
+    assert "custom_vjp" in str(jax.make_jaxpr(matmul.kernel_matmul)(patches, small_kernel))
 
 
 def test_kept_kernel_is_not_counted_as_activations():

@@ -1,4 +1,4 @@
-"""`x @ kernel` for a layer's weights, with the weight gradient written out for large kernels so
+"""`x @ kernel` for a layer's weights, with the weight gradient written out for large layers so
 that XLA:CPU's consumers of that gradient read it in order.
 
 JAX's transpose rule for a dot under `vmap` (every program vmaps its runs, even one) gives the
@@ -6,8 +6,11 @@ weight gradient as the transpose of another dot. XLA:CPU keeps that transpose la
 into each consumer, so Adam's two moment updates each read the whole gradient strided: for 004's
 MLP (3072 x 512) 2.3 ms a moment, half its step. Written here as one `dot_general` that contracts
 the batch axes, the gradient comes out (in, out) like the kernel. Which operand is transposed for
-that dot is chosen by size (`_backward`). Small kernels (LeNet's) keep JAX's own rule: their
-gradient stays in the caches, and the written-out form measured ~8% slower at batch 4.
+that dot is chosen by size (`_backward`). JAX's rule also transposes the output gradient dy in
+memory, fused into whatever made it: after batch norm's backward that fusion writes strided (004's
+first convolution, a 6.5-million-element dy: 39 of 230 ms a step), so a large output counts too.
+Small layers (all of LeNet's) keep JAX's rule: their arrays stay in the caches, and the
+written-out form measured ~8% slower for LeNet at batch 4.
 Same numbers within float summation order (`docs/performance.md`, "Weight gradients")."""
 
 from __future__ import annotations
@@ -15,14 +18,17 @@ from __future__ import annotations
 import jax
 from jax import lax
 
-# A kernel of at least this many elements (256 KiB in float32, beyond a core's L2 share) gets the
+# A kernel of at least this many elements (256 KiB in float32, beyond a core's L2 share), or an
+# output of at least this many (4 MiB: 004's first convolution, 100 x 32 x 32 x 64), gets the
 # written-out weight gradient.
 LARGE_KERNEL_ELEMENTS = 1 << 16
+LARGE_OUTPUT_ELEMENTS = 1 << 20
 
 
 def kernel_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """x (..., in) @ kernel (in, out) -> (..., out)."""
-    if kernel.size < LARGE_KERNEL_ELEMENTS:
+    output_elements = x.size // x.shape[-1] * kernel.shape[1]
+    if kernel.size < LARGE_KERNEL_ELEMENTS and output_elements < LARGE_OUTPUT_ELEMENTS:
         return _forward(x, kernel)
     return _large_kernel_matmul(x, kernel)
 
