@@ -62,3 +62,33 @@ def test_a_resumed_job_scores_the_best_weights_its_checkpoint_saved(tmp_path):
         assert got["best_epoch"] == want["best_epoch"]
         for name in ("best_test_accuracy", "best_test_loss", "test_accuracy"):
             np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+@pytest.mark.slow
+def test_a_stop_during_evaluation_saves_the_trained_epoch_and_the_resume_scores_it(tmp_path, monkeypatch):
+    """SIGTERM landing while epoch 2 is scored (a long evaluation: 002's k-fold runs) stops the job
+    between evaluation batches with a checkpoint of the trained epoch, well inside the grace period;
+    the rerun scores that epoch without training it again and ends with the uninterrupted job's
+    numbers (same machine: bit for bit)."""
+    import signal
+
+    from cifar_jax.errors import Interrupted
+
+    straight, _ = job(tmp_path, "straight")
+    real_score, scored = train.score_split, []
+
+    def signalled_in_epoch_two(*args, **kwargs):
+        scored.append(1)
+        if len(scored) == 2:  # epoch 1 scores val, then epoch 2 val: the signal lands in its scoring
+            signal.raise_signal(signal.SIGTERM)
+        return real_score(*args, **kwargs)
+    monkeypatch.setattr(train, "score_split", signalled_in_epoch_two)
+    with pytest.raises(Interrupted, match=r"preempted at epoch 2 step \d+"):
+        job(tmp_path, "stopped", **{"execution.stop_grace_s": 600.0})
+    monkeypatch.setattr(train, "score_split", real_score)
+    rows = [json.loads(line) for line in (tmp_path / "stopped" / "metrics.jsonl").read_text().splitlines()]
+    assert {row["epoch"] for row in rows} == {1}  # epoch 2 trained, not recorded
+    assert list((tmp_path / "stopped" / "checkpoints" / "partial").iterdir())
+    resumed, rows = job(tmp_path, "stopped")
+    assert sorted({row["epoch"] for row in rows}) == [1, 2, 3, 4] and len(rows) == 4 * 3  # 3 runs a row each
+    assert resumed["runs"] == straight["runs"]

@@ -62,15 +62,23 @@ def train_epoch(program: Program, state: step.TrainState, hparams: dict, images:
     return state, sums, start
 
 
+class EvaluationStopped(Exception):
+    """A stop request seen between evaluation batches (`score_split`'s `should_stop`)."""
+
+
 def score_split(program: Program, state: step.TrainState, hparams: dict, images: jax.Array, labels: jax.Array,
-                batch_size: int, *, weights: jax.Array | None = None, return_probs: bool = False
-                ) -> dict[str, np.ndarray]:
+                batch_size: int, *, weights: jax.Array | None = None, return_probs: bool = False,
+                should_stop: Callable[[], bool] | None = None) -> dict[str, np.ndarray]:
     """Per-run loss, accuracy, macro-F1, per-class accuracy and confusion matrix on one split.
 
-    `weights` (runs, n) of 0/1 restricts each run to its own examples (its held-out fold)."""
+    `weights` (runs, n) of 0/1 restricts each run to its own examples (its held-out fold).
+    `should_stop()`, asked before each batch (the same count on every process), ends the scoring
+    with `EvaluationStopped`: a long evaluation then never outlasts a preemption's grace period."""
     num_runs = state.step.shape[0]
     confusion, loss_sum, probs = None, None, []
     for start in range(0, images.shape[0], batch_size):
+        if should_stop is not None and should_stop():
+            raise EvaluationStopped
         batch = slice(start, start + batch_size)
         batch_weights = (np.ones((num_runs, min(batch_size, images.shape[0] - start)), np.float32)
                          if weights is None else weights[:, batch])  # a batch's: what `memory.py` counts
@@ -168,12 +176,21 @@ def _chunk_hook(setup: RunSetup, checkpoints: Checkpoints, loop: progress.Traini
             loop.step_metrics(epoch, done, setup.real_runs(sums))
         halt, save = stop.poll(save_due=0 < every_s <= time.time() - checkpoints.last_save_time)
         if halt or save:
-            checkpoints.save_partial((epoch - 1) * setup.program.steps_per_epoch + done, state,
-                                     {**records(), "epoch": epoch, "step": done,
-                                      "sums": setup.real_runs(sums).to_json()}, num_runs=setup.num_runs,
-                                     best_weights=None if best is None else best.weights)
+            _save_partial(setup, checkpoints, epoch, done, state, sums, records, best)
         return halt
     return hook
+
+
+def _save_partial(setup: RunSetup, checkpoints: Checkpoints, epoch: int, done: int, state: step.TrainState,
+                  sums: step.EpochSums, records: Callable[[], dict], best: best_runs.BestRuns | None) -> None:
+    """A mid-epoch checkpoint after `done` steps of `epoch` (with `done` = the whole epoch, a resume
+    only evaluates it); none where the epoch's last chunk already saved this step."""
+    global_step = (epoch - 1) * setup.program.steps_per_epoch + done
+    if global_step in checkpoints.partial.all_steps():
+        return
+    checkpoints.save_partial(global_step, state,
+                             {**records(), "epoch": epoch, "step": done, "sums": setup.real_runs(sums).to_json()},
+                             num_runs=setup.num_runs, best_weights=None if best is None else best.weights)
 
 
 def _refuse_another_dtype(workdir: str, plan: execution.ExecutionPlan) -> None:
@@ -246,12 +263,13 @@ def _placed_data(splits: Any, setup: RunSetup) -> tuple[jax.Array, jax.Array, ja
 
 
 def _epoch_record(config: ml_collections.ConfigDict, setup: RunSetup, state: step.TrainState, sums: step.EpochSums,
-                  evals: dict, epoch: int) -> tuple[dict, np.ndarray]:
+                  evals: dict, epoch: int, stop: interrupts.StopFlag) -> tuple[dict, np.ndarray]:
     """A finished epoch's record (training sums and the splits scored this epoch, per real run) and
-    which runs have diverged."""
+    which runs have diverged; `EvaluationStopped` where `stop` is raised before the scoring ends."""
     plan = setup.program.plan
     scores = {name: setup.real_runs(score_split(setup.program, state, setup.hparams, *evals[name][0],
-                                                plan.eval_batch_size, weights=evals[name][1]))
+                                                plan.eval_batch_size, weights=evals[name][1],
+                                                should_stop=lambda: stop.poll()[0]))
               for name in best_runs.splits_to_score(config, evals, epoch)}
     diverged = np.asarray(setup.real_runs(state.diverged))
     return results.epoch_record(setup.real_runs(sums)._asdict(), scores, diverged), diverged
@@ -315,7 +333,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             loop.trained(clock)
             if done < setup.program.steps_per_epoch:
                 _stop_mid_epoch(checkpoints, loop, stop, epoch, done)
-            record, diverged = _epoch_record(config, setup, state, sums, evals, epoch)
+            try:
+                record, diverged = _epoch_record(config, setup, state, sums, evals, epoch, stop)
+            except EvaluationStopped:  # trained, not yet scored: a resume scores it
+                _save_partial(setup, checkpoints, epoch, done, state, sums, records, best)
+                _stop_mid_epoch(checkpoints, loop, stop, epoch, done)
             history.append(results.jsonable(record))
             diverged_by_epoch.append(diverged.tolist())
             if best is not None:
