@@ -51,9 +51,9 @@ def main(argv: list[str]) -> None:
         with jax.profiler.trace(trace_dir):
             program.timed_epoch()
         times = op_times(trace_dir)
-    wall_ms = program.walls[-1] * 1e3 / steps
-    print(f"{cell.name}: {wall_ms:.2f} ms a step ({steps} steps, {steps * args.batch_size * args.seeds / program.walls[-1]:,.0f} "
-          f"model-img/s, profiler on); ops {sum(times.values()) / 1e6 / steps:.2f} ms of thread time a step")
+    wall_ms, rate = program.walls[-1] * 1e3 / steps, steps * args.batch_size * args.seeds / program.walls[-1]
+    print(f"{cell.name}: {wall_ms:.2f} ms a step ({steps} steps, {rate:,.0f} model-img/s, profiler on); "
+          f"ops {sum(times.values()) / 1e6 / steps:.2f} ms of thread time a step")
     for name, ns in times.most_common(args.top):
         print(f"{ns / 1e6 / steps:8.2f} ms  {name}")
 

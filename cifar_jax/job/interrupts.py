@@ -1,10 +1,11 @@
 """Stopping a run cleanly: SIGTERM (TPU VM and SLURM preemption), Ctrl-C, and JAX's preemption notices.
 
 A signal only raises a flag; the training loop looks at it between step chunks and between
-evaluation batches, saves a mid-epoch checkpoint there (after a trained epoch's training, when
-the flag comes while it is scored: the rerun scores it) and ends with `Interrupted`, which the entry point turns into one line and a
-documented exit status: 75 (EX_TEMPFAIL, "try again": a job script or SLURM's --requeue reruns
-the same command, which resumes) after SIGTERM or a preemption notice, 130 after Ctrl-C.
+evaluation batches, saves a mid-epoch checkpoint there (when the flag comes while an epoch is
+scored: its trained state, and the rerun scores it) and ends with `Interrupted`, which the entry
+point turns into one line and a documented exit status: 75 (EX_TEMPFAIL, "try again": a job
+script or SLURM's --requeue reruns the same command, which resumes) after SIGTERM or a
+preemption notice, 130 after Ctrl-C.
 
 With several processes, every process stops at the same chunk with the same reason: the signal
 numbers are combined with an all-gather, and JAX's preemption sync point

@@ -30,7 +30,7 @@ def kernel_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
     output_elements = x.size // x.shape[-1] * kernel.shape[1]
     if kernel.size < LARGE_KERNEL_ELEMENTS and output_elements < LARGE_OUTPUT_ELEMENTS:
         return _forward(x, kernel)
-    return _large_kernel_matmul(x, kernel)
+    return _written_out_matmul(x, kernel)
 
 
 def _forward(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -38,7 +38,7 @@ def _forward(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 
 @jax.custom_vjp
-def _large_kernel_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+def _written_out_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
     return _forward(x, kernel)
 
 
@@ -63,4 +63,4 @@ def _backward(residuals, dy: jax.Array):
     return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
 
 
-_large_kernel_matmul.defvjp(_forward_with_residuals, _backward)
+_written_out_matmul.defvjp(_forward_with_residuals, _backward)
