@@ -193,7 +193,11 @@ class Checkpoints:
 
     def save_partial(self, global_step: int, state: Any, meta: dict, num_runs: int | None = None,
                      best_weights: Any = None) -> None:
-        """A checkpoint inside an epoch: `meta` says the epoch, the step within it and the sums so far."""
+        """A checkpoint inside an epoch: `meta` says the epoch, the step within it and the sums so far.
+        A step already saved is kept as it is (an epoch's last chunk saved it before a stop request
+        seen during its evaluation saves again: `train._save_partial`)."""
+        if global_step in self.partial.all_steps():
+            return
         with self._write_errors(None):
             self.partial.save(global_step, args=self._args(state, meta, num_runs, best_weights))
         self.last_save_time = time.time()

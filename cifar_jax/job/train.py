@@ -184,11 +184,8 @@ def _chunk_hook(setup: RunSetup, checkpoints: Checkpoints, loop: progress.Traini
 def _save_partial(setup: RunSetup, checkpoints: Checkpoints, epoch: int, done: int, state: step.TrainState,
                   sums: step.EpochSums, records: Callable[[], dict], best: best_runs.BestRuns | None) -> None:
     """A mid-epoch checkpoint after `done` steps of `epoch` (with `done` = the whole epoch, a resume
-    only evaluates it); none where the epoch's last chunk already saved this step."""
-    global_step = (epoch - 1) * setup.program.steps_per_epoch + done
-    if global_step in checkpoints.partial.all_steps():
-        return
-    checkpoints.save_partial(global_step, state,
+    only evaluates it)."""
+    checkpoints.save_partial((epoch - 1) * setup.program.steps_per_epoch + done, state,
                              {**records(), "epoch": epoch, "step": done, "sums": setup.real_runs(sums).to_json()},
                              num_runs=setup.num_runs, best_weights=None if best is None else best.weights)
 
