@@ -139,10 +139,11 @@ def test_job_data_counts_a_shared_pool_once_and_each_folds_index_and_weights_per
     splits = synthetic_splits()
     pool = splits.train
     folds = dataclasses.replace(splits, eval={"val": pool}, fold_train_index=jnp.zeros((2, 200), jnp.int32),
-                                fold_val_mask=jnp.zeros((2, 256), jnp.float32))
+                                fold_val_mask=jnp.zeros((2, 256), jnp.float32).at[:, :56].set(1))
     data = train.job_data(tiny_config(), folds)
     assert data.shared == 256 * (144 + 4) + 2 * 200 * 4 + 2 * 256 * 4
-    assert data.per_run == 200 * 4 + 256 * 4 and not data.keeps_best and not data.restores
+    # Its training index, and its 56 validation examples' indices and weights (`RunSubsets`).
+    assert data.per_run == 200 * 4 + 56 * (4 + 4) and not data.keeps_best and not data.restores
 
 
 @pytest.mark.parametrize("groups", [False, True])

@@ -137,6 +137,37 @@ def test_kfold_runs_are_one_program_with_fresh_init_per_fold(tmp_path):
     assert [np.sum(run["confusion"]) for run in report["runs"]] == [500, 500, 500]
 
 
+def test_a_run_scored_on_its_own_subset_scores_what_the_whole_split_under_its_mask_scores():
+    """k-fold validation gathers each run's held-out examples (`RunSubsets`) instead of scoring the
+    whole pool under 0/1 weights: the same confusion counts, the same loss up to summation order,
+    with subsets of unequal length (the shorter padded), over several batches."""
+    splits = synthetic_splits()
+    config = tiny_config(num_seeds=3)
+    state, _ = train_runs(config, splits, epochs=1)
+    setup = program_lib.setup_runs(config, splits.image_shape, 10, splits.num_train)
+    images, labels = splits.eval["val"]
+    mask = (np.random.default_rng(0).random((3, len(labels))) < np.array([[0.2], [0.5], [0.9]])).astype(np.float32)
+    subsets = splits_lib.run_subsets(mask)
+    assert subsets.index.shape == (3, mask.sum(axis=1).max())
+    np.testing.assert_array_equal(np.asarray(subsets.weights).sum(axis=1), mask.sum(axis=1))
+    gathered = train.score_split(setup.program, state, setup.hparams, images, labels, 32,
+                                 subsets=setup.on_devices(subsets))
+    confusion, loss_sum, _ = setup.program.eval_batch(state, setup.hparams, images, labels, setup.on_devices(mask))
+    np.testing.assert_array_equal(gathered["confusion"], np.asarray(confusion))
+    np.testing.assert_array_equal(gathered["confusion"].sum(axis=(1, 2)), mask.sum(axis=1))
+    np.testing.assert_allclose(gathered["loss"], np.asarray(loss_sum) / mask.sum(axis=1), rtol=1e-5)
+
+
+def test_subset_probabilities_come_back_at_their_examples():
+    """`LoadedRun.score` puts each run's subset-ordered probabilities back at their examples, so a
+    seed ensemble averages the members' predictions of the same image."""
+    subsets = splits_lib.run_subsets(np.array([[0, 1, 0, 1], [1, 0, 0, 0]], np.float32))
+    probs = np.array([[[0.1, 0.9], [0.3, 0.7]], [[0.6, 0.4], [0.5, 0.5]]])  # run 1's second row: padding
+    placed = evaluation._in_split_order(probs, subsets, 4)
+    np.testing.assert_array_equal(placed[0], [[0, 0], [0.1, 0.9], [0, 0], [0.3, 0.7]])
+    np.testing.assert_array_equal(placed[1], [[0.6, 0.4], [0, 0], [0, 0], [0, 0]])
+
+
 def test_data_folds_selects_folds_with_their_own_keys():
     """data.folds=(1,) trains fold 1 alone: the same fold index (so key and data) as in the full job."""
     config = small_test_config()

@@ -285,3 +285,10 @@ def eval_step(ctx: StepContext, state: TrainState, hparams: dict, images: jax.Ar
     loss_sum = (weights * losses.softmax_cross_entropy(logits, jax.nn.one_hot(labels, ctx.num_classes))).sum()
     confusion = metrics.confusion_matrix(labels, jnp.argmax(logits, -1), ctx.num_classes, weights)
     return confusion, loss_sum, jax.nn.softmax(logits)
+
+
+def eval_subset_step(ctx: StepContext, state: TrainState, hparams: dict, images: jax.Array, labels: jax.Array,
+                     index: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`eval_step` on one run's own examples, gathered by `index` from the whole split: a run scores
+    only its held-out fold instead of every example under a 0/1 mask."""
+    return eval_step(ctx, state, hparams, jnp.take(images, index, axis=0), jnp.take(labels, index, axis=0), weights)

@@ -60,11 +60,15 @@ class LoadedRun:
         return FloatInputModel(nnx.merge(self.program.eval_graph, *one))
 
     def score(self, images: jax.Array, labels: jax.Array, weights: jax.Array | None = None) -> dict[str, np.ndarray]:
-        """`train.score_split` of every real run, with probabilities."""
-        result = train.score_split(self.program, self.state, self.setup.hparams, jnp.asarray(images),
-                                   jnp.asarray(labels, jnp.int32), self.config.eval_batch_size,
-                                   weights=self.setup.on_devices(weights), return_probs=True)
-        return self.setup.real_runs(result)
+        """`train.score_split` of every real run, with probabilities (runs, n, classes); `weights`
+        (runs, n) restrict each run to its own examples, scored alone (other rows' probs are 0)."""
+        subsets = None if weights is None else splits_lib.run_subsets(weights)
+        result = self.setup.real_runs(train.score_split(
+            self.program, self.state, self.setup.hparams, jnp.asarray(images), jnp.asarray(labels, jnp.int32),
+            self.config.eval_batch_size, subsets=self.setup.on_devices(subsets), return_probs=True))
+        if subsets is not None:
+            result["probs"] = _in_split_order(result["probs"], subsets, len(labels))
+        return result
 
     def predict(self, images: np.ndarray, run: int | None = None) -> np.ndarray:
         """Class probabilities for raw uint8 NHWC images, the run's own normalization applied:
@@ -74,6 +78,15 @@ class LoadedRun:
             raise TypeError(f"predict takes raw uint8 images as loaded from the data set, got {images.dtype}")
         probs = self.score(images, jnp.zeros(images.shape[0], jnp.int32))["probs"]
         return probs if run is None else probs[run]
+
+
+def _in_split_order(probs: np.ndarray, subsets: splits_lib.RunSubsets, num_examples: int) -> np.ndarray:
+    """Subset-ordered probabilities (runs, m, classes) put back at their examples (runs, n, classes)."""
+    placed = np.zeros((probs.shape[0], num_examples, probs.shape[-1]), probs.dtype)
+    for run, (index, weights) in enumerate(zip(np.asarray(subsets.index), np.asarray(subsets.weights))):
+        kept = weights != 0  # not the padding
+        placed[run, index[kept]] = probs[run][kept]
+    return placed
 
 
 class FloatInputModel(nnx.Module):

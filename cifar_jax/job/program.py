@@ -41,7 +41,8 @@ class Program:
     init: Callable[[jax.Array, dict], step.TrainState]
     epoch_batches: Callable[[step.TrainState, jax.Array, jax.Array], jax.Array]
     train_steps: Callable[..., tuple[step.TrainState, step.EpochSums]]
-    eval_batch: Callable[..., tuple[jax.Array, jax.Array, jax.Array]]
+    eval_batch: Callable[..., tuple[jax.Array, jax.Array, jax.Array]]  # one batch, every run on it
+    eval_subset_batch: Callable[..., tuple[jax.Array, jax.Array, jax.Array]]  # each run its own examples
     eval_graph: nnx.GraphDef  # the model in eval mode, for merging a run's state into a module
     layer_names: tuple[str, ...]  # the layers whose gradient norms are reported
     steps_per_epoch: int
@@ -161,6 +162,8 @@ def make_train(config: ml_collections.ConfigDict, image_shape: tuple[int, int, i
         # exhausted 24 GB for 12 runs of the three-layer CNN (study 001 on CPU).
         eval_batch=jax.jit(execution.with_precision(runs_mapped(
             functools.partial(step.eval_step, ctx), (0, 0, None, None, 0), plan.runs_per_group), plan)),
+        eval_subset_batch=jax.jit(execution.with_precision(runs_mapped(
+            functools.partial(step.eval_subset_step, ctx), (0, 0, None, None, 0, 0), plan.runs_per_group), plan)),
         eval_graph=ctx.eval_graph,
         layer_names=tuple(metrics.layer_names(nnx.state(abstract, nnx.Param))),
         steps_per_epoch=steps_per_epoch,
@@ -265,10 +268,12 @@ def setup_runs(config: ml_collections.ConfigDict, image_shape: tuple[int, int, i
     return RunSetup(grid=grid, program=program, hparams=hparams, state=state, num_runs=count, keys=keys)
 
 
-def trace_job(setup: RunSetup, image_shape: tuple[int, int, int], num_train: int, eval_batch_size: int) -> None:
+def trace_job(setup: RunSetup, image_shape: tuple[int, int, int], num_train: int, eval_batch_size: int,
+              subset_pool: int | None = None) -> None:
     """Evaluates one train-steps call and one eval call abstractly (a trace, no compile) on the
     job's real shapes, so every error a trace raises (a stream layout that does not fit the runs,
-    reflect padding larger than the image, ...) fires before the workdir is claimed."""
+    reflect padding larger than the image, ...) fires before the workdir is claimed. `subset_pool`:
+    the size of the split runs score their own subsets of (k folds: the pool), traced too."""
     program = setup.program
     count = program.plan.padded(setup.num_runs)
     images = jax.ShapeDtypeStruct((num_train, *image_shape), jnp.uint8)
@@ -280,8 +285,12 @@ def trace_job(setup: RunSetup, image_shape: tuple[int, int, int], num_train: int
     sums = jax.eval_shape(lambda: zero_sums(count, program.layer_names))
     steps = functools.partial(program.train_steps, length=min(program.plan.steps_per_call, program.steps_per_epoch))
     state, _ = jax.eval_shape(steps, setup.state, setup.hparams, images, labels, batches, jnp.int32(0), sums)
-    jax.eval_shape(program.eval_batch, state, setup.hparams, eval_images, eval_labels,
-                   jax.ShapeDtypeStruct((count, eval_batch_size), jnp.float32))
+    per_run_batch = jax.ShapeDtypeStruct((count, eval_batch_size), jnp.float32)
+    jax.eval_shape(program.eval_batch, state, setup.hparams, eval_images, eval_labels, per_run_batch)
+    if subset_pool is not None:
+        jax.eval_shape(program.eval_subset_batch, state, setup.hparams, eval_images.update(shape=(
+            subset_pool, *image_shape)), eval_labels.update(shape=(subset_pool,)),
+            per_run_batch.update(dtype=jnp.int32), per_run_batch)
 
 
 def zero_sums(num_runs: int, layer_names: tuple[str, ...]) -> step.EpochSums:

@@ -27,7 +27,7 @@ from cifar_jax.job import storage, validation
 from cifar_jax.job import workdir as workdir_lib
 from cifar_jax.job.checkpoint import Checkpoints, warm_start_state
 from cifar_jax.errors import CheckpointError, Interrupted
-from cifar_jax.core.splits import examples_for, run_train_index
+from cifar_jax.core.splits import RunSubsets, examples_for, run_subsets, run_train_index
 
 
 def train_epoch(program: Program, state: step.TrainState, hparams: dict, images: jax.Array, labels: jax.Array,
@@ -67,23 +67,28 @@ class EvaluationStopped(Exception):
 
 
 def score_split(program: Program, state: step.TrainState, hparams: dict, images: jax.Array, labels: jax.Array,
-                batch_size: int, *, weights: jax.Array | None = None, return_probs: bool = False,
+                batch_size: int, *, subsets: RunSubsets | None = None, return_probs: bool = False,
                 should_stop: Callable[[], bool] | None = None) -> dict[str, np.ndarray]:
     """Per-run loss, accuracy, macro-F1, per-class accuracy and confusion matrix on one split.
 
-    `weights` (runs, n) of 0/1 restricts each run to its own examples (its held-out fold).
+    `subsets` restricts each run to its own examples (its held-out fold), gathered per run: batches
+    then run over the longest subset, not the split, and probabilities come in subset order.
     `should_stop()`, asked before each batch (the same count on every process), ends the scoring
     with `EvaluationStopped`: a long evaluation then never outlasts a preemption's grace period."""
     num_runs = state.step.shape[0]
     confusion, loss_sum, probs = None, None, []
-    for start in range(0, images.shape[0], batch_size):
+    length = images.shape[0] if subsets is None else subsets.index.shape[1]
+    for start in range(0, length, batch_size):
         if should_stop is not None and should_stop():
             raise EvaluationStopped
         batch = slice(start, start + batch_size)
-        batch_weights = (np.ones((num_runs, min(batch_size, images.shape[0] - start)), np.float32)
-                         if weights is None else weights[:, batch])  # a batch's: what `memory.py` counts
-        batch_confusion, batch_loss, batch_probs = program.eval_batch(
-            state, hparams, images[batch], labels[batch], batch_weights)
+        if subsets is None:  # a batch's weights: what `memory.py` counts
+            batch_confusion, batch_loss, batch_probs = program.eval_batch(
+                state, hparams, images[batch], labels[batch],
+                np.ones((num_runs, min(batch_size, length - start)), np.float32))
+        else:
+            batch_confusion, batch_loss, batch_probs = program.eval_subset_batch(
+                state, hparams, images, labels, subsets.index[:, batch], subsets.weights[:, batch])
         confusion, loss_sum = ((batch_confusion, batch_loss) if confusion is None  # one batch: nothing to add
                                else (confusion + batch_confusion, loss_sum + batch_loss))
         if return_probs:
@@ -233,12 +238,14 @@ def _claim(config: ml_collections.ConfigDict, workdir: str, setup: RunSetup, spl
 
 def job_data(config: ml_collections.ConfigDict, splits: Any) -> memory.JobData:
     """What the job keeps on each device beside its runs' state (`memory.py`): every split and
-    fold index once, each run's fold index and validation weights, its best-epoch weights."""
+    fold index once, each run's fold index and validation subset, its best-epoch weights."""
     arrays = {id(leaf): leaf for leaf in jax.tree.leaves((splits.train, splits.eval, splits.fold_train_index,
                                                           splits.fold_val_mask))}
-    per_run = [] if splits.fold_train_index is None else [splits.fold_train_index[0], splits.fold_val_mask[0]]
+    per_run = 0 if splits.fold_train_index is None else (  # its fold's training index, its val subset
+        execution.tree_bytes(splits.fold_train_index[0]) + execution.tree_bytes(run_subsets(splits.fold_val_mask)) //
+        splits.fold_val_mask.shape[0])
     keeps = best_runs.keeps_best(config, splits.eval)
-    return memory.JobData(shared=execution.tree_bytes(list(arrays.values())), per_run=execution.tree_bytes(per_run),
+    return memory.JobData(shared=execution.tree_bytes(list(arrays.values())), per_run=per_run,
                           keeps_best=keeps, restores=keeps or bool(config.get("init_from")))
 
 
@@ -254,7 +261,8 @@ def _placed_data(splits: Any, setup: RunSetup) -> tuple[jax.Array, jax.Array, ja
     per-run weights), on the devices."""
     plan = setup.program.plan
     images, labels = execution.replicate(tuple(splits.train), plan)
-    evals = {name: (execution.replicate(tuple(examples), plan), setup.on_devices(weights))
+    evals = {name: (execution.replicate(tuple(examples), plan),
+                    None if weights is None else setup.on_devices(run_subsets(weights)))
              for name, (examples, weights) in ((n, examples_for(splits, setup.grid, n)) for n in splits.eval)}
     return images, labels, setup.on_devices(run_train_index(splits, setup.grid)), evals
 
@@ -265,7 +273,7 @@ def _epoch_record(config: ml_collections.ConfigDict, setup: RunSetup, state: ste
     which runs have diverged; `EvaluationStopped` where `stop` is raised before the scoring ends."""
     plan = setup.program.plan
     scores = {name: setup.real_runs(score_split(setup.program, state, setup.hparams, *evals[name][0],
-                                                plan.eval_batch_size, weights=evals[name][1],
+                                                plan.eval_batch_size, subsets=evals[name][1],
                                                 should_stop=lambda: stop.poll()[0]))
               for name in best_runs.splits_to_score(config, evals, epoch)}
     diverged = np.asarray(setup.real_runs(state.diverged))
@@ -291,7 +299,7 @@ def _best_test(config: ml_collections.ConfigDict, setup: Any, best: Any, state: 
     return best.best_scores(
         config.num_epochs, {name: history[-1][f"test_{name}"] for name in results.RECORDED_EVAL_METRICS},
         lambda: setup.real_runs(score_split(setup.program, best.state(state), setup.hparams, *evals["test"][0],
-                                            setup.program.plan.eval_batch_size, weights=evals["test"][1])))
+                                            setup.program.plan.eval_batch_size, subsets=evals["test"][1])))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -301,8 +309,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     splits, grid = validation.load_checked_splits(config)  # before touching the workdir: a bad start changes nothing
     setup = setup_runs(config, splits.image_shape, len(splits.class_names), splits.num_train, grid=grid,
                        abstract=True, data=job_data(config, splits))
-    trace_job(setup, splits.image_shape, splits.num_train,
-              _first_eval_batch(splits, setup.program.plan.eval_batch_size))
+    trace_job(setup, splits.image_shape, splits.num_train, _first_eval_batch(splits, setup.program.plan.eval_batch_size),
+              None if splits.fold_val_mask is None else splits.train.images.shape[0])
     primary = execution.is_primary()  # process 0 writes everything but the checkpoints
     checkpoints, resume = _claim(config, workdir, setup, splits, primary)
     loop = progress.TrainingLog(workdir, config, setup.grid, splits, setup.program, is_primary=primary)
