@@ -20,6 +20,9 @@ def get_config() -> ml_collections.ConfigDict:
     # True: dead-ReLU fraction and per-layer gradient norms per chunk of steps into steps.jsonl
     # (about every execution.steps_per_call steps), besides the per-epoch means in metrics.jsonl.
     config.log_step_metrics = False
+    # TensorBoard event files in W/tensorboard. clu's writer imports TensorFlow, ~6 s of every job's
+    # start on 2 cores: False skips it (metrics.jsonl and results.json hold the same numbers).
+    config.tensorboard = True
     config.checkpoint_every_epochs = 1
     # True: check this config end to end in seconds (one epoch of a few batches, small splits,
     # <= 2 seeds, schedules squeezed into the epoch; see cifar_jax/dev_run.py). Train and sweep only.

@@ -37,7 +37,7 @@ def small_test_config():
 @needs_fashion_mnist
 def test_cli_trains_two_seeds_on_real_fashion_mnist(tmp_path):
     workdir = tmp_path / "run"
-    result = run_cli("--config", "configs/test.py", "--workdir", str(workdir))
+    result = run_cli("--config", "configs/test.py", "--workdir", str(workdir), "--config.tensorboard=True")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "epoch 1/1" in result.stdout and "img/s" in result.stdout
     results = json.loads((workdir / "results.json").read_text())
@@ -411,3 +411,21 @@ def test_dropout_and_max_pool_train_finite_on_real_images(batch_norm):
     state, sums, _ = train.train_epoch(setup.program, setup.state, setup.hparams, images, labels, 1)
     assert not np.asarray(state.diverged).any()
     assert np.isfinite(np.asarray(sums.loss)).all()
+
+
+@pytest.mark.slow
+@needs_fashion_mnist
+def test_a_job_without_tensorboard_never_imports_tensorflow(tmp_path):
+    """configs/test.py turns TensorBoard off (half of a test job's time was TensorFlow's import):
+    no event files, and nothing else in a job imports TensorFlow behind its back."""
+    script = ("import atexit, runpy, sys; atexit.register(lambda: print('tensorflow imported:', 'tensorflow' in "
+              "sys.modules)); sys.argv = ['cifar_jax.main', *sys.argv[1:]]; runpy.run_module('cifar_jax.main', "
+              "run_name='__main__')")
+    workdir = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-c", script, "--config", "configs/test.py", "--workdir", str(workdir),
+                             "--config.data.train_limit=500", "--config.data.val_size=100",
+                             "--config.data.test_limit=100"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "tensorflow imported: False" in result.stdout, result.stdout[-2000:]
+    assert (workdir / "results.json").exists() and not (workdir / "tensorboard").exists()
+    assert "tensorboard:" not in result.stdout

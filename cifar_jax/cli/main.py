@@ -245,7 +245,7 @@ def dispatch(config: ml_collections.ConfigDict, workdir: str, mode: str) -> Any:
             print(f"study: {path}", flush=True)
             return path
         if config.get("sweep"):
-            return sweep.write_sweep_report(workdir)
+            return sweep.write_sweep_report(workdir, tensorboard=bool(config.get("tensorboard", True)))
         raise UsageError("--mode=report rebuilds a study's report.md or a sweep's results.md; give the study "
                          "config (configs/studies/) or the sweep config (configs/sweeps/) the workdir was run with")
     # Taken by process 0 alone; a refusal (another job holds it) ends every process with its line.

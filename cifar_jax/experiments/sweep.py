@@ -367,19 +367,21 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str,
         chosen[field] = choose(report.load_settings(workdir, records), field, spec.metric)
         execution.primary_print(f"sweep: stage {stage + 1} chose {field}={report.format_value(chosen[field])}")
     paths: dict[str, Any] = {}
-    execution.primary_decides(lambda: paths.update(write_sweep_report(workdir) or {}))  # process 0 writes it
+    execution.primary_decides(lambda: paths.update(  # process 0 writes it
+        write_sweep_report(workdir, tensorboard=bool(config.get("tensorboard", True))) or {}))
     return {"groups": [g.name for g in groups], "chosen": chosen, "report": paths or None}
 
 
-def write_sweep_report(workdir: str) -> dict[str, Any] | None:
-    """results.md, results.csv and plots/ from the groups finished so far (the end of a sweep, or
-    `--mode=report`), under the sweep root's lock: of two workers finishing together one writes
-    it; returns the paths, or None when another process is writing it."""
+def write_sweep_report(workdir: str, *, tensorboard: bool = True) -> dict[str, Any] | None:
+    """results.md, results.csv and plots/ (and TensorBoard, with `tensorboard`) from the groups
+    finished so far (the end of a sweep, or `--mode=report`), under the sweep root's lock: of two
+    workers finishing together one writes it; returns the paths, or None when another process is
+    writing it."""
     if not storage.exists(os.path.join(workdir, SWEEP_FILE)):
         raise CheckpointError(f"{workdir} holds no sweep (no {SWEEP_FILE}); run --mode=sweep with this config first")
     try:
         with workdir_lib.workdir_lock(workdir):
-            paths = report.write_report(workdir)
+            paths = report.write_report(workdir, tensorboard=tensorboard)
     except WorkdirInUse:
         print("sweep: another worker is writing the report", flush=True)
         return None
