@@ -258,7 +258,7 @@ def _first_eval_batch(splits: Any, eval_batch_size: int) -> int:
 
 def _placed_data(splits: Any, setup: RunSetup) -> tuple[jax.Array, jax.Array, jax.Array, dict]:
     """Training images and labels, each run's training index and the evaluation splits (examples,
-    per-run weights), on the devices."""
+    each run's own examples with k folds: `RunSubsets`), on the devices."""
     plan = setup.program.plan
     images, labels = execution.replicate(tuple(splits.train), plan)
     evals = {name: (execution.replicate(tuple(examples), plan),
