@@ -133,7 +133,8 @@ class TrainingLog:
     def __init__(self, workdir: str, config: ml_collections.ConfigDict, grid: RunGrid, splits: Splits,
                  program: Any, is_primary: bool = True):
         self.workdir, self.config, self.grid = workdir, config, grid
-        self.tensorboard_dir = os.path.join(workdir, "tensorboard")
+        self.tensorboard_dir = (os.path.join(workdir, "tensorboard")  # None: no event files (no TensorFlow)
+                                if config.get("tensorboard", True) else None)
         self.is_primary = is_primary
         self.images_per_epoch = program.steps_per_epoch * config.batch_size
         self.steps_per_epoch = program.steps_per_epoch
@@ -156,7 +157,7 @@ class TrainingLog:
         if resumed_after or step:
             inside = f", inside epoch {resumed_after + 1} at step {step}" if step else ""
             print(f"resuming {self.workdir} after epoch {resumed_after}{inside}", flush=True)
-        if self.config.get("tensorboard", True):
+        if self.tensorboard_dir:
             from clu import metric_writers  # TensorFlow loads here, not when a config is read
 
             self.writer = metric_writers.AsyncWriter(metric_writers.SummaryWriter(self.tensorboard_dir))
@@ -246,7 +247,8 @@ class TrainingLog:
         self.flush_steps()
         self._write_metrics(epoch, history, diverged_by_epoch)
         if self.writer is not None:
-            self.writer.write_scalars(epoch, {f"{name}/mean": float(np.nanmean(values)) for name, values in record.items()
+            self.writer.write_scalars(epoch, {f"{name}/mean": float(np.nanmean(values))
+                                              for name, values in record.items()
                                               if np.ndim(values) == 1 and not np.all(np.isnan(values))})
         self.line.clear()
         print(epoch_line(epoch, self.config.num_epochs, record, np.asarray(diverged_by_epoch[-1]),
@@ -277,8 +279,7 @@ class TrainingLog:
             return
         best = checkpoints.best_path()
         paths = {"results": os.path.join(self.workdir, "results.json"),
-                 "tensorboard": self.tensorboard_dir if self.config.get("tensorboard", True) else None,
-                 "best checkpoint": best}
+                 "tensorboard": self.tensorboard_dir, "best checkpoint": best}
         print("\n".join(summary_lines(summary, paths)), flush=True)
 
 

@@ -309,7 +309,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     splits, grid = validation.load_checked_splits(config)  # before touching the workdir: a bad start changes nothing
     setup = setup_runs(config, splits.image_shape, len(splits.class_names), splits.num_train, grid=grid,
                        abstract=True, data=job_data(config, splits))
-    trace_job(setup, splits.image_shape, splits.num_train, _first_eval_batch(splits, setup.program.plan.eval_batch_size),
+    trace_job(setup, splits.image_shape, splits.num_train,
+              _first_eval_batch(splits, setup.program.plan.eval_batch_size),
               None if splits.fold_val_mask is None else splits.train.images.shape[0])
     primary = execution.is_primary()  # process 0 writes everything but the checkpoints
     checkpoints, resume = _claim(config, workdir, setup, splits, primary)

@@ -28,9 +28,9 @@ DATA_FILE = "data.json"  # image shape, class names, train size: what rebuilding
 # Fields that may change between a run and its resumption: how long, how often, where the data
 # lives, and how to execute or evaluate. Everything else defines the runs themselves.
 # (log_every_epochs: a removed field that workdirs of earlier versions still hold.)
-RESUMABLE_FIELDS = ("num_epochs", "progress_every_s", "log_step_metrics", "tensorboard", "log_every_epochs", "checkpoint_every_epochs",
-                    "eval_batch_size", "dev_run", "data.dir", "data.source", "data.tfds_data_dir", "eval.", "execution.",
-                    "checkpoint.keep", "checkpoint.overwrite", "checkpoint.every_minutes")
+RESUMABLE_FIELDS = ("num_epochs", "progress_every_s", "log_step_metrics", "log_every_epochs", "checkpoint_every_epochs",
+                    "tensorboard", "eval_batch_size", "dev_run", "data.dir", "data.source", "data.tfds_data_dir",
+                    "eval.", "execution.", "checkpoint.keep", "checkpoint.overwrite", "checkpoint.every_minutes")
 # How this process was launched, not what it trains: stored at these defaults, so they are never
 # inherited from config.json (a laptop evaluating a pod's run must not wait for the pod's
 # coordinator) and never block a resume on another launch (one process resuming two's run).
