@@ -110,7 +110,7 @@ def get_config(scale: str = "cpu"):
                     "benchmark ran, and E2_3b to E2_4 shared the cores with short test runs; the :cheap_full A3 "
                     "pair (at fb2b2a9) shared them with other work; of the :cheap_full A2 pair, E2_6b_kfold_A2 trained "
                     "epochs 1-3 at c532c76 (paused by SIGSTOP for ~25 minutes of it while tests and an A/B ran), was "
-                    "stopped by SIGTERM and resumed at 6b2762e (each run then scored only its own fold: ~20 s an "
+                    "stopped by SIGTERM and resumed at 6b2762e (each run then scored only its own fold: ~30 s an "
                     "epoch instead of ~2 min), sharing the cores with test runs, as did F2_1b_leaky_kfold_A2. Quiet, side by side: A1 trains at 0.78x "
                     "PyTorch's images/s for one run, A2 at 1.31x, A3 at 1.54x, A4 at 0.71x (docs/benchmarks/"
                     "2026-12-06-models-part1.txt)."))
