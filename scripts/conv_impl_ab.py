@@ -12,7 +12,7 @@ import sys
 import benchmark
 
 PARSER = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-PARSER.add_argument("conv_impl", choices=("patches", "xla"))
+PARSER.add_argument("conv_impl", choices=("patches", "winograd", "xla"))
 PARSER.add_argument("model", choices=sorted(benchmark.MODELS))
 PARSER.add_argument("batch_size", type=int)
 PARSER.add_argument("--seeds", type=int, default=1)

@@ -37,7 +37,7 @@ def plan_for(config, backend: str, steps_per_epoch: int = 312, step_bytes: int =
 def test_plan_rules_per_backend():
     config = tiny_config()
     cpu, gpu = plan_for(config, "cpu"), plan_for(config, "gpu")
-    assert (cpu.conv_impl, cpu.compute_dtype, cpu.steps_per_call) == ("patches", "float32", 8)  # 312 = 39 x 8
+    assert (cpu.conv_impl, cpu.compute_dtype, cpu.steps_per_call) == ("winograd", "float32", 8)  # 312 = 39 x 8
     # one probe step, then job/chunks.py sizes calls to take CHUNK_SECONDS
     assert (gpu.conv_impl, gpu.compute_dtype, gpu.steps_per_call, gpu.runs_per_group) == ("xla", "bfloat16", 1, None)
     assert gpu.chunk_seconds == execution.CHUNK_SECONDS and gpu.policy == "accelerator"

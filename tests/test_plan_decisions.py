@@ -58,7 +58,7 @@ def test_the_resolved_plan_is_recorded_and_a_resume_in_another_dtype_is_refused(
         with open(tmp_path / "run" / name) as f:
             plan = json.load(f)["plan"]
         assert plan["compute_dtype"] == "float32" and plan["backend"] == jax.default_backend()
-        assert plan["device_count"] == 1 and plan["conv_impl"] in ("xla", "patches") and plan["device_kind"]
+        assert plan["device_count"] == 1 and plan["conv_impl"] in ("xla", "patches", "winograd") and plan["device_kind"]
     config.num_epochs = 2
     config.execution.compute_dtype = "bfloat16"
     with pytest.raises(CheckpointError) as error:

@@ -8,8 +8,12 @@ each backend. Every automatic choice can be overridden in the config:
 =====================================  =========================  ================================
 choice                                 CPU (2-core AVX2 machine)  GPU / TPU
 =====================================  =========================  ================================
-`model.conv_impl` (auto)               patches (im2col x matmul,  xla (cuDNN / TPU convolutions)
-                                       space-to-depth blocks)
+`model.conv_impl` (auto)               winograd (F(4x4, kxk) for  xla (cuDNN / TPU convolutions)
+                                       3x3/5x5 layers with >= 16
+                                       input channels; patches,
+                                       im2col x matmul with
+                                       space-to-depth blocks,
+                                       for the others)
 `execution.steps_per_call` (0 = auto)  a `lax.scan` chunk of ~10  1 step, then a chunk sized to
                                        steps (1 for a heavy       take ~`CHUNK_SECONDS` from the
                                        model), cut to ~2 s if     first call's time (job/chunks.py)
@@ -90,7 +94,7 @@ COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 # choices there (tests of the accelerator path on a machine without one).
 POLICIES = ("auto", "cpu", "accelerator")
 RUNS_AXIS = "runs"
-CONV_IMPLS = ("auto", "xla", "patches")
+CONV_IMPLS = ("auto", "xla", "patches", "winograd")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +102,7 @@ class ExecutionPlan:
     """How one program runs, decided once per program (`plan`); models and the loop only read it."""
 
     backend: str
-    conv_impl: str  # 'xla' | 'patches'
+    conv_impl: str  # 'xla' | 'patches' | 'winograd'
     compute_dtype: str  # 'float32' | 'bfloat16'
     steps_per_call: int  # training steps per compiled call
     runs_per_group: int | None  # runs vmapped together per step on each device (None: all)
@@ -164,7 +168,7 @@ def plan(config: ml_collections.ConfigDict, *, steps_per_epoch: int, step_bytes:
     backend = backend or jax.default_backend()
     policy = resolved_policy(config, backend)
     conv = config.model.conv_impl
-    conv = ("patches" if policy == "cpu" else "xla") if conv == "auto" else conv
+    conv = ("winograd" if policy == "cpu" else "xla") if conv == "auto" else conv
     dtype = config.execution.compute_dtype
     dtype = ("float32" if policy == "cpu" else "bfloat16") if dtype == "auto" else dtype
     provisional = ExecutionPlan(backend, conv, dtype, 1, None, runs_mesh(devices), policy=policy,

@@ -1,6 +1,8 @@
-"""2-D convolution with two numerically equivalent forms behind one switch (`Compute.conv_impl`):
-XLA's convolution, and image patches x one matmul (`patches`), which XLA:CPU runs much faster
-under `jax.vmap` over per-seed weights (measured: README, "Performance")."""
+"""2-D convolution with numerically equivalent forms behind one switch (`Compute.conv_impl`):
+XLA's convolution; image patches x one matmul (`patches`), which XLA:CPU runs much faster under
+`jax.vmap` over per-seed weights; and `winograd`, patches except for the stride-1 3x3 and 5x5
+layers with many channels, which take Winograd's F(4x4, kxk) (`models/winograd.py`), about twice
+as fast again on XLA:CPU (measured: docs/performance.md)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import jax
 from flax import nnx
 from jax import lax
 
-from cifar_jax.models import patches
+from cifar_jax.models import patches, winograd
 from cifar_jax.models.layers import PADDINGS, Compute, add_bias, cast, init_bias, init_kernel
 
 
@@ -49,8 +51,9 @@ class Conv2d(nnx.Module):
 
     impl='xla' calls `lax.conv_general_dilated`; impl='patches' pads, takes kh*kw strided static
     slices, concatenates them on the channel axis (order (i, j, c), matching the HWIO kernel
-    reshaped to (kh*kw*C, O)) and does one matmul. Both give the same numbers. `dtype` is the
-    arithmetic dtype: the float32 kernel is cast per call, so parameters stay float32.
+    reshaped to (kh*kw*C, O)) and does one matmul; impl='winograd' is 'patches' except where
+    `winograd.applies` to the layer's shape. All give the same numbers up to float rounding.
+    `dtype` is the arithmetic dtype: the float32 kernel is cast per call, so parameters stay float32.
     """
 
     def __init__(self, in_features: int, out_features: int, kernel_size, *, strides=1,
@@ -79,11 +82,16 @@ class Conv2d(nnx.Module):
         """Whether `__call__(x, window=size)` on NHWC inputs of `in_shape` gives its output grouped
         in size x size pooling windows for free: the patches form's space-to-depth blocks are
         those windows (stride 1, the block size `patches.conv_patches` would choose, whole blocks)."""
-        if self.impl != "patches" or self.strides != (1, 1) or size < 2:
-            return False
         oh, ow = self.output_hw(in_shape[-3:-1])
+        if self.impl == "xla" or self.strides != (1, 1) or size < 2 or self.uses_winograd((oh, ow)):
+            return False
         return not (oh % size or ow % size) and patches.space_to_depth_factor(
             self.kernel_size, self.in_features, self.out_features, (oh, ow), (1, 1), batch=in_shape[0]) == size
+
+    def uses_winograd(self, out_hw: Sequence[int]) -> bool:
+        """Whether this layer takes the Winograd form for an output of spatial size `out_hw`."""
+        return self.impl == "winograd" and winograd.applies(self.kernel_size, self.strides, self.in_features,
+                                                            out_hw, self.dtype)
 
     def __call__(self, x: jax.Array, window: int = 1) -> jax.Array:
         """The convolution, (n, oh, ow, O); with `window` > 1 (only where `groups_windows`) grouped
@@ -97,6 +105,8 @@ class Conv2d(nnx.Module):
         if self.impl == "xla":
             y = lax.conv_general_dilated(x, kernel, self.strides, pads,
                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        elif self.uses_winograd(self.output_hw(x.shape[-3:-1])):
+            y = winograd.conv_winograd(x, kernel, pads)
         else:
             y = patches.conv_patches(x, kernel, self.strides, pads)
         return add_bias(y, self.bias)

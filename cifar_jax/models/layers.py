@@ -55,7 +55,7 @@ POOLS = ("max", "avg", "lp", "none")
 # element: each activation dropped alone (nn.Dropout); channel: whole feature maps (nn.Dropout2d).
 DROPOUT_KINDS = ("element", "channel")
 PADDINGS = ("VALID", "SAME")
-CONV_IMPLS = ("xla", "patches")
+CONV_IMPLS = ("xla", "patches", "winograd")
 DTYPES = ("float32", "bfloat16")
 POOL_BACKWARDS = ("jax", "one_pass")
 
@@ -67,7 +67,7 @@ class Compute:
     max-pool backward may be used. Parameters, batch norm and the loss stay float32 whatever
     `dtype` is. None of these changes results beyond float reassociation, except `dtype`."""
 
-    conv_impl: str = "xla"  # 'xla' | 'patches': the same numbers, different speed per backend
+    conv_impl: str = "xla"  # 'xla' | 'patches' | 'winograd': the same numbers, different speed per backend
     dtype: str = "float32"  # 'float32' | 'bfloat16'
     # 'one_pass': a max pool over an exactly recomputed input may use `pooling.window_max`'s
     # one-pass backward (verified on XLA:CPU only, so the plan allows it on CPU alone); 'jax':
