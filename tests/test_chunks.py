@@ -154,3 +154,15 @@ def test_time_bounded_cpu_chunks_resume_bit_identical_reusing_the_decided_length
     assert clocks[-1][1][2] == decided == clocks[-1][0].length  # the stored chunk, no probe
     runs = [json.loads((tmp_path / w / "results.json").read_text())["runs"] for w in ("whole", "resumed")]
     assert runs[0] == runs[1]
+
+
+def test_eta_after_a_resume_inside_an_epoch_counts_only_this_sessions_steps():
+    """A job resumed at step 1,292 of a 2,000-step epoch has trained 0 epochs this session at that
+    step and 708/2,000 of one at the epoch's end; its ETAs divide time by that, not by the steps
+    trained before the resume (which once made a resumed 3-hour job say 8 minutes)."""
+    from cifar_jax.job.progress import session_epochs
+
+    assert session_epochs(1, 1292, 2000, first_epoch=1, resumed_step=1292) == 0.0
+    assert session_epochs(1, 2000, 2000, first_epoch=1, resumed_step=1292) == pytest.approx(0.354)
+    assert session_epochs(3, 1000, 2000, first_epoch=1, resumed_step=1292) == pytest.approx(2.354 - 0.5)
+    assert session_epochs(2, 500, 1000, first_epoch=2, resumed_step=0) == 0.5  # a fresh session

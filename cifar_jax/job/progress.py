@@ -79,6 +79,13 @@ def epoch_line(epoch: int, num_epochs: int, record: dict, diverged: np.ndarray, 
     return "  ".join(parts)
 
 
+def session_epochs(epoch: int, steps_done: int, steps_per_epoch: int, first_epoch: int, resumed_step: int) -> float:
+    """Epochs of training this session has done, `steps_done` into `epoch`, for its ETAs: a resume
+    inside `first_epoch` did not train that epoch's first `resumed_step` steps (counting them
+    made a resumed job's ETAs far too short)."""
+    return epoch - first_epoch + (steps_done - resumed_step) / steps_per_epoch
+
+
 def summary_lines(summary: dict[str, Any], paths: dict[str, str]) -> list[str]:
     """Final and best-epoch metrics per setting (mean ± 95% CI over seeds) and where they are."""
     lines = []
@@ -150,6 +157,7 @@ class TrainingLog:
     def start(self, resumed_after: int, step: int = 0) -> None:
         self.session_start = time.time()
         self.first_epoch = resumed_after + 1
+        self.resumed_step = step  # steps of the first epoch trained before this session
         self.epochs_done = 0.0
         if not self.is_primary:
             return
@@ -188,14 +196,16 @@ class TrainingLog:
                 return
             jax.block_until_ready(state.step)
             elapsed = max(time.time() - epoch_start, 1e-9)
-            fraction = steps_done / self.steps_per_epoch
-            self.epochs_done = epoch - self.first_epoch + fraction
+            trained_now = steps_done - (self.resumed_step if epoch == self.first_epoch else 0)
+            self.epochs_done = session_epochs(epoch, steps_done, self.steps_per_epoch, self.first_epoch,
+                                              self.resumed_step)
             images_per_step = self.config.batch_size * self.grid.num_runs
             measured = self.clock is not None and self.clock.trained_steps
-            rate = self.clock.images_per_s(images_per_step) if measured else steps_done * images_per_step / elapsed
+            rate = self.clock.images_per_s(images_per_step) if measured else trained_now * images_per_step / elapsed
+            epoch_eta = elapsed / max(trained_now, 1) * (self.steps_per_epoch - steps_done)
             self.line.show(f"epoch {epoch}/{self.config.num_epochs}  step {steps_done}/{self.steps_per_epoch}  "
-                           f"{rate:,.0f} img/s  epoch ETA {clock(elapsed / fraction - elapsed)}  "
-                           f"run ETA {clock(self._eta(self.config.num_epochs - epoch + 1 - fraction))}")
+                           f"{rate:,.0f} img/s  epoch ETA {clock(epoch_eta)}  run ETA "
+                           f"{clock(self._eta(self.config.num_epochs - epoch + 1 - steps_done / self.steps_per_epoch))}")
         self.epoch_start = epoch_start
         return on_chunk
 
@@ -241,7 +251,8 @@ class TrainingLog:
             storage.append_lines(os.path.join(self.workdir, STEPS_FILE), lines)
 
     def end_epoch(self, epoch: int, record: dict, history: list[dict], diverged_by_epoch: list[list[bool]]) -> None:
-        self.epochs_done = epoch - self.first_epoch + 1
+        self.epochs_done = session_epochs(epoch, self.steps_per_epoch, self.steps_per_epoch, self.first_epoch,
+                                          self.resumed_step)
         if not self.is_primary:
             return
         self.flush_steps()
