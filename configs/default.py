@@ -66,7 +66,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.init = "torch_default"
     config.model.init_conv_only = False  # apply `init` to conv layers only (torch_default elsewhere)
     config.model.bn_momentum = 0.9  # Flax convention: PyTorch momentum 0.1 == 0.9 here
-    config.model.conv_impl = "auto"  # auto | xla | patches (same numbers, different speed)
+    config.model.conv_impl = "auto"  # auto | xla | patches | winograd (same numbers, different speed)
 
     config.optim = ml_collections.ConfigDict()
     config.optim.name = "sgd"  # sgd | adam | adamw | rmsprop

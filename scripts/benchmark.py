@@ -410,7 +410,8 @@ def _header(threads: int) -> float:
     """Prints the machine and the execution defaults; returns the matmul peak FLOP/s."""
     print(f"cifar_jax benchmark: jax {jax.__version__} ({jax.default_backend()}, {jax.devices()[0].device_kind}), "
           f"{threads} threads, {platform.processor() or platform.machine()}, python {platform.python_version()}")
-    print(f"execution defaults: conv_impl={'patches' if jax.default_backend() == 'cpu' else 'xla'}, steps_per_call=auto "
+    conv_impl = "winograd (patches below 16 channels)" if jax.default_backend() == "cpu" else "xla"
+    print(f"execution defaults: conv_impl={conv_impl}, steps_per_call=auto "
           f"(CPU: {execution.CPU_STEPS_PER_CALL} steps, cut to ~{execution.CHUNK_SECONDS:.0f} s a call), runs_per_group=auto (CPU: up to "
           f"{execution.CPU_STEP_BYTES_PER_GROUP / 2**20:.0f} MiB of step activations), microbatches=auto (CPU: "
           f"the same budget, models without batch norm or dropout), buffer donation on")

@@ -203,9 +203,9 @@ class TrainingLog:
             measured = self.clock is not None and self.clock.trained_steps
             rate = self.clock.images_per_s(images_per_step) if measured else trained_now * images_per_step / elapsed
             epoch_eta = elapsed / max(trained_now, 1) * (self.steps_per_epoch - steps_done)
+            epochs_left = self.config.num_epochs - epoch + 1 - steps_done / self.steps_per_epoch
             self.line.show(f"epoch {epoch}/{self.config.num_epochs}  step {steps_done}/{self.steps_per_epoch}  "
-                           f"{rate:,.0f} img/s  epoch ETA {clock(epoch_eta)}  run ETA "
-                           f"{clock(self._eta(self.config.num_epochs - epoch + 1 - steps_done / self.steps_per_epoch))}")
+                           f"{rate:,.0f} img/s  epoch ETA {clock(epoch_eta)}  run ETA {clock(self._eta(epochs_left))}")
         self.epoch_start = epoch_start
         return on_chunk
 
