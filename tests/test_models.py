@@ -636,6 +636,19 @@ def test_stage_form_takes_the_one_pass_max_only_where_plan_and_input_allow(pool_
     assert form.dead_after_pool == (activation == "relu")  # the 10x10 map is whole 2x2 windows
 
 
+def test_stage_form_keeps_jaxs_max_gradient_after_a_winograd_layer():
+    """A Winograd layer's output transform is a sum of products that XLA may fuse (and contract to
+    multiply-adds) differently where the pool's backward recomputes it, so its stages keep JAX's
+    max gradient; a layer of the same stage that falls back to patches keeps the one-pass one."""
+    def form(in_channels):
+        c = conv.Conv2d(in_channels, 8, 3, padding="SAME", rngs=nnx.Rngs(0), impl="winograd")
+        return stage_form.stage_form(c, (8, 16, 16, in_channels), batch_norm=False, activation="relu",
+                                     dropout=False, pool="max", pool_size=2,
+                                     compute=layers.Compute("winograd", "float32", "one_pass"))
+    assert not form(16).one_pass_max  # Winograd: 16 input channels on a 16x16 map
+    assert form(3).one_pass_max  # an RGB layer: patches
+
+
 def test_activations():
     x = jnp.asarray([-2.0, 0.5])
     exact_gelu = 0.5 * x * (1 + jax.scipy.special.erf(x / np.sqrt(2)))  # PyTorch's nn.GELU()

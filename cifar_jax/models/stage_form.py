@@ -8,7 +8,8 @@ and the stage's shapes, so that `cnn.ConvStage` reads like its docstring.
   care; dropout's random mask follows the layout, so not with dropout.
 - one_pass_max: the max pool's one-pass backward (`pooling.window_max`), where the plan allows it
   (`Compute.pool_backward`, CPU only) and XLA recomputes the pool's input bit for bit: float32,
-  no batch norm, an exactly rounded activation.
+  no batch norm, an exactly rounded activation of a matmul plus bias (not a Winograd layer's
+  output transform, a sum of products that fusions may contract differently, as batch norm's).
 - dead_after_pool: a ReLU channel is dead on the whole map iff it is dead on the max-pooled map
   when the pool covers the map, so the dead-channel diagnostic reads a size**2 smaller tensor.
 """
@@ -46,7 +47,8 @@ def stage_form(conv: Conv2d, in_shape: Sequence[int], *, batch_norm: bool, activ
     windowed = not dropout and pool in ("max", "avg") and conv.groups_windows(in_shape, pool_size)
     oh, ow = conv.output_hw(in_shape[-3:-1])
     pool_covers_map = windowed or (oh % pool_size == 0 and ow % pool_size == 0)
-    exact_input = not batch_norm and activation in EXACT_ACTIVATIONS and compute.dtype == "float32"
+    exact_input = (not batch_norm and activation in EXACT_ACTIVATIONS and compute.dtype == "float32"
+                   and not conv.uses_winograd((oh, ow)))
     return StageForm(window=pool_size if windowed else 1,
                      one_pass_max=compute.pool_backward == "one_pass" and exact_input,
                      dead_after_pool=activation == "relu" and not dropout and pool == "max" and pool_covers_map)
