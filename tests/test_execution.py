@@ -278,6 +278,28 @@ def test_fast_training_paths_equal_the_plain_path():
     np.testing.assert_array_equal(state.step, plain_state.step)
 
 
+def test_training_through_a_winograd_layer_equals_xla_convolutions():
+    """One epoch of 8 steps (3 seeds, dropout, scanned chunks, runs in groups of 2) of a CNN whose
+    second layer takes Winograd on CPU (16 -> 16 channels, 3x3, on the 12x12 map) ends at XLA's
+    convolution training's parameters within float tolerance: the form changes rounding only."""
+    from cifar_jax.models import winograd
+
+    assert winograd.applies((3, 3), (1, 1), 16, (12, 12), "float32")
+    splits = synthetic_splits(num_train=64, num_eval=64)
+    results = {}
+    for impl, steps_per_call, group in [("xla", 1, 3), ("winograd", 0, 2)]:
+        config = tiny_config(num_seeds=3, **{"model.conv_features": (16, 16), "model.kernel_size": (3, 3),
+                                             "model.strides": (1, 1), "model.pool": "none"})
+        config.execution.steps_per_call = steps_per_call
+        config.execution.runs_per_group = group
+        config.model.conv_impl = impl
+        results[impl] = train_runs(config, splits, epochs=1)
+    (xla_state, xla_eval), (state, evaluation) = results["xla"], results["winograd"]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5), state.params,
+                 xla_state.params)
+    np.testing.assert_allclose(evaluation["loss"], xla_eval["loss"], rtol=1e-4)
+
+
 # ----------------------------------------------------------------------------- compilation cache
 
 
