@@ -55,7 +55,8 @@ def applies(kernel_hw: Sequence[int], strides: Sequence[int], in_channels: int, 
 def transforms(tile: int, kernel: int) -> tuple[Matrix, Matrix, Matrix]:
     """Toom-Cook matrices (A^T, G, B^T) of F(tile, kernel), with correlation(d, g) = A^T[(G g) *
     (B^T d)] for every input window d (tile + kernel - 1 values) and kernel g. A^T and G follow
-    from the points; B^T is the unique solution of the identity's linear equations (checked)."""
+    from the points; B^T solves the identity's linear equations (least squares, then checked to
+    satisfy them exactly)."""
     size = tile + kernel - 1
     points = POINTS[:size - 1]
     a_t, g = np.zeros((tile, size)), np.zeros((size, kernel))
