@@ -105,6 +105,7 @@ from cifar_jax.core import execution  # noqa: E402
 from cifar_jax.data.catalog import IMAGE_SHAPES  # noqa: E402
 from cifar_jax.job import chunks, train  # noqa: E402
 from cifar_jax.job import program as program_lib
+from cifar_jax.models import winograd  # noqa: E402
 from configs import block_cnn, study_models  # noqa: E402
 
 # ----------------------------------------------------------------------------- models
@@ -410,7 +411,8 @@ def _header(threads: int) -> float:
     """Prints the machine and the execution defaults; returns the matmul peak FLOP/s."""
     print(f"cifar_jax benchmark: jax {jax.__version__} ({jax.default_backend()}, {jax.devices()[0].device_kind}), "
           f"{threads} threads, {platform.processor() or platform.machine()}, python {platform.python_version()}")
-    conv_impl = "winograd (patches below 16 channels)" if jax.default_backend() == "cpu" else "xla"
+    conv_impl = (f"winograd (patches below {winograd.MIN_IN_CHANNELS} input channels)" if jax.default_backend() == "cpu"
+                 else "xla")
     print(f"execution defaults: conv_impl={conv_impl}, steps_per_call=auto "
           f"(CPU: {execution.CPU_STEPS_PER_CALL} steps, cut to ~{execution.CHUNK_SECONDS:.0f} s a call), runs_per_group=auto (CPU: up to "
           f"{execution.CPU_STEP_BYTES_PER_GROUP / 2**20:.0f} MiB of step activations), microbatches=auto (CPU: "
