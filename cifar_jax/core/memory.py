@@ -54,7 +54,7 @@ class RunMemory:
     held: int  # kept for the whole job: state, hparams, keys, epoch sums, batch order, own data, best weights
     best: int  # of `held`: the copy of its weights at its best epoch (0 where none is kept)
     restore: int  # only while the job starts: a restored state beside its own (0 where none)
-    step: int  # a training chunk's temporaries, while the run's group trains
+    step: int  # a training chunk's temporaries, while the run's group trains (vmapped, or a group of one)
     grouped: float  # kept while any group trains, where runs train in groups: its inputs and outputs sliced and stacked
     eval_example: float  # evaluation temporaries per example, while the run's group evaluates
     eval_weight: float  # its 0/1 weight per example of an evaluation batch, while any group evaluates
@@ -82,7 +82,7 @@ def compiled_bytes(fn: Callable[..., Any], *args: Any, donate_argnums: tuple[int
 def _chunk_args(config: ml_collections.ConfigDict, ctx: step.StepContext, data_shape: tuple[int, ...],
                 zero_sums: Callable[[int, tuple[str, ...]], step.EpochSums], num_runs: int) -> tuple[Any, tuple]:
     """The run keys and the abstract arguments of a training call over `num_runs` runs (state,
-    hparams, images, labels, batch order, start, sums)."""
+    hparams, images, labels, batch order, start, sums, one step)."""
     hparams = {k: jnp.asarray(np.repeat(v[:1], num_runs, axis=0))
                for k, v in runs.make_run_grid(config, data_shape[-1]).hparams.items()}
     zeros = np.zeros(num_runs, int)
@@ -93,7 +93,7 @@ def _chunk_args(config: ml_collections.ConfigDict, ctx: step.StepContext, data_s
     batches = jax.eval_shape(jax.vmap(functools.partial(step.epoch_batches, ctx), (0, None, 0)), state,
                              jnp.int32(1), jax.ShapeDtypeStruct((num_runs, data_shape[0]), jnp.int32))
     sums = jax.eval_shape(lambda: zero_sums(num_runs, tuple(metrics.layer_names(state.params))))
-    return keys, (state, hparams, images, labels, batches, jnp.int32(0), sums)
+    return keys, (state, hparams, images, labels, batches, jnp.int32(0), sums, jnp.int32(1))
 
 
 def measure(config: ml_collections.ConfigDict, ctx: step.StepContext, data_shape: tuple[int, ...],
@@ -123,9 +123,12 @@ def measure(config: ml_collections.ConfigDict, ctx: step.StepContext, data_shape
                           shared=data.shared)
     if not needs_groups(ungrouped):
         return ungrouped
-    grouped = [compiled_bytes(chunk(1), *runs_args, donate_argnums=(0, 6))[1]
-               for runs_args in (args, _chunk_args(config, ctx, data_shape, zero_sums, 4)[1])]
-    return dataclasses.replace(ungrouped, grouped=max(grouped[1] - grouped[0], 0) / 2)
+    two, four = (compiled_bytes(chunk(1), *runs_args, donate_argnums=(0, 6))[1]
+                 for runs_args in (args, _chunk_args(config, ctx, data_shape, zero_sums, 4)[1]))
+    per_run = max(four - two, 0) / 2
+    # A group's loop carries its own copy of the group's state: one group of one run may hold
+    # more temporaries than a vmapped run's step.
+    return dataclasses.replace(ungrouped, grouped=per_run, step=max(ungrouped.step, int(two - 2 * per_run)))
 
 
 def device_limit(config: ml_collections.ConfigDict, device: jax.Device | None = None) -> int | None:
