@@ -195,9 +195,8 @@ def _train_steps_call(program, state, hparams, images, labels):
     num_runs = state.step.shape[0]
     train_index = jnp.broadcast_to(jnp.arange(images.shape[0]), (num_runs, images.shape[0]))
     batches = program.epoch_batches(state, jnp.int32(1), train_index)
-    args = (state, hparams, images, labels, batches, jnp.int32(0), program_lib.zero_sums(num_runs, program.layer_names),
-            jnp.int32(program.plan.steps_per_call))
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args)
+    args = (state, hparams, images, labels, batches, jnp.int32(0), program_lib.zero_sums(num_runs, program.layer_names))
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args), {"length": program.plan.steps_per_call}
 
 
 def _synthetic(num_images: int, shape: tuple[int, int, int], seed: int = 0):
@@ -225,7 +224,8 @@ def train_flops_per_image(model: str, batch_size: int) -> float:
         config.execution.steps_per_call = 1
         images, labels = _synthetic(2 * batch_size, image_shape(model))
         program, hparams, state = _setup(config, 2 * batch_size)
-        cost = program.train_steps.lower(*_train_steps_call(program, state, hparams, images, labels)).cost_analysis()
+        args, kwargs = _train_steps_call(program, state, hparams, images, labels)
+        cost = program.train_steps.lower(*args, **kwargs).cost_analysis()
         _FLOPS_CACHE[key] = float(cost["flops"]) / batch_size
     return _FLOPS_CACHE[key]
 
@@ -306,9 +306,9 @@ class _TimedProgram:
 
     def compile(self):
         """Compiles the epoch's step chunk (the timed calls reuse it): seconds and bytes it needs."""
-        args = _train_steps_call(self.program, self.state, self.hparams, self.images, self.labels)
+        args, kwargs = _train_steps_call(self.program, self.state, self.hparams, self.images, self.labels)
         start = time.perf_counter()
-        compiled = self.program.train_steps.lower(*args).compile()
+        compiled = self.program.train_steps.lower(*args, **kwargs).compile()
         self.compile_s = time.perf_counter() - start
         memory = compiled.memory_analysis()
         self.step_bytes = (memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes

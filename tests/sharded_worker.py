@@ -51,7 +51,7 @@ def train_steps_hlo(setup, images, labels) -> str:
     batches = program.epoch_batches(state, jnp.int32(1), index)
     sums = program_lib.zero_sums(num_runs, program.layer_names)
     lowered = program.train_steps.lower(state, setup.hparams, images, labels, batches, jnp.int32(0), sums,
-                                        jnp.int32(program.plan.steps_per_call))
+                                        length=program.plan.steps_per_call)
     return lowered.compile().as_text()
 
 

@@ -35,23 +35,15 @@ def test_accelerator_chunk_grows_from_one_step_to_a_divisor_of_the_epoch_near_th
     assert c.length == 20
 
 
-def test_cpu_sizes_its_ten_step_first_chunk_to_the_target():
+def test_cpu_keeps_a_fast_ten_step_chunk_and_cuts_a_slow_one_to_the_target():
     plan = execution.plan(tiny_config(), steps_per_epoch=100, backend="cpu", step_bytes=lambda _: 2**20)
     assert plan.steps_per_call == 10 and plan.chunk_seconds == execution.CHUNK_SECONDS
     fast = chunks.ChunkClock(plan, 100)
-    fast.resize(step_s=0.01)  # 0.1 s a call: grown to the whole epoch (200 steps would take 2 s)
-    assert fast.length == fast.decided == 100
+    fast.resize(step_s=0.01)  # 0.1 s a call: kept, so a tiny model compiles one program
+    assert fast.length == fast.decided == 10
     slow = chunks.ChunkClock(plan, 100)
     slow.resize(step_s=1.0)  # 10 s a call: cut to the largest divisor of 100 within 2 s
     assert slow.length == slow.decided == 2
-
-
-def test_xla_convolutions_on_cpu_run_one_bare_step_a_call():
-    plan = execution.plan(tiny_config(**{"model.conv_impl": "xla"}), steps_per_epoch=100, backend="cpu",
-                          step_bytes=lambda _: 2**20)
-    assert plan.bare_steps and plan.steps_per_call == 1 and plan.chunk_seconds is None
-    assert not execution.plan(tiny_config(), steps_per_epoch=100, backend="cpu",
-                              step_bytes=lambda _: 2**20).bare_steps
 
 
 def test_a_heavy_cpu_model_probes_with_one_step_then_grows_to_the_target():
@@ -79,7 +71,7 @@ def _epoch_cut_into(setup, images, labels, length: int):
 
 
 def test_an_epoch_cut_into_any_calls_gives_the_same_bits():
-    """Steps compute the same in a call of any length, and sums add step by step."""
+    """Steps compute the same in a 1-step call or a scan of any length, and sums add step by step."""
     splits = synthetic_splits(num_train=96)
     setup = program_lib.setup_runs(tiny_config(), splits.image_shape, 10, splits.num_train)  # 12 steps
     epochs = [_epoch_cut_into(setup, *splits.train, length) for length in (1, 5, 12)]
@@ -88,9 +80,9 @@ def test_an_epoch_cut_into_any_calls_gives_the_same_bits():
 
 
 def test_one_step_calls_give_the_bits_of_longer_calls_with_adam_batch_norm_and_run_groups():
-    """The case a 1-step call once broke: XLA inlined a constant 1-step loop and fused the step
-    differently (004's CNN, Adam, batch norm, runs in groups of 1: the 7th digit). The trip count
-    is now an argument: one program for every length."""
+    """The case 1-step calls once broke: XLA inlined a 1-step loop and fused the step differently
+    (004's CNN, Adam, batch norm, runs in groups of 1: the 7th digit), so a job's numbers depended
+    on the chunk length its clock picked from timings."""
     from configs import cnn_bn_dropout
 
     config = cnn_bn_dropout.get_config()
@@ -101,20 +93,32 @@ def test_one_step_calls_give_the_bits_of_longer_calls_with_adam_batch_norm_and_r
     images = jnp.asarray(rng.integers(0, 256, (150, 32, 32, 3), dtype=np.uint8))
     labels = jnp.asarray(rng.integers(0, 10, 150).astype(np.int32))
     setup = program_lib.setup_runs(config, (32, 32, 3), 10, 150)  # 3 steps
+    assert not setup.program.plan.bare_steps
     one_step, whole = (_epoch_cut_into(setup, images, labels, length) for length in (1, 3))
     jax.tree.map(np.testing.assert_array_equal, one_step, whole)
 
 
-def test_an_epoch_tail_is_one_shorter_call():
+def test_xla_convolutions_on_cpu_run_one_bare_step_a_call():
+    plan = execution.plan(tiny_config(**{"model.conv_impl": "xla"}), steps_per_epoch=100, backend="cpu",
+                          step_bytes=lambda _: 2**20)
+    assert plan.bare_steps and plan.steps_per_call == 1 and plan.chunk_seconds is None
+    assert not execution.plan(tiny_config(), steps_per_epoch=100, backend="cpu",
+                              step_bytes=lambda _: 2**20).bare_steps
+
+
+def test_an_epoch_tail_reuses_a_compiled_length_that_divides_it():
     c = clock("accelerator", 1)
+    c.compiled.update({1, 2, 20})
     c.length = 20
-    assert [c.next_length(r) for r in (45, 20, 19, 1)] == [20, 20, 19, 1]
+    assert [c.next_length(r) for r in (45, 4, 5, 19)] == [20, 2, 5, 19]  # at most 4 calls of a compiled length
+    c.compiled = {20}
+    assert c.next_length(7) == 7
 
 
 def test_compile_and_training_time_are_booked_apart():
     c = clock("accelerator", 1, steps_per_epoch=4)
     step = jnp.zeros((2,), jnp.int32)
-    started = c.before_call()
+    started = c.before_call(1)
     time.sleep(0.5)  # as if the dispatching call compiled
     c.after_call(1, started, step)
     c.wait()

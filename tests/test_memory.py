@@ -162,6 +162,6 @@ def test_the_sized_training_call_as_xla_compiles_it_fits_the_limit(groups):
                              jax.ShapeDtypeStruct((4, splits.num_train), jnp.int32))
     sums = program_lib.zero_sums(4, setup.program.layer_names)
     stats = setup.program.train_steps.lower(setup.state, setup.hparams, images, images.update(
-        shape=images.shape[:1], dtype=jnp.int32), batches, jnp.int32(0), sums, jnp.int32(1)).compile().memory_analysis()
+        shape=images.shape[:1], dtype=jnp.int32), batches, jnp.int32(0), sums, length=1).compile().memory_analysis()
     unaliased = stats.output_size_in_bytes - stats.alias_size_in_bytes
     assert stats.argument_size_in_bytes + stats.temp_size_in_bytes + unaliased <= limit, (stats, limit)

@@ -14,10 +14,10 @@ choice                                 CPU (2-core AVX2 machine)  GPU / TPU
                                        im2col x matmul with
                                        space-to-depth blocks,
                                        for the others)
-`execution.steps_per_call` (0 = auto)  ~10 steps (1 for a heavy   1 step, then a chunk sized to
-                                       model), then sized to ~2   take ~`CHUNK_SECONDS` from the
-                                       s a call; 1 bare step      first call's time (job/chunks.py)
-                                       with XLA convs
+`execution.steps_per_call` (0 = auto)  a `lax.scan` chunk of ~10  1 step, then a chunk sized to
+                                       steps (1 for a heavy       take ~`CHUNK_SECONDS` from the
+                                       model), cut to ~2 s if     first call's time (job/chunks.py)
+                                       slower; 1 with XLA convs
 `execution.runs_per_group` (0 = auto)  runs whose activations     all runs in one vmap
                                        fit 12 MiB per step (LeNet
                                        b4: 11, b128: 1; CNN: 1);
@@ -238,7 +238,7 @@ def resolved_policy(config: ml_collections.ConfigDict, backend: str) -> str:
 
 def chunk_length(steps_per_epoch: int, target: int) -> int:
     """The largest divisor of `steps_per_epoch` in [target/2, target], else `target`: an epoch is
-    then whole chunks of one length (equal calls, no short tail) whenever such a divisor exists."""
+    then whole chunks of one length (one compiled program) whenever such a divisor exists."""
     target = max(1, min(target, steps_per_epoch))
     for length in range(target, max(1, target // 2) - 1, -1):
         if steps_per_epoch % length == 0:

@@ -82,7 +82,7 @@ def compiled_bytes(fn: Callable[..., Any], *args: Any, donate_argnums: tuple[int
 def _chunk_args(config: ml_collections.ConfigDict, ctx: step.StepContext, data_shape: tuple[int, ...],
                 zero_sums: Callable[[int, tuple[str, ...]], step.EpochSums], num_runs: int) -> tuple[Any, tuple]:
     """The run keys and the abstract arguments of a training call over `num_runs` runs (state,
-    hparams, images, labels, batch order, start, sums, one step)."""
+    hparams, images, labels, batch order, start, sums)."""
     hparams = {k: jnp.asarray(np.repeat(v[:1], num_runs, axis=0))
                for k, v in runs.make_run_grid(config, data_shape[-1]).hparams.items()}
     zeros = np.zeros(num_runs, int)
@@ -93,7 +93,7 @@ def _chunk_args(config: ml_collections.ConfigDict, ctx: step.StepContext, data_s
     batches = jax.eval_shape(jax.vmap(functools.partial(step.epoch_batches, ctx), (0, None, 0)), state,
                              jnp.int32(1), jax.ShapeDtypeStruct((num_runs, data_shape[0]), jnp.int32))
     sums = jax.eval_shape(lambda: zero_sums(num_runs, tuple(metrics.layer_names(state.params))))
-    return keys, (state, hparams, images, labels, batches, jnp.int32(0), sums, jnp.int32(1))
+    return keys, (state, hparams, images, labels, batches, jnp.int32(0), sums)
 
 
 def measure(config: ml_collections.ConfigDict, ctx: step.StepContext, data_shape: tuple[int, ...],

@@ -260,26 +260,29 @@ def stream_step(ctx: StepContext, states: TrainState, hparams: dict, images: jax
 
 
 def train_chunk(step_fn: Callable[[TrainState, jax.Array], tuple[TrainState, EpochSums]], state: TrainState,
-                batches: jax.Array, start: jax.Array, sums: EpochSums, steps: jax.Array, *,
+                batches: jax.Array, start: jax.Array, sums: EpochSums, *, length: int,
                 bare: bool = False) -> tuple[TrainState, EpochSums]:
-    """`steps` consecutive steps `step_fn(state, batch_index)` from batch row `start`, each step's
-    sums added to `sums` in step order.
+    """`length` consecutive steps `step_fn(state, batch_index)` from batch row `start`, each step's
+    sums added to `sums` in step order: an epoch's sums are then the same bits however it is cut
+    into calls (job/chunks.py sizes calls from timings, which differ between a run and its resume).
 
-    `steps` is traced: the loop's trip count is an argument, so one compiled program runs chunks
-    of every length (job/chunks.py sizes them from timings, which differ between runs and
-    resumes) and a step is the same bits in any chunk. A constant trip count would compile a
-    program per length, and XLA inlines a 1-step loop, fusing that step differently from one in
-    a loop body (Adam with batch norm in run groups differed in the 7th digit). `bare`: one step
-    outside any loop (`steps` must be 1), for XLA's convolutions, which XLA:CPU runs several times
-    slower inside loop bodies (`ExecutionPlan.bare_steps`)."""
-    def one(i: jax.Array, carry: tuple[TrainState, EpochSums]) -> tuple[TrainState, EpochSums]:
+    A step is the same bits in a call of any length only inside a loop body: XLA inlines a loop of
+    a known trip count of 1 and fuses that step differently (004's CNN, Adam, batch norm, runs in
+    groups of 1: the 7th digit). So a 1-step call is a loop whose trip count XLA cannot see.
+    `bare`: one step outside any loop, for XLA's convolutions, which XLA:CPU runs several times
+    slower inside loop bodies (`ExecutionPlan.bare_steps`; such calls are always 1 step)."""
+    def one(carry: tuple[TrainState, EpochSums], batch_index: jax.Array) -> tuple[tuple[TrainState, EpochSums], None]:
         state, sums = carry
-        state, step_sums = step_fn(state, jax.lax.dynamic_index_in_dim(batches, start + i, keepdims=False))
-        return state, jax.tree.map(jnp.add, sums, step_sums)
+        state, step_sums = step_fn(state, batch_index)
+        return (state, jax.tree.map(jnp.add, sums, step_sums)), None
 
     if bare:
-        return one(jnp.int32(0), (state, sums))
-    return jax.lax.fori_loop(0, steps, one, (state, sums))
+        return one((state, sums), jax.lax.dynamic_index_in_dim(batches, start, keepdims=False))[0]
+    if length == 1:
+        return jax.lax.fori_loop(0, jax.lax.optimization_barrier(jnp.int32(1)), lambda i, carry: one(
+            carry, jax.lax.dynamic_index_in_dim(batches, start + i, keepdims=False))[0], (state, sums))
+    chunk = jax.lax.dynamic_slice_in_dim(batches, start, length, axis=0)
+    return jax.lax.scan(one, (state, sums), chunk)[0]
 
 
 def eval_step(ctx: StepContext, state: TrainState, hparams: dict, images: jax.Array, labels: jax.Array,

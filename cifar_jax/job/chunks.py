@@ -1,22 +1,22 @@
-"""How many training steps each call runs, bounded in time, and how long training took.
+"""How many training steps each compiled call runs, bounded in time, and how long training took.
 
-A call of `length` steps is one loop the host waits on only at chunk boundaries: progress lines,
-periodic checkpoints and SIGTERM act between calls, so a call must stay short (a few seconds) on
-every backend, while long enough to amortise dispatch. The loop's trip count is an argument of
-the one compiled program (`step.train_chunk`), so a call of any length costs no compile and
-computes the same bits. The plan gives the first length and a target duration
-(`execution.CHUNK_SECONDS`; none for a length asked for in the config, or for XLA:CPU's bare
-convolution steps). The clock measures the first call of that length and decides once, process 0
-for every process: the chunk becomes the largest divisor of the epoch near the target, and an
-epoch's tail is one shorter call. The decided length is stored in the checkpoints and a resume
-reuses it (`ChunkClock(..., length=...)`), so a resumed run keeps its progress cadence. An
-epoch's sums are added step by step (`step.train_chunk`), so they are the same bits however the
-epoch is cut (tests/test_chunks.py).
+A call of `length` steps is one `lax.scan` the host waits on only at chunk boundaries: progress
+lines, periodic checkpoints and SIGTERM act between calls, so a call must stay short (a few
+seconds) on every backend, while long enough to amortise dispatch. The plan gives the first
+length and a target duration (`execution.CHUNK_SECONDS`; none for a length asked for in the
+config). The clock measures the first call of that length and decides once, process 0 for every
+process: on an accelerator, or after a one-step probe on CPU, the chunk becomes the largest
+divisor of the epoch near the target (one more compile); on CPU a ~10-step first call is kept
+unless it took over twice the target (so tiny models compile one program and never pay per-call
+overhead), else it is cut to the target. The decided length is stored in the checkpoints and a
+resume reuses it (`ChunkClock(..., length=...)`), so a resumed run runs the programs it ran.
+Whatever the cut, the numbers are the same bits: steps do not depend on the call they run in,
+and an epoch's sums are added step by step (`step.train_chunk`; tests/test_chunks.py).
 
 The host runs at most one call ahead of the device (it waits for call k-1 after queueing call k),
-so a stop request waits for at most two calls. Compile time (spent inside the first, dispatching
-call) is kept apart from training time (a call's execution after its dispatch), so images per
-second count training only.
+so a stop request waits for at most two calls. Compile time (spent inside the dispatching call)
+is kept apart from training time (a call's execution after its dispatch), so images per second
+count training only.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class ChunkClock:
         self.length = min(length or plan.steps_per_call, steps_per_epoch)
         # None: the length is decided (asked for in the config, resumed, or re-sized once)
         self.target_s = None if length else plan.chunk_seconds
-        self.compiled = False  # one program runs every length: only the first call compiles
+        self.compiled: set[int] = set()
         self.compile_s = 0.0
         self.train_s = 0.0  # execution time of measured calls, this epoch
         self.trained_steps = 0  # their steps
@@ -57,13 +57,20 @@ class ChunkClock:
         self._last_done = 0.0
 
     def next_length(self, remaining: int) -> int:
-        """The next call's steps: the chunk length, or the epoch's shorter tail."""
-        return min(self.length, remaining)
+        """The next call's steps: the chunk length, or an epoch's shorter tail in at most 4 calls of
+        a length already compiled where one divides it (not, say, 60 calls of a 1-step probe)."""
+        if remaining >= self.length:
+            return self.length
+        fits = [k for k in self.compiled if k <= remaining and remaining % k == 0 and remaining <= 4 * k]
+        return max(fits) if fits else remaining
 
-    def before_call(self) -> float:
+    def will_compile(self, length: int) -> bool:
+        return length not in self.compiled
+
+    def before_call(self, length: int) -> float:
         """Call before dispatching: finishes the timing of the previous call first when this one
         compiles (a compile must not count as the previous call's training). Returns the time."""
-        if not self.compiled:
+        if self.will_compile(length):
             self.wait()
         return time.perf_counter()
 
@@ -71,9 +78,9 @@ class ChunkClock:
         """Call right after dispatching `length` steps (`step`: any leaf of the call's output):
         books the compile, then waits for the call before it, so the host stays one call ahead."""
         now = time.perf_counter()
-        if not self.compiled:
+        if self.will_compile(length):
             self.compile_s += now - started
-            self.compiled = True
+            self.compiled.add(length)
         previous, self._pending = self._pending, _Call(length, now, jnp.copy(step))
         if previous is not None:
             self._finish(previous)
@@ -107,11 +114,12 @@ class ChunkClock:
 
     def resize(self, step_s: float) -> None:
         """Once, after the first measured call of the plan's length (`step_s` a step): the chunk
-        that takes about `target_s`."""
+        that takes about `target_s`, or on CPU the ~10-step chunk kept where it is not too slow."""
         if self.target_s is None:
             return
-        wanted = max(1, int(self.target_s / max(step_s, 1e-9)))
-        if jax.process_count() > 1:  # every process must run the same chunks: process 0's choice
+        keep = self.plan.policy == "cpu" and self.length > 1 and step_s * self.length <= 2 * self.target_s
+        wanted = self.length if keep else max(1, int(self.target_s / max(step_s, 1e-9)))
+        if jax.process_count() > 1:  # every process must run the same programs: process 0's choice
             wanted = int(multihost_utils.broadcast_one_to_all(np.int32(wanted)))
         self.length = execution.chunk_length(self.steps_per_epoch, min(wanted, self.steps_per_epoch))
         self.target_s = None

@@ -62,24 +62,24 @@ def _model_builder(config: ml_collections.ConfigDict, image_shape: tuple[int, in
     return build
 
 
-# Run axis of train_steps' arguments (state, hparams, images, labels, batches, start, sums, steps):
-# 0 per run, None shared.
-TRAIN_STEPS_AXES = (0, 0, None, None, 0, None, 0, None)
+# Run axis of train_steps' arguments (state, hparams, images, labels, batches, start, sums): 0 per
+# run, None shared.
+TRAIN_STEPS_AXES = (0, 0, None, None, 0, None, 0)
 
 
 def _local_train_steps(ctx: step.StepContext, layout: streams.StreamLayout | None, plan: execution.ExecutionPlan,
-                       state, hparams, images, labels, batches, start, sums, steps):
-    """`steps` steps of one device's runs: mapped over data streams (`streams.py`), each stream's
+                       state, hparams, images, labels, batches, start, sums, *, length: int):
+    """`length` steps of one device's runs: mapped over data streams (`streams.py`), each stream's
     runs mapped around its shared batch; without a layout every run is its own stream."""
     runs_per_group = plan.runs_per_group
     if layout is None:
-        def run_chunk(state, hparams, images, labels, batches, start, sums, steps):
+        def run_chunk(state, hparams, images, labels, batches, start, sums):
             run = functools.partial(step.run_step, ctx, hparams=hparams, images=images, labels=labels,
                                     microbatches=plan.microbatches)
-            return step.train_chunk(lambda s, b: run(s, batch_index=b), state, batches, start, sums, steps,
+            return step.train_chunk(lambda s, b: run(s, batch_index=b), state, batches, start, sums, length=length,
                                     bare=plan.bare_steps)
         return execution.map_over_runs(run_chunk, TRAIN_STEPS_AXES, runs_per_group)(
-            state, hparams, images, labels, batches, start, sums, steps)
+            state, hparams, images, labels, batches, start, sums)
 
     per_run = frozenset(ctx.config.hparam_grid)
     # runs_per_group g: g // stream_size whole streams vmapped per group, or one stream at a time
@@ -87,16 +87,16 @@ def _local_train_steps(ctx: step.StepContext, layout: streams.StreamLayout | Non
     whole = runs_per_group is None or runs_per_group >= layout.stream_size
     streams_per_group = None if runs_per_group is None else max(1, runs_per_group // layout.stream_size)
 
-    def stream_chunk(states, hparams, images, labels, batches, start, sums, steps):
+    def stream_chunk(states, hparams, images, labels, batches, start, sums):
         one = functools.partial(step.stream_step, ctx, hparams=hparams, images=images, labels=labels,
                                 per_run=per_run, runs_per_group=None if whole else runs_per_group,
                                 microbatches=plan.microbatches)
-        return step.train_chunk(lambda s, b: one(s, batch_index=b), states, batches[0], start, sums, steps,
+        return step.train_chunk(lambda s, b: one(s, batch_index=b), states, batches[0], start, sums, length=length,
                                 bare=plan.bare_steps)
 
     mapped = execution.map_over_runs(stream_chunk, TRAIN_STEPS_AXES, streams_per_group)
     return layout.merge(mapped(layout.split(state), layout.split(hparams), images, labels, layout.split(batches),
-                               start, layout.split(sums), steps))
+                               start, layout.split(sums)))
 
 
 def _step_context(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], num_classes: int,
@@ -147,10 +147,10 @@ def make_train(config: ml_collections.ConfigDict, image_shape: tuple[int, int, i
     layout = None if grid is None else streams.local_layout(grid, bool(config.data.get("shared_order", False)),
                                                             plan.num_devices)
 
-    def train_steps(state, hparams, images, labels, batches, start, sums, steps):
-        local = functools.partial(_local_train_steps, ctx, layout, plan)
+    def train_steps(state, hparams, images, labels, batches, start, sums, *, length: int):
+        local = functools.partial(_local_train_steps, ctx, layout, plan, length=length)
         return execution.per_device(local, plan, TRAIN_STEPS_AXES)(
-            state, hparams, images, labels, batches, start, sums, steps)
+            state, hparams, images, labels, batches, start, sums)
 
     # Run once per job or epoch: XLA's optimizer would cost seconds of compile time for nothing.
     run_once = {"xla_backend_optimization_level": 0}
@@ -158,7 +158,8 @@ def make_train(config: ml_collections.ConfigDict, image_shape: tuple[int, int, i
         init=jax.jit(runs_mapped(functools.partial(step.init_run, ctx), (0, 0)), compiler_options=run_once),
         epoch_batches=jax.jit(runs_mapped(functools.partial(step.epoch_batches, ctx), (0, None, 0)),
                               compiler_options=run_once),
-        train_steps=jax.jit(execution.with_precision(train_steps, plan), donate_argnums=(0, 6)),
+        train_steps=jax.jit(execution.with_precision(train_steps, plan), static_argnames="length",
+                            donate_argnums=(0, 6)),
         # Evaluated in the same run groups as training: a whole eval batch of every run at once
         # exhausted 24 GB for 12 runs of the three-layer CNN (study 001 on CPU).
         eval_batch=jax.jit(execution.with_precision(runs_mapped(
@@ -190,7 +191,7 @@ def _chunk_in_groups(ctx: step.StepContext, plan: execution.ExecutionPlan) -> Ca
     """One device's one-step training call over runs in groups of a given size (`memory.measure`)."""
     def chunk(group: int | None) -> Callable:
         return functools.partial(_local_train_steps, ctx, None,
-                                 dataclasses.replace(plan, mesh=None, runs_per_group=group))
+                                 dataclasses.replace(plan, mesh=None, runs_per_group=group), length=1)
     return chunk
 
 
@@ -284,8 +285,8 @@ def trace_job(setup: RunSetup, image_shape: tuple[int, int, int], num_train: int
     index = jax.ShapeDtypeStruct((count, num_train), jnp.int32)
     batches = jax.eval_shape(program.epoch_batches, setup.state, jnp.int32(1), index)
     sums = jax.eval_shape(lambda: zero_sums(count, program.layer_names))
-    state, _ = jax.eval_shape(program.train_steps, setup.state, setup.hparams, images, labels, batches,
-                              jnp.int32(0), sums, jnp.int32(program.plan.steps_per_call))
+    steps = functools.partial(program.train_steps, length=min(program.plan.steps_per_call, program.steps_per_epoch))
+    state, _ = jax.eval_shape(steps, setup.state, setup.hparams, images, labels, batches, jnp.int32(0), sums)
     per_run_batch = jax.ShapeDtypeStruct((count, eval_batch_size), jnp.float32)
     jax.eval_shape(program.eval_batch, state, setup.hparams, eval_images, eval_labels, per_run_batch)
     if subset_pool is not None:

@@ -51,9 +51,9 @@ def train_epoch(program: Program, state: step.TrainState, hparams: dict, images:
     sums = zero_sums(num_runs, program.layer_names) if sums is None else sums
     while start < program.steps_per_epoch:
         length = clock.next_length(program.steps_per_epoch - start)
-        started = clock.before_call()
+        started = clock.before_call(length)
         state, sums = program.train_steps(state, hparams, images, labels, batches, jnp.int32(start), sums,
-                                          jnp.int32(length))
+                                          length=length)
         clock.after_call(length, started, state.step)
         start += length
         if on_chunk is not None and on_chunk(start, state, sums) and start < program.steps_per_epoch:
