@@ -106,6 +106,15 @@ def test_xla_convolutions_on_cpu_run_one_bare_step_a_call():
                               step_bytes=lambda _: 2**20).bare_steps
 
 
+def test_a_longer_call_asked_for_with_xla_convolutions_on_cpu_trains_every_step():
+    splits = synthetic_splits(num_train=96)
+    config = tiny_config(**{"model.conv_impl": "xla", "execution.steps_per_call": 4})
+    setup = program_lib.setup_runs(config, splits.image_shape, 10, splits.num_train)  # 12 steps
+    assert setup.program.plan.bare_steps and setup.program.plan.steps_per_call == 4
+    state, _, done = train.train_epoch(setup.program, setup.state, setup.hparams, *splits.train, 1)
+    assert done == 12 and np.asarray(state.step).tolist() == [12] * config.num_seeds
+
+
 def test_an_epoch_tail_reuses_a_compiled_length_that_divides_it():
     c = clock("accelerator", 1)
     c.compiled.update({1, 2, 20})

@@ -269,14 +269,15 @@ def train_chunk(step_fn: Callable[[TrainState, jax.Array], tuple[TrainState, Epo
     A step is the same bits in a call of any length only inside a loop body: XLA inlines a loop of
     a known trip count of 1 and fuses that step differently (004's CNN, Adam, batch norm, runs in
     groups of 1: the 7th digit). So a 1-step call is a loop whose trip count XLA cannot see.
-    `bare`: one step outside any loop, for XLA's convolutions, which XLA:CPU runs several times
-    slower inside loop bodies (`ExecutionPlan.bare_steps`; such calls are always 1 step)."""
+    `bare`: a 1-step call runs its step outside any loop, for XLA's convolutions, which XLA:CPU
+    runs several times slower inside loop bodies (`ExecutionPlan.bare_steps`: automatic calls are
+    then 1 step; a longer one asked for in the config is a scan as any other)."""
     def one(carry: tuple[TrainState, EpochSums], batch_index: jax.Array) -> tuple[tuple[TrainState, EpochSums], None]:
         state, sums = carry
         state, step_sums = step_fn(state, batch_index)
         return (state, jax.tree.map(jnp.add, sums, step_sums)), None
 
-    if bare:
+    if length == 1 and bare:
         return one((state, sums), jax.lax.dynamic_index_in_dim(batches, start, keepdims=False))[0]
     if length == 1:
         return jax.lax.fori_loop(0, jax.lax.optimization_barrier(jnp.int32(1)), lambda i, carry: one(
