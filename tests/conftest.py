@@ -7,6 +7,7 @@ across tests; the persistent cache does whenever two tests compile the same HLO 
 model under another learning rate, a repeated run), as the CLI subprocesses already do.
 """
 
+import collections
 import os
 
 import pytest
@@ -20,6 +21,17 @@ REQUIRE_DATA = ("CI", "CIFAR_JAX_REQUIRE_DATA")  # set to true/1: missing test d
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: end-to-end tests that train through the CLI (deselect locally: "
                             "-m 'not slow'; CI runs every test, see docs/testing.md)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files with the most end-to-end (`slow`) tests first, then the rest largest first: xdist
+    hands out whole files in this order (`--no-loadscope-reorder`), so the few long files of
+    subprocess tests start at once instead of last, when the other worker would sit idle."""
+    slow, count = collections.Counter(), collections.Counter()
+    for item in items:
+        count[item.path] += 1
+        slow[item.path] += item.get_closest_marker("slow") is not None
+    items.sort(key=lambda item: (-slow[item.path], -count[item.path]))
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

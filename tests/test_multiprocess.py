@@ -131,7 +131,8 @@ def test_two_processes_resume_after_sigkill(two_processes, tmp_path):
 SWEEP = ("--mode=sweep", "--config", "configs/sweeps/fashion_mnist_lr.py", "--config.num_epochs=1",
          "--config.sweep.axes=(('batch_size', (16, 32)),)", "--config.num_seeds=2", "--config.data.train_limit=400",
          "--config.data.val_size=100", "--config.data.test_limit=100", "--config.progress_every_s=0",
-         "--config.tensorboard=False")  # as configs/test.py: TensorFlow's import is ~6 s of each process
+         "--config.tensorboard=False",  # as configs/test.py: TensorFlow's import is ~6 s of each process
+         "--config.model.conv_features=(4,8)", "--config.model.dense_features=(16,)")  # the mechanism, not the model
 
 
 def test_a_sweep_under_two_processes_reports_what_one_process_does(tmp_path):

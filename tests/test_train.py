@@ -417,15 +417,16 @@ def test_dropout_and_max_pool_train_finite_on_real_images(batch_norm):
 @needs_fashion_mnist
 def test_a_job_without_tensorboard_never_imports_tensorflow(tmp_path):
     """configs/test.py turns TensorBoard off (half of a test job's time was TensorFlow's import):
-    no event files, and nothing else in a job imports TensorFlow behind its back."""
+    no event files, and nothing else in a job imports TensorFlow behind its back; nor scipy.stats
+    (~1 s of every process; studies and sweeps need it, a training job does not)."""
     script = ("import atexit, runpy, sys; atexit.register(lambda: print('tensorflow imported:', 'tensorflow' in "
-              "sys.modules)); sys.argv = ['cifar_jax.main', *sys.argv[1:]]; runpy.run_module('cifar_jax.main', "
+              "sys.modules, 'scipy.stats imported:', 'scipy.stats' in sys.modules)); sys.argv = ['cifar_jax.main', *sys.argv[1:]]; runpy.run_module('cifar_jax.main', "
               "run_name='__main__')")
     workdir = tmp_path / "run"
     result = subprocess.run([sys.executable, "-c", script, "--config", "configs/test.py", "--workdir", str(workdir),
                              "--config.data.train_limit=500", "--config.data.val_size=100",
                              "--config.data.test_limit=100"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "tensorflow imported: False" in result.stdout, result.stdout[-2000:]
+    assert "tensorflow imported: False scipy.stats imported: False" in result.stdout, result.stdout[-2000:]
     assert (workdir / "results.json").exists() and not (workdir / "tensorboard").exists()
     assert "tensorboard:" not in result.stdout

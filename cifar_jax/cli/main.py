@@ -226,20 +226,19 @@ def _flag_error(error: flags.Error) -> str:
 
 
 def dispatch(config: ml_collections.ConfigDict, workdir: str, mode: str) -> Any:
-    """Runs `mode` holding the workdir's lock, so no second process writes into it meanwhile."""
-    from cifar_jax.job import evaluation
+    """Runs `mode` holding the workdir's lock, so no second process writes into it meanwhile.
+    Each mode imports what it needs: studies and sweeps bring scipy.stats (~1 s a process)."""
     from cifar_jax.core import execution
-    from cifar_jax.experiments import study
-    from cifar_jax.experiments import sweep
-    from cifar_jax.job import train
 
     storage.check_workdir(workdir)
     execution.apply_xla_flags(config)  # before anything touches a JAX backend
     execution.initialize_distributed(config)
     execution.enable_compilation_cache(workdir)
     if mode == "sweep":  # several workers may share a sweep's workdir: each group is locked instead
+        from cifar_jax.experiments import sweep
         return sweep.run_sweep(config, workdir)
     if mode == "report":  # reads what has finished, also while a study or sweep is running in the workdir
+        from cifar_jax.experiments import study, sweep
         if config.get("experiments"):
             path = study.write_study_report(config, workdir)
             print(f"study: {path}", flush=True)
@@ -251,9 +250,12 @@ def dispatch(config: ml_collections.ConfigDict, workdir: str, mode: str) -> Any:
     # Taken by process 0 alone; a refusal (another job holds it) ends every process with its line.
     with execution.on_primary(workdir_lib.workdir_lock(workdir, create=mode != "eval")):
         if mode == "train":
+            from cifar_jax.job import train
             return train.train_and_evaluate(config, workdir)
         if mode == "study":
+            from cifar_jax.experiments import study
             return study.run_study(config, workdir)
+        from cifar_jax.job import evaluation
         return evaluation.run_eval(config, workdir)
 
 
