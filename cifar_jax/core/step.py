@@ -277,11 +277,14 @@ def train_chunk(step_fn: Callable[[TrainState, jax.Array], tuple[TrainState, Epo
         state, step_sums = step_fn(state, batch_index)
         return (state, jax.tree.map(jnp.add, sums, step_sums)), None
 
+    def row(offset: jax.Array | int) -> jax.Array:
+        return jax.lax.dynamic_index_in_dim(batches, start + offset, keepdims=False)
+
     if length == 1 and bare:
-        return one((state, sums), jax.lax.dynamic_index_in_dim(batches, start, keepdims=False))[0]
+        return one((state, sums), row(0))[0]
     if length == 1:
-        return jax.lax.fori_loop(0, jax.lax.optimization_barrier(jnp.int32(1)), lambda i, carry: one(
-            carry, jax.lax.dynamic_index_in_dim(batches, start + i, keepdims=False))[0], (state, sums))
+        return jax.lax.fori_loop(0, jax.lax.optimization_barrier(jnp.int32(1)),
+                                 lambda i, carry: one(carry, row(i))[0], (state, sums))
     chunk = jax.lax.dynamic_slice_in_dim(batches, start, length, axis=0)
     return jax.lax.scan(one, (state, sums), chunk)[0]
 
