@@ -65,7 +65,18 @@ def get_config(scale: str = "cpu"):
                                         "suite (nice 10) shared the 2 cores during E1_4 to E1_7: their wall times "
                                         "are upper bounds, not a speed measurement. E1_7's :cheap_full runs (also at "
                                         "a8bd9f2, nice 5) shared them with a run of the test suite for ~8 of their "
-                                        "~60 minutes.",), ()))
+                                        "~60 minutes.",
+                                        "E1_6's :cheap_full runs (12 runs of 10 epochs) trained in four sessions "
+                                        "(dca8af8, 7b425f5, b918ecc twice), each resuming from the last checkpoint, "
+                                        "at nice 5, paused (SIGSTOP) for benchmarks and test runs and sharing the "
+                                        "cores with others at times: their wall time is an upper bound, not a speed "
+                                        "measurement. Their convolutions changed from patches to Winograd at step "
+                                        "1292 of epoch 1 (the 7b425f5 resume), so they equal uninterrupted runs "
+                                        "within float tolerance for a few steps, then only in distribution. Its "
+                                        "epochs that ran alone on the machine trained at 551-612 model-img/s (the "
+                                        "run's log, epochs 6, 9 and 10), against PyTorch's 872 img/s for one run: "
+                                        "0.63-0.70 of PyTorch's speed run after run, 1.4-1.6x its time, for this "
+                                        "model and batch here.",), ()))
     E = config.experiments
     b11 = BEST.format(e=11)
     E.E1_1_grid = experiment(
