@@ -55,7 +55,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -192,11 +191,10 @@ def timed_steps(model: str, batch_size: int, num_runs: int, quick: bool, scale: 
 
 
 def _train_steps_call(program, state, hparams, images, labels):
-    """The (abstract) arguments of the first `train_steps` call of an epoch, as `train_epoch` makes them
-    (`state` may be abstract: nothing runs)."""
+    """The (abstract) arguments of the first `train_steps` call of an epoch, as `train_epoch` makes them."""
     num_runs = state.step.shape[0]
-    train_index = jax.ShapeDtypeStruct((num_runs, images.shape[0]), jnp.int32)
-    batches = jax.eval_shape(program.epoch_batches, state, jnp.int32(1), train_index)
+    train_index = jnp.broadcast_to(jnp.arange(images.shape[0]), (num_runs, images.shape[0]))
+    batches = program.epoch_batches(state, jnp.int32(1), train_index)
     args = (state, hparams, images, labels, batches, jnp.int32(0), program_lib.zero_sums(num_runs, program.layer_names))
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args), {"length": program.plan.steps_per_call}
 
@@ -206,6 +204,11 @@ def _synthetic(num_images: int, shape: tuple[int, int, int], seed: int = 0):
     images = jnp.asarray(rng.integers(0, 256, (num_images, *shape), dtype=np.uint8))
     labels = jnp.asarray(rng.integers(0, 10, num_images).astype(np.int32))
     return images, labels
+
+
+def _setup(config, num_train: int):
+    setup = program_lib.setup_runs(config, IMAGE_SHAPES[config.data.name], 10, num_train)
+    return setup.program, setup.hparams, setup.state
 
 
 _FLOPS_CACHE: dict[tuple[str, int], float] = {}
@@ -220,9 +223,9 @@ def train_flops_per_image(model: str, batch_size: int) -> float:
         config.model.conv_impl = "xla"
         config.execution.steps_per_call = 1
         images, labels = _synthetic(2 * batch_size, image_shape(model))
-        setup = program_lib.setup_runs(config, image_shape(model), 10, 2 * batch_size, abstract=True)
-        args, kwargs = _train_steps_call(setup.program, setup.state, setup.hparams, images, labels)
-        cost = setup.program.train_steps.lower(*args, **kwargs).cost_analysis()
+        program, hparams, state = _setup(config, 2 * batch_size)
+        args, kwargs = _train_steps_call(program, state, hparams, images, labels)
+        cost = program.train_steps.lower(*args, **kwargs).cost_analysis()
         _FLOPS_CACHE[key] = float(cost["flops"]) / batch_size
     return _FLOPS_CACHE[key]
 
@@ -280,25 +283,21 @@ def _program_variants(cell: Cell, quick: bool) -> dict[str, tuple[int, bool, int
 
 
 def _program(cell: Cell, runs_per_group: int, streams: bool, num_train: int, microbatches: int = 0):
-    """(the variant's program, its runs' setup with the state's shapes only: `_TimedProgram.init`)."""
     config = jax_config(cell.model, cell.batch_size, cell.seeds, cell.rates)
     config.execution.runs_per_group = runs_per_group
     config.execution.microbatches = microbatches
-    setup = program_lib.setup_runs(config, IMAGE_SHAPES[config.data.name], 10, num_train, abstract=True)
+    program, hparams, state = _setup(config, num_train)
     shape = IMAGE_SHAPES[config.data.name]
-    return (setup.program if streams else program_lib.make_train(config, shape, 10, num_train)), setup
+    return (program if streams else program_lib.make_train(config, shape, 10, num_train)), hparams, state
 
 
 class _TimedProgram:
-    """One compiled cifar_jax program of a cell, warmed up, timed one epoch at a time. Built with
-    the state's shapes only: a variant that turns out to be the same program as one already timed
-    never compiles or runs its init (`init` before `warm_up`)."""
+    """One compiled cifar_jax program of a cell, warmed up, timed one epoch at a time."""
 
     def __init__(self, cell: Cell, variant: tuple[int, bool, int], images: jax.Array, labels: jax.Array):
         self.images, self.labels = images, labels
         runs_per_group, streams, microbatches = variant
-        self.program, self.setup = _program(cell, runs_per_group, streams, images.shape[0], microbatches)
-        self.hparams, self.state = self.setup.hparams, self.setup.state
+        self.program, self.hparams, self.state = _program(cell, runs_per_group, streams, images.shape[0], microbatches)
         self.runs_per_group = min(self.program.plan.runs_per_group or cell.runs, cell.runs)
         self.stream_size = None if self.program.stream_layout is None else self.program.stream_layout.stream_size
         self.epoch, self.walls, self.cpus = 1, [], []
@@ -314,15 +313,6 @@ class _TimedProgram:
         memory = compiled.memory_analysis()
         self.step_bytes = (memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes
                            if memory is not None else 0)
-
-    def init(self, initial: dict):
-        """The runs' initial state (what `setup_runs` would have built), a copy of the cell's first
-        where the shapes match: the variants differ in execution fields only, which init does not
-        read (one init program compiled a cell, not one a variant: ~1-2 s each on 2 cores)."""
-        shapes = str(jax.tree.map(lambda x: (x.shape, x.dtype), self.state))
-        if shapes not in initial:
-            initial[shapes] = self.setup.program.init(self.setup.keys, self.setup.hparams)
-        self.state = jax.tree.map(jnp.copy, initial[shapes])  # each program donates its own
 
     def warm_up(self):
         self.state, _, _ = train.train_epoch(self.program, self.state, self.hparams, self.images, self.labels, 1,
@@ -350,7 +340,6 @@ def jax_cell(cell: Cell, steps: int, repeats: int, max_bytes: float, quick: bool
     images, labels = _synthetic(num_train, image_shape(cell.model))
     torch_since = {way: len(t.walls) for way, t in torch_cells.items()}
     programs, timed, measured = {}, {}, {}  # measured: (runs per group, streams, microbatches) -> the variant
-    initial: dict[str, Any] = {}  # the cell's initial states by their shapes (`_TimedProgram.init`)
     for variant, setting in _program_variants(cell, quick).items():
         with PeakRSS() as rss:
             candidate = _TimedProgram(cell, setting, images, labels)
@@ -367,7 +356,6 @@ def jax_cell(cell: Cell, steps: int, repeats: int, max_bytes: float, quick: bool
                 result["skipped"] = (f"the compiled step needs {candidate.step_bytes / 2**30:.1f} GB > "
                                      f"{max_bytes / 2**30:.1f} GB")
             else:
-                candidate.init(initial)
                 candidate.warm_up()
                 result["steps_per_call"] = candidate.clock.length  # as decided on the first calls
                 timed[variant] = candidate

@@ -46,7 +46,6 @@ def main(argv: list[str]) -> None:
     images, labels = benchmark._synthetic(steps * args.batch_size, benchmark.image_shape(args.model))
     program = benchmark._TimedProgram(cell, (0, True, 0), images, labels)
     program.compile()
-    program.init({})
     program.warm_up()
     with tempfile.TemporaryDirectory() as trace_dir:
         with jax.profiler.trace(trace_dir):
