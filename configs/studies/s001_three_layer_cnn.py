@@ -74,9 +74,10 @@ def get_config(scale: str = "cpu"):
                                         "1292 of epoch 1 (the 7b425f5 resume), so they equal uninterrupted runs "
                                         "within float tolerance for a few steps, then only in distribution. Its "
                                         "epochs that ran alone on the machine trained at 551-612 model-img/s (the "
-                                        "run's log, epochs 6, 9 and 10), against PyTorch's 872 img/s for one run: "
-                                        "0.63-0.70 of PyTorch's speed run after run, 1.4-1.6x its time, for this "
-                                        "model and batch here.",), ()))
+                                        "run's log, epochs 6, 9 and 10), against PyTorch's 872 img/s for one run "
+                                        "measured on 2026-12-06 (not the same sitting: the machine's speed varies "
+                                        "between days): about 0.63-0.70 of PyTorch's speed run after run for this "
+                                        "model and batch.",), ()))
     E = config.experiments
     b11 = BEST.format(e=11)
     E.E1_1_grid = experiment(
