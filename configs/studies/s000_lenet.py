@@ -32,9 +32,10 @@ from configs.shared_data import shared_copy
 
 SHARED_CIFAR10 = shared_copy("cifar10-jpeg")  # else TFDS, or --config.data.dir
 # PyTorch training images/s for one LeNet run (fc1 240) on a quiet 2-core CPU, by batch size:
-# `python scripts/study_time_sample.py --batch_sizes 1,4,6,10 --train_limit 22000`
-# (docs/benchmarks/2026-12-06-study000-time-sample.txt). Batches 7 and 8 are interpolated linearly
-# between 6 and 10, not measured.
+# `python scripts/study_time_sample.py --batch_sizes 1,4,6,10 --train_limit 22000` as of 79a249e
+# (1 epoch, 2,000 validation images; docs/benchmarks/2026-12-06-study000-time-sample.txt). Batches 7
+# and 8 are interpolated linearly between 6 and 10, not measured. They feed the report's per-experiment
+# estimate; the whole-study ratio in FULL_TIMING comes from the later two-round sample.
 TORCH_LENET_RATES = {1: 726.0, 4: 2530.0, 6: 2959.0, 10: 4851.0}
 TEST = "test, final epoch {e}, integer % (truncated)"
 
@@ -75,9 +76,13 @@ def epochs_axis(scale: str, epochs: tuple[int, ...]) -> tuple[int, ...]:
 
 FULL_TIMING = ("Timing: the wall times below were measured while other work shared the machine's 2 cores (the "
                "study ran at nice 19) and include the pauses (SIGSTOP) while benchmarks ran (E0.11's and E0.12's are "
-               "mostly pauses): they are not a speed measurement. On the quiet machine a sample of the walk's runs "
-               "(5 seeds of one setting per job, batch 1/4/6/10, 20,000 images, 1 epoch, compile included) took 0.31 "
-               "of PyTorch's run-after-run time (docs/benchmarks/2026-12-06-study000-time-sample.txt).")
+               "mostly pauses): they are not a speed measurement. Measured instead on the quiet machine "
+               "(scripts/study_time_sample.py, docs/benchmarks/2026-12-08-study000-time-sample.txt): at each batch "
+               "size the study trains, one job of 5 seeds (fc1 240) for 2 epochs of 40,000 + 10,000 images, against "
+               "PyTorch's loop on 2 of those runs scaled to 5; extrapolated over the study's 63 programs (fixed cost + "
+               "epochs x runs/5 x the second epoch's time), the whole study takes cifar_jax 6.5 h and PyTorch 17.8 h "
+               "run after run: 0.36 (two rounds: 0.37, 0.36), short of the 1/3 aimed for. Batch 4, two thirds of "
+               "PyTorch's time here, is 0.36 an epoch; batch 1 is 0.15-0.18, batches 6-10 0.40-0.72.")
 CPU_TIMING = ("Timing: the study ran alone (nice 5, no pauses), beside short test runs; each job's wall time includes "
               "its compiles and its evaluation every epoch, which PyTorch's estimate leaves out: with 2 epochs of "
               "8,000 images a job, those fixed costs weigh far more than at :full.")
