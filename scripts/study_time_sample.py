@@ -93,12 +93,17 @@ def study_programs() -> list[tuple[int, int, int]]:
             for g in sweep.expand(exp.config)]
 
 
+def require_batch_sizes(sampled: list[int], programs: list[tuple[int, int, int]]) -> None:
+    """Every batch size the study trains is in the sample: checked before the timing starts."""
+    missing = sorted({b for b, _, _ in programs} - set(sampled))
+    if missing:
+        raise SystemExit(f"the study trains batch sizes {missing} that the sample lacks: add them to --batch_sizes")
+
+
 def extrapolate(rows: list[dict], programs: list[tuple[int, int, int]]) -> tuple[float, float]:
     """(cifar_jax seconds, PyTorch seconds) for `programs`, from the sample's per-batch costs."""
     by_batch = {r["batch_size"]: r for r in rows}
-    missing = sorted({b for b, _, _ in programs} - set(by_batch))
-    if missing:
-        raise SystemExit(f"the study trains batch sizes {missing} that the sample lacks: add them to --batch_sizes")
+    require_batch_sizes(list(by_batch), programs)
     ours_s = sum(by_batch[b]["fixed_s"] + e * r / SEEDS * by_batch[b]["epoch_s"] for b, e, r in programs)
     torch_s = sum(e * r / SEEDS * by_batch[b]["torch_s"] for b, e, r in programs)
     return ours_s, torch_s
@@ -123,6 +128,17 @@ def median_rows(rounds: list[list[dict]]) -> list[dict]:
     return [{key: statistics.median(r[key] for r in same) for key in same[0]} for same in zip(*rounds)]
 
 
+def summary_line(name: str, rows: list[dict], programs: list[tuple[int, int, int]],
+                 args: argparse.Namespace) -> tuple[float, float]:
+    """Prints the whole study's extrapolated times from `rows`; returns them (cifar_jax, PyTorch)."""
+    ours_s, torch_s = extrapolate(rows, programs)
+    print(f"\n{name}: study 000 at :full ({len(programs)} programs, {sum(r for _, _, r in programs)} runs): cifar_jax "
+          f"{ours_s / 3600:.2f} h, PyTorch run after run {torch_s / 3600:.2f} h, ratio {ours_s / torch_s:.2f} "
+          f"({SEEDS} seeds a program, PyTorch {args.torch_runs} runs of 5 timed, {args.threads} threads, "
+          f"torch {torch.__version__})", flush=True)
+    return ours_s, torch_s
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch_sizes", default="1,4,6,7,8,10")
@@ -135,16 +151,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", default="")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    programs = study_programs()  # before hours of timing: a study config that no longer expands fails now
+    programs = study_programs()  # before the timing: a study config that no longer expands fails now
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    require_batch_sizes(batch_sizes, programs)
     rounds, ratios = [], []
     for index in range(args.rounds):
         print(f"\nround {index + 1}: seconds\n\n| batch | cifar_jax fixed | cifar_jax an epoch | PyTorch an epoch "
               "(5 runs) | ratio an epoch | PyTorch training img/s (one run) |\n|---:|---:|---:|---:|---:|---:|", flush=True)
         rounds.append(sample_round(batch_sizes, args))
-        ratios.append(summary_line(f"round {index + 1}", rounds[-1], programs, args))
-    ours_s, torch_s = extrapolate(median_rows(rounds), programs)
-    summary_line("median over rounds", median_rows(rounds), programs, args)
+        round_ours_s, round_torch_s = summary_line(f"round {index + 1}", rounds[-1], programs, args)
+        ratios.append(round_ours_s / round_torch_s)
+    ours_s, torch_s = summary_line("median over rounds", median_rows(rounds), programs, args)
     result = {"rounds": rounds, "round_ratios": ratios, "study_ours_s": ours_s, "study_torch_s": torch_s,
               "ratio": ours_s / torch_s, "train_limit": args.train_limit, "val_size": args.val_size,
               "threads": args.threads, "torch_runs": args.torch_runs, "torch": torch.__version__}
@@ -152,15 +169,6 @@ def main(argv: list[str] | None = None) -> dict:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
     return result
-
-
-def summary_line(name: str, rows: list[dict], programs: list[tuple[int, int, int]], args: argparse.Namespace) -> float:
-    ours_s, torch_s = extrapolate(rows, programs)
-    print(f"\n{name}: study 000 at :full ({len(programs)} programs, {sum(r for _, _, r in programs)} runs): cifar_jax "
-          f"{ours_s / 3600:.2f} h, PyTorch run after run {torch_s / 3600:.2f} h, ratio {ours_s / torch_s:.2f} "
-          f"({SEEDS} seeds a program, PyTorch {args.torch_runs} runs of 5 timed, {args.threads} threads, "
-          f"torch {torch.__version__})", flush=True)
-    return ours_s / torch_s
 
 
 if __name__ == "__main__":

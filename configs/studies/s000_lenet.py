@@ -81,7 +81,7 @@ FULL_TIMING = ("Timing: the wall times below were measured while other work shar
                "size the study trains, one job of 5 seeds (fc1 240) for 2 epochs of 40,000 + 10,000 images, against "
                "PyTorch's loop on 2 of those runs scaled to 5; extrapolated over the study's 63 programs (fixed cost + "
                "epochs x runs/5 x the second epoch's time), the whole study takes cifar_jax 6.5 h and PyTorch 17.8 h "
-               "run after run: 0.36 (two rounds: 0.37, 0.36), short of the 1/3 aimed for. Batch 4, about 70% of "
+               "run after run: 0.365 (two rounds: 0.372, 0.358), short of the 1/3 aimed for. Batch 4, about 70% of "
                "PyTorch's time here, is 0.36 an epoch; batch 1 is 0.15-0.18, batches 6-10 0.40-0.72.")
 CPU_TIMING = ("Timing: the study ran alone (nice 5, no pauses), beside short test runs; each job's wall time includes "
               "its compiles and its evaluation every epoch, which PyTorch's estimate leaves out: with 2 epochs of "
