@@ -185,7 +185,7 @@ def test_time_bounded_cpu_chunks_resume_bit_identical_reusing_the_decided_length
     _job(tmp_path, monkeypatch, "whole", clocks)
     steps = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch 1/2  step ")]
     assert steps and int(steps[0].split()[3].split("/")[0]) < 62  # progress inside the first epoch (62 steps)
-    with pytest.raises(Interrupted):  # inside epoch 1, after the length is decided (on the first call's time)
+    with pytest.raises(Interrupted):  # inside epoch 1, after the length is decided (on the second call's time)
         _job(tmp_path, monkeypatch, "resumed", clocks, stop_at_poll=3)
     decided = clocks[-1][0].decided
     assert decided

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from helpers import REPO
@@ -54,3 +55,30 @@ def test_a_run_that_stops_at_a_step_boundary_is_not_killed_by_the_watchdog():
             "time.sleep(1.5)\nprint('ended')")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.strip() == "ended", result.stderr
+
+
+def test_processes_gather_their_flags_at_process_0s_pace_and_agree(monkeypatch):
+    """With several processes the flags are all-gathered about once a SYNC_SECONDS, not at every
+    chunk (a barrier that cost CPU jobs a third of their speed): a signal waits for the next
+    gather, where every process learns it, and process 0's pace sets when that is."""
+    from jax.experimental import multihost_utils
+
+    from cifar_jax.job import interrupts
+
+    gathers = []
+
+    def allgather(local):  # this process is 0, beside a peer that may have been sent SIGTERM
+        gathers.append(local.copy())
+        peer = np.array([signal.SIGTERM if peer_signalled else 0, 0, 1], np.int32)  # (signal, save, pace)
+        return np.stack([local, peer])
+    monkeypatch.setattr(interrupts.jax, "process_count", lambda: 2)
+    monkeypatch.setattr(multihost_utils, "process_allgather", allgather)
+    monkeypatch.setattr(interrupts, "_reached_preemption_sync_point", lambda step_id: False)
+    monkeypatch.setattr(interrupts, "SYNC_SECONDS", 3600.0)  # polls come far faster: the pace hits its cap
+    flag, peer_signalled = interrupts.StopFlag(), False
+    assert flag.poll() == (False, False) and len(gathers) == 1  # the first poll gathers
+    assert flag.next_gather == 1 + gathers[0][2] and gathers[0][2] == 1000  # process 0's pace, capped
+    peer_signalled = True
+    answers = [flag.poll() for _ in range(1000)]
+    assert answers == [(False, False)] * 999 + [(True, False)] and len(gathers) == 2  # seen at the gather
+    assert flag.signal == signal.SIGTERM and flag.exit_code() == interrupts.EXIT_PREEMPTED

@@ -16,7 +16,7 @@ choice                                 CPU (2-core AVX2 machine)  GPU / TPU
                                        for the others)
 `execution.steps_per_call` (0 = auto)  a `lax.scan` chunk of ~10  1 step, then a chunk sized to
                                        steps (1 for a heavy       take ~`CHUNK_SECONDS` from the
-                                       model), cut to ~2 s if     first call's time (job/chunks.py)
+                                       model), cut to ~2 s if     second call's time (job/chunks.py)
                                        slower; 1 with XLA convs
 `execution.runs_per_group` (0 = auto)  runs whose activations     all runs in one vmap
                                        fit 12 MiB per step (LeNet

@@ -4,9 +4,10 @@ A call of `length` steps is one `lax.scan` the host waits on only at chunk bound
 lines, periodic checkpoints and SIGTERM act between calls, so a call must stay short (a few
 seconds) on every backend, while long enough to amortise dispatch. The plan gives the first
 length and a target duration (`execution.CHUNK_SECONDS`; none for a length asked for in the
-config). The clock measures the first call of that length and decides once, process 0 for every
-process: on an accelerator, or after a one-step probe on CPU, the chunk becomes the largest
-divisor of the epoch near the target (one more compile); on CPU a ~10-step first call is kept
+config). The clock measures the second call of that length (the first can include waiting for a
+peer process still compiling) and decides once, process 0 for every process: on an accelerator,
+or after one-step probes on CPU, the chunk becomes the largest divisor of the epoch near the
+target (one more compile); on CPU a ~10-step call is kept
 unless it took over twice the target (so tiny models compile one program and never pay per-call
 overhead), else it is cut to the target. The decided length is stored in the checkpoints and a
 resume reuses it (`ChunkClock(..., length=...)`), so a resumed run runs the programs it ran.
@@ -55,6 +56,10 @@ class ChunkClock:
         self.trained_steps = 0  # their steps
         self._pending: _Call | None = None
         self._last_done = 0.0
+        # The first call of the plan's length is not timed for the re-size: with several processes
+        # its wait includes the first all-gather, i.e. a slower peer still compiling (which cut
+        # LeNet's 10-step CPU chunks to 4 in a two-process job).
+        self._first_measured = False
 
     def next_length(self, remaining: int) -> int:
         """The next call's steps: the chunk length, or an epoch's shorter tail in at most 4 calls of
@@ -104,8 +109,10 @@ class ChunkClock:
         self._last_done = done
         self.train_s += seconds
         self.trained_steps += call.length
-        if call.length == self.length:
-            self.resize(seconds / call.length)
+        if call.length == self.length and self.target_s is not None:
+            if self._first_measured:
+                self.resize(seconds / call.length)
+            self._first_measured = True
 
     @property
     def decided(self) -> int | None:
@@ -113,7 +120,7 @@ class ChunkClock:
         return self.length if self.target_s is None else None
 
     def resize(self, step_s: float) -> None:
-        """Once, after the first measured call of the plan's length (`step_s` a step): the chunk
+        """Once, after the second measured call of the plan's length (`step_s` a step): the chunk
         that takes about `target_s`, or on CPU the ~10-step chunk kept where it is not too slow."""
         if self.target_s is None:
             return

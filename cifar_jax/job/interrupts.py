@@ -10,7 +10,11 @@ preemption notice, 130 after Ctrl-C.
 With several processes, every process stops at the same chunk with the same reason: the signal
 numbers are combined with an all-gather, and JAX's preemption sync point
 (`multihost_utils.reached_preemption_sync_point`, which sees the notices the coordination service
-gets, e.g. TPU maintenance events) counts as a SIGTERM on every process.
+gets, e.g. TPU maintenance events) counts as a SIGTERM on every process. The all-gather is a
+barrier, so it comes about once a second (`SYNC_SECONDS`), not at every poll: on a CPU, where a
+chunk is ~10 steps of tens of milliseconds, gathering at every chunk cost two processes a third of
+their speed. Process 0 times the polls and sends, with each gather, how many polls pass until the
+next one, so every process gathers at the same poll.
 
 A job that never reaches a step boundary (a peer died or hangs inside a collective) still ends:
 Python runs signal handlers only between bytecodes, so a watcher thread learns of each signal
@@ -26,6 +30,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Iterator
 
 import jax
@@ -35,6 +40,7 @@ import numpy as np
 EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: rerun later
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention for Ctrl-C
 DEFAULT_GRACE_S = 60.0  # from the first signal to a forced exit when no step boundary comes
+SYNC_SECONDS = 1.0  # several processes: about this long between two all-gathers of the flags
 
 
 def exit_code(signum: int | None) -> int:
@@ -50,7 +56,9 @@ class StopFlag:
 
     def __init__(self) -> None:
         self.signal: int | None = None
-        self.polls = 0  # the preemption sync point's step id: the same on every process at each poll
+        self.polls = 0  # the preemption sync point's step id: the same on every process at each gather
+        self.next_gather = 1  # several processes: the poll at which they next gather (process 0's pace)
+        self._last_gather = (0, time.perf_counter())  # (poll, time) of the last gather
 
     def raise_flag(self, signum: int, _frame) -> None:
         if self.signal == signal.SIGINT and signum == signal.SIGINT:
@@ -65,15 +73,27 @@ class StopFlag:
         self.polls += 1
         local = np.array([self.signal or 0, save_due], np.int32)
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            if _reached_preemption_sync_point(self.polls):
-                local[0] = max(local[0], signal.SIGTERM)
-            # SIGTERM (15) outranks SIGINT (2): a preempted peer makes the whole job "preempted".
-            local = np.asarray(multihost_utils.process_allgather(local)).max(axis=0)
+            if self.polls < self.next_gather:
+                return False, False  # a signal here waits for the next gather, at most ~SYNC_SECONDS
+            local = self._gather(local)
         if local[0] and self.signal is None:
             self.signal = int(local[0])
         return bool(local[0]), bool(local[1])
+
+    def _gather(self, local: np.ndarray) -> np.ndarray:
+        """(signal, save) agreed by all processes; sets the poll of the next gather from process 0's
+        pace: the polls that took about SYNC_SECONDS since the last gather."""
+        from jax.experimental import multihost_utils
+
+        if _reached_preemption_sync_point(self.polls):
+            local[0] = max(local[0], signal.SIGTERM)
+        polls, since = self._last_gather
+        now = time.perf_counter()
+        pace = max(1, min(1000, int(SYNC_SECONDS * (self.polls - polls) / max(now - since, 1e-6))))
+        gathered = np.asarray(multihost_utils.process_allgather(np.append(local, np.int32(pace))))
+        self._last_gather, self.next_gather = (self.polls, now), self.polls + int(gathered[0, 2])
+        # SIGTERM (15) outranks SIGINT (2): a preempted peer makes the whole job "preempted".
+        return gathered[:, :2].max(axis=0)
 
     def exit_code(self) -> int:
         return exit_code(self.signal)
