@@ -134,6 +134,20 @@ def test_compile_and_training_time_are_booked_apart():
     assert c.compile_s >= 0.5 and c.train_s < 0.5 and c.trained_steps == 1
 
 
+def test_the_chunk_is_sized_from_the_second_call_not_the_first():
+    """With several processes the first call's wait includes the first all-gather, i.e. a peer
+    still compiling: sized from it, a 1-step probe that seemed to take 0.5 s gave 4-step chunks."""
+    c = clock("accelerator", 1)  # a 1-step probe, ~2 s calls wanted, 100 steps an epoch
+    step = jnp.zeros((2,), jnp.int32)
+    decided = []
+    for call in range(3):
+        c.after_call(1, c.before_call(1), step)
+        if call == 0:
+            time.sleep(0.5)  # the host waits at the first gather while the probe is in flight
+        decided.append(c.decided)
+    assert decided == [None, None, 100]  # the first probe's 0.5 s ignored; the second's time decides
+
+
 @pytest.mark.slow
 @needs_fashion_mnist
 def test_accelerator_policy_on_cpu_shows_progress_inside_an_epoch_and_stops_on_sigterm_within_10s(tmp_path):
