@@ -136,7 +136,8 @@ def test_compile_and_training_time_are_booked_apart():
 
 def test_the_chunk_is_sized_from_the_second_call_not_the_first():
     """With several processes the first call's wait includes the first all-gather, i.e. a peer
-    still compiling: sized from it, a 1-step probe that seemed to take 0.5 s gave 4-step chunks."""
+    still compiling: sized from it, a 1-step probe that seemed to take 0.5 s gave 2-step chunks
+    (the old rule, checked), not the whole 100-step epoch a fast step allows."""
     c = clock("accelerator", 1)  # a 1-step probe, ~2 s calls wanted, 100 steps an epoch
     step = jnp.zeros((2,), jnp.int32)
     decided = []

@@ -12,8 +12,8 @@ numbers are combined with an all-gather, and JAX's preemption sync point
 (`multihost_utils.reached_preemption_sync_point`, which sees the notices the coordination service
 gets, e.g. TPU maintenance events) counts as a SIGTERM on every process. The all-gather is a
 barrier, so it comes about once a second (`SYNC_SECONDS`), not at every poll: on a CPU, where a
-chunk is ~10 steps of tens of milliseconds, gathering at every chunk cost two processes a third of
-their speed. Process 0 times the polls and sends, with each gather, how many polls pass until the
+chunk is ~10 steps of tens of milliseconds, gathering at every chunk cost a two-process LeNet job
+about a fifth of its speed. Process 0 times the polls and sends, with each gather, how many polls pass until the
 next one, so every process gathers at the same poll.
 
 A job that never reaches a step boundary (a peer died or hangs inside a collective) still ends:
