@@ -522,6 +522,42 @@ def test_failed_download_removes_what_it_created(tmp_path):
     assert sorted(p.name for p in root.rglob("*")) == ["kept", "mnist"]
 
 
+def test_processes_sharing_a_tfds_dir_download_it_once(tmp_path, monkeypatch):
+    """Two loaders of an unprepared data set in one data dir (as one process per GPU would be): the
+    one that waited for the download lock finds the data prepared and does not download again."""
+    import sys
+    import threading
+    import types
+
+    prepared, downloads = threading.Event(), []
+
+    def load(name, split, data_dir, download):
+        if not prepared.is_set():
+            if not download:
+                raise AssertionError(f"{name} is not prepared in {data_dir}")
+            downloads.append(threading.get_ident())
+            time.sleep(0.3)  # a download long enough for the other loader to arrive
+            prepared.set()
+        batch = {"image": np.zeros((2, 28, 28, 1), np.uint8), "label": np.zeros(2, np.int64)}
+        return [types.SimpleNamespace(batch=lambda chunk: [batch])] * len(split)
+
+    fake_tfds = types.SimpleNamespace(load=load, as_numpy=lambda batches: batches, disable_progress_bar=lambda: None,
+                                      core=types.SimpleNamespace(constants=types.SimpleNamespace(DATA_DIR=None)))
+    fake_tf = types.SimpleNamespace(config=types.SimpleNamespace(set_visible_devices=lambda *a: None))
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake_tfds)
+    monkeypatch.setitem(sys.modules, "tensorflow", fake_tf)
+    monkeypatch.setattr(tfds_source, "_check_reachable", lambda name, url: None)
+    loaded = []
+    loaders = [threading.Thread(target=lambda: loaded.append(tfds_source.load_tfds("fashion_mnist", str(tmp_path))))
+               for _ in range(2)]
+    for loader in loaders:
+        loader.start()
+    for loader in loaders:
+        loader.join()
+    assert len(downloads) == 1 and len(loaded) == 2
+    assert all(ds.train_images.shape == (2, 28, 28, 1) for ds in loaded)
+
+
 # --------------------------------------------------------------------------- real data
 
 

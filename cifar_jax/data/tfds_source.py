@@ -1,10 +1,12 @@
 """Data sets through tensorflow-datasets, for machines with a network or a prepared TFDS copy:
-an offline machine fails in seconds (a probe of the download host), and a failed download leaves
-nothing behind."""
+an offline machine fails in seconds (a probe of the download host), a failed download leaves
+nothing behind, and processes sharing a data dir (one per GPU, one per core) download it once."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import shutil
 import socket
 import threading
@@ -53,8 +55,12 @@ def load_tfds(name: str, data_dir: str | None = None, download: bool = True) -> 
                 raise
             _check_reachable(name, _TFDS_URLS[name])
             root = Path(data_dir or tfds.core.constants.DATA_DIR).expanduser()
-            with _removing_new_paths(root):
-                splits = _tfds_splits(tfds, name, data_dir, download=True)
+            with _one_process_at_a_time(root):
+                try:  # another process may have prepared it while this one waited
+                    splits = _tfds_splits(tfds, name, data_dir, download=False)
+                except Exception:
+                    with _removing_new_paths(root):
+                        splits = _tfds_splits(tfds, name, data_dir, download=True)
     except DataError:
         raise
     except Exception as error:  # download, preparation and reading fail in many library-specific ways
@@ -92,6 +98,28 @@ def _check_reachable(name: str, url: str, timeout_s: float = _PROBE_TIMEOUT_S) -
         f"({reason[:60]}); offline, pass --config.data.dir=DIR with the files, or "
         "--config.data.tfds_data_dir=DIR with a prepared copy"
     )
+
+
+@contextlib.contextmanager
+def _one_process_at_a_time(root: Path) -> Iterator[None]:
+    """An exclusive `flock` on the data dir while a download runs: processes that share it (one per
+    GPU of a host, one per core) would otherwise download together, and one's clean-up of a failed
+    download would delete what another just finished. A dir this call created is removed again
+    when the download fails and leaves it empty."""
+    created = not root.exists()
+    root.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(root, os.O_RDONLY)
+    try:
+        with contextlib.suppress(OSError):  # a file system without flock: unguarded, as before
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                root.rmdir()  # only when empty
+        raise
+    finally:
+        os.close(descriptor)  # releases the lock
 
 
 @contextlib.contextmanager
